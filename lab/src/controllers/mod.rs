@@ -1,0 +1,27 @@
+//! Simulated controllers: small clients of the lab's API server that behave
+//! like the real ESO, Reloader, Deployment controller and kubelet, each with
+//! latency knobs and fault switches, each recording ground truth.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::faults::Knobs;
+use crate::truth::Truth;
+
+/// What every controller gets.
+#[derive(Clone)]
+pub struct Context {
+    /// A kube-rs client for the lab's API server (as a controller's ServiceAccount).
+    pub client: kube::Client,
+    /// Faults and latencies.
+    pub knobs: Arc<Knobs>,
+    /// The ground-truth log.
+    pub truth: Arc<Truth>,
+    /// The lab's working directory (Pod volumes, process logs).
+    pub dir: PathBuf,
+    /// The `secret-canary` binary: containers whose command is `secret-canary`
+    /// run this file.
+    pub canary_bin: PathBuf,
+    /// OpenBao's address, `http://127.0.0.1:PORT`.
+    pub vault_addr: String,
+}

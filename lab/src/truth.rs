@@ -1,0 +1,183 @@
+//! The ground-truth log: every step a simulated controller completes, with a
+//! wall-clock timestamp in nanoseconds, written as JSONL to `DIR/truth.jsonl`
+//! and kept in memory so tests can score the prober's measurements against it.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Mutex;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The steps the lab records. Names are `component.step`.
+pub mod step {
+    /// ESO read the value from the store (digest of the value read).
+    pub const ESO_STORE_READ: &str = "eso.store_read";
+    /// ESO created or updated the target Secret (digest of the synced key).
+    pub const ESO_SECRET_WRITTEN: &str = "eso.secret_written";
+    /// ESO wrote the ExternalSecret status (Ready=True).
+    pub const ESO_STATUS_SYNCED: &str = "eso.status_synced";
+    /// ESO wrote the ExternalSecret status (Ready=False, SecretSyncedError).
+    pub const ESO_STATUS_ERROR: &str = "eso.status_error";
+    /// Reloader patched a workload's pod template (digest of the Secret data).
+    pub const RELOADER_PATCHED: &str = "reloader.template_patched";
+    /// Someone (the prober, kubectl) patched `restartedAt`: seen by the
+    /// Deployment controller as a template change without Reloader.
+    pub const DEPLOYMENT_TEMPLATE_CHANGED: &str = "deployment.template_changed";
+    /// The Deployment controller created a new ReplicaSet.
+    pub const REPLICASET_CREATED: &str = "deployment.replicaset_created";
+    /// The Deployment's rollout finished (all replicas updated and available,
+    /// old ones gone), as `kubectl rollout status` would report.
+    pub const ROLLOUT_COMPLETE: &str = "deployment.rollout_complete";
+    /// The ReplicaSet controller created a Pod.
+    pub const POD_CREATED: &str = "replicaset.pod_created";
+    /// The kubelet started a Pod's process (digest of the canary value in its env).
+    pub const POD_STARTED: &str = "kubelet.pod_started";
+    /// The kubelet marked a Pod Ready.
+    pub const POD_READY: &str = "kubelet.pod_ready";
+    /// The kubelet rewrote a Secret volume's files (digest of the canary key).
+    pub const VOLUME_UPDATED: &str = "kubelet.volume_updated";
+    /// vault-env style resolution at Pod start read the value (digest).
+    pub const VAULT_ENV_RESOLVED: &str = "bankvaults.resolved";
+}
+
+/// One line of the log.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TruthRecord {
+    /// When the step completed (RFC 3339 with nanoseconds, UTC).
+    #[serde(with = "rfc3339_nanos")]
+    pub ts: DateTime<Utc>,
+    /// `component.step`, one of [`step`].
+    pub step: String,
+    /// Namespace of the object involved.
+    pub namespace: String,
+    /// Name of the object involved.
+    pub name: String,
+    /// SHA-256 (hex) of the secret value involved, where there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+}
+
+/// SHA-256 of a value, lower-case hex: the only form in which the lab logs a
+/// secret value.
+pub fn digest(value: &[u8]) -> String {
+    hex::encode(Sha256::digest(value))
+}
+
+/// The log: appended to by every controller, read by tests.
+#[derive(Debug, Default)]
+pub struct Truth {
+    records: Mutex<Vec<TruthRecord>>,
+    file: Option<Mutex<std::fs::File>>,
+}
+
+impl Truth {
+    /// A log kept in memory only.
+    pub fn in_memory() -> Self {
+        Truth::default()
+    }
+
+    /// A log kept in memory and appended to `path` (created or truncated).
+    pub fn to_file(path: &Path) -> std::io::Result<Self> {
+        let file = std::fs::File::create(path)?;
+        Ok(Truth {
+            records: Mutex::default(),
+            file: Some(Mutex::new(file)),
+        })
+    }
+
+    /// Record a step completed now.
+    pub fn record(&self, step: &str, namespace: &str, name: &str, digest: Option<&str>) -> TruthRecord {
+        let rec = TruthRecord {
+            ts: Utc::now(),
+            step: step.to_string(),
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            digest: digest.map(str::to_string),
+        };
+        if let Some(file) = &self.file {
+            if let (Ok(mut f), Ok(line)) = (file.lock(), serde_json::to_string(&rec)) {
+                // A full disk must not stop the lab; the in-memory copy remains.
+                if let Err(e) = writeln!(f, "{line}") {
+                    tracing::warn!(error = %e, "could not append to the ground-truth log");
+                }
+            }
+        }
+        if let Ok(mut r) = self.records.lock() {
+            r.push(rec.clone());
+        }
+        rec
+    }
+
+    /// Every record so far.
+    pub fn records(&self) -> Vec<TruthRecord> {
+        self.records.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// Records of one step for one object, oldest first.
+    pub fn find(&self, step: &str, namespace: &str, name: &str) -> Vec<TruthRecord> {
+        self.records()
+            .into_iter()
+            .filter(|r| r.step == step && r.namespace == namespace && r.name == name)
+            .collect()
+    }
+
+    /// The first record of `step` carrying `digest` (any object).
+    pub fn first_with_digest(&self, step: &str, digest: &str) -> Option<TruthRecord> {
+        self.records()
+            .into_iter()
+            .find(|r| r.step == step && r.digest.as_deref() == Some(digest))
+    }
+}
+
+/// Read a `truth.jsonl` file written by another lab process.
+pub fn read_file(path: &Path) -> std::io::Result<Vec<TruthRecord>> {
+    let text = std::fs::read_to_string(path)?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
+        .collect()
+}
+
+/// RFC 3339 with nanoseconds, always `Z`.
+pub mod rfc3339_nanos {
+    use super::*;
+    use serde::{Deserializer, Serializer};
+
+    /// Serialize.
+    pub fn serialize<S: Serializer>(ts: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&ts.to_rfc3339_opts(SecondsFormat::Nanos, true))
+    }
+
+    /// Deserialize.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        let s = String::deserialize(d)?;
+        DateTime::parse_from_rfc3339(&s)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_through_the_file() {
+        let dir = std::env::temp_dir().join(format!("truth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("truth.jsonl");
+        let t = Truth::to_file(&path).unwrap();
+        let d = digest(b"hello");
+        t.record(step::ESO_SECRET_WRITTEN, "ns", "s", Some(&d));
+        t.record(step::POD_READY, "ns", "p", None);
+        let back = read_file(&path).unwrap();
+        assert_eq!(back, t.records());
+        assert_eq!(t.first_with_digest(step::ESO_SECRET_WRITTEN, &d).unwrap().name, "s");
+        let line = std::fs::read_to_string(&path).unwrap();
+        assert!(!line.contains("hello"));
+        assert!(line.contains(&d));
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

@@ -1,0 +1,14 @@
+//! secret-canary: an end-to-end canary prober for secret delivery in Kubernetes.
+//!
+//! Data flows left to right, one module per box:
+//!
+//! ```text
+//! config -> schedule -> probe (store, cluster, canary client) -> outcome
+//!                       outcome -> metrics -> http (/metrics /probes)
+//!                       outcome -> report  (`once`: table / JSON, exit code)
+//! canary: the workload in the canary Pods (`secret-canary canary`)
+//! ```
+
+pub mod canary;
+pub mod config;
+pub mod probe;
