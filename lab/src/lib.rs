@@ -14,4 +14,5 @@ pub mod apiserver;
 pub mod controllers;
 pub mod faults;
 pub mod openbao;
+pub mod scenario;
 pub mod truth;
