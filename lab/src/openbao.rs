@@ -180,3 +180,124 @@ fn uuid_like() -> String {
     let n: u64 = rand::rng().random();
     format!("{n:016x}")
 }
+
+/// An error from OpenBao's HTTP API while setting the lab up.
+#[derive(Debug, thiserror::Error)]
+#[error("OpenBao {what}: {message}")]
+pub struct ApiError {
+    what: String,
+    message: String,
+}
+
+/// Root-token calls the lab makes to set OpenBao up (mounts, policies,
+/// roles, tokens, values), over its real HTTP API.
+#[derive(Debug, Clone)]
+pub struct BaoAdmin {
+    http: reqwest::Client,
+    addr: String,
+    token: String,
+}
+
+impl BaoAdmin {
+    /// A client for `addr` authenticated with `token`.
+    pub fn new(addr: &str, token: &str) -> Result<BaoAdmin, ApiError> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| ApiError { what: "client".into(), message: e.to_string() })?;
+        Ok(BaoAdmin { http, addr: addr.trim_end_matches('/').to_string(), token: token.to_string() })
+    }
+
+    /// `METHOD /v1/{path}` with a JSON body; returns the JSON answer (or Null for 204).
+    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<serde_json::Value>) -> Result<serde_json::Value, ApiError> {
+        let what = format!("{method} /v1/{path}");
+        let mut req = self.http.request(method, format!("{}/v1/{path}", self.addr)).header("X-Vault-Token", &self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.map_err(|e| ApiError { what: what.clone(), message: e.to_string() })?;
+        let status = resp.status();
+        let text = resp.text().await.map_err(|e| ApiError { what: what.clone(), message: e.to_string() })?;
+        if !status.is_success() {
+            return Err(ApiError { what, message: format!("HTTP {status}: {text}") });
+        }
+        if text.trim().is_empty() {
+            return Ok(serde_json::Value::Null);
+        }
+        serde_json::from_str(&text).map_err(|e| ApiError { what, message: format!("bad JSON: {e}") })
+    }
+
+    /// Write a KV v2 value under the `secret/` mount; returns the new version.
+    pub async fn kv_put(&self, path: &str, data: &serde_json::Value) -> Result<u64, ApiError> {
+        let v = self.call(reqwest::Method::POST, &format!("secret/data/{path}"), Some(serde_json::json!({ "data": data }))).await?;
+        Ok(v.pointer("/data/version").and_then(|v| v.as_u64()).unwrap_or(0))
+    }
+
+    /// KV v2 metadata of a path (versions with their `created_time`).
+    pub async fn kv_metadata(&self, path: &str) -> Result<serde_json::Value, ApiError> {
+        self.call(reqwest::Method::GET, &format!("secret/metadata/{path}"), None).await
+    }
+
+    /// Create or replace an ACL policy.
+    pub async fn put_policy(&self, name: &str, hcl: &str) -> Result<(), ApiError> {
+        self.call(reqwest::Method::PUT, &format!("sys/policies/acl/{name}"), Some(serde_json::json!({ "policy": hcl }))).await?;
+        Ok(())
+    }
+
+    /// Enable Kubernetes auth at `kubernetes/`, pointed at the lab's API server.
+    pub async fn enable_kubernetes_auth(&self, api_url: &str, ca_pem: &str, reviewer_jwt: &str) -> Result<(), ApiError> {
+        self.call(reqwest::Method::POST, "sys/auth/kubernetes", Some(serde_json::json!({ "type": "kubernetes" }))).await?;
+        self.call(
+            reqwest::Method::POST,
+            "auth/kubernetes/config",
+            Some(serde_json::json!({
+                "kubernetes_host": api_url,
+                "kubernetes_ca_cert": ca_pem,
+                "token_reviewer_jwt": reviewer_jwt,
+                "disable_local_ca_jwt": true,
+            })),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// A Kubernetes-auth role bound to one ServiceAccount.
+    pub async fn put_kubernetes_role(&self, role: &str, sa: &str, namespace: &str, policy: &str) -> Result<(), ApiError> {
+        self.call(
+            reqwest::Method::POST,
+            &format!("auth/kubernetes/role/{role}"),
+            Some(serde_json::json!({
+                "bound_service_account_names": [sa],
+                "bound_service_account_namespaces": [namespace],
+                "token_policies": [policy],
+                "token_ttl": "1h",
+            })),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// A renewable token with the given policies.
+    pub async fn create_token(&self, policies: &[&str], ttl: &str) -> Result<String, ApiError> {
+        let v = self
+            .call(
+                reqwest::Method::POST,
+                "auth/token/create",
+                Some(serde_json::json!({ "policies": policies, "ttl": ttl, "renewable": true, "no_default_policy": false })),
+            )
+            .await?;
+        v.pointer("/auth/client_token")
+            .and_then(|t| t.as_str())
+            .map(str::to_string)
+            .ok_or_else(|| ApiError { what: "auth/token/create".into(), message: "no client_token in the answer".into() })
+    }
+}
+
+/// The policies the lab installs: least privilege on the canary path only.
+pub const POLICIES: [(&str, &str); 2] = [
+    ("read-canary", "path \"secret/data/canary/*\" {\n  capabilities = [\"read\"]\n}\n"),
+    (
+        "write-canary",
+        "path \"secret/data/canary/*\" {\n  capabilities = [\"create\", \"update\", \"read\"]\n}\npath \"secret/metadata/canary/*\" {\n  capabilities = [\"read\", \"update\"]\n}\n",
+    ),
+];

