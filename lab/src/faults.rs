@@ -231,11 +231,14 @@ pub enum Knob {
     ReadinessPeriod,
     /// API server: added to every response while `api-slow` is on.
     ApiLatency,
+    /// Kubelet: the first restart back-off of a crashed container; it doubles
+    /// per restart up to 30 times this (the real kubelet: 10 s up to 5 min).
+    CrashBackoff,
 }
 
 impl Knob {
     /// Every knob, in a fixed order.
-    pub const ALL: [Knob; 9] = [
+    pub const ALL: [Knob; 10] = [
         Knob::EsoLatency,
         Knob::EsoStatusLatency,
         Knob::ReloaderLatency,
@@ -245,6 +248,7 @@ impl Knob {
         Knob::VolumeSyncLatency,
         Knob::ReadinessPeriod,
         Knob::ApiLatency,
+        Knob::CrashBackoff,
     ];
 
     /// The kebab-case name.
@@ -259,6 +263,7 @@ impl Knob {
             Knob::VolumeSyncLatency => "volume-sync-latency",
             Knob::ReadinessPeriod => "readiness-period",
             Knob::ApiLatency => "api-latency",
+            Knob::CrashBackoff => "crash-backoff",
         }
     }
 
@@ -276,6 +281,7 @@ impl Knob {
             Knob::VolumeSyncLatency => ms(500),
             Knob::ReadinessPeriod => ms(50),
             Knob::ApiLatency => ms(2000),
+            Knob::CrashBackoff => ms(10_000),
         }
     }
 }
