@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The demo: a lab cluster (API server, ESO, Reloader, Deployment controller,
+# kubelet, Bank-Vaults) on a real OpenBao, and the prober measuring its three
+# chains, with metrics on http://127.0.0.1:${PORT:-9850}/metrics.
+# Ctrl-C stops everything.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+scripts/setup.sh
+cargo build --workspace --bins --quiet
+
+dir=${LAB_DIR:-$root/.lab/demo}
+port=${PORT:-9850}
+rm -rf "$dir"
+mkdir -p "$dir"
+bin=$root/target/debug
+
+pids=()
+cleanup() {
+  trap - INT TERM EXIT
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  echo "demo stopped"
+}
+trap cleanup INT TERM EXIT
+
+"$bin/secret-canary-lab" up --dir "$dir" --canary-bin "$bin/secret-canary" > "$dir/lab.out" 2> "$dir/lab.log" &
+pids+=($!)
+for _ in $(seq 1 200); do [ -s "$dir/lab.json" ] && break; sleep 0.1; done
+[ -s "$dir/lab.json" ] || { echo "the lab did not start; see $dir/lab.log"; tail -n 20 "$dir/lab.log"; exit 1; }
+cat "$dir/lab.out"
+
+export KUBECONFIG=$dir/kubeconfig
+echo
+echo "== the scenario (kubectl --kubeconfig $dir/kubeconfig get deploy,pods,secrets,externalsecrets -A)"
+for _ in $(seq 1 100); do
+  ready=$(kubectl get deploy -n canary -o jsonpath='{range .items[*]}{.status.availableReplicas}{" "}{end}' 2>/dev/null | wc -w)
+  [ "$ready" -ge 3 ] && break
+  sleep 0.2
+done
+kubectl get deploy,pods,secrets,externalsecrets -A || true
+
+if [ -x "$bin/secret-canary" ] && "$bin/secret-canary" --help 2>/dev/null | grep -q ' run '; then
+  echo
+  echo "== the prober: secret-canary run --config $dir/prober.yaml --listen 127.0.0.1:$port"
+  "$bin/secret-canary" run --config "$dir/prober.yaml" --listen "127.0.0.1:$port" 2> "$dir/prober.log" &
+  pids+=($!)
+  echo "metrics:  http://127.0.0.1:$port/metrics"
+  echo "last runs: http://127.0.0.1:$port/probes"
+  echo "logs:     $dir/prober.log   ground truth: $dir/truth.jsonl"
+fi
+echo
+echo "faults: $bin/secret-canary-lab fault --dir $dir eso-stall on   (and off)"
+echo "Ctrl-C to stop."
+wait "${pids[0]}"
