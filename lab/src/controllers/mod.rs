@@ -2,6 +2,8 @@
 //! like the real ESO, Reloader, Deployment controller and kubelet, each with
 //! latency knobs and fault switches, each recording ground truth.
 
+pub mod eso;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
