@@ -3,6 +3,7 @@
 //! latency knobs and fault switches, each recording ground truth.
 
 pub mod eso;
+pub mod reloader;
 
 use std::path::PathBuf;
 use std::sync::Arc;
