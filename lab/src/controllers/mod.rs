@@ -35,7 +35,21 @@ pub fn spawn_all(
     ctx: Context,
     cancel: tokio_util::sync::CancellationToken,
 ) -> Vec<(&'static str, tokio::task::JoinHandle<()>)> {
-    let tasks: Vec<(&'static str, tokio::task::JoinHandle<()>)> = Vec::new();
-    let _ = (ctx, cancel);
+    let mut tasks = Vec::new();
+    macro_rules! start {
+        ($name:literal, $run:path) => {{
+            let (ctx, cancel) = (ctx.clone(), cancel.clone());
+            tasks.push((
+                $name,
+                tokio::spawn(async move {
+                    if let Err(e) = $run(ctx, cancel).await {
+                        tracing::error!(controller = $name, error = %e, "lab controller stopped");
+                    }
+                }),
+            ));
+        }};
+    }
+    start!("eso", eso::run);
+    start!("reloader", reloader::run);
     tasks
 }
