@@ -2,7 +2,9 @@
 //! like the real ESO, Reloader, Deployment controller and kubelet, each with
 //! latency knobs and fault switches, each recording ground truth.
 
+pub mod bankvaults;
 pub mod eso;
+pub mod kubelet;
 pub mod reloader;
 
 use std::path::PathBuf;
