@@ -6,6 +6,8 @@ pub mod bankvaults;
 pub mod eso;
 pub mod kubelet;
 pub mod reloader;
+pub mod deployment;
+pub mod replicaset;
 
 use std::path::PathBuf;
 use std::sync::Arc;
