@@ -1,13 +1,36 @@
 //! One probe run: write a fresh value to the store, then follow it through
 //! the cluster to the canary, ending as exactly one [`Outcome`].
 
+pub mod canary;
+pub mod cluster;
 pub mod outcome;
+pub mod store;
 
 pub use outcome::{Failure, Outcome, Reason, RunResult, Stage, StageTiming};
 
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ProbeConfig;
+
+/// When something happened: a monotonic instant for durations and the wall
+/// clock for timestamps, taken together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    /// Monotonic time (durations are differences of these).
+    pub at: std::time::Instant,
+    /// Wall-clock time (RFC 3339 timestamps, comparable with the lab's truth).
+    pub wall: chrono::DateTime<chrono::Utc>,
+}
+
+impl Stamp {
+    /// Now.
+    pub fn now() -> Stamp {
+        Stamp {
+            at: std::time::Instant::now(),
+            wall: chrono::Utc::now(),
+        }
+    }
+}
 
 /// Why a probe could not be set up (bad config the validator could not catch,
 /// no API server). Failures of a run are [`Outcome`]s, never errors.

@@ -1,0 +1,393 @@
+//! The prober's client of the canary Pods: ask a Pod which digest it sees,
+//! or long-poll until it sees another one. Answers are parsed strictly; a
+//! bad answer is a typed error with a reason, never a panic.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+
+use super::Reason;
+
+/// Default timeout of a plain request (long-polls add their wait to it).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The longest single long-poll; a wait past it is repeated.
+pub const MAX_LONG_POLL: Duration = Duration::from_secs(60);
+
+/// Longest body accepted from a canary.
+const MAX_BODY: usize = 16 * 1024;
+
+/// A canary's answer to `GET /digest`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// SHA-256 (hex) of the value the canary sees; `None` if it has none.
+    pub digest: Option<String>,
+    /// `env` or `file`.
+    pub source: String,
+    /// When the canary first saw this digest.
+    pub observed_at: DateTime<Utc>,
+    /// When the canary process started.
+    pub started_at: DateTime<Utc>,
+    /// `missing` / `unreadable` when it has no value.
+    pub error: Option<String>,
+    /// Long-polls: whether the digest differs from `differs_from`.
+    pub changed: Option<bool>,
+}
+
+/// The wire shape: every field required (`changed` may be absent on a plain GET).
+#[derive(Debug, Deserialize)]
+struct Wire {
+    digest: Option<String>,
+    source: String,
+    observed_at: String,
+    started_at: String,
+    error: Option<String>,
+    #[serde(default)]
+    changed: Option<bool>,
+}
+
+/// Why a canary request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CanaryError {
+    /// The HTTP client could not be built.
+    #[error("could not build the canary HTTP client: {0}")]
+    Client(#[source] reqwest::Error),
+    /// The Pod's address is not an IP address.
+    #[error("canary Pod address {0:?} is not an IP address")]
+    BadAddress(String),
+    /// Connection refused, reset, or no route.
+    #[error("canary {url} unreachable: {message}")]
+    Unreachable {
+        /// The URL asked.
+        url: String,
+        /// The transport error.
+        message: String,
+    },
+    /// No answer within the request timeout.
+    #[error("canary {url} did not answer within {after:?}")]
+    Timeout {
+        /// The URL asked.
+        url: String,
+        /// The timeout.
+        after: Duration,
+    },
+    /// An HTTP error status.
+    #[error("canary {url} answered HTTP {code}")]
+    Status {
+        /// The URL asked.
+        url: String,
+        /// The status.
+        code: u16,
+    },
+    /// A body that is not a valid digest answer.
+    #[error("canary {url} gave an invalid answer: {message}")]
+    BadBody {
+        /// The URL asked.
+        url: String,
+        /// What was wrong.
+        message: String,
+    },
+}
+
+impl CanaryError {
+    /// The bounded failure reason. A canary that cannot give a usable
+    /// answer counts as unreachable; a client we cannot build is our bug.
+    pub fn reason(&self) -> Reason {
+        match self {
+            CanaryError::Client(_) => Reason::ProberError,
+            _ => Reason::CanaryUnreachable,
+        }
+    }
+}
+
+/// Parse and check a `/digest` body.
+pub fn parse_answer(body: &[u8]) -> Result<Answer, String> {
+    let w: Wire = serde_json::from_slice(body).map_err(|e| format!("not a digest answer: {e}"))?;
+    if let Some(d) = &w.digest {
+        let ok = d.len() == 64
+            && d.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !ok {
+            return Err("digest is not 64 lower-case hex characters".into());
+        }
+    }
+    if w.digest.is_none() && w.error.is_none() {
+        return Err("neither a digest nor an error".into());
+    }
+    if w.source != "env" && w.source != "file" {
+        return Err(format!(
+            "unknown source {:?}",
+            w.source.chars().take(16).collect::<String>()
+        ));
+    }
+    let time = |field: &str, v: &str| {
+        DateTime::parse_from_rfc3339(v)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|e| format!("{field} is not RFC 3339: {e}"))
+    };
+    Ok(Answer {
+        observed_at: time("observed_at", &w.observed_at)?,
+        started_at: time("started_at", &w.started_at)?,
+        digest: w.digest,
+        source: w.source,
+        error: w.error,
+        changed: w.changed,
+    })
+}
+
+/// A client of every canary Pod of one probe.
+#[derive(Debug, Clone)]
+pub struct CanaryClient {
+    http: reqwest::Client,
+    port: u16,
+    timeout: Duration,
+}
+
+impl CanaryClient {
+    /// Canaries listen on `port`; plain requests time out after `timeout`.
+    pub fn new(port: u16, timeout: Option<Duration>) -> Result<CanaryClient, CanaryError> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let timeout = timeout.unwrap_or(DEFAULT_TIMEOUT);
+        let http = reqwest::Client::builder()
+            .connect_timeout(timeout)
+            // Pod IPs are reached directly, never through a proxy from the env.
+            .no_proxy()
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .map_err(CanaryError::Client)?;
+        Ok(CanaryClient {
+            http,
+            port,
+            timeout,
+        })
+    }
+
+    fn url(&self, ip: &str) -> Result<String, CanaryError> {
+        let addr: IpAddr = ip
+            .parse()
+            .map_err(|_| CanaryError::BadAddress(ip.to_string()))?;
+        Ok(match addr {
+            IpAddr::V4(a) => format!("http://{a}:{}/digest", self.port),
+            IpAddr::V6(a) => format!("http://[{a}]:{}/digest", self.port),
+        })
+    }
+
+    /// What the canary at `ip` sees now.
+    pub async fn digest(&self, ip: &str) -> Result<Answer, CanaryError> {
+        let url = self.url(ip)?;
+        self.get(&url, &[], self.timeout).await
+    }
+
+    /// Wait up to `wait` (capped at [`MAX_LONG_POLL`]) for the canary at `ip`
+    /// to see a digest other than `differs_from`.
+    pub async fn wait_change(
+        &self,
+        ip: &str,
+        differs_from: &str,
+        wait: Duration,
+    ) -> Result<Answer, CanaryError> {
+        let url = self.url(ip)?;
+        let wait = wait.min(MAX_LONG_POLL);
+        let wait_s = format!("{}ms", wait.as_millis());
+        self.get(
+            &url,
+            &[("differs_from", differs_from), ("wait", &wait_s)],
+            wait + self.timeout,
+        )
+        .await
+    }
+
+    async fn get(
+        &self,
+        url: &str,
+        query: &[(&str, &str)],
+        limit: Duration,
+    ) -> Result<Answer, CanaryError> {
+        let fut = async {
+            let mut target =
+                reqwest::Url::parse(url).map_err(|_| CanaryError::BadAddress(url.to_string()))?;
+            if !query.is_empty() {
+                target.query_pairs_mut().extend_pairs(query);
+            }
+            let resp = self
+                .http
+                .get(target)
+                .timeout(limit)
+                .send()
+                .await
+                .map_err(|e| transport(url, limit, e))?;
+            let code = resp.status();
+            if !code.is_success() {
+                return Err(CanaryError::Status {
+                    url: url.to_string(),
+                    code: code.as_u16(),
+                });
+            }
+            let body = read_limited(resp, url, limit).await?;
+            parse_answer(&body).map_err(|message| CanaryError::BadBody {
+                url: url.to_string(),
+                message,
+            })
+        };
+        // reqwest's own timeout covers the body too; this one also bounds DNS-free edge cases.
+        match tokio::time::timeout(limit + Duration::from_millis(500), fut).await {
+            Ok(r) => r,
+            Err(_) => Err(CanaryError::Timeout {
+                url: url.to_string(),
+                after: limit,
+            }),
+        }
+    }
+}
+
+async fn read_limited(
+    mut resp: reqwest::Response,
+    url: &str,
+    limit: Duration,
+) -> Result<Vec<u8>, CanaryError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| transport(url, limit, e))? {
+        body.extend_from_slice(&chunk);
+        if body.len() > MAX_BODY {
+            return Err(CanaryError::BadBody {
+                url: url.to_string(),
+                message: format!("body longer than {MAX_BODY} bytes"),
+            });
+        }
+    }
+    Ok(body)
+}
+
+fn transport(url: &str, limit: Duration, e: reqwest::Error) -> CanaryError {
+    if e.is_timeout() {
+        return CanaryError::Timeout {
+            url: url.to_string(),
+            after: limit,
+        };
+    }
+    let mut message = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        message.push_str(": ");
+        message.push_str(&c.to_string());
+        cause = c.source();
+    }
+    CanaryError::Unreachable {
+        url: url.to_string(),
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const D: &str = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
+
+    fn body(v: serde_json::Value) -> Vec<u8> {
+        serde_json::to_vec(&v).unwrap()
+    }
+
+    #[test]
+    fn parses_good_answers() {
+        let a = parse_answer(&body(json!({
+            "digest": D, "source": "env", "observed_at": "2025-01-01T00:00:00.123456789Z",
+            "started_at": "2025-01-01T00:00:00Z", "error": null, "changed": true
+        })))
+        .unwrap();
+        assert_eq!(a.digest.as_deref(), Some(D));
+        assert_eq!(a.changed, Some(true));
+        assert_eq!(a.observed_at.timestamp_subsec_nanos(), 123_456_789);
+        let a = parse_answer(&body(json!({
+            "digest": null, "source": "file", "observed_at": "2025-01-01T00:00:00Z",
+            "started_at": "2025-01-01T00:00:00Z", "error": "missing"
+        })))
+        .unwrap();
+        assert_eq!(a.digest, None);
+        assert_eq!(a.changed, None);
+    }
+
+    #[test]
+    fn rejects_bad_answers() {
+        let ok = json!({"digest": D, "source": "env", "observed_at": "2025-01-01T00:00:00Z",
+            "started_at": "2025-01-01T00:00:00Z", "error": null});
+        for (field, value) in [
+            ("digest", json!("ABC")),
+            ("digest", json!(D.to_uppercase())),
+            ("digest", json!(12)),
+            ("source", json!("vault")),
+            ("observed_at", json!("yesterday")),
+            ("changed", json!("yes")),
+        ] {
+            let mut b = ok.clone();
+            b[field] = value;
+            assert!(parse_answer(&body(b)).is_err(), "{field}");
+        }
+        let mut b = ok.clone();
+        b.as_object_mut().unwrap().remove("started_at");
+        assert!(parse_answer(&body(b)).is_err());
+        let mut b = ok.clone();
+        b["digest"] = json!(null);
+        assert!(parse_answer(&body(b)).is_err(), "no digest and no error");
+        assert!(parse_answer(b"<html>").is_err());
+        assert!(parse_answer(b"").is_err());
+    }
+
+    #[tokio::test]
+    async fn unreachable_canary_maps_to_canary_unreachable() {
+        let port = secret_canary_lab::openbao::free_port().unwrap();
+        let c = CanaryClient::new(port, Some(Duration::from_secs(1))).unwrap();
+        let e = c.digest("127.0.0.1").await.unwrap_err();
+        assert_eq!(e.reason(), Reason::CanaryUnreachable, "{e}");
+        assert!(matches!(e, CanaryError::Unreachable { .. }), "{e}");
+        let e = c.digest("not-an-ip").await.unwrap_err();
+        assert!(matches!(e, CanaryError::BadAddress(_)));
+    }
+
+    #[tokio::test]
+    async fn long_poll_against_a_stub_canary() {
+        // A minimal HTTP server: answers after 200 ms with a changed digest,
+        // or with garbage on the second connection.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            for n in 0.. {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut buf = vec![0u8; 4096];
+                let len = s.read(&mut buf).await.unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..len]).to_string();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let body = if n == 0 {
+                    assert!(req.contains("differs_from=old"), "{req}");
+                    assert!(req.contains("wait=2000ms"), "{req}");
+                    serde_json::to_string(&json!({"digest": D, "source": "env",
+                        "observed_at": "2025-01-01T00:00:00Z", "started_at": "2025-01-01T00:00:00Z",
+                        "error": null, "changed": true}))
+                    .unwrap()
+                } else {
+                    "{\"digest\": 1}".to_string()
+                };
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            }
+        });
+        let c = CanaryClient::new(port, Some(Duration::from_secs(1))).unwrap();
+        let a = c
+            .wait_change("127.0.0.1", "old", Duration::from_secs(2))
+            .await
+            .unwrap();
+        assert_eq!(a.digest.as_deref(), Some(D));
+        let e = c.digest("127.0.0.1").await.unwrap_err();
+        assert!(matches!(e, CanaryError::BadBody { .. }), "{e}");
+        assert_eq!(e.reason(), Reason::CanaryUnreachable);
+    }
+}

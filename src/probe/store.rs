@@ -1,0 +1,808 @@
+//! The store side of a run: log in to Vault / OpenBao with vaultrs, keep the
+//! token alive, and write the fresh test value to KV v2. Errors are typed and
+//! map to a bounded [`Reason`]; the value is never logged.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use tokio::sync::Mutex;
+use vaultrs::client::{Client as _, VaultClient, VaultClientSettingsBuilder};
+use vaultrs::error::ClientError;
+
+use super::{Reason, Stamp};
+use crate::config::{StoreAuth, StoreConfig, TokenSource};
+
+/// Default per-request timeout when the config gives none.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Versions kept on the canary path, so each run's version does not pile up.
+pub const MAX_VERSIONS: u64 = 10;
+
+/// The request that failed, for error messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Logging in (or reading a static token).
+    Login,
+    /// Looking up our own token's lease.
+    LookupToken,
+    /// Renewing our own token.
+    RenewToken,
+    /// The KV v2 write of the test value.
+    Write,
+    /// Setting `max_versions` on the canary path.
+    SetMetadata,
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Step::Login => "store login",
+            Step::LookupToken => "token lookup",
+            Step::RenewToken => "token renewal",
+            Step::Write => "KV v2 write",
+            Step::SetMetadata => "KV v2 metadata write",
+        })
+    }
+}
+
+/// Why a store call failed. [`StoreError::reason`] gives the metric label.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The configured address is not an http(s) URL.
+    #[error("store address {address:?} is not an http(s) URL")]
+    InvalidAddress {
+        /// The address as configured.
+        address: String,
+    },
+    /// The client could not be built (unreadable or invalid CA bundle).
+    #[error("could not build the store client (CA bundle {ca:?}): {source}")]
+    Client {
+        /// The configured CA bundle.
+        ca: Option<PathBuf>,
+        /// The cause.
+        #[source]
+        source: ClientError,
+    },
+    /// A credential file or variable could not be read.
+    #[error("could not read the store credential from {from}: {message}")]
+    Credential {
+        /// `file /path` or `env NAME`.
+        from: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The request did not complete within the store timeout.
+    #[error("{step} timed out after {after:?}")]
+    Timeout {
+        /// The failing request.
+        step: Step,
+        /// The timeout.
+        after: Duration,
+    },
+    /// The store could not be reached (connection refused, TLS, DNS).
+    #[error("{step}: store unreachable: {message}")]
+    Unreachable {
+        /// The failing request.
+        step: Step,
+        /// The transport error.
+        message: String,
+    },
+    /// The store answered with an HTTP error.
+    #[error("{step}: store answered HTTP {code}: {message}")]
+    Status {
+        /// The failing request.
+        step: Step,
+        /// HTTP status.
+        code: u16,
+        /// Vault's `errors` joined, or empty.
+        message: String,
+    },
+    /// The store answered something we could not use.
+    #[error("{step}: unexpected answer from the store: {message}")]
+    BadResponse {
+        /// The failing request.
+        step: Step,
+        /// What was wrong.
+        message: String,
+    },
+}
+
+impl StoreError {
+    /// The bounded failure reason.
+    pub fn reason(&self) -> Reason {
+        match self {
+            StoreError::InvalidAddress { .. }
+            | StoreError::Client { .. }
+            | StoreError::Credential { .. } => Reason::ProberError,
+            StoreError::Status {
+                step,
+                code,
+                message,
+            } => status_reason(*step, *code, message),
+            StoreError::Timeout { .. }
+            | StoreError::Unreachable { .. }
+            | StoreError::BadResponse { .. } => Reason::StoreError,
+        }
+    }
+
+    /// True when the answer says our token is bad or lacks permission, so a
+    /// fresh login may help.
+    fn is_denied(&self) -> bool {
+        self.reason() == Reason::AuthError
+    }
+
+    fn from_client(step: Step, e: ClientError) -> StoreError {
+        match e {
+            ClientError::APIError { code, errors } => StoreError::Status {
+                step,
+                code,
+                message: errors.join("; "),
+            },
+            ClientError::RestClientError { source } => {
+                // rustify wraps the transport error; find reqwest's to tell a
+                // connection problem from an unusable answer.
+                let text = error_chain(&source);
+                let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&source);
+                while let Some(c) = cause {
+                    if c.is::<reqwest::Error>() {
+                        return StoreError::Unreachable {
+                            step,
+                            message: text,
+                        };
+                    }
+                    cause = c.source();
+                }
+                StoreError::BadResponse {
+                    step,
+                    message: text,
+                }
+            }
+            other => StoreError::BadResponse {
+                step,
+                message: error_chain(&other),
+            },
+        }
+    }
+}
+
+/// An error and its causes on one line.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+/// The reason an HTTP error status stands for.
+fn status_reason(step: Step, code: u16, message: &str) -> Reason {
+    let m = message.to_ascii_lowercase();
+    match code {
+        401 | 403 => Reason::AuthError,
+        _ if m.contains("permission denied") || m.contains("invalid token") => Reason::AuthError,
+        // A login refused for bad input (unknown role, bad secret id, bad JWT).
+        400..=499 if step == Step::Login => Reason::AuthError,
+        _ => Reason::StoreError,
+    }
+}
+
+/// What a successful write produced.
+#[derive(Debug, Clone)]
+pub struct Written {
+    /// The new KV v2 version.
+    pub version: u64,
+    /// The server's `created_time` of the version.
+    pub created_time: Option<DateTime<Utc>>,
+    /// Taken just before the write request was sent.
+    pub started: Stamp,
+    /// Taken when the response arrived.
+    pub finished: Stamp,
+}
+
+/// A logged-in token and its lease.
+#[derive(Debug, Clone, Copy)]
+struct Lease {
+    obtained: Instant,
+    /// `None`: the token does not expire (or its lease is unknown).
+    ttl: Option<Duration>,
+    renewable: bool,
+}
+
+impl Lease {
+    fn remaining(&self, now: Instant) -> Option<Duration> {
+        self.ttl
+            .map(|t| t.saturating_sub(now.saturating_duration_since(self.obtained)))
+    }
+
+    /// Act when less than a third of the lease is left (at least 5 s early),
+    /// so a short-lived token never expires mid-run.
+    fn needs_refresh(&self, now: Instant) -> bool {
+        match (self.ttl, self.remaining(now)) {
+            (Some(ttl), Some(left)) => left <= (ttl / 3).max(Duration::from_secs(5)),
+            _ => false,
+        }
+    }
+}
+
+struct Inner {
+    client: Option<VaultClient>,
+    lease: Option<Lease>,
+    metadata_done: bool,
+}
+
+/// The store client of one probe. Calls are serialised (a probe has one run
+/// at a time).
+pub struct Store {
+    config: StoreConfig,
+    timeout: Duration,
+    inner: Mutex<Inner>,
+}
+
+impl Store {
+    /// A client for this store; nothing is contacted until the first write.
+    pub fn new(config: StoreConfig) -> Store {
+        let timeout = config.timeout.unwrap_or(DEFAULT_TIMEOUT);
+        Store {
+            config,
+            timeout,
+            inner: Mutex::new(Inner {
+                client: None,
+                lease: None,
+                metadata_done: false,
+            }),
+        }
+    }
+
+    /// Log in or renew if needed, and cap the path's versions once. Done
+    /// before the write so login time is not part of `store_write`.
+    pub async fn prepare(&self) -> Result<(), StoreError> {
+        let mut inner = self.inner.lock().await;
+        self.ensure_session(&mut inner).await?;
+        if !inner.metadata_done {
+            inner.metadata_done = true;
+            if let Err(e) = self.set_max_versions(&inner).await {
+                tracing::info!(path = %self.config.path, error = %e, "could not set max_versions on the canary path; versions will accumulate");
+            }
+        }
+        Ok(())
+    }
+
+    /// Write `{key: value}` to the canary path. A denied write is retried
+    /// once after a fresh login (the token may have been revoked).
+    pub async fn write(&self, value: &str) -> Result<Written, StoreError> {
+        let mut inner = self.inner.lock().await;
+        self.ensure_session(&mut inner).await?;
+        match self.write_once(&inner, value).await {
+            Err(e) if e.is_denied() => {
+                tracing::info!(error = %e, "store write denied; logging in again and retrying once");
+                inner.lease = None;
+                self.login(&mut inner).await?;
+                self.write_once(&inner, value).await
+            }
+            other => other,
+        }
+    }
+
+    async fn write_once(&self, inner: &Inner, value: &str) -> Result<Written, StoreError> {
+        let client = client_of(inner)?;
+        let mut data = BTreeMap::new();
+        data.insert(self.config.key.as_str(), value);
+        let started = Stamp::now();
+        let meta = self
+            .call(
+                Step::Write,
+                vaultrs::kv2::set(client, &self.config.mount, &self.config.path, &data),
+            )
+            .await?;
+        let finished = Stamp::now();
+        let created_time = DateTime::parse_from_rfc3339(&meta.created_time)
+            .ok()
+            .map(|t| t.with_timezone(&Utc));
+        Ok(Written {
+            version: meta.version,
+            created_time,
+            started,
+            finished,
+        })
+    }
+
+    async fn set_max_versions(&self, inner: &Inner) -> Result<(), StoreError> {
+        let client = client_of(inner)?;
+        let mut opts = vaultrs::api::kv2::requests::SetSecretMetadataRequest::builder();
+        opts.max_versions(MAX_VERSIONS);
+        self.call(
+            Step::SetMetadata,
+            vaultrs::kv2::set_metadata(
+                client,
+                &self.config.mount,
+                &self.config.path,
+                Some(&mut opts),
+            ),
+        )
+        .await
+    }
+
+    /// Run one request under the store timeout.
+    async fn call<T>(
+        &self,
+        step: Step,
+        fut: impl Future<Output = Result<T, ClientError>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(StoreError::from_client(step, e)),
+            Err(_) => Err(StoreError::Timeout {
+                step,
+                after: self.timeout,
+            }),
+        }
+    }
+
+    fn build_client(&self) -> Result<VaultClient, StoreError> {
+        let address = self.config.address.trim();
+        // vaultrs' address setter panics on a malformed URL: check first.
+        match reqwest::Url::parse(address) {
+            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+            _ => {
+                return Err(StoreError::InvalidAddress {
+                    address: address.to_string(),
+                })
+            }
+        }
+        let mut b = VaultClientSettingsBuilder::default();
+        // Every field set explicitly: the defaults read VAULT_* variables,
+        // which would make the probe depend on the prober's environment.
+        b.address(address)
+            .token("")
+            .verify(true)
+            .identity(None)
+            .timeout(Some(self.timeout))
+            .ca_certs(
+                self.config
+                    .ca_bundle
+                    .iter()
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .collect(),
+            );
+        if let Some(ns) = &self.config.namespace {
+            b.set_namespace(ns.clone());
+        }
+        let settings = b.build().map_err(|e| StoreError::InvalidAddress {
+            address: format!("{address} ({e})"),
+        })?;
+        VaultClient::new(settings).map_err(|source| StoreError::Client {
+            ca: self.config.ca_bundle.clone(),
+            source,
+        })
+    }
+
+    async fn ensure_session(&self, inner: &mut Inner) -> Result<(), StoreError> {
+        if inner.client.is_none() {
+            inner.client = Some(self.build_client()?);
+        }
+        let now = Instant::now();
+        match inner.lease {
+            None => self.login(inner).await,
+            Some(lease) if lease.needs_refresh(now) => {
+                if lease.renewable {
+                    match self.renew(inner).await {
+                        Ok(()) => return Ok(()),
+                        Err(e) => {
+                            tracing::info!(error = %e, "token renewal failed; logging in again")
+                        }
+                    }
+                }
+                self.login(inner).await
+            }
+            Some(_) => Ok(()),
+        }
+    }
+
+    async fn renew(&self, inner: &mut Inner) -> Result<(), StoreError> {
+        let client = client_of(inner)?;
+        let obtained = Instant::now();
+        let auth = self.call(Step::RenewToken, client.renew(None)).await?;
+        let lease = Lease {
+            obtained,
+            ttl: ttl(auth.lease_duration),
+            renewable: auth.renewable,
+        };
+        // A renewal capped by the token's max TTL: log in again next time.
+        let capped = matches!(lease.ttl, Some(t) if t < Duration::from_secs(15));
+        inner.lease = Some(Lease {
+            renewable: lease.renewable && !capped,
+            ..lease
+        });
+        Ok(())
+    }
+
+    async fn login(&self, inner: &mut Inner) -> Result<(), StoreError> {
+        if inner.client.is_none() {
+            inner.client = Some(self.build_client()?);
+        }
+        let obtained = Instant::now();
+        let (token, lease) = match &self.config.auth {
+            StoreAuth::Token(source) => {
+                let token = read_credential(source)?;
+                (token, None)
+            }
+            StoreAuth::Kubernetes {
+                role,
+                mount,
+                token_file,
+            } => {
+                let jwt = read_credential(&TokenSource::File(token_file.clone()))?;
+                let client = client_of(inner)?;
+                let auth = self
+                    .call(
+                        Step::Login,
+                        vaultrs::auth::kubernetes::login(client, mount, role, &jwt),
+                    )
+                    .await?;
+                let lease = Lease {
+                    obtained,
+                    ttl: ttl(auth.lease_duration),
+                    renewable: auth.renewable,
+                };
+                (auth.client_token, Some(lease))
+            }
+            StoreAuth::Approle {
+                mount,
+                role_id,
+                secret_id,
+            } => {
+                let secret_id = read_credential(secret_id)?;
+                let client = client_of(inner)?;
+                let auth = self
+                    .call(
+                        Step::Login,
+                        vaultrs::auth::approle::login(client, mount, role_id, &secret_id),
+                    )
+                    .await?;
+                let lease = Lease {
+                    obtained,
+                    ttl: ttl(auth.lease_duration),
+                    renewable: auth.renewable,
+                };
+                (auth.client_token, Some(lease))
+            }
+        };
+        let client = inner
+            .client
+            .as_mut()
+            .ok_or_else(|| StoreError::BadResponse {
+                step: Step::Login,
+                message: "store client missing after build".into(),
+            })?;
+        client.set_token(&token);
+        let lease = match lease {
+            Some(l) => l,
+            None => {
+                // A static token: learn its lease so it is renewed (or the
+                // file re-read) before it expires. A token that may not look
+                // itself up is still tried; the write will tell.
+                match self.call(Step::LookupToken, client.lookup()).await {
+                    Ok(info) => Lease {
+                        obtained,
+                        ttl: ttl(info.ttl),
+                        renewable: info.renewable.unwrap_or(false),
+                    },
+                    Err(e)
+                        if e.reason() == Reason::AuthError
+                            && e.to_string().contains("invalid token") =>
+                    {
+                        return Err(e)
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "could not look up the store token's lease");
+                        Lease {
+                            obtained,
+                            ttl: None,
+                            renewable: false,
+                        }
+                    }
+                }
+            }
+        };
+        inner.lease = Some(lease);
+        Ok(())
+    }
+}
+
+fn client_of(inner: &Inner) -> Result<&VaultClient, StoreError> {
+    inner
+        .client
+        .as_ref()
+        .ok_or_else(|| StoreError::BadResponse {
+            step: Step::Write,
+            message: "store client not built".into(),
+        })
+}
+
+/// Vault reports a lease of 0 for tokens that never expire.
+fn ttl(seconds: u64) -> Option<Duration> {
+    (seconds > 0).then(|| Duration::from_secs(seconds))
+}
+
+/// Read a credential now (files are re-read on each login so rotation works).
+pub fn read_credential(source: &TokenSource) -> Result<String, StoreError> {
+    let (from, raw) = match source {
+        TokenSource::File(path) => (
+            format!("file {}", path.display()),
+            std::fs::read_to_string(path).map_err(|e| e.to_string()),
+        ),
+        TokenSource::Env(name) => (
+            format!("env {name}"),
+            std::env::var(name).map_err(|e| e.to_string()),
+        ),
+    };
+    let raw = raw.map_err(|message| StoreError::Credential {
+        from: from.clone(),
+        message,
+    })?;
+    let value = raw.trim();
+    if value.is_empty() {
+        return Err(StoreError::Credential {
+            from,
+            message: "empty".into(),
+        });
+    }
+    Ok(value.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secret_canary_lab::openbao::OpenBao;
+    use serde_json::{json, Value};
+
+    fn tls() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+
+    /// A raw root-token request for test setup (not the code under test).
+    async fn root(
+        bao: &OpenBao,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Value {
+        let c = reqwest::Client::new();
+        let mut r = c
+            .request(method, format!("{}/v1/{path}", bao.addr))
+            .header("X-Vault-Token", &bao.root_token);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let resp = r.send().await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        assert!(status.is_success(), "{path}: {status} {text}");
+        serde_json::from_str(&text).unwrap_or(Value::Null)
+    }
+
+    async fn bao(name: &str) -> OpenBao {
+        tls();
+        let dir = std::env::temp_dir().join(format!("sc-store-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        OpenBao::start(&dir.join("bao.log")).await.unwrap()
+    }
+
+    fn config(bao: &OpenBao, auth: StoreAuth) -> StoreConfig {
+        StoreConfig {
+            address: bao.addr.clone(),
+            mount: "secret".into(),
+            path: "canary/test".into(),
+            key: "value".into(),
+            namespace: None,
+            ca_bundle: None,
+            timeout: Some(Duration::from_secs(5)),
+            auth,
+        }
+    }
+
+    fn token_file(name: &str, token: &str) -> PathBuf {
+        let p = std::env::temp_dir().join(format!("sc-store-{name}-{}.token", std::process::id()));
+        std::fs::write(&p, format!("{token}\n")).unwrap();
+        p
+    }
+
+    async fn latest(bao: &OpenBao, path: &str) -> Value {
+        root(
+            bao,
+            reqwest::Method::GET,
+            &format!("secret/data/{path}"),
+            None,
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn token_from_file_writes_new_versions_and_caps_them() {
+        let bao = bao("file").await;
+        let file = token_file("file", &bao.root_token);
+        let store = Store::new(config(
+            &bao,
+            StoreAuth::Token(TokenSource::File(file.clone())),
+        ));
+        store.prepare().await.unwrap();
+        let a = store.write("first").await.unwrap();
+        let b = store.write("second").await.unwrap();
+        assert_eq!(b.version, a.version + 1);
+        assert!(a.finished.at >= a.started.at);
+        let created = b.created_time.unwrap();
+        let slack = chrono::Duration::milliseconds(50);
+        assert!(created >= b.started.wall - slack && created <= b.finished.wall + slack);
+        let data = latest(&bao, "canary/test").await;
+        assert_eq!(data["data"]["data"], json!({"value": "second"}));
+        let meta = root(
+            &bao,
+            reqwest::Method::GET,
+            "secret/metadata/canary/test",
+            None,
+        )
+        .await;
+        assert_eq!(meta["data"]["max_versions"], json!(MAX_VERSIONS));
+        std::fs::remove_file(file).ok();
+    }
+
+    #[tokio::test]
+    async fn errors_map_to_reasons() {
+        let bao = bao("errors").await;
+        // A token the store does not know.
+        let file = token_file("bad", "not-a-token");
+        let store = Store::new(config(
+            &bao,
+            StoreAuth::Token(TokenSource::File(file.clone())),
+        ));
+        let e = store.write("x").await.unwrap_err();
+        assert_eq!(e.reason(), Reason::AuthError, "{e}");
+        std::fs::remove_file(file).ok();
+
+        // A valid token whose policy does not allow the write.
+        let policy = r#"path "secret/data/other" { capabilities = ["create", "update"] }"#;
+        root(
+            &bao,
+            reqwest::Method::PUT,
+            "sys/policies/acl/other",
+            Some(json!({"policy": policy})),
+        )
+        .await;
+        let t = root(
+            &bao,
+            reqwest::Method::POST,
+            "auth/token/create",
+            Some(json!({"policies": ["other"]})),
+        )
+        .await;
+        let tok = t["auth"]["client_token"].as_str().unwrap().to_string();
+        std::env::set_var("SC_STORE_TEST_TOKEN", &tok);
+        let store = Store::new(config(
+            &bao,
+            StoreAuth::Token(TokenSource::Env("SC_STORE_TEST_TOKEN".into())),
+        ));
+        let e = store.write("x").await.unwrap_err();
+        assert_eq!(e.reason(), Reason::AuthError, "{e}");
+        assert!(e.to_string().contains("permission denied"), "{e}");
+
+        // Prober-side problems.
+        let missing = PathBuf::from("/nonexistent/secret-canary/token");
+        let store = Store::new(config(&bao, StoreAuth::Token(TokenSource::File(missing))));
+        let e = store.write("x").await.unwrap_err();
+        assert_eq!(e.reason(), Reason::ProberError, "{e}");
+        let mut cfg = config(
+            &bao,
+            StoreAuth::Token(TokenSource::Env("SC_STORE_TEST_TOKEN".into())),
+        );
+        cfg.address = "not a url".into();
+        let e = Store::new(cfg).write("x").await.unwrap_err();
+        assert_eq!(e.reason(), Reason::ProberError, "{e}");
+
+        // Nothing listening.
+        let mut cfg = config(
+            &bao,
+            StoreAuth::Token(TokenSource::Env("SC_STORE_TEST_TOKEN".into())),
+        );
+        let port = secret_canary_lab::openbao::free_port().unwrap();
+        cfg.address = format!("http://127.0.0.1:{port}");
+        let e = Store::new(cfg).write("x").await.unwrap_err();
+        assert_eq!(e.reason(), Reason::StoreError, "{e}");
+
+        // Sealed: 503.
+        let file = token_file("sealed", &bao.root_token);
+        let store = Store::new(config(
+            &bao,
+            StoreAuth::Token(TokenSource::File(file.clone())),
+        ));
+        store.write("before").await.unwrap();
+        root(&bao, reqwest::Method::PUT, "sys/seal", None).await;
+        let e = store.write("x").await.unwrap_err();
+        assert_eq!(e.reason(), Reason::StoreError, "{e}");
+        std::fs::remove_file(file).ok();
+    }
+
+    #[tokio::test]
+    async fn approle_short_lived_tokens_do_not_fail_writes() {
+        let bao = bao("approle").await;
+        let policy = r#"
+            path "secret/data/canary/*" { capabilities = ["create", "update"] }
+            path "secret/metadata/canary/*" { capabilities = ["create", "update"] }
+        "#;
+        root(
+            &bao,
+            reqwest::Method::PUT,
+            "sys/policies/acl/canary",
+            Some(json!({"policy": policy})),
+        )
+        .await;
+        root(
+            &bao,
+            reqwest::Method::POST,
+            "sys/auth/approle",
+            Some(json!({"type": "approle"})),
+        )
+        .await;
+        // Renewable up to 4 s in total, 2 s at a time: both renewal and a
+        // fresh login are needed over the test.
+        root(
+            &bao,
+            reqwest::Method::POST,
+            "auth/approle/role/canary",
+            Some(json!({"token_policies": ["canary"], "token_ttl": "2s", "token_max_ttl": "4s"})),
+        )
+        .await;
+        let r = root(
+            &bao,
+            reqwest::Method::GET,
+            "auth/approle/role/canary/role-id",
+            None,
+        )
+        .await;
+        let role_id = r["data"]["role_id"].as_str().unwrap().to_string();
+        let s = root(
+            &bao,
+            reqwest::Method::POST,
+            "auth/approle/role/canary/secret-id",
+            Some(json!({})),
+        )
+        .await;
+        let secret_file = token_file("approle", s["data"]["secret_id"].as_str().unwrap());
+        let store = Store::new(config(
+            &bao,
+            StoreAuth::Approle {
+                mount: "approle".into(),
+                role_id: role_id.clone(),
+                secret_id: TokenSource::File(secret_file.clone()),
+            },
+        ));
+        let mut last = 0;
+        for i in 0..12 {
+            let w = store.write(&format!("v{i}")).await.unwrap();
+            assert!(w.version > last);
+            last = w.version;
+            tokio::time::sleep(Duration::from_millis(700)).await;
+        }
+
+        // A wrong secret id is an auth error.
+        let bad = token_file("approle-bad", "00000000-0000-0000-0000-000000000000");
+        let store = Store::new(config(
+            &bao,
+            StoreAuth::Approle {
+                mount: "approle".into(),
+                role_id,
+                secret_id: TokenSource::File(bad.clone()),
+            },
+        ));
+        let e = store.write("x").await.unwrap_err();
+        assert_eq!(e.reason(), Reason::AuthError, "{e}");
+        std::fs::remove_file(secret_file).ok();
+        std::fs::remove_file(bad).ok();
+    }
+}
