@@ -9,6 +9,12 @@
 //! canary: the workload in the canary Pods (`secret-canary canary`)
 //! ```
 
+pub mod app;
 pub mod canary;
 pub mod config;
+pub mod http;
+pub mod metrics;
 pub mod probe;
+pub mod report;
+pub mod schedule;
+pub mod telemetry;

@@ -1,0 +1,230 @@
+//! The exporter's HTTP side (axum): `/metrics` (OpenMetrics, or Prometheus
+//! text 0.0.4 when the client asks for `text/plain` only), `/healthz`,
+//! `/readyz` (every probe's watchers synced) and `/probes` (each probe's last
+//! outcome as JSON).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ProbeConfig;
+use crate::metrics;
+use crate::probe::Outcome;
+use crate::report::{self, ProbeReport};
+
+/// Why the exporter could not serve.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The server stopped with an error.
+    #[error("exporter failed: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+type ReadyFn = Box<dyn Fn() -> bool + Send + Sync>;
+
+struct Entry {
+    config: ProbeConfig,
+    ready: ReadyFn,
+    last: RwLock<Option<Outcome>>,
+}
+
+/// What the exporter knows about each probe: readiness and its last outcome.
+#[derive(Default)]
+pub struct ProbeBoard {
+    entries: Vec<Entry>,
+}
+
+/// One probe in `/probes`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeView {
+    /// The probe's name.
+    pub name: String,
+    /// Its watchers are synced.
+    pub ready: bool,
+    /// The cron expression, if scheduled by cron.
+    pub schedule: Option<String>,
+    /// The interval in seconds, if scheduled by interval.
+    pub interval_seconds: Option<f64>,
+    /// The last completed run, if any.
+    pub last_run: Option<ProbeReport>,
+}
+
+/// The `/probes` document.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbesView {
+    /// Every probe, in config order.
+    pub probes: Vec<ProbeView>,
+}
+
+impl ProbeBoard {
+    /// An empty board.
+    pub fn new() -> Self {
+        ProbeBoard::default()
+    }
+
+    /// Add a probe; `ready` answers whether its watchers are synced.
+    pub fn add(&mut self, config: ProbeConfig, ready: impl Fn() -> bool + Send + Sync + 'static) {
+        self.entries.push(Entry {
+            config,
+            ready: Box::new(ready),
+            last: RwLock::new(None),
+        });
+    }
+
+    /// Remember `outcome` as its probe's last run.
+    pub fn record(&self, outcome: &Outcome) {
+        if let Some(e) = self.entries.iter().find(|e| e.config.name == outcome.probe) {
+            // A poisoned lock only means a panic elsewhere mid-write; the
+            // value is replaced whole, so carrying on is safe.
+            let mut last = e.last.write().unwrap_or_else(|p| p.into_inner());
+            *last = Some(outcome.clone());
+        }
+    }
+
+    /// Names of probes whose watchers are not synced yet.
+    pub fn not_ready(&self) -> Vec<&str> {
+        self.entries
+            .iter()
+            .filter(|e| !(e.ready)())
+            .map(|e| e.config.name.as_str())
+            .collect()
+    }
+
+    /// Every probe's state for `/probes`.
+    pub fn view(&self) -> ProbesView {
+        ProbesView {
+            probes: self
+                .entries
+                .iter()
+                .map(|e| {
+                    let last = e.last.read().unwrap_or_else(|p| p.into_inner());
+                    ProbeView {
+                        name: e.config.name.clone(),
+                        ready: (e.ready)(),
+                        schedule: e.config.schedule.clone(),
+                        interval_seconds: e.config.interval.map(|d| d.as_secs_f64()),
+                        last_run: last.as_ref().map(|o| report::probe_report(&e.config, o)),
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Everything the handlers share.
+#[derive(Clone)]
+pub struct Exporter {
+    registry: Arc<Registry>,
+    board: Arc<ProbeBoard>,
+}
+
+impl Exporter {
+    /// An exporter over a finished registry and the probe board.
+    pub fn new(registry: Arc<Registry>, board: Arc<ProbeBoard>) -> Self {
+        Exporter { registry, board }
+    }
+
+    /// The routes.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/metrics", get(metrics_handler))
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/readyz", get(readyz))
+            .route("/probes", get(probes))
+            .with_state(self.clone())
+    }
+
+    /// Serve on `listener` until `cancel` fires, then finish in-flight requests.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        cancel: CancellationToken,
+    ) -> Result<(), Error> {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "exporter listening");
+        }
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(cancel.cancelled_owned())
+            .await
+            .map_err(Error::Serve)
+    }
+}
+
+/// Bind the listen address.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { addr, source })
+}
+
+/// OpenMetrics unless the client asks for `text/plain` and not OpenMetrics
+/// (Prometheus itself asks for OpenMetrics first; curl's `*/*` gets it too).
+fn wants_prometheus_text(headers: &HeaderMap) -> bool {
+    let accept = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(",");
+    accept.contains("text/plain") && !accept.contains("application/openmetrics-text")
+}
+
+async fn metrics_handler(State(ex): State<Exporter>, headers: HeaderMap) -> Response {
+    let (body, content_type) = if wants_prometheus_text(&headers) {
+        (
+            metrics::encode_prometheus_text(&ex.registry),
+            prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+        )
+    } else {
+        (
+            metrics::encode_openmetrics(&ex.registry),
+            metrics::OPENMETRICS_CONTENT_TYPE,
+        )
+    };
+    match body {
+        Ok(body) => ([(header::CONTENT_TYPE, content_type)], body).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "encoding metrics failed");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "encoding metrics failed\n",
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn readyz(State(ex): State<Exporter>) -> Response {
+    let waiting = ex.board.not_ready();
+    if waiting.is_empty() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("waiting for watchers of: {}\n", waiting.join(", ")),
+        )
+            .into_response()
+    }
+}
+
+async fn probes(State(ex): State<Exporter>) -> Json<ProbesView> {
+    Json(ex.board.view())
+}

@@ -1,0 +1,475 @@
+//! What `once` prints and `/probes` serves: per probe its last outcome with
+//! every stage's timing, SLO threshold and verdict. A pure function of the
+//! outcomes and the config, so new output formats only add a renderer.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+
+use crate::config::{Config, ProbeConfig};
+use crate::probe::{Failure, Outcome, RunResult, Stage};
+
+/// Output format of `once`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Format {
+    /// A human-readable table per probe.
+    #[default]
+    Table,
+    /// One JSON document with every outcome.
+    Json,
+}
+
+/// Exit code of `once` when every probe passed.
+pub const EXIT_PASS: u8 = 0;
+/// Exit code of `once` when a probe failed or broke its SLO.
+pub const EXIT_FAIL: u8 = 1;
+/// Exit code for usage and config errors.
+pub const EXIT_USAGE: u8 = 2;
+
+/// How a stage went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StageStatus {
+    /// Completed.
+    Completed,
+    /// Started and did not complete (the run's failure stage).
+    Failed,
+    /// Never started (an earlier stage failed).
+    NotStarted,
+}
+
+/// A stage's SLO verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Completed within its threshold.
+    Met,
+    /// Completed, slower than its threshold.
+    Breached,
+    /// No threshold configured.
+    NoSlo,
+    /// A threshold is configured but the stage did not complete.
+    NotCompleted,
+}
+
+/// One stage of one run, ready to print or serialise.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StageReport {
+    /// The stage.
+    pub stage: Stage,
+    /// How it went.
+    pub status: StageStatus,
+    /// Wall clock at its start, RFC 3339 with nanoseconds.
+    pub started_at: Option<String>,
+    /// Wall clock at its completion, RFC 3339 with nanoseconds.
+    pub completed_at: Option<String>,
+    /// Monotonic duration, seconds.
+    pub duration_seconds: Option<f64>,
+    /// The SLO threshold, seconds.
+    pub slo_seconds: Option<f64>,
+    /// The SLO verdict.
+    pub slo: Verdict,
+}
+
+/// One probe's run, ready to print or serialise.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProbeReport {
+    /// The probe's name.
+    pub probe: String,
+    /// The run's id (as in logs and exemplars).
+    pub run_id: String,
+    /// How the run ended.
+    pub result: RunResult,
+    /// Succeeded and met every SLO.
+    pub passed: bool,
+    /// SHA-256 (hex) of the value written.
+    pub digest: Option<String>,
+    /// RFC 3339 with nanoseconds.
+    pub started_at: String,
+    /// RFC 3339 with nanoseconds.
+    pub finished_at: String,
+    /// The first stage that did not complete, and why.
+    pub failure: Option<Failure>,
+    /// A human-readable detail of the failure (never a secret value).
+    pub detail: Option<String>,
+    /// The chain's stages in order, then `end_to_end`.
+    pub stages: Vec<StageReport>,
+}
+
+/// The whole `once` report.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    /// Every probe passed.
+    pub passed: bool,
+    /// The process exit code this report implies.
+    pub exit_code: u8,
+    /// One entry per outcome, in the order given.
+    pub probes: Vec<ProbeReport>,
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Nanos, true)
+}
+
+/// The run's end-to-end duration: the engine's `end_to_end` timing if it
+/// reported one, else, for a successful run, from its first stage's start to
+/// its last stage's completion.
+pub fn end_to_end(outcome: &Outcome) -> Option<Duration> {
+    if let Some(d) = outcome.duration(Stage::EndToEnd) {
+        return Some(d);
+    }
+    if outcome.result != RunResult::Success {
+        return None;
+    }
+    let first = outcome.stages.first()?.started_at;
+    let last = outcome.stages.last()?.completed_at?;
+    (last - first).to_std().ok()
+}
+
+/// Completed stages (and `end_to_end`) slower than their SLO.
+pub fn slo_breaches(probe: &ProbeConfig, outcome: &Outcome) -> Vec<Stage> {
+    stage_reports(probe, outcome)
+        .into_iter()
+        .filter(|s| s.slo == Verdict::Breached)
+        .map(|s| s.stage)
+        .collect()
+}
+
+/// Whether a run succeeded and met every SLO.
+pub fn passed(probe: &ProbeConfig, outcome: &Outcome) -> bool {
+    outcome.result == RunResult::Success && slo_breaches(probe, outcome).is_empty()
+}
+
+/// Per stage of the probe's chain, then `end_to_end`: timing and SLO verdict.
+pub fn stage_reports(probe: &ProbeConfig, outcome: &Outcome) -> Vec<StageReport> {
+    let mut rows = Vec::new();
+    for stage in probe.stages() {
+        let timing = outcome.stages.iter().find(|t| t.stage == stage);
+        let duration = timing.and_then(|t| t.duration);
+        let status = match timing {
+            Some(t) if t.completed_at.is_some() || t.duration.is_some() => StageStatus::Completed,
+            Some(_) => StageStatus::Failed,
+            None => StageStatus::NotStarted,
+        };
+        rows.push(row(
+            probe,
+            stage,
+            status,
+            duration,
+            timing.map(|t| t.started_at),
+            timing.and_then(|t| t.completed_at),
+        ));
+    }
+    let e2e = end_to_end(outcome);
+    let engine = outcome.stages.iter().find(|t| t.stage == Stage::EndToEnd);
+    let started = engine
+        .map(|t| t.started_at)
+        .or_else(|| outcome.stages.first().map(|t| t.started_at));
+    let completed = engine
+        .and_then(|t| t.completed_at)
+        .or_else(|| e2e.and_then(|_| outcome.stages.last().and_then(|t| t.completed_at)));
+    let status = if e2e.is_some() {
+        StageStatus::Completed
+    } else {
+        StageStatus::Failed
+    };
+    rows.push(row(probe, Stage::EndToEnd, status, e2e, started, completed));
+    rows
+}
+
+fn row(
+    probe: &ProbeConfig,
+    stage: Stage,
+    status: StageStatus,
+    duration: Option<Duration>,
+    started: Option<DateTime<Utc>>,
+    completed: Option<DateTime<Utc>>,
+) -> StageReport {
+    let slo = probe.slo(stage);
+    let verdict = match (slo, duration) {
+        (None, _) => Verdict::NoSlo,
+        (Some(limit), Some(d)) if d > limit => Verdict::Breached,
+        (Some(_), Some(_)) => Verdict::Met,
+        (Some(_), None) => Verdict::NotCompleted,
+    };
+    StageReport {
+        stage,
+        status,
+        started_at: started.map(rfc3339),
+        completed_at: completed.map(rfc3339),
+        duration_seconds: duration.map(|d| d.as_secs_f64()),
+        slo_seconds: slo.map(|d| d.as_secs_f64()),
+        slo: verdict,
+    }
+}
+
+/// One probe's report.
+pub fn probe_report(probe: &ProbeConfig, outcome: &Outcome) -> ProbeReport {
+    ProbeReport {
+        probe: outcome.probe.clone(),
+        run_id: outcome.run_id.clone(),
+        result: outcome.result,
+        passed: passed(probe, outcome),
+        digest: outcome.digest.clone(),
+        started_at: rfc3339(outcome.started_at),
+        finished_at: rfc3339(outcome.finished_at),
+        failure: outcome.failure,
+        detail: outcome.detail.clone(),
+        stages: stage_reports(probe, outcome),
+    }
+}
+
+/// The report of a set of outcomes. An outcome whose probe is not in the
+/// config (a caller bug) counts as not passed.
+pub fn build(config: &Config, outcomes: &[Outcome]) -> Report {
+    let probes: Vec<ProbeReport> = outcomes
+        .iter()
+        .map(|o| match config.probe(&o.probe) {
+            Some(p) => probe_report(p, o),
+            None => ProbeReport {
+                probe: o.probe.clone(),
+                run_id: o.run_id.clone(),
+                result: o.result,
+                passed: false,
+                digest: o.digest.clone(),
+                started_at: rfc3339(o.started_at),
+                finished_at: rfc3339(o.finished_at),
+                failure: o.failure,
+                detail: o.detail.clone(),
+                stages: Vec::new(),
+            },
+        })
+        .collect();
+    let passed = !probes.is_empty() && probes.iter().all(|p| p.passed);
+    Report {
+        passed,
+        exit_code: if passed { EXIT_PASS } else { EXIT_FAIL },
+        probes,
+    }
+}
+
+/// The exit code of `once`: 0 when every probe passed, else 1.
+pub fn exit_code(config: &Config, outcomes: &[Outcome]) -> u8 {
+    build(config, outcomes).exit_code
+}
+
+/// Render the report.
+pub fn render(config: &Config, outcomes: &[Outcome], format: Format) -> String {
+    let report = build(config, outcomes);
+    match format {
+        Format::Json => {
+            // Serialising plain data into a String cannot fail; fall back to
+            // an error object rather than panicking if it ever does.
+            let mut s = serde_json::to_string_pretty(&report)
+                .unwrap_or_else(|e| format!("{{\"error\":{:?}}}", e.to_string()));
+            s.push('\n');
+            s
+        }
+        Format::Table => table(&report),
+    }
+}
+
+/// `1.234s`, `12.3ms`, `2m03.5s`.
+pub fn human(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s < 1.0 {
+        format!("{:.1}ms", s * 1e3)
+    } else if s < 60.0 {
+        format!("{s:.3}s")
+    } else {
+        let m = (s / 60.0).floor();
+        format!("{}m{:04.1}s", m as u64, s - m * 60.0)
+    }
+}
+
+fn secs(v: Option<f64>) -> String {
+    v.and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .map_or_else(|| "-".into(), human)
+}
+
+fn table(report: &Report) -> String {
+    let mut out = String::new();
+    for p in &report.probes {
+        let verdict = match (p.result, p.failure) {
+            (_, Some(f)) => format!("FAIL at {} ({})", f.stage, f.reason),
+            (RunResult::Success, None) if !p.passed => "SLO BREACHED".into(),
+            (RunResult::Success, None) => "PASS".into(),
+            (r, None) => r.as_str().to_uppercase(),
+        };
+        let _ = writeln!(out, "probe {}  run {}  {verdict}", p.probe, p.run_id);
+        let _ = writeln!(
+            out,
+            "  {:<18} {:<12} {:>12} {:>12}  VERDICT",
+            "STAGE", "STATUS", "DURATION", "SLO"
+        );
+        for s in &p.stages {
+            let status = match s.status {
+                StageStatus::Completed => "completed",
+                StageStatus::Failed => "failed",
+                StageStatus::NotStarted => "not started",
+            };
+            let verdict = match s.slo {
+                Verdict::Met => "met",
+                Verdict::Breached => "BREACHED",
+                Verdict::NoSlo => "-",
+                Verdict::NotCompleted => "not completed",
+            };
+            let _ = writeln!(
+                out,
+                "  {:<18} {:<12} {:>12} {:>12}  {verdict}",
+                s.stage.as_str(),
+                status,
+                secs(s.duration_seconds),
+                secs(s.slo_seconds),
+            );
+        }
+        if let Some(detail) = &p.detail {
+            let _ = writeln!(out, "  detail: {detail}");
+        }
+        out.push('\n');
+    }
+    let failed = report.probes.iter().filter(|p| !p.passed).count();
+    let _ = writeln!(
+        out,
+        "{} probe(s): {} passed, {} failed",
+        report.probes.len(),
+        report.probes.len() - failed,
+        failed
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probe::{Reason, StageTiming};
+
+    const CONFIG: &str = r#"
+probes:
+  - name: eso-volume
+    interval: 1m
+    slo: {eso_sync: 2s, end_to_end: 30s}
+    store: {address: "https://vault.example:8200", path: canary/v, auth: {kubernetes: {role: canary}}}
+    chain:
+      namespace: canary
+      external_secret: canary-volume
+      secret: {name: canary-volume}
+      canary: {selector: app=canary-volume, source: file}
+"#;
+
+    fn t(ms: i64) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2030-01-01T00:00:00.000000001Z")
+            .unwrap()
+            .with_timezone(&Utc)
+            + chrono::Duration::milliseconds(ms)
+    }
+
+    fn timing(stage: Stage, from: i64, to: Option<i64>) -> StageTiming {
+        StageTiming {
+            stage,
+            started_at: t(from),
+            completed_at: to.map(t),
+            duration: to.map(|to| Duration::from_millis((to - from) as u64)),
+        }
+    }
+
+    fn success(eso_ms: i64) -> Outcome {
+        Outcome {
+            probe: "eso-volume".into(),
+            run_id: "r1".into(),
+            digest: Some("d".into()),
+            started_at: t(0),
+            finished_at: t(10_000),
+            stages: vec![
+                timing(Stage::StoreWrite, 0, Some(20)),
+                timing(Stage::EsoSync, 20, Some(20 + eso_ms)),
+                timing(Stage::SecretUpdate, 20 + eso_ms, Some(30 + eso_ms)),
+                timing(Stage::CanaryObserve, 30 + eso_ms, Some(900 + eso_ms)),
+            ],
+            failure: None,
+            result: RunResult::Success,
+            detail: None,
+        }
+    }
+
+    fn config() -> Config {
+        Config::from_yaml(CONFIG, "t.yaml").unwrap()
+    }
+
+    #[test]
+    fn a_fast_success_passes() {
+        let config = config();
+        let out = render(&config, &[success(500)], Format::Table);
+        assert!(out.contains("probe eso-volume  run r1  PASS"), "{out}");
+        assert!(out.contains("eso_sync"), "{out}");
+        assert!(out.contains("500.0ms"), "{out}");
+        assert!(out.contains("1 probe(s): 1 passed, 0 failed"), "{out}");
+        assert_eq!(exit_code(&config, &[success(500)]), EXIT_PASS);
+    }
+
+    #[test]
+    fn a_slow_stage_breaks_the_slo_and_fails_the_report() {
+        let config = config();
+        let o = success(2500);
+        let out = render(&config, std::slice::from_ref(&o), Format::Table);
+        assert!(out.contains("SLO BREACHED"), "{out}");
+        assert!(out.contains("BREACHED"), "{out}");
+        assert_eq!(slo_breaches(&config.probes[0], &o), vec![Stage::EsoSync]);
+        assert_eq!(exit_code(&config, &[o]), EXIT_FAIL);
+    }
+
+    #[test]
+    fn a_failure_names_stage_and_reason() {
+        let config = config();
+        let mut o = success(500);
+        o.stages.truncate(2);
+        o.stages[1] = timing(Stage::EsoSync, 20, None);
+        o.failure = Some(Failure {
+            stage: Stage::EsoSync,
+            reason: Reason::SyncError,
+        });
+        o.result = RunResult::Failure;
+        o.detail = Some("ExternalSecret canary-volume: Ready=False".into());
+        let out = render(&config, std::slice::from_ref(&o), Format::Table);
+        assert!(out.contains("FAIL at eso_sync (sync_error)"), "{out}");
+        assert!(out.contains("not started"), "{out}");
+        assert!(out.contains("detail: ExternalSecret"), "{out}");
+        let json: serde_json::Value =
+            serde_json::from_str(&render(&config, &[o], Format::Json)).unwrap();
+        assert_eq!(json["exit_code"], 1);
+        assert_eq!(json["probes"][0]["failure"]["reason"], "sync_error");
+        assert_eq!(json["probes"][0]["stages"][1]["status"], "failed");
+        assert_eq!(json["probes"][0]["stages"][1]["slo"], "not_completed");
+        assert_eq!(json["probes"][0]["stages"][2]["status"], "not_started");
+    }
+
+    #[test]
+    fn json_carries_nanosecond_timestamps_and_end_to_end() {
+        let config = config();
+        let json: serde_json::Value =
+            serde_json::from_str(&render(&config, &[success(500)], Format::Json)).unwrap();
+        let p = &json["probes"][0];
+        assert_eq!(
+            p["stages"][0]["started_at"],
+            "2030-01-01T00:00:00.000000001Z"
+        );
+        assert_eq!(
+            p["stages"][0]["completed_at"],
+            "2030-01-01T00:00:00.020000001Z"
+        );
+        let e2e = &p["stages"][4];
+        assert_eq!(e2e["stage"], "end_to_end");
+        assert_eq!(e2e["duration_seconds"], 1.4);
+        assert_eq!(e2e["slo"], "met");
+        assert_eq!(json["passed"], true);
+    }
+
+    #[test]
+    fn human_durations() {
+        assert_eq!(human(Duration::from_millis(12)), "12.0ms");
+        assert_eq!(human(Duration::from_millis(1234)), "1.234s");
+        assert_eq!(human(Duration::from_millis(123_500)), "2m03.5s");
+    }
+}
