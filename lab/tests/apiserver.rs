@@ -372,3 +372,290 @@ async fn raw_watch_stream_format() {
     assert_eq!(ev["object"]["metadata"]["name"], "raw");
     assert_ne!(ev["object"]["metadata"]["resourceVersion"], json!(rv));
 }
+
+#[tokio::test]
+async fn patch_flavours() {
+    let lab = lab().await;
+    let api: Api<Deployment> = Api::namespaced(lab.client.clone(), "default");
+    api.create(&PostParams::default(), &deployment("p")).await.unwrap();
+
+    // Strategic merge: env merged by name into the container merged by name.
+    let smp = json!({"spec": {"template": {"spec": {"containers": [
+        {"name": "app", "env": [{"name": "STAKATER_DB_SECRET", "value": "0123abcd"}]}
+    ]}}}});
+    let d = api.patch("p", &PatchParams::default(), &Patch::Strategic(&smp)).await.unwrap();
+    let c = &d.spec.template.spec.as_ref().unwrap().containers[0];
+    let env: Vec<&str> = c.env.as_ref().unwrap().iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(env, vec!["A", "STAKATER_DB_SECRET"]);
+    assert_eq!(c.image.as_deref(), Some("canary"));
+    assert_eq!(d.metadata.generation, Some(2));
+
+    // JSON patch.
+    let jp: json_patch::Patch = serde_json::from_value(json!([
+        {"op": "add", "path": "/metadata/annotations", "value": {"x": "1"}},
+        {"op": "replace", "path": "/spec/replicas", "value": 2}
+    ]))
+    .unwrap();
+    let d = api.patch("p", &PatchParams::default(), &Patch::<()>::Json(jp)).await.unwrap();
+    assert_eq!(d.spec.replicas, Some(2));
+    assert_eq!(d.metadata.annotations.unwrap()["x"], "1");
+
+    // Merge patch replaces lists.
+    let mp = json!({"spec": {"template": {"spec": {"containers": [{"name": "other", "image": "i"}]}}}});
+    let d = api.patch("p", &PatchParams::default(), &Patch::Merge(&mp)).await.unwrap();
+    assert_eq!(d.spec.template.spec.unwrap().containers.len(), 1);
+
+    // A merge patch carrying a stale resourceVersion conflicts.
+    let stale = json!({"metadata": {"resourceVersion": "1"}, "spec": {"replicas": 5}});
+    let err = api.patch("p", &PatchParams::default(), &Patch::Merge(&stale)).await.unwrap_err();
+    assert_eq!(status_code(&err), 409);
+
+    // Server-side apply is refused with a clear Status.
+    let resp = lab
+        .req(reqwest::Method::PATCH, "/apis/apps/v1/namespaces/default/deployments/p?fieldManager=x")
+        .header("content-type", "application/apply-patch+yaml")
+        .body("spec: {}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 415);
+    let s: Value = resp.json().await.unwrap();
+    assert_eq!(s["reason"], "UnsupportedMediaType");
+    // Patching a missing object is 404.
+    let err = api.patch("nope", &PatchParams::default(), &Patch::Merge(&mp)).await.unwrap_err();
+    assert_eq!(status_code(&err), 404);
+}
+
+#[tokio::test]
+async fn selectors_and_paging() {
+    let lab = lab().await;
+    let ns_api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(lab.client.clone());
+    let mut ns = k8s_openapi::api::core::v1::Namespace::default();
+    ns.metadata.name = Some("other".into());
+    ns_api.create(&PostParams::default(), &ns).await.unwrap();
+    let api: Api<Secret> = Api::namespaced(lab.client.clone(), "default");
+    for i in 0..7 {
+        let mut s = secret(&format!("s{i}"), "v");
+        s.metadata.labels = Some(BTreeMap::from([
+            ("tier".to_string(), if i % 2 == 0 { "even" } else { "odd" }.to_string()),
+            ("n".to_string(), i.to_string()),
+        ]));
+        api.create(&PostParams::default(), &s).await.unwrap();
+    }
+    let other: Api<Secret> = Api::namespaced(lab.client.clone(), "other");
+    other.create(&PostParams::default(), &secret("elsewhere", "v")).await.unwrap();
+
+    let names = |l: kube::core::ObjectList<Secret>| -> Vec<String> {
+        l.items.into_iter().map(|s| s.metadata.name.unwrap()).collect()
+    };
+    let l = |sel: &str| ListParams::default().labels(sel);
+    assert_eq!(names(api.list(&l("tier=even")).await.unwrap()), vec!["s0", "s2", "s4", "s6"]);
+    assert_eq!(names(api.list(&l("tier==odd,n!=1")).await.unwrap()), vec!["s3", "s5"]);
+    assert_eq!(names(api.list(&l("n in (1,2)")).await.unwrap()), vec!["s1", "s2"]);
+    assert_eq!(api.list(&l("n notin (1,2)")).await.unwrap().items.len(), 5);
+    assert_eq!(api.list(&l("tier")).await.unwrap().items.len(), 7);
+    assert_eq!(api.list(&l("!tier")).await.unwrap().items.len(), 0);
+    let f = ListParams::default().fields("metadata.name=s3");
+    assert_eq!(names(api.list(&f).await.unwrap()), vec!["s3"]);
+    let all: Api<Secret> = Api::all(lab.client.clone());
+    let f = ListParams::default().fields("metadata.namespace=other");
+    assert_eq!(names(all.list(&f).await.unwrap()), vec!["elsewhere"]);
+    assert_eq!(all.list(&ListParams::default()).await.unwrap().items.len(), 8);
+    let bad = all.list(&ListParams::default().fields("spec.nope=1")).await.unwrap_err();
+    assert_eq!(status_code(&bad), 400);
+    let bad = all.list(&ListParams::default().labels("a in b")).await.unwrap_err();
+    assert_eq!(status_code(&bad), 400);
+
+    // Paging: three pages, one resourceVersion.
+    let mut lp = ListParams::default().limit(3);
+    let mut seen = Vec::new();
+    let mut rvs = Vec::new();
+    loop {
+        let page = api.list(&lp).await.unwrap();
+        rvs.push(page.metadata.resource_version.clone().unwrap());
+        let cont = page.metadata.continue_.clone();
+        seen.extend(names(page));
+        match cont.filter(|c| !c.is_empty()) {
+            Some(c) => lp = lp.continue_token(&c),
+            None => break,
+        }
+        // Writes between pages do not change the list's resourceVersion.
+        api.create(&PostParams::default(), &secret(&format!("z{}", seen.len()), "v")).await.unwrap();
+    }
+    assert_eq!(rvs.len(), 3);
+    assert!(rvs.iter().all(|r| *r == rvs[0]));
+    assert_eq!(&seen[..7], &["s0", "s1", "s2", "s3", "s4", "s5", "s6"]);
+    let garbage = api.list(&ListParams::default().continue_token("!!!")).await.unwrap_err();
+    assert_eq!(status_code(&garbage), 400);
+
+    // Deleting the namespace deletes what is in it.
+    ns_api.delete("other", &DeleteParams::default()).await.unwrap();
+    assert_eq!(status_code(&other.get("elsewhere").await.unwrap_err()), 404);
+}
+
+/// Read watch lines from a raw HTTP watch until `pred` matches one.
+async fn read_until(resp: &mut reqwest::Response, buf: &mut String, pred: impl Fn(&Value) -> bool) -> Value {
+    timeout(async {
+        loop {
+            while let Some(i) = buf.find('\n') {
+                let line: String = buf.drain(..=i).collect();
+                let v: Value = serde_json::from_str(line.trim()).unwrap();
+                if pred(&v) {
+                    return v;
+                }
+            }
+            let chunk = resp.chunk().await.unwrap().expect("watch ended");
+            buf.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn bookmarks_timeouts_and_selector_transitions() {
+    let lab = lab_with(ApiServerOptions {
+        bookmark_interval: Duration::from_millis(200),
+        ..Default::default()
+    })
+    .await;
+    let api: Api<Secret> = Api::namespaced(lab.client.clone(), "default");
+    api.create(&PostParams::default(), &secret("b", "1")).await.unwrap();
+    let mut resp = lab
+        .req(
+            reqwest::Method::GET,
+            "/api/v1/namespaces/default/secrets?watch=true&allowWatchBookmarks=true&labelSelector=app%3Ddemo",
+        )
+        .send()
+        .await
+        .unwrap();
+    let mut buf = String::new();
+    let added = read_until(&mut resp, &mut buf, |v| v["type"] == "ADDED").await;
+    assert_eq!(added["object"]["metadata"]["name"], "b");
+    let bm = read_until(&mut resp, &mut buf, |v| v["type"] == "BOOKMARK").await;
+    assert_eq!(bm["object"]["kind"], "Secret");
+    assert_eq!(bm["object"]["apiVersion"], "v1");
+    let meta = bm["object"]["metadata"].as_object().unwrap();
+    assert_eq!(meta.len(), 1, "{meta:?}");
+    assert!(meta["resourceVersion"].as_str().unwrap().parse::<u64>().is_ok());
+    // Dropping the label makes the object leave the selection: DELETED.
+    let p = json!({"metadata": {"labels": {"app": null}}});
+    api.patch("b", &PatchParams::default(), &Patch::Merge(&p)).await.unwrap();
+    let gone = read_until(&mut resp, &mut buf, |v| v["type"] != "BOOKMARK").await;
+    assert_eq!(gone["type"], "DELETED");
+    // And coming back is ADDED.
+    let p = json!({"metadata": {"labels": {"app": "demo"}}});
+    api.patch("b", &PatchParams::default(), &Patch::Merge(&p)).await.unwrap();
+    let back = read_until(&mut resp, &mut buf, |v| v["type"] != "BOOKMARK").await;
+    assert_eq!(back["type"], "ADDED");
+
+    // timeoutSeconds ends the stream cleanly.
+    let started = Instant::now();
+    let resp = lab
+        .req(reqwest::Method::GET, "/api/v1/secrets?watch=true&timeoutSeconds=1")
+        .send()
+        .await
+        .unwrap();
+    let body = timeout(resp.text()).await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    assert!(body.contains("ADDED"));
+}
+
+#[tokio::test]
+async fn expired_resource_version_gives_410_and_watcher_relists() {
+    let lab = lab_with(ApiServerOptions {
+        history_len: 5,
+        bookmark_interval: Duration::from_secs(3600),
+        ..Default::default()
+    })
+    .await;
+    let api: Api<Secret> = Api::namespaced(lab.client.clone(), "default");
+    let first = api.create(&PostParams::default(), &secret("old", "1")).await.unwrap();
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(lab.client.clone(), "default");
+    let churn = || async {
+        for i in 0..10 {
+            let mut cm = k8s_openapi::api::core::v1::ConfigMap::default();
+            cm.metadata.generate_name = Some(format!("churn{i}-"));
+            cms.create(&PostParams::default(), &cm).await.unwrap();
+        }
+    };
+    churn().await;
+    // Raw: the in-stream ERROR event, exactly as the real server sends it.
+    let rv = first.metadata.resource_version.unwrap();
+    let mut resp = lab
+        .req(reqwest::Method::GET, &format!("/api/v1/namespaces/default/secrets?watch=true&resourceVersion={rv}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut buf = String::new();
+    let err = read_until(&mut resp, &mut buf, |_| true).await;
+    assert_eq!(err["type"], "ERROR");
+    let o = &err["object"];
+    assert_eq!((o["kind"].as_str(), o["apiVersion"].as_str()), (Some("Status"), Some("v1")));
+    assert_eq!(o["status"], "Failure");
+    assert_eq!(o["reason"], "Expired");
+    assert_eq!(o["code"], 410);
+    assert_eq!(o["metadata"], json!({}));
+    assert!(o["message"].as_str().unwrap().starts_with(&format!("too old resource version: {rv} (")));
+
+    // kube-rs: the watcher's resume point expires while its watch is cut;
+    // it gets the 410, relists, and carries on.
+    let mut events = watcher(api.clone(), watcher::Config::default()).boxed();
+    while !matches!(timeout(events.try_next()).await.unwrap(), Some(watcher::Event::InitDone)) {}
+    churn().await;
+    lab.server.reset_watches();
+    let mut saw_410 = false;
+    // Ends at the InitDone of the relist that follows the 410.
+    loop {
+        match timeout(events.next()).await.unwrap() {
+            Err(watcher::Error::WatchError(s)) if s.code == 410 => saw_410 = true,
+            Err(_) => {}
+            Ok(watcher::Event::InitDone) if saw_410 => break,
+            Ok(_) => {}
+        }
+    }
+    api.create(&PostParams::default(), &secret("new", "1")).await.unwrap();
+    loop {
+        if let Ok(watcher::Event::Apply(s)) = timeout(events.next()).await.unwrap() {
+            assert_eq!(s.metadata.name.as_deref(), Some("new"));
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn streaming_list_ends_with_initial_events_bookmark() {
+    let lab = lab().await;
+    let api: Api<Secret> = Api::namespaced(lab.client.clone(), "default");
+    api.create(&PostParams::default(), &secret("a", "1")).await.unwrap();
+    api.create(&PostParams::default(), &secret("b", "1")).await.unwrap();
+    let mut resp = lab
+        .req(
+            reqwest::Method::GET,
+            "/api/v1/namespaces/default/secrets?watch=true&allowWatchBookmarks=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&resourceVersion=0",
+        )
+        .send()
+        .await
+        .unwrap();
+    let mut buf = String::new();
+    let bm = read_until(&mut resp, &mut buf, |v| v["type"] == "BOOKMARK").await;
+    assert_eq!(bm["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"], "true");
+
+    let mut events = watcher(api.clone(), watcher::Config::default().streaming_lists()).boxed();
+    let mut initial = Vec::new();
+    loop {
+        match timeout(events.try_next()).await.unwrap().unwrap() {
+            watcher::Event::InitApply(s) => initial.push(s.metadata.name.unwrap()),
+            watcher::Event::InitDone => break,
+            _ => {}
+        }
+    }
+    assert_eq!(initial, vec!["a", "b"]);
+    api.delete("a", &DeleteParams::default()).await.unwrap();
+    loop {
+        if let watcher::Event::Delete(s) = timeout(events.try_next()).await.unwrap().unwrap() {
+            assert_eq!(s.metadata.name.as_deref(), Some("a"));
+            break;
+        }
+    }
+}

@@ -81,7 +81,7 @@ pub fn apply(kind: PatchType, target: &Value, patch: &Value) -> Result<Value, Ap
 
 /// The merge key of a list field, as the real types' `patchMergeKey` tags
 /// say; `None` means the list is replaced whole.
-fn merge_key<'a>(field: &str, items: &'a [Value]) -> Option<&'static str> {
+fn merge_key(field: &str, items: &[Value]) -> Option<&'static str> {
     match field {
         "containers"
         | "initContainers"
