@@ -659,3 +659,379 @@ async fn streaming_list_ends_with_initial_events_bookmark() {
         }
     }
 }
+
+async fn status_of(resp: reqwest::Response) -> (u16, Value) {
+    let code = resp.status().as_u16();
+    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    (code, body)
+}
+
+#[tokio::test]
+async fn errors_are_status_objects() {
+    let lab = lab().await;
+    let post = |path: &str, body: &str| {
+        lab.req(reqwest::Method::POST, path)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+    };
+    let (code, s) = status_of(post("/api/v1/namespaces/default/secrets", "{not json").send().await.unwrap()).await;
+    assert_eq!((code, s["reason"].as_str()), (400, Some("BadRequest")));
+    assert_eq!((s["kind"].as_str(), s["apiVersion"].as_str(), s["status"].as_str()), (Some("Status"), Some("v1"), Some("Failure")));
+    assert_eq!(s["code"], 400);
+
+    let (code, s) = status_of(lab.req(reqwest::Method::GET, "/api/v1/namespaces/default/widgets").send().await.unwrap()).await;
+    assert_eq!((code, s["reason"].as_str()), (404, Some("NotFound")));
+    let (code, _) = status_of(lab.req(reqwest::Method::GET, "/apis/nope.io/v1").send().await.unwrap()).await;
+    assert_eq!(code, 404);
+
+    for bad in ["Bad_Name", "-x", "a..b", &"x".repeat(300)] {
+        let body = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": bad}}).to_string();
+        let (code, s) = status_of(post("/api/v1/namespaces/default/secrets", &body).send().await.unwrap()).await;
+        assert_eq!((code, s["reason"].as_str()), (422, Some("Invalid")), "{bad}: {s}");
+    }
+    let (code, s) = status_of(post("/api/v1/namespaces/default/secrets", r#"{"metadata":{}}"#).send().await.unwrap()).await;
+    assert_eq!((code, s["reason"].as_str()), (422, Some("Invalid")));
+    // Body disagreeing with the URL.
+    let body = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "a", "namespace": "kube-system"}}).to_string();
+    assert_eq!(status_of(post("/api/v1/namespaces/default/secrets", &body).send().await.unwrap()).await.0, 400);
+    let body = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "a"}}).to_string();
+    assert_eq!(status_of(post("/api/v1/namespaces/default/secrets", &body).send().await.unwrap()).await.0, 400);
+    post("/api/v1/namespaces/default/secrets", r#"{"metadata":{"name":"a"}}"#).send().await.unwrap();
+    let resp = lab
+        .req(reqwest::Method::PUT, "/api/v1/namespaces/default/secrets/a")
+        .body(r#"{"metadata":{"name":"b"}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    // Verbs a resource does not have.
+    let (code, s) = status_of(lab.req(reqwest::Method::PUT, "/api/v1/namespaces/default/secrets").send().await.unwrap()).await;
+    assert_eq!((code, s["reason"].as_str()), (405, Some("MethodNotAllowed")));
+    // No or a foreign token.
+    let resp = lab.http.get(format!("{}/api/v1/secrets", lab.url)).send().await.unwrap();
+    assert_eq!(status_of(resp).await.1["reason"], "Unauthorized");
+    let foreign = ApiServer::new(Arc::new(Knobs::default())).admin_token();
+    let resp = lab.http.get(format!("{}/api/v1/secrets", lab.url)).bearer_auth(foreign).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    // Health needs no token.
+    assert_eq!(lab.http.get(format!("{}/readyz", lab.url)).send().await.unwrap().status(), 200);
+    // Bodies over the cap.
+    let big = format!(r#"{{"metadata":{{"name":"big"}},"data":{{"k":"{}"}}}}"#, "A".repeat(4 * 1024 * 1024));
+    let (code, s) = status_of(post("/api/v1/namespaces/default/secrets", &big).send().await.unwrap()).await;
+    assert_eq!((code, s["reason"].as_str()), (413, Some("RequestEntityTooLarge")));
+}
+
+#[tokio::test]
+async fn garbage_never_breaks_the_server() {
+    use rand::{Rng, SeedableRng};
+    let lab = lab().await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let paths = [
+        "/api/v1/namespaces/default/secrets",
+        "/api/v1/namespaces/default/secrets/x",
+        "/api/v1/namespaces/default/pods/x/status",
+        "/api/v1/namespaces/default/serviceaccounts/default/token",
+        "/apis/apps/v1/namespaces/default/deployments/d",
+        "/apis/apps/v1/deployments",
+        "/apis/external-secrets.io/v1/namespaces/default/externalsecrets/e/status",
+        "/apis/authentication.k8s.io/v1/tokenreviews",
+        "/api/v1/namespaces",
+        "/api/v1/namespaces/x",
+        "/apis",
+        "/version",
+    ];
+    let queries = [
+        "", "limit=abc", "limit=2&continue=%ff%fe", "labelSelector=a%20in%20(", "labelSelector=!!!",
+        "fieldSelector=metadata.name", "fieldSelector=x%3Dy", "resourceVersion=-1", "dryRun=All",
+        "propagationPolicy=Orphan", "limit=99999999999999999999999",
+    ];
+    let types = ["application/json", "application/merge-patch+json", "application/json-patch+json",
+        "application/strategic-merge-patch+json", "text/plain", ""];
+    let methods = [reqwest::Method::GET, reqwest::Method::POST, reqwest::Method::PUT, reqwest::Method::PATCH, reqwest::Method::DELETE];
+    let seeds = [
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "x"}, "data": {"k": "dg=="}}),
+        json!({"metadata": {"name": "d"}, "spec": {"template": {"spec": {"containers": [{"name": "a"}]}}}}),
+        json!([{"op": "replace", "path": "/spec", "value": 1}]),
+        json!({"spec": {"token": "a.b.c"}}),
+    ];
+    for i in 0..3000 {
+        let mut path = paths[rng.random_range(0..paths.len())].to_string();
+        if rng.random_bool(0.2) {
+            let junk: String = (0..rng.random_range(1..12))
+                .map(|_| match rng.random_range(0..4) {
+                    0 => '/'.to_string(),
+                    1 => format!("%{:02x}", rng.random::<u8>()),
+                    _ => (rng.random_range(b'a'..=b'z') as char).to_string(),
+                })
+                .collect();
+            path.push_str(&junk);
+        }
+        let q = queries[rng.random_range(0..queries.len())];
+        let body: Vec<u8> = match rng.random_range(0..4) {
+            0 => (0..rng.random_range(0..200)).map(|_| rng.random()).collect(),
+            1 => Vec::new(),
+            2 => {
+                let mut b = serde_json::to_vec(&seeds[rng.random_range(0..seeds.len())]).unwrap();
+                // Flip a few bytes.
+                for _ in 0..rng.random_range(0..4) {
+                    if !b.is_empty() {
+                        let at = rng.random_range(0..b.len());
+                        b[at] = rng.random();
+                    }
+                }
+                b
+            }
+            _ => serde_json::to_vec(&seeds[rng.random_range(0..seeds.len())]).unwrap(),
+        };
+        let method = methods[rng.random_range(0..methods.len())].clone();
+        let url = format!("{}{}?{}", lab.url, path, q);
+        let resp = lab
+            .http
+            .request(method.clone(), &url)
+            .bearer_auth(lab.server.admin_token())
+            .header("content-type", types[rng.random_range(0..types.len())])
+            .body(body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("request {i} {method} {url} failed: {e}"));
+        let code = resp.status().as_u16();
+        assert!(code < 500, "request {i} {method} {url} got {code}: {:?}", resp.text().await);
+        if code >= 400 {
+            let s: Value = resp.json().await.unwrap();
+            assert_eq!(s["kind"], "Status", "{i} {method} {url}");
+        }
+    }
+    assert_eq!(lab.http.get(format!("{}/healthz", lab.url)).send().await.unwrap().status(), 200);
+    let api: Api<Secret> = Api::namespaced(lab.client.clone(), "kube-system");
+    api.list(&ListParams::default()).await.unwrap();
+}
+
+fn pod(name: &str, annotations: Value, env_value: &str) -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "annotations": annotations},
+        "spec": {"containers": [{"name": "app", "image": "canary", "env": [{"name": "X", "value": env_value}]}]}
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn fault_switches_change_behaviour() {
+    let lab = lab_with(ApiServerOptions {
+        bookmark_interval: Duration::from_secs(3600),
+        ..Default::default()
+    })
+    .await;
+    let api: Api<Secret> = Api::namespaced(lab.client.clone(), "default");
+    let s = api.create(&PostParams::default(), &secret("f", "1")).await.unwrap();
+
+    // api-errors: 500 everywhere but the admin API, health and TokenReview.
+    lab.knobs.set_fault(Fault::ApiErrors, true);
+    let err = api.get("f").await.unwrap_err();
+    assert_eq!(status_code(&err), 500);
+    if let kube::Error::Api(s) = &err {
+        assert_eq!(s.reason, "InternalError");
+    }
+    assert_eq!(lab.req(reqwest::Method::GET, "/lab/knobs").send().await.unwrap().status(), 200);
+    assert_eq!(lab.http.get(format!("{}/healthz", lab.url)).send().await.unwrap().status(), 200);
+    let review = lab
+        .req(reqwest::Method::POST, "/apis/authentication.k8s.io/v1/tokenreviews")
+        .json(&json!({"spec": {"token": lab.server.issue_token("default", "x")}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(review.status(), 201);
+    lab.knobs.set_fault(Fault::ApiErrors, false);
+    api.get("f").await.unwrap();
+
+    // api-slow: every response waits for the api-latency knob.
+    lab.knobs.set_latency(Knob::ApiLatency, Latency::Fixed(Duration::from_millis(300)));
+    lab.knobs.set_fault(Fault::ApiSlow, true);
+    let t = Instant::now();
+    api.get("f").await.unwrap();
+    assert!(t.elapsed() >= Duration::from_millis(300));
+    lab.knobs.set_fault(Fault::ApiSlow, false);
+    let t = Instant::now();
+    api.get("f").await.unwrap();
+    assert!(t.elapsed() < Duration::from_millis(300));
+
+    // watch-expire: a watch from a resourceVersion gets the 410.
+    let rv = s.metadata.resource_version.clone().unwrap();
+    lab.knobs.set_fault(Fault::WatchExpire, true);
+    let mut stream = api.watch(&WatchParams::default(), &rv).await.unwrap().boxed();
+    match timeout(stream.try_next()).await.unwrap() {
+        Some(WatchEvent::Error(e)) => assert_eq!((e.code, e.reason.as_str()), (410, "Expired")),
+        other => panic!("expected a 410, got {other:?}"),
+    }
+    lab.knobs.set_fault(Fault::WatchExpire, false);
+
+    // watch-drop: an open watch is cut when the fault goes on; new ones are
+    // cut soon after opening.
+    let mut open = api.watch(&WatchParams::default(), &rv).await.unwrap().boxed();
+    let t = Instant::now();
+    lab.knobs.set_fault(Fault::WatchDrop, true);
+    let cut = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match open.next().await {
+                None | Some(Err(_)) => break,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(cut.is_ok(), "the open watch was not cut");
+    let mut fresh = api.watch(&WatchParams::default(), &rv).await.unwrap().boxed();
+    let cut = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            match fresh.next().await {
+                None | Some(Err(_)) => break,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(cut.is_ok(), "a new watch was not cut");
+    assert!(t.elapsed() < Duration::from_secs(3));
+    lab.knobs.set_fault(Fault::WatchDrop, false);
+    let mut calm = api.watch(&WatchParams::default(), &rv).await.unwrap().boxed();
+    assert!(tokio::time::timeout(Duration::from_millis(800), calm.next()).await.is_err(), "a watch was cut with the fault off");
+
+    // webhook-down: Bank-Vaults Pods are refused, plain Pods admitted.
+    lab.knobs.set_fault(Fault::WebhookDown, true);
+    let pods: Api<Pod> = Api::namespaced(lab.client.clone(), "default");
+    let annotated = pod("v1", json!({"vault.security.banzaicloud.io/vault-addr": "http://x"}), "plain");
+    let err = pods.create(&PostParams::default(), &annotated).await.unwrap_err();
+    assert_eq!(status_code(&err), 500);
+    if let kube::Error::Api(s) = &err {
+        assert_eq!(
+            s.message,
+            "Internal error occurred: failed calling webhook \"pods.vault-secrets-webhook.admission.banzaicloud.com\": failed to call webhook: connection refused"
+        );
+    }
+    let env_ref = pod("v2", json!({}), "vault:secret/data/x#k");
+    assert_eq!(status_code(&pods.create(&PostParams::default(), &env_ref).await.unwrap_err()), 500);
+    let skipped = pod("v3", json!({"vault.security.banzaicloud.io/mutate": "skip"}), "plain");
+    pods.create(&PostParams::default(), &skipped).await.unwrap();
+    let plain = pods.create(&PostParams::default(), &pod("plain", json!({}), "x")).await.unwrap();
+    assert_eq!(plain.status.unwrap().phase.as_deref(), Some("Pending"));
+    lab.knobs.set_fault(Fault::WebhookDown, false);
+    pods.create(&PostParams::default(), &annotated).await.unwrap();
+}
+
+#[tokio::test]
+async fn admin_api() {
+    let lab = lab().await;
+    let put = |path: &str, body: &str| lab.req(reqwest::Method::PUT, path).body(body.to_string());
+    assert_eq!(put("/lab/faults/api-errors", "on").send().await.unwrap().status(), 200);
+    assert!(lab.knobs.is_on(Fault::ApiErrors));
+    assert_eq!(put("/lab/faults/api-errors", "off").send().await.unwrap().status(), 200);
+    assert!(!lab.knobs.is_on(Fault::ApiErrors));
+    assert_eq!(put("/lab/knobs/api-latency", "100ms..2s").send().await.unwrap().status(), 200);
+    assert_eq!(
+        lab.knobs.latency(Knob::ApiLatency),
+        Latency::Uniform { min: Duration::from_millis(100), max: Duration::from_secs(2) }
+    );
+    let snap: secret_canary_lab::faults::KnobsSnapshot =
+        lab.req(reqwest::Method::GET, "/lab/knobs").send().await.unwrap().json().await.unwrap();
+    assert_eq!(snap, lab.knobs.snapshot());
+    let (code, s) = status_of(put("/lab/faults/nope", "on").send().await.unwrap()).await;
+    assert_eq!(code, 400);
+    assert!(s["message"].as_str().unwrap().contains("eso-stall"), "{s}");
+    let (code, s) = status_of(put("/lab/knobs/nope", "1s").send().await.unwrap()).await;
+    assert_eq!(code, 400);
+    assert!(s["message"].as_str().unwrap().contains("api-latency"), "{s}");
+    assert_eq!(put("/lab/knobs/api-latency", "fast").send().await.unwrap().status(), 400);
+    assert_eq!(put("/lab/faults/api-errors", "maybe").send().await.unwrap().status(), 400);
+
+    // Request counts.
+    let api: Api<Secret> = Api::namespaced(lab.client.clone(), "default");
+    api.create(&PostParams::default(), &secret("c", "1")).await.unwrap();
+    api.get("c").await.unwrap();
+    api.get("c").await.unwrap();
+    api.list(&ListParams::default()).await.unwrap();
+    let counts = lab.server.request_counts();
+    assert_eq!((counts.get("create", "secrets"), counts.get("get", "secrets"), counts.get("list", "secrets")), (1, 2, 1));
+    let over_http: secret_canary_lab::apiserver::RequestCounts =
+        lab.req(reqwest::Method::GET, "/lab/requests").send().await.unwrap().json().await.unwrap();
+    assert_eq!(over_http, counts);
+
+    // Tokens: an SA token works on the API but not on the admin API.
+    let t: Value = lab
+        .req(reqwest::Method::POST, "/lab/tokens")
+        .json(&json!({"namespace": "default", "serviceAccount": "eso"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = t["token"].as_str().unwrap();
+    let resp = lab.http.get(format!("{}/api/v1/namespaces/default/secrets", lab.url)).bearer_auth(token).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = lab.http.get(format!("{}/lab/knobs", lab.url)).bearer_auth(token).send().await.unwrap();
+    assert_eq!(resp.status(), 403);
+}
+
+fn jwt_claims(token: &str) -> Value {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn token_request_and_token_review() {
+    let lab = lab().await;
+    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(lab.client.clone(), "default");
+    let mut sa = k8s_openapi::api::core::v1::ServiceAccount::default();
+    sa.metadata.name = Some("app".into());
+    let sa = sa_create(&sas, sa).await;
+    let uid = sa.metadata.uid.unwrap();
+    let tr = k8s_openapi::api::authentication::v1::TokenRequest {
+        spec: Some(k8s_openapi::api::authentication::v1::TokenRequestSpec {
+            audiences: Some(vec!["vault".into()]),
+            expiration_seconds: Some(600),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let out = sas.create_token_request("app", &PostParams::default(), &tr).await.unwrap();
+    let token = out.status.unwrap().token.unwrap();
+    let claims = jwt_claims(&token);
+    assert_eq!(claims["sub"], "system:serviceaccount:default:app");
+    assert_eq!(claims["aud"], json!(["vault"]));
+    assert_eq!(claims["kubernetes.io"]["serviceaccount"]["uid"], json!(uid));
+    assert_eq!(claims["kubernetes.io/serviceaccount/service-account.name"], "app");
+    assert_eq!(claims["kubernetes.io/serviceaccount/namespace"], "default");
+    assert!(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap() == 600);
+    // Missing ServiceAccount: 404.
+    let err = sas.create_token_request("ghost", &PostParams::default(), &tr).await.unwrap_err();
+    assert_eq!(status_code(&err), 404);
+
+    let review = |token: String| {
+        let url = format!("{}/apis/authentication.k8s.io/v1/tokenreviews", lab.url);
+        let req = lab
+            .http
+            .post(url)
+            .bearer_auth(lab.server.admin_token())
+            .json(&json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}}));
+        async move { status_of(req.send().await.unwrap()).await }
+    };
+    let (code, r) = review(token).await;
+    assert_eq!(code, 201);
+    assert_eq!(r["status"]["authenticated"], true);
+    assert_eq!(r["status"]["user"]["username"], "system:serviceaccount:default:app");
+    assert_eq!(r["status"]["user"]["uid"], json!(uid));
+    assert!(r["status"]["user"]["groups"].as_array().unwrap().contains(&json!("system:serviceaccounts:default")));
+    let (_, r) = review(lab.server.issue_token("ns", "other")).await;
+    assert_eq!(r["status"]["user"]["username"], "system:serviceaccount:ns:other");
+    let (code, r) = review("bogus".into()).await;
+    assert_eq!(code, 201);
+    assert_eq!(r["status"]["authenticated"], false);
+}
+
+async fn sa_create(
+    api: &Api<k8s_openapi::api::core::v1::ServiceAccount>,
+    sa: k8s_openapi::api::core::v1::ServiceAccount,
+) -> k8s_openapi::api::core::v1::ServiceAccount {
+    api.create(&PostParams::default(), &sa).await.unwrap()
+}
