@@ -827,7 +827,7 @@ pub fn check_label_selector(selector: &str) -> Result<(), String> {
         if req.is_empty() {
             return Err(format!("{selector:?} has an empty requirement (stray `,`)"));
         }
-        check_requirement(req).map_err(|e| format!("{selector:?}: {e}"))?;
+        check_requirement(req)?;
     }
     Ok(())
 }
