@@ -1,12 +1,23 @@
-//! One probe run: write a fresh value to the store, then follow it through
-//! the cluster to the canary, ending as exactly one [`Outcome`].
+//! One probe: its long-lived watchers, its store and canary clients, and the
+//! runs started on it, each ending as exactly one [`Outcome`].
+//!
+//! ```text
+//! store    write the fresh value to KV v2 (vaultrs; login, renewal)
+//! cluster  shared watchers: ExternalSecret, Secret, Deployment, canary Pods
+//! canary   client of the canary Pods' /digest long-poll
+//! run      stage bookkeeping and failure attribution (the stage table)
+//! outcome  what a run produces: Stage, Reason, Outcome
+//! ```
 
 pub mod canary;
 pub mod cluster;
 pub mod outcome;
+pub mod run;
 pub mod store;
 
 pub use outcome::{Failure, Outcome, Reason, RunResult, Stage, StageTiming};
+
+use std::sync::Mutex;
 
 use tokio_util::sync::CancellationToken;
 
@@ -32,32 +43,58 @@ impl Stamp {
     }
 }
 
-/// Why a probe could not be set up (bad config the validator could not catch,
-/// no API server). Failures of a run are [`Outcome`]s, never errors.
+/// Why a probe could not be set up. Nothing in the config makes this fail
+/// today: problems a run meets (bad credentials path, bad selector) are
+/// reported by every run as `prober_error`, so they show on the metrics.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Placeholder until the engine lands.
-    #[error("probe {probe}: not implemented yet")]
-    NotImplemented {
+    /// The probe is configured in a way the engine cannot run.
+    #[error("probe {probe}: {message}")]
+    Config {
         /// The probe's name.
         probe: String,
+        /// What is wrong.
+        message: String,
     },
 }
 
 /// A configured probe with its long-lived watchers; runs are started on it.
+/// Dropping it stops its watchers.
 pub struct ProbeRunner {
     config: ProbeConfig,
+    plan: run::Plan,
+    store: store::Store,
+    cluster: cluster::Cluster,
+    /// The canary client, or why it could not be built (reported by runs).
+    canary: Result<canary::CanaryClient, String>,
+    /// The digest of the last value written, the "old" value of the next run
+    /// when no Secret shows it.
+    last_digest: Mutex<Option<String>>,
+    stop: CancellationToken,
 }
 
 impl ProbeRunner {
-    /// Start the probe's shared watchers (they stop when `cancel` fires).
+    /// Start the probe's shared watchers (they stop when `cancel` fires or
+    /// the runner is dropped).
     pub async fn start(
         config: ProbeConfig,
         client: kube::Client,
         cancel: CancellationToken,
     ) -> Result<Self, Error> {
-        let _ = (client, cancel);
-        Ok(ProbeRunner { config })
+        let stop = cancel.child_token();
+        let cluster = cluster::Cluster::start(&config.chain, client, &stop);
+        let canary =
+            canary::CanaryClient::new(config.chain.canary.port, config.chain.canary.timeout)
+                .map_err(|e| e.to_string());
+        Ok(ProbeRunner {
+            plan: run::Plan::of(&config.chain),
+            store: store::Store::new(config.store.clone()),
+            cluster,
+            canary,
+            last_digest: Mutex::new(None),
+            stop,
+            config,
+        })
     }
 
     /// The probe's configuration.
@@ -67,27 +104,23 @@ impl ProbeRunner {
 
     /// True once every watcher has completed its initial list.
     pub fn is_ready(&self) -> bool {
-        false
+        self.cluster.is_ready()
+    }
+
+    /// The stages this probe's chain has, in order (without `end_to_end`).
+    pub fn stages(&self) -> Vec<Stage> {
+        self.plan.stages()
     }
 
     /// One run, bounded by the probe's deadline; `cancel` aborts it (the
     /// outcome is then `aborted`). Never panics, never returns an error.
     pub async fn run(&self, run_id: String, cancel: CancellationToken) -> Outcome {
-        let _ = cancel;
-        let now = chrono::Utc::now();
-        Outcome {
-            probe: self.config.name.clone(),
-            run_id,
-            digest: None,
-            started_at: now,
-            finished_at: now,
-            stages: Vec::new(),
-            failure: Some(Failure {
-                stage: Stage::StoreWrite,
-                reason: Reason::ProberError,
-            }),
-            result: RunResult::Failure,
-            detail: Some("probe engine not implemented".into()),
-        }
+        run::execute(self, run_id, cancel).await
+    }
+}
+
+impl Drop for ProbeRunner {
+    fn drop(&mut self) {
+        self.stop.cancel();
     }
 }
