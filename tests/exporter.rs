@@ -334,3 +334,99 @@ fn stage_and_reason_label_values_are_the_enums() {
         assert!(!metrics::reasons(stage).contains(&Reason::Aborted));
     }
 }
+
+/// A real Prometheus scrapes the exporter (it negotiates OpenMetrics):
+/// every sample is ingested and the run-id exemplars are stored.
+#[tokio::test]
+async fn a_real_prometheus_scrapes_openmetrics_and_stores_exemplars() {
+    let prometheus = "/usr/bin/prometheus";
+    assert!(
+        std::path::Path::new(prometheus).exists(),
+        "prometheus is missing: apt-get update && apt-get install -y prometheus"
+    );
+    let r = start(20).await;
+    let dir = tempfile::tempdir().unwrap();
+    let target = r.base.trim_start_matches("http://");
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global: {{scrape_interval: 1s, scrape_timeout: 1s}}\n\
+             scrape_configs:\n  - job_name: canary\n    static_configs: [{{targets: ['{target}']}}]\n"
+        ),
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = tokio::process::Command::new(prometheus)
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg("--enable-feature=exemplar-storage")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let api = format!("http://127.0.0.1:{port}/api/v1");
+    let query = |q: String| {
+        let client = r.client.clone();
+        let api = api.clone();
+        async move {
+            let url =
+                reqwest::Url::parse_with_params(&format!("{api}/query"), &[("query", q)]).ok()?;
+            let resp = client.get(url).send().await.ok()?;
+            let v: serde_json::Value = resp.json().await.ok()?;
+            v["data"]["result"][0]["value"][1]
+                .as_str()
+                .and_then(|s| s.parse::<f64>().ok())
+        }
+    };
+    let expected = metrics::expected_series(&r.config) as f64;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let scraped = loop {
+        let up = query(r#"up{job="canary"}"#.into()).await;
+        let samples = query(r#"scrape_samples_scraped{job="canary"}"#.into()).await;
+        if up == Some(1.0) {
+            if let Some(n) = samples {
+                break n;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "prometheus never scraped the exporter (up={up:?}); log:\n{}",
+            std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(scraped, expected, "samples ingested by Prometheus");
+    let exemplars: serde_json::Value = r
+        .client
+        .get(
+            reqwest::Url::parse_with_params(
+                &format!("{api}/query_exemplars"),
+                &[
+                    ("query", "secret_canary_stage_duration_seconds_bucket"),
+                    ("start", &(Utc::now().timestamp() - 3600).to_string()),
+                    ("end", &(Utc::now().timestamp() + 60).to_string()),
+                ],
+            )
+            .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let text = exemplars.to_string();
+    assert!(text.contains("run_id"), "no exemplars stored: {text}");
+    let _ = child.kill().await;
+    r.cancel.cancel();
+}
