@@ -659,15 +659,22 @@ fn revision(meta: &ObjectMeta) -> i64 {
         .unwrap_or(0)
 }
 
-async fn reconcile(d: Arc<Deployment>, st: Arc<State>) -> Result<Action, Error> {
-    let ns = d.namespace().unwrap_or_default();
-    let name = d.name_any();
+async fn reconcile(cached: Arc<Deployment>, st: Arc<State>) -> Result<Action, Error> {
+    let ns = cached.namespace().unwrap_or_default();
+    let name = cached.name_any();
     let key = (ns.clone(), name.clone());
-    if d.metadata.deletion_timestamp.is_some() {
-        return Ok(Action::await_change());
-    }
     if let Some(wait) = st.backoff.remaining(&key) {
         return Ok(Action::requeue(wait));
+    }
+    // Read it fresh: a reconcile triggered by a ReplicaSet event can run
+    // before the cache has our own last status write, and a stale
+    // Progressing condition would misreport the rollout.
+    let deploys: Api<Deployment> = Api::namespaced(st.ctx.client.clone(), &ns);
+    let Some(d) = kube_call("get Deployment", deploys.get_opt(&name)).await? else {
+        return Ok(Action::await_change());
+    };
+    if d.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
     }
     let uid = d.metadata.uid.clone().unwrap_or_default();
     let sel = match selector(&d.spec.selector) {
@@ -877,7 +884,6 @@ async fn reconcile(d: Arc<Deployment>, st: Arc<State>) -> Result<Action, Error> 
     };
     let next = next_status(&status_base, &input);
     if next != prev_status {
-        let deploys: Api<Deployment> = Api::namespaced(st.ctx.client.clone(), &ns);
         kube_call(
             "patch Deployment status",
             deploys.patch_status(

@@ -178,15 +178,22 @@ fn min_ready_requeue(pods: &[&Pod], min_ready: i32, now: i64) -> Option<Duration
         .map(|left| Duration::from_secs(u64::try_from(left).unwrap_or(0) + 1))
 }
 
-async fn reconcile(rs: Arc<ReplicaSet>, st: Arc<State>) -> Result<Action, Error> {
-    let ns = rs.namespace().unwrap_or_default();
-    let name = rs.name_any();
+async fn reconcile(cached: Arc<ReplicaSet>, st: Arc<State>) -> Result<Action, Error> {
+    let ns = cached.namespace().unwrap_or_default();
+    let name = cached.name_any();
     let key = (ns.clone(), name.clone());
-    if rs.metadata.deletion_timestamp.is_some() {
-        return Ok(Action::await_change());
-    }
     if let Some(wait) = st.backoff.remaining(&key) {
         return Ok(Action::requeue(wait));
+    }
+    // Read it fresh: a Pod event can trigger this before the cache has the
+    // Deployment controller's last scale, and acting on a stale
+    // `spec.replicas` would overshoot maxSurge.
+    let rs_api: Api<ReplicaSet> = Api::namespaced(st.ctx.client.clone(), &ns);
+    let Some(rs) = kube_call("get ReplicaSet", rs_api.get_opt(&name)).await? else {
+        return Ok(Action::await_change());
+    };
+    if rs.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
     }
     let sel = match selector(&rs.spec.selector) {
         Ok(s) => s,
@@ -254,7 +261,6 @@ async fn reconcile(rs: Arc<ReplicaSet>, st: Arc<State>) -> Result<Action, Error>
     };
     let status = compute_status(&rs, &active, create_failure, now);
     if Some(&status) != rs.status.as_ref() {
-        let rs_api: Api<ReplicaSet> = Api::namespaced(st.ctx.client.clone(), &ns);
         // Merge patch: `conditions: null` clears a resolved ReplicaFailure.
         let mut body = serde_json::to_value(&status).unwrap_or_default();
         if status.conditions.is_none() {
