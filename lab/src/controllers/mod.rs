@@ -55,5 +55,7 @@ pub fn spawn_all(
     }
     start!("eso", eso::run);
     start!("reloader", reloader::run);
+    start!("deployment", deployment::run);
+    start!("replicaset", replicaset::run);
     tasks
 }
