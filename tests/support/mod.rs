@@ -71,7 +71,9 @@ impl TestLab {
             let api = api.clone();
             async move {
                 for n in names {
-                    let Ok(d) = api.get(n).await else { return false };
+                    let Ok(d) = api.get(n).await else {
+                        return false;
+                    };
                     if !rolled_out(&d) {
                         return false;
                     }

@@ -57,5 +57,8 @@ pub fn spawn_all(
     start!("reloader", reloader::run);
     start!("deployment", deployment::run);
     start!("replicaset", replicaset::run);
+    start!("kubelet", kubelet::run);
+    start!("deployment", deployment::run);
+    start!("replicaset", replicaset::run);
     tasks
 }
