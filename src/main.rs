@@ -191,7 +191,13 @@ where
         .enable_all()
         .build()
     {
-        Ok(rt) => rt.block_on(f(CancellationToken::new())),
+        Ok(rt) => {
+            let code = rt.block_on(f(CancellationToken::new()));
+            // The drivers have already drained what matters; do not let a
+            // straggling blocking task hold the exit.
+            rt.shutdown_timeout(Duration::from_millis(500));
+            code
+        }
         Err(e) => {
             eprintln!("secret-canary: cannot start the async runtime: {e}");
             ExitCode::FAILURE

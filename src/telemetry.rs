@@ -45,8 +45,11 @@ pub fn init(format: LogFormat, level: &str) -> Result<(), Error> {
             source,
         })?,
     };
+    // Colour codes only for a person at a terminal, never into log files.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.try_init(),
