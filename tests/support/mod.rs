@@ -87,10 +87,10 @@ impl TestLab {
 
 /// `kubectl rollout status`'s success condition.
 pub fn rolled_out(d: &Deployment) -> bool {
-    let (Some(spec), Some(st)) = (&d.spec, &d.status) else {
+    let Some(st) = &d.status else {
         return false;
     };
-    let want = spec.replicas.unwrap_or(1);
+    let want = d.spec.replicas.unwrap_or(1);
     st.observed_generation.unwrap_or(0) >= d.metadata.generation.unwrap_or(0)
         && st.updated_replicas.unwrap_or(0) == want
         && st.replicas.unwrap_or(0) == want
