@@ -480,7 +480,6 @@ async fn eso_error_reports_synced_error_and_recovers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "OpenBao rejects the lab's ServiceAccount JWTs before any TokenReview (permission denied); owned by the API server"]
 async fn eso_logs_in_with_kubernetes_auth() {
     let env = Env::new(true).await;
     let bao = env.bao_admin();
