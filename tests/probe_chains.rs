@@ -1,0 +1,213 @@
+//! End-to-end: one probe run per chain variant through the whole lab (real
+//! OpenBao, the loopback API server, ESO, Reloader, Deployment controller,
+//! kubelet running real canaries, Bank-Vaults resolution), each stage's
+//! measured end compared with the lab's ground truth.
+
+mod support;
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use secret_canary::config::Config;
+use secret_canary::probe::{Outcome, ProbeRunner, RunResult, Stage};
+use secret_canary_lab::truth::{step, TruthRecord};
+use tokio_util::sync::CancellationToken;
+
+/// How far a measured milestone may be from the ground truth.
+const TOLERANCE_MS: i64 = 50;
+
+fn end(o: &Outcome, s: Stage) -> DateTime<Utc> {
+    o.stages
+        .iter()
+        .find(|t| t.stage == s)
+        .and_then(|t| t.completed_at)
+        .unwrap_or_else(|| panic!("stage {s} did not complete: {o:#?}"))
+}
+
+fn close(what: &str, measured: DateTime<Utc>, truth: DateTime<Utc>) -> i64 {
+    let diff = (measured - truth).num_microseconds().unwrap_or(i64::MAX);
+    eprintln!(
+        "{what:<40} measured {measured}  truth {truth}  diff {:+.1} ms",
+        diff as f64 / 1000.0
+    );
+    assert!(
+        diff.abs() <= TOLERANCE_MS * 1000,
+        "{what}: measured {measured} vs truth {truth} ({} ms apart)",
+        diff / 1000
+    );
+    diff
+}
+
+/// The first record of `step` for `name` at or after `after`.
+fn first_after(
+    records: &[TruthRecord],
+    st: &str,
+    name: &str,
+    after: DateTime<Utc>,
+) -> DateTime<Utc> {
+    records
+        .iter()
+        .find(|r| r.step == st && r.name == name && r.ts >= after)
+        .map(|r| r.ts)
+        .unwrap_or_else(|| panic!("no ground truth {st} for {name} after {after}"))
+}
+
+fn first_digest(records: &[TruthRecord], st: &str, digest: &str) -> DateTime<Utc> {
+    records
+        .iter()
+        .find(|r| r.step == st && r.digest.as_deref() == Some(digest))
+        .map(|r| r.ts)
+        .unwrap_or_else(|| panic!("no ground truth {st} with the run's digest"))
+}
+
+/// OpenBao's `created_time` of the path's current version.
+async fn created_time(lab: &support::TestLab, path: &str) -> DateTime<Utc> {
+    let meta = lab.bao.kv_metadata(path).await.expect("metadata");
+    let meta = meta.get("data").unwrap_or(&meta);
+    let current = meta["current_version"]
+        .as_u64()
+        .expect("current_version")
+        .to_string();
+    let t = meta["versions"][&current]["created_time"]
+        .as_str()
+        .expect("created_time");
+    DateTime::parse_from_rfc3339(t).unwrap().with_timezone(&Utc)
+}
+
+async fn run_probe(lab: &support::TestLab, config: &Config, name: &str) -> Outcome {
+    let probe = config
+        .probe(name)
+        .expect("probe in the lab's config")
+        .clone();
+    let cancel = CancellationToken::new();
+    let runner = ProbeRunner::start(probe, lab.client(), cancel.clone())
+        .await
+        .expect("runner");
+    support::wait_for(Duration::from_secs(20), "watchers ready", || {
+        let ready = runner.is_ready();
+        async move { ready }
+    })
+    .await;
+    let outcome = runner
+        .run(format!("test-{name}"), CancellationToken::new())
+        .await;
+    eprintln!("{}", serde_json::to_string_pretty(&outcome).unwrap());
+    cancel.cancel();
+    outcome
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_chain_variant_matches_the_ground_truth() {
+    let lab = support::start_lab(None).await;
+    lab.wait_rolled_out(
+        "canary",
+        &["canary-env", "canary-volume", "canary-bankvaults"],
+        Duration::from_secs(90),
+    )
+    .await;
+    let config = Config::load(
+        lab.prober_config
+            .as_ref()
+            .expect("reference scenario has a prober config"),
+    )
+    .expect("the lab's prober config is valid");
+
+    // ESO + Reloader (env-vars) + env.
+    let o = run_probe(&lab, &config, "eso-reloader-env").await;
+    assert_eq!(o.result, RunResult::Success, "{o:#?}");
+    let d = o.digest.clone().unwrap();
+    let truth = lab.truth.records();
+    close(
+        "eso-env store_write",
+        end(&o, Stage::StoreWrite),
+        created_time(&lab, "canary/eso-env").await,
+    );
+    let written = first_digest(&truth, step::ESO_SECRET_WRITTEN, &d);
+    close(
+        "eso-env secret_update",
+        end(&o, Stage::SecretUpdate),
+        written,
+    );
+    close(
+        "eso-env eso_sync",
+        end(&o, Stage::EsoSync),
+        first_digest(&truth, step::ESO_STATUS_SYNCED, &d),
+    );
+    let patched = first_after(&truth, step::RELOADER_PATCHED, "canary-env", written);
+    close(
+        "eso-env reloader_trigger",
+        end(&o, Stage::ReloaderTrigger),
+        patched,
+    );
+    let complete = first_after(&truth, step::ROLLOUT_COMPLETE, "canary-env", patched);
+    close("eso-env rollout", end(&o, Stage::Rollout), complete);
+    // Env canaries hold the value from process start: observed right after the rollout.
+    close(
+        "eso-env canary_observe",
+        end(&o, Stage::CanaryObserve),
+        complete,
+    );
+    assert_eq!(end(&o, Stage::EndToEnd), end(&o, Stage::CanaryObserve));
+
+    // ESO + Secret volume: no rollout, the kubelet refreshes the file.
+    let o = run_probe(&lab, &config, "eso-volume").await;
+    assert_eq!(o.result, RunResult::Success, "{o:#?}");
+    assert!(o.duration(Stage::Rollout).is_none() && o.duration(Stage::ReloaderTrigger).is_none());
+    let d = o.digest.clone().unwrap();
+    let truth = lab.truth.records();
+    close(
+        "eso-volume store_write",
+        end(&o, Stage::StoreWrite),
+        created_time(&lab, "canary/eso-volume").await,
+    );
+    close(
+        "eso-volume secret_update",
+        end(&o, Stage::SecretUpdate),
+        first_digest(&truth, step::ESO_SECRET_WRITTEN, &d),
+    );
+    close(
+        "eso-volume eso_sync",
+        end(&o, Stage::EsoSync),
+        first_digest(&truth, step::ESO_STATUS_SYNCED, &d),
+    );
+    close(
+        "eso-volume canary_observe",
+        end(&o, Stage::CanaryObserve),
+        first_digest(&truth, step::VOLUME_UPDATED, &d),
+    );
+
+    // Bank-Vaults: the prober restarts the Deployment; vault-env resolves at Pod start.
+    let o = run_probe(&lab, &config, "bankvaults-restart").await;
+    assert_eq!(o.result, RunResult::Success, "{o:#?}");
+    assert!(o.duration(Stage::EsoSync).is_none() && o.duration(Stage::SecretUpdate).is_none());
+    let d = o.digest.clone().unwrap();
+    let truth = lab.truth.records();
+    let write_end = end(&o, Stage::StoreWrite);
+    close(
+        "bankvaults store_write",
+        write_end,
+        created_time(&lab, "canary/bankvaults").await,
+    );
+    let changed = first_after(
+        &truth,
+        step::DEPLOYMENT_TEMPLATE_CHANGED,
+        "canary-bankvaults",
+        write_end,
+    );
+    close(
+        "bankvaults reloader_trigger",
+        end(&o, Stage::ReloaderTrigger),
+        changed,
+    );
+    let complete = first_after(&truth, step::ROLLOUT_COMPLETE, "canary-bankvaults", changed);
+    close("bankvaults rollout", end(&o, Stage::Rollout), complete);
+    close(
+        "bankvaults canary_observe",
+        end(&o, Stage::CanaryObserve),
+        complete,
+    );
+    // The new Pod really resolved the new value at start.
+    first_digest(&truth, step::VAULT_ENV_RESOLVED, &d);
+
+    lab.stop().await;
+}
