@@ -319,7 +319,12 @@ impl Default for Knobs {
     fn default() -> Self {
         Knobs {
             faults: Default::default(),
-            latencies: RwLock::new(Knob::ALL.iter().map(|k| (*k, k.default_latency())).collect()),
+            latencies: RwLock::new(
+                Knob::ALL
+                    .iter()
+                    .map(|k| (*k, k.default_latency()))
+                    .collect(),
+            ),
             changed: tokio::sync::Notify::new(),
         }
     }
@@ -388,7 +393,11 @@ impl Knobs {
     /// The whole switchboard.
     pub fn snapshot(&self) -> KnobsSnapshot {
         KnobsSnapshot {
-            faults: Fault::ALL.iter().copied().filter(|f| self.is_on(*f)).collect(),
+            faults: Fault::ALL
+                .iter()
+                .copied()
+                .filter(|f| self.is_on(*f))
+                .collect(),
             latencies: Knob::ALL.iter().map(|k| (*k, self.latency(*k))).collect(),
         }
     }
@@ -417,7 +426,10 @@ mod tests {
             let d = l.sample();
             assert!(d >= Duration::from_millis(100) && d <= Duration::from_millis(200));
         }
-        assert_eq!("250ms".parse::<Latency>().unwrap(), Latency::Fixed(Duration::from_millis(250)));
+        assert_eq!(
+            "250ms".parse::<Latency>().unwrap(),
+            Latency::Fixed(Duration::from_millis(250))
+        );
         assert!("2s..1s".parse::<Latency>().is_err());
         assert!("fast".parse::<Latency>().is_err());
     }

@@ -91,7 +91,9 @@ impl Scenario {
         for (index, o) in s.objects.iter().enumerate() {
             let ok = o.get("apiVersion").and_then(|v| v.as_str()).is_some()
                 && o.get("kind").and_then(|v| v.as_str()).is_some()
-                && o.pointer("/metadata/name").and_then(|v| v.as_str()).is_some();
+                && o.pointer("/metadata/name")
+                    .and_then(|v| v.as_str())
+                    .is_some();
             if !ok {
                 return Err(Error::Object { index });
             }
@@ -120,7 +122,10 @@ mod tests {
 
     #[test]
     fn reference_scenario_parses_with_substitutions() {
-        let vars = BTreeMap::from([("VAULT_ADDR", "http://127.0.0.1:1".to_string()), ("DIR", "/tmp/x".to_string())]);
+        let vars = BTreeMap::from([
+            ("VAULT_ADDR", "http://127.0.0.1:1".to_string()),
+            ("DIR", "/tmp/x".to_string()),
+        ]);
         let s = Scenario::parse(REFERENCE, &vars).unwrap();
         assert_eq!(s.store.len(), 3);
         assert!(s.objects.len() >= 8);
@@ -133,7 +138,11 @@ mod tests {
 
     #[test]
     fn objects_need_kind_and_name() {
-        let err = Scenario::parse("objects: [{apiVersion: v1, kind: Secret}]", &BTreeMap::new()).unwrap_err();
+        let err = Scenario::parse(
+            "objects: [{apiVersion: v1, kind: Secret}]",
+            &BTreeMap::new(),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("objects[0]"), "{err}");
     }
 }

@@ -88,7 +88,13 @@ impl Truth {
     }
 
     /// Record a step completed now.
-    pub fn record(&self, step: &str, namespace: &str, name: &str, digest: Option<&str>) -> TruthRecord {
+    pub fn record(
+        &self,
+        step: &str,
+        namespace: &str,
+        name: &str,
+        digest: Option<&str>,
+    ) -> TruthRecord {
         let rec = TruthRecord {
             ts: Utc::now(),
             step: step.to_string(),
@@ -136,7 +142,10 @@ pub fn read_file(path: &Path) -> std::io::Result<Vec<TruthRecord>> {
     let text = std::fs::read_to_string(path)?;
     text.lines()
         .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
+        .map(|l| {
+            serde_json::from_str(l)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+        })
         .collect()
 }
 
@@ -174,7 +183,12 @@ mod tests {
         t.record(step::POD_READY, "ns", "p", None);
         let back = read_file(&path).unwrap();
         assert_eq!(back, t.records());
-        assert_eq!(t.first_with_digest(step::ESO_SECRET_WRITTEN, &d).unwrap().name, "s");
+        assert_eq!(
+            t.first_with_digest(step::ESO_SECRET_WRITTEN, &d)
+                .unwrap()
+                .name,
+            "s"
+        );
         let line = std::fs::read_to_string(&path).unwrap();
         assert!(!line.contains("hello"));
         assert!(line.contains(&d));
