@@ -1,6 +1,7 @@
-//! Bearer tokens: real JWTs (HS256, a per-server random key) carrying the
-//! usual ServiceAccount claims, so OpenBao's Kubernetes auth method can parse
-//! them before it asks the lab's TokenReview whether they are genuine.
+//! Bearer tokens: real JWTs (HMAC-SHA256 with a per-server random key,
+//! labelled RS256) carrying the usual ServiceAccount claims, so OpenBao's
+//! Kubernetes auth method can parse them before it asks the lab's TokenReview
+//! whether they are genuine.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -82,7 +83,11 @@ impl Tokens {
     }
 
     fn sign(&self, claims: &Value) -> String {
-        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT","kid":"lab"}"#);
+        // The header says RS256 although the lab signs with HMAC-SHA256:
+        // OpenBao's Kubernetes auth refuses HS256 tokens before it ever
+        // asks TokenReview ("permission denied"), and nothing but this
+        // server checks the signature (verify() ignores the header).
+        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256","typ":"JWT","kid":"lab"}"#);
         let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
         let signing_input = format!("{header}.{payload}");
         let sig = URL_SAFE_NO_PAD.encode(hmac_sha256(&self.key, signing_input.as_bytes()));

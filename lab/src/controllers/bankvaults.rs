@@ -60,7 +60,9 @@ pub enum Error {
         name: String,
     },
     /// Kubernetes auth login was refused.
-    #[error("vault login at auth/{mount}/login with role {role:?} failed: HTTP {status}")]
+    #[error(
+        "vault login at auth/{mount}/login with role {role:?} failed: HTTP {status}: {detail}"
+    )]
     Login {
         /// Auth mount path.
         mount: String,
@@ -68,6 +70,8 @@ pub enum Error {
         role: String,
         /// HTTP status.
         status: u16,
+        /// The store's error text (it never contains secret values).
+        detail: String,
     },
     /// The token may not read the path.
     #[error("vault read {path}: permission denied (403)")]
@@ -368,19 +372,29 @@ async fn login(http: &reqwest::Client, cfg: &VaultConfig, jwt: &str) -> Result<S
         .await
         .map_err(|e| unreachable(cfg, e))?;
     let status = resp.status();
-    let fail = || Error::Login {
+    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    let detail = body["errors"]
+        .as_array()
+        .map(|e| {
+            e.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+        .unwrap_or_default();
+    let fail = |detail: String| Error::Login {
         mount: cfg.auth_path.clone(),
         role: cfg.role.clone(),
         status: status.as_u16(),
+        detail: detail.chars().take(300).collect(),
     };
     if !status.is_success() {
-        return Err(fail());
+        return Err(fail(detail));
     }
-    let v: Value = resp.json().await.map_err(|_| fail())?;
-    v.pointer("/auth/client_token")
+    body.pointer("/auth/client_token")
         .and_then(Value::as_str)
         .map(str::to_string)
-        .ok_or_else(fail)
+        .ok_or_else(|| fail("no client_token in the answer".into()))
 }
 
 /// A secret's key/value map.

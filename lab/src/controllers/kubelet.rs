@@ -2038,11 +2038,13 @@ mod tests {
     fn secret_volume_items_and_missing() {
         use k8s_openapi::api::core::v1::{KeyToPath, SecretVolumeSource};
         use k8s_openapi::ByteString;
-        let mut s = Secret::default();
-        s.data = Some(BTreeMap::from([(
-            "k".to_string(),
-            ByteString(b"v".to_vec()),
-        )]));
+        let s = Secret {
+            data: Some(BTreeMap::from([(
+                "k".to_string(),
+                ByteString(b"v".to_vec()),
+            )])),
+            ..Default::default()
+        };
         let all = SecretVolumeSource {
             secret_name: Some("s".into()),
             ..Default::default()
