@@ -674,7 +674,10 @@ impl ChainConfig {
                 "required with `canary.source: env`: an env var changes only in a new Pod (trigger `reloader` or `restart`)",
             );
         }
-        if self.external_secret.is_none()
+        // (Without a rollout and with an env canary, the problem above says it.)
+        let rollout_reported = self.rollout.is_none() && self.canary.source == CanarySource::Env;
+        if !rollout_reported
+            && self.external_secret.is_none()
             && self.secret.is_none()
             && !matches!(
                 self.rollout,

@@ -8,6 +8,9 @@
 //!                       outcome -> report  (`once`: table / JSON, exit code)
 //! canary: the workload in the canary Pods (`secret-canary canary`)
 //! ```
+//!
+//! Around them: `app` (the `run` and `once` drivers, which share one code
+//! path per run), `telemetry` (logging) and `main.rs` (parsing only).
 
 pub mod app;
 pub mod canary;

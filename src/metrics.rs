@@ -65,7 +65,15 @@ pub fn reasons(stage: Stage) -> &'static [Reason] {
     match stage {
         Stage::StoreWrite => &[Timeout, StoreError, AuthError, ProberError],
         Stage::EsoSync => &[Timeout, SyncError, NotFound, ApiError, ProberError],
-        Stage::SecretUpdate => &[Timeout, NotFound, ApiError, ValueMismatch, ProberError],
+        // sync_error: ESO reported an error after writing an older value.
+        Stage::SecretUpdate => &[
+            Timeout,
+            SyncError,
+            NotFound,
+            ApiError,
+            ValueMismatch,
+            ProberError,
+        ],
         Stage::ReloaderTrigger => &[Timeout, NotFound, ApiError, ProberError],
         Stage::Rollout => &[
             Timeout,
@@ -692,7 +700,7 @@ probes:
             r#"secret_canary_stage_failures_total{probe="eso-env",stage="store_write",reason="prober_error"} 1"#
         ));
         assert!(text.contains(r#"secret_canary_runs_total{probe="eso-env",result="success"} 1"#));
-let prefix = r#"secret_canary_last_success_timestamp_seconds{probe="eso-env"} "#;
+        let prefix = r#"secret_canary_last_success_timestamp_seconds{probe="eso-env"} "#;
         let ts: f64 = text
             .lines()
             .find_map(|l| l.strip_prefix(prefix))
