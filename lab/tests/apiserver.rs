@@ -377,15 +377,26 @@ async fn raw_watch_stream_format() {
 async fn patch_flavours() {
     let lab = lab().await;
     let api: Api<Deployment> = Api::namespaced(lab.client.clone(), "default");
-    api.create(&PostParams::default(), &deployment("p")).await.unwrap();
+    api.create(&PostParams::default(), &deployment("p"))
+        .await
+        .unwrap();
 
     // Strategic merge: env merged by name into the container merged by name.
     let smp = json!({"spec": {"template": {"spec": {"containers": [
         {"name": "app", "env": [{"name": "STAKATER_DB_SECRET", "value": "0123abcd"}]}
     ]}}}});
-    let d = api.patch("p", &PatchParams::default(), &Patch::Strategic(&smp)).await.unwrap();
+    let d = api
+        .patch("p", &PatchParams::default(), &Patch::Strategic(&smp))
+        .await
+        .unwrap();
     let c = &d.spec.template.spec.as_ref().unwrap().containers[0];
-    let env: Vec<&str> = c.env.as_ref().unwrap().iter().map(|e| e.name.as_str()).collect();
+    let env: Vec<&str> = c
+        .env
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|e| e.name.as_str())
+        .collect();
     assert_eq!(env, vec!["A", "STAKATER_DB_SECRET"]);
     assert_eq!(c.image.as_deref(), Some("canary"));
     assert_eq!(d.metadata.generation, Some(2));
@@ -396,23 +407,36 @@ async fn patch_flavours() {
         {"op": "replace", "path": "/spec/replicas", "value": 2}
     ]))
     .unwrap();
-    let d = api.patch("p", &PatchParams::default(), &Patch::<()>::Json(jp)).await.unwrap();
+    let d = api
+        .patch("p", &PatchParams::default(), &Patch::<()>::Json(jp))
+        .await
+        .unwrap();
     assert_eq!(d.spec.replicas, Some(2));
     assert_eq!(d.metadata.annotations.unwrap()["x"], "1");
 
     // Merge patch replaces lists.
-    let mp = json!({"spec": {"template": {"spec": {"containers": [{"name": "other", "image": "i"}]}}}});
-    let d = api.patch("p", &PatchParams::default(), &Patch::Merge(&mp)).await.unwrap();
+    let mp =
+        json!({"spec": {"template": {"spec": {"containers": [{"name": "other", "image": "i"}]}}}});
+    let d = api
+        .patch("p", &PatchParams::default(), &Patch::Merge(&mp))
+        .await
+        .unwrap();
     assert_eq!(d.spec.template.spec.unwrap().containers.len(), 1);
 
     // A merge patch carrying a stale resourceVersion conflicts.
     let stale = json!({"metadata": {"resourceVersion": "1"}, "spec": {"replicas": 5}});
-    let err = api.patch("p", &PatchParams::default(), &Patch::Merge(&stale)).await.unwrap_err();
+    let err = api
+        .patch("p", &PatchParams::default(), &Patch::Merge(&stale))
+        .await
+        .unwrap_err();
     assert_eq!(status_code(&err), 409);
 
     // Server-side apply is refused with a clear Status.
     let resp = lab
-        .req(reqwest::Method::PATCH, "/apis/apps/v1/namespaces/default/deployments/p?fieldManager=x")
+        .req(
+            reqwest::Method::PATCH,
+            "/apis/apps/v1/namespaces/default/deployments/p?fieldManager=x",
+        )
         .header("content-type", "application/apply-patch+yaml")
         .body("spec: {}")
         .send()
@@ -422,7 +446,10 @@ async fn patch_flavours() {
     let s: Value = resp.json().await.unwrap();
     assert_eq!(s["reason"], "UnsupportedMediaType");
     // Patching a missing object is 404.
-    let err = api.patch("nope", &PatchParams::default(), &Patch::Merge(&mp)).await.unwrap_err();
+    let err = api
+        .patch("nope", &PatchParams::default(), &Patch::Merge(&mp))
+        .await
+        .unwrap_err();
     assert_eq!(status_code(&err), 404);
 }
 
@@ -437,21 +464,39 @@ async fn selectors_and_paging() {
     for i in 0..7 {
         let mut s = secret(&format!("s{i}"), "v");
         s.metadata.labels = Some(BTreeMap::from([
-            ("tier".to_string(), if i % 2 == 0 { "even" } else { "odd" }.to_string()),
+            (
+                "tier".to_string(),
+                if i % 2 == 0 { "even" } else { "odd" }.to_string(),
+            ),
             ("n".to_string(), i.to_string()),
         ]));
         api.create(&PostParams::default(), &s).await.unwrap();
     }
     let other: Api<Secret> = Api::namespaced(lab.client.clone(), "other");
-    other.create(&PostParams::default(), &secret("elsewhere", "v")).await.unwrap();
+    other
+        .create(&PostParams::default(), &secret("elsewhere", "v"))
+        .await
+        .unwrap();
 
     let names = |l: kube::core::ObjectList<Secret>| -> Vec<String> {
-        l.items.into_iter().map(|s| s.metadata.name.unwrap()).collect()
+        l.items
+            .into_iter()
+            .map(|s| s.metadata.name.unwrap())
+            .collect()
     };
     let l = |sel: &str| ListParams::default().labels(sel);
-    assert_eq!(names(api.list(&l("tier=even")).await.unwrap()), vec!["s0", "s2", "s4", "s6"]);
-    assert_eq!(names(api.list(&l("tier==odd,n!=1")).await.unwrap()), vec!["s3", "s5"]);
-    assert_eq!(names(api.list(&l("n in (1,2)")).await.unwrap()), vec!["s1", "s2"]);
+    assert_eq!(
+        names(api.list(&l("tier=even")).await.unwrap()),
+        vec!["s0", "s2", "s4", "s6"]
+    );
+    assert_eq!(
+        names(api.list(&l("tier==odd,n!=1")).await.unwrap()),
+        vec!["s3", "s5"]
+    );
+    assert_eq!(
+        names(api.list(&l("n in (1,2)")).await.unwrap()),
+        vec!["s1", "s2"]
+    );
     assert_eq!(api.list(&l("n notin (1,2)")).await.unwrap().items.len(), 5);
     assert_eq!(api.list(&l("tier")).await.unwrap().items.len(), 7);
     assert_eq!(api.list(&l("!tier")).await.unwrap().items.len(), 0);
@@ -460,10 +505,19 @@ async fn selectors_and_paging() {
     let all: Api<Secret> = Api::all(lab.client.clone());
     let f = ListParams::default().fields("metadata.namespace=other");
     assert_eq!(names(all.list(&f).await.unwrap()), vec!["elsewhere"]);
-    assert_eq!(all.list(&ListParams::default()).await.unwrap().items.len(), 8);
-    let bad = all.list(&ListParams::default().fields("spec.nope=1")).await.unwrap_err();
+    assert_eq!(
+        all.list(&ListParams::default()).await.unwrap().items.len(),
+        8
+    );
+    let bad = all
+        .list(&ListParams::default().fields("spec.nope=1"))
+        .await
+        .unwrap_err();
     assert_eq!(status_code(&bad), 400);
-    let bad = all.list(&ListParams::default().labels("a in b")).await.unwrap_err();
+    let bad = all
+        .list(&ListParams::default().labels("a in b"))
+        .await
+        .unwrap_err();
     assert_eq!(status_code(&bad), 400);
 
     // Paging: three pages, one resourceVersion.
@@ -480,21 +534,36 @@ async fn selectors_and_paging() {
             None => break,
         }
         // Writes between pages do not change the list's resourceVersion.
-        api.create(&PostParams::default(), &secret(&format!("z{}", seen.len()), "v")).await.unwrap();
+        api.create(
+            &PostParams::default(),
+            &secret(&format!("z{}", seen.len()), "v"),
+        )
+        .await
+        .unwrap();
     }
     assert_eq!(rvs.len(), 3);
     assert!(rvs.iter().all(|r| *r == rvs[0]));
     assert_eq!(&seen[..7], &["s0", "s1", "s2", "s3", "s4", "s5", "s6"]);
-    let garbage = api.list(&ListParams::default().continue_token("!!!")).await.unwrap_err();
+    let garbage = api
+        .list(&ListParams::default().continue_token("!!!"))
+        .await
+        .unwrap_err();
     assert_eq!(status_code(&garbage), 400);
 
     // Deleting the namespace deletes what is in it.
-    ns_api.delete("other", &DeleteParams::default()).await.unwrap();
+    ns_api
+        .delete("other", &DeleteParams::default())
+        .await
+        .unwrap();
     assert_eq!(status_code(&other.get("elsewhere").await.unwrap_err()), 404);
 }
 
 /// Read watch lines from a raw HTTP watch until `pred` matches one.
-async fn read_until(resp: &mut reqwest::Response, buf: &mut String, pred: impl Fn(&Value) -> bool) -> Value {
+async fn read_until(
+    resp: &mut reqwest::Response,
+    buf: &mut String,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
     timeout(async {
         loop {
             while let Some(i) = buf.find('\n') {
@@ -519,7 +588,9 @@ async fn bookmarks_timeouts_and_selector_transitions() {
     })
     .await;
     let api: Api<Secret> = Api::namespaced(lab.client.clone(), "default");
-    api.create(&PostParams::default(), &secret("b", "1")).await.unwrap();
+    api.create(&PostParams::default(), &secret("b", "1"))
+        .await
+        .unwrap();
     let mut resp = lab
         .req(
             reqwest::Method::GET,
@@ -536,22 +607,33 @@ async fn bookmarks_timeouts_and_selector_transitions() {
     assert_eq!(bm["object"]["apiVersion"], "v1");
     let meta = bm["object"]["metadata"].as_object().unwrap();
     assert_eq!(meta.len(), 1, "{meta:?}");
-    assert!(meta["resourceVersion"].as_str().unwrap().parse::<u64>().is_ok());
+    assert!(meta["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse::<u64>()
+        .is_ok());
     // Dropping the label makes the object leave the selection: DELETED.
     let p = json!({"metadata": {"labels": {"app": null}}});
-    api.patch("b", &PatchParams::default(), &Patch::Merge(&p)).await.unwrap();
+    api.patch("b", &PatchParams::default(), &Patch::Merge(&p))
+        .await
+        .unwrap();
     let gone = read_until(&mut resp, &mut buf, |v| v["type"] != "BOOKMARK").await;
     assert_eq!(gone["type"], "DELETED");
     // And coming back is ADDED.
     let p = json!({"metadata": {"labels": {"app": "demo"}}});
-    api.patch("b", &PatchParams::default(), &Patch::Merge(&p)).await.unwrap();
+    api.patch("b", &PatchParams::default(), &Patch::Merge(&p))
+        .await
+        .unwrap();
     let back = read_until(&mut resp, &mut buf, |v| v["type"] != "BOOKMARK").await;
     assert_eq!(back["type"], "ADDED");
 
     // timeoutSeconds ends the stream cleanly.
     let started = Instant::now();
     let resp = lab
-        .req(reqwest::Method::GET, "/api/v1/secrets?watch=true&timeoutSeconds=1")
+        .req(
+            reqwest::Method::GET,
+            "/api/v1/secrets?watch=true&timeoutSeconds=1",
+        )
         .send()
         .await
         .unwrap();
@@ -569,8 +651,12 @@ async fn expired_resource_version_gives_410_and_watcher_relists() {
     })
     .await;
     let api: Api<Secret> = Api::namespaced(lab.client.clone(), "default");
-    let first = api.create(&PostParams::default(), &secret("old", "1")).await.unwrap();
-    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(lab.client.clone(), "default");
+    let first = api
+        .create(&PostParams::default(), &secret("old", "1"))
+        .await
+        .unwrap();
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(lab.client.clone(), "default");
     let churn = || async {
         for i in 0..10 {
             let mut cm = k8s_openapi::api::core::v1::ConfigMap::default();
@@ -582,7 +668,10 @@ async fn expired_resource_version_gives_410_and_watcher_relists() {
     // Raw: the in-stream ERROR event, exactly as the real server sends it.
     let rv = first.metadata.resource_version.unwrap();
     let mut resp = lab
-        .req(reqwest::Method::GET, &format!("/api/v1/namespaces/default/secrets?watch=true&resourceVersion={rv}"))
+        .req(
+            reqwest::Method::GET,
+            &format!("/api/v1/namespaces/default/secrets?watch=true&resourceVersion={rv}"),
+        )
         .send()
         .await
         .unwrap();
@@ -591,17 +680,26 @@ async fn expired_resource_version_gives_410_and_watcher_relists() {
     let err = read_until(&mut resp, &mut buf, |_| true).await;
     assert_eq!(err["type"], "ERROR");
     let o = &err["object"];
-    assert_eq!((o["kind"].as_str(), o["apiVersion"].as_str()), (Some("Status"), Some("v1")));
+    assert_eq!(
+        (o["kind"].as_str(), o["apiVersion"].as_str()),
+        (Some("Status"), Some("v1"))
+    );
     assert_eq!(o["status"], "Failure");
     assert_eq!(o["reason"], "Expired");
     assert_eq!(o["code"], 410);
     assert_eq!(o["metadata"], json!({}));
-    assert!(o["message"].as_str().unwrap().starts_with(&format!("too old resource version: {rv} (")));
+    assert!(o["message"]
+        .as_str()
+        .unwrap()
+        .starts_with(&format!("too old resource version: {rv} (")));
 
     // kube-rs: the watcher's resume point expires while its watch is cut;
     // it gets the 410, relists, and carries on.
     let mut events = watcher(api.clone(), watcher::Config::default()).boxed();
-    while !matches!(timeout(events.try_next()).await.unwrap(), Some(watcher::Event::InitDone)) {}
+    while !matches!(
+        timeout(events.try_next()).await.unwrap(),
+        Some(watcher::Event::InitDone)
+    ) {}
     churn().await;
     lab.server.reset_watches();
     let mut saw_410 = false;
@@ -614,7 +712,9 @@ async fn expired_resource_version_gives_410_and_watcher_relists() {
             Ok(_) => {}
         }
     }
-    api.create(&PostParams::default(), &secret("new", "1")).await.unwrap();
+    api.create(&PostParams::default(), &secret("new", "1"))
+        .await
+        .unwrap();
     loop {
         if let Ok(watcher::Event::Apply(s)) = timeout(events.next()).await.unwrap() {
             assert_eq!(s.metadata.name.as_deref(), Some("new"));
@@ -627,8 +727,12 @@ async fn expired_resource_version_gives_410_and_watcher_relists() {
 async fn streaming_list_ends_with_initial_events_bookmark() {
     let lab = lab().await;
     let api: Api<Secret> = Api::namespaced(lab.client.clone(), "default");
-    api.create(&PostParams::default(), &secret("a", "1")).await.unwrap();
-    api.create(&PostParams::default(), &secret("b", "1")).await.unwrap();
+    api.create(&PostParams::default(), &secret("a", "1"))
+        .await
+        .unwrap();
+    api.create(&PostParams::default(), &secret("b", "1"))
+        .await
+        .unwrap();
     let mut resp = lab
         .req(
             reqwest::Method::GET,
@@ -639,7 +743,10 @@ async fn streaming_list_ends_with_initial_events_bookmark() {
         .unwrap();
     let mut buf = String::new();
     let bm = read_until(&mut resp, &mut buf, |v| v["type"] == "BOOKMARK").await;
-    assert_eq!(bm["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"], "true");
+    assert_eq!(
+        bm["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"],
+        "true"
+    );
 
     let mut events = watcher(api.clone(), watcher::Config::default().streaming_lists()).boxed();
     let mut initial = Vec::new();
@@ -674,29 +781,97 @@ async fn errors_are_status_objects() {
             .header("content-type", "application/json")
             .body(body.to_string())
     };
-    let (code, s) = status_of(post("/api/v1/namespaces/default/secrets", "{not json").send().await.unwrap()).await;
+    let (code, s) = status_of(
+        post("/api/v1/namespaces/default/secrets", "{not json")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!((code, s["reason"].as_str()), (400, Some("BadRequest")));
-    assert_eq!((s["kind"].as_str(), s["apiVersion"].as_str(), s["status"].as_str()), (Some("Status"), Some("v1"), Some("Failure")));
+    assert_eq!(
+        (
+            s["kind"].as_str(),
+            s["apiVersion"].as_str(),
+            s["status"].as_str()
+        ),
+        (Some("Status"), Some("v1"), Some("Failure"))
+    );
     assert_eq!(s["code"], 400);
 
-    let (code, s) = status_of(lab.req(reqwest::Method::GET, "/api/v1/namespaces/default/widgets").send().await.unwrap()).await;
+    let (code, s) = status_of(
+        lab.req(reqwest::Method::GET, "/api/v1/namespaces/default/widgets")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!((code, s["reason"].as_str()), (404, Some("NotFound")));
-    let (code, _) = status_of(lab.req(reqwest::Method::GET, "/apis/nope.io/v1").send().await.unwrap()).await;
+    let (code, _) = status_of(
+        lab.req(reqwest::Method::GET, "/apis/nope.io/v1")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(code, 404);
 
     for bad in ["Bad_Name", "-x", "a..b", &"x".repeat(300)] {
-        let body = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": bad}}).to_string();
-        let (code, s) = status_of(post("/api/v1/namespaces/default/secrets", &body).send().await.unwrap()).await;
-        assert_eq!((code, s["reason"].as_str()), (422, Some("Invalid")), "{bad}: {s}");
+        let body =
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": bad}}).to_string();
+        let (code, s) = status_of(
+            post("/api/v1/namespaces/default/secrets", &body)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(
+            (code, s["reason"].as_str()),
+            (422, Some("Invalid")),
+            "{bad}: {s}"
+        );
     }
-    let (code, s) = status_of(post("/api/v1/namespaces/default/secrets", r#"{"metadata":{}}"#).send().await.unwrap()).await;
+    let (code, s) = status_of(
+        post("/api/v1/namespaces/default/secrets", r#"{"metadata":{}}"#)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!((code, s["reason"].as_str()), (422, Some("Invalid")));
     // Body disagreeing with the URL.
     let body = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "a", "namespace": "kube-system"}}).to_string();
-    assert_eq!(status_of(post("/api/v1/namespaces/default/secrets", &body).send().await.unwrap()).await.0, 400);
+    assert_eq!(
+        status_of(
+            post("/api/v1/namespaces/default/secrets", &body)
+                .send()
+                .await
+                .unwrap()
+        )
+        .await
+        .0,
+        400
+    );
     let body = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "a"}}).to_string();
-    assert_eq!(status_of(post("/api/v1/namespaces/default/secrets", &body).send().await.unwrap()).await.0, 400);
-    post("/api/v1/namespaces/default/secrets", r#"{"metadata":{"name":"a"}}"#).send().await.unwrap();
+    assert_eq!(
+        status_of(
+            post("/api/v1/namespaces/default/secrets", &body)
+                .send()
+                .await
+                .unwrap()
+        )
+        .await
+        .0,
+        400
+    );
+    post(
+        "/api/v1/namespaces/default/secrets",
+        r#"{"metadata":{"name":"a"}}"#,
+    )
+    .send()
+    .await
+    .unwrap();
     let resp = lab
         .req(reqwest::Method::PUT, "/api/v1/namespaces/default/secrets/a")
         .body(r#"{"metadata":{"name":"b"}}"#)
@@ -705,20 +880,81 @@ async fn errors_are_status_objects() {
         .unwrap();
     assert_eq!(resp.status(), 400);
     // Verbs a resource does not have.
-    let (code, s) = status_of(lab.req(reqwest::Method::PUT, "/api/v1/namespaces/default/secrets").send().await.unwrap()).await;
-    assert_eq!((code, s["reason"].as_str()), (405, Some("MethodNotAllowed")));
+    let (code, s) = status_of(
+        lab.req(reqwest::Method::PUT, "/api/v1/namespaces/default/secrets")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (code, s["reason"].as_str()),
+        (405, Some("MethodNotAllowed"))
+    );
     // No or a foreign token.
-    let resp = lab.http.get(format!("{}/api/v1/secrets", lab.url)).send().await.unwrap();
+    let resp = lab
+        .http
+        .get(format!("{}/api/v1/secrets", lab.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(status_of(resp).await.1["reason"], "Unauthorized");
     let foreign = ApiServer::new(Arc::new(Knobs::default())).admin_token();
-    let resp = lab.http.get(format!("{}/api/v1/secrets", lab.url)).bearer_auth(foreign).send().await.unwrap();
+    let resp = lab
+        .http
+        .get(format!("{}/api/v1/secrets", lab.url))
+        .bearer_auth(foreign)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    // The insecure port takes token-less requests, but not bad tokens.
+    let insecure = lab
+        .server
+        .listen_local_insecure(lab.cancel.clone())
+        .await
+        .unwrap();
+    let resp = lab
+        .http
+        .get(format!("http://{insecure}/api/v1/secrets"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = lab
+        .http
+        .get(format!("http://{insecure}/api/v1/secrets"))
+        .bearer_auth("forged")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 401);
     // Health needs no token.
-    assert_eq!(lab.http.get(format!("{}/readyz", lab.url)).send().await.unwrap().status(), 200);
+    assert_eq!(
+        lab.http
+            .get(format!("{}/readyz", lab.url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     // Bodies over the cap.
-    let big = format!(r#"{{"metadata":{{"name":"big"}},"data":{{"k":"{}"}}}}"#, "A".repeat(4 * 1024 * 1024));
-    let (code, s) = status_of(post("/api/v1/namespaces/default/secrets", &big).send().await.unwrap()).await;
-    assert_eq!((code, s["reason"].as_str()), (413, Some("RequestEntityTooLarge")));
+    let big = format!(
+        r#"{{"metadata":{{"name":"big"}},"data":{{"k":"{}"}}}}"#,
+        "A".repeat(4 * 1024 * 1024)
+    );
+    let (code, s) = status_of(
+        post("/api/v1/namespaces/default/secrets", &big)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (code, s["reason"].as_str()),
+        (413, Some("RequestEntityTooLarge"))
+    );
 }
 
 #[tokio::test]
@@ -741,13 +977,33 @@ async fn garbage_never_breaks_the_server() {
         "/version",
     ];
     let queries = [
-        "", "limit=abc", "limit=2&continue=%ff%fe", "labelSelector=a%20in%20(", "labelSelector=!!!",
-        "fieldSelector=metadata.name", "fieldSelector=x%3Dy", "resourceVersion=-1", "dryRun=All",
-        "propagationPolicy=Orphan", "limit=99999999999999999999999",
+        "",
+        "limit=abc",
+        "limit=2&continue=%ff%fe",
+        "labelSelector=a%20in%20(",
+        "labelSelector=!!!",
+        "fieldSelector=metadata.name",
+        "fieldSelector=x%3Dy",
+        "resourceVersion=-1",
+        "dryRun=All",
+        "propagationPolicy=Orphan",
+        "limit=99999999999999999999999",
     ];
-    let types = ["application/json", "application/merge-patch+json", "application/json-patch+json",
-        "application/strategic-merge-patch+json", "text/plain", ""];
-    let methods = [reqwest::Method::GET, reqwest::Method::POST, reqwest::Method::PUT, reqwest::Method::PATCH, reqwest::Method::DELETE];
+    let types = [
+        "application/json",
+        "application/merge-patch+json",
+        "application/json-patch+json",
+        "application/strategic-merge-patch+json",
+        "text/plain",
+        "",
+    ];
+    let methods = [
+        reqwest::Method::GET,
+        reqwest::Method::POST,
+        reqwest::Method::PUT,
+        reqwest::Method::PATCH,
+        reqwest::Method::DELETE,
+    ];
     let seeds = [
         json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "x"}, "data": {"k": "dg=="}}),
         json!({"metadata": {"name": "d"}, "spec": {"template": {"spec": {"containers": [{"name": "a"}]}}}}),
@@ -768,7 +1024,9 @@ async fn garbage_never_breaks_the_server() {
         }
         let q = queries[rng.random_range(0..queries.len())];
         let body: Vec<u8> = match rng.random_range(0..4) {
-            0 => (0..rng.random_range(0..200)).map(|_| rng.random()).collect(),
+            0 => (0..rng.random_range(0..200))
+                .map(|_| rng.random())
+                .collect(),
             1 => Vec::new(),
             2 => {
                 let mut b = serde_json::to_vec(&seeds[rng.random_range(0..seeds.len())]).unwrap();
@@ -795,13 +1053,25 @@ async fn garbage_never_breaks_the_server() {
             .await
             .unwrap_or_else(|e| panic!("request {i} {method} {url} failed: {e}"));
         let code = resp.status().as_u16();
-        assert!(code < 500, "request {i} {method} {url} got {code}: {:?}", resp.text().await);
+        assert!(
+            code < 500,
+            "request {i} {method} {url} got {code}: {:?}",
+            resp.text().await
+        );
         if code >= 400 {
             let s: Value = resp.json().await.unwrap();
             assert_eq!(s["kind"], "Status", "{i} {method} {url}");
         }
     }
-    assert_eq!(lab.http.get(format!("{}/healthz", lab.url)).send().await.unwrap().status(), 200);
+    assert_eq!(
+        lab.http
+            .get(format!("{}/healthz", lab.url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     let api: Api<Secret> = Api::namespaced(lab.client.clone(), "kube-system");
     api.list(&ListParams::default()).await.unwrap();
 }
@@ -823,7 +1093,10 @@ async fn fault_switches_change_behaviour() {
     })
     .await;
     let api: Api<Secret> = Api::namespaced(lab.client.clone(), "default");
-    let s = api.create(&PostParams::default(), &secret("f", "1")).await.unwrap();
+    let s = api
+        .create(&PostParams::default(), &secret("f", "1"))
+        .await
+        .unwrap();
 
     // api-errors: 500 everywhere but the admin API, health and TokenReview.
     lab.knobs.set_fault(Fault::ApiErrors, true);
@@ -832,10 +1105,28 @@ async fn fault_switches_change_behaviour() {
     if let kube::Error::Api(s) = &err {
         assert_eq!(s.reason, "InternalError");
     }
-    assert_eq!(lab.req(reqwest::Method::GET, "/lab/knobs").send().await.unwrap().status(), 200);
-    assert_eq!(lab.http.get(format!("{}/healthz", lab.url)).send().await.unwrap().status(), 200);
+    assert_eq!(
+        lab.req(reqwest::Method::GET, "/lab/knobs")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        lab.http
+            .get(format!("{}/healthz", lab.url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     let review = lab
-        .req(reqwest::Method::POST, "/apis/authentication.k8s.io/v1/tokenreviews")
+        .req(
+            reqwest::Method::POST,
+            "/apis/authentication.k8s.io/v1/tokenreviews",
+        )
         .json(&json!({"spec": {"token": lab.server.issue_token("default", "x")}}))
         .send()
         .await
@@ -845,7 +1136,8 @@ async fn fault_switches_change_behaviour() {
     api.get("f").await.unwrap();
 
     // api-slow: every response waits for the api-latency knob.
-    lab.knobs.set_latency(Knob::ApiLatency, Latency::Fixed(Duration::from_millis(300)));
+    lab.knobs
+        .set_latency(Knob::ApiLatency, Latency::Fixed(Duration::from_millis(300)));
     lab.knobs.set_fault(Fault::ApiSlow, true);
     let t = Instant::now();
     api.get("f").await.unwrap();
@@ -858,7 +1150,11 @@ async fn fault_switches_change_behaviour() {
     // watch-expire: a watch from a resourceVersion gets the 410.
     let rv = s.metadata.resource_version.clone().unwrap();
     lab.knobs.set_fault(Fault::WatchExpire, true);
-    let mut stream = api.watch(&WatchParams::default(), &rv).await.unwrap().boxed();
+    let mut stream = api
+        .watch(&WatchParams::default(), &rv)
+        .await
+        .unwrap()
+        .boxed();
     match timeout(stream.try_next()).await.unwrap() {
         Some(WatchEvent::Error(e)) => assert_eq!((e.code, e.reason.as_str()), (410, "Expired")),
         other => panic!("expected a 410, got {other:?}"),
@@ -867,7 +1163,11 @@ async fn fault_switches_change_behaviour() {
 
     // watch-drop: an open watch is cut when the fault goes on; new ones are
     // cut soon after opening.
-    let mut open = api.watch(&WatchParams::default(), &rv).await.unwrap().boxed();
+    let mut open = api
+        .watch(&WatchParams::default(), &rv)
+        .await
+        .unwrap()
+        .boxed();
     let t = Instant::now();
     lab.knobs.set_fault(Fault::WatchDrop, true);
     let cut = tokio::time::timeout(Duration::from_secs(5), async {
@@ -880,7 +1180,11 @@ async fn fault_switches_change_behaviour() {
     })
     .await;
     assert!(cut.is_ok(), "the open watch was not cut");
-    let mut fresh = api.watch(&WatchParams::default(), &rv).await.unwrap().boxed();
+    let mut fresh = api
+        .watch(&WatchParams::default(), &rv)
+        .await
+        .unwrap()
+        .boxed();
     let cut = tokio::time::timeout(Duration::from_secs(3), async {
         loop {
             match fresh.next().await {
@@ -893,14 +1197,30 @@ async fn fault_switches_change_behaviour() {
     assert!(cut.is_ok(), "a new watch was not cut");
     assert!(t.elapsed() < Duration::from_secs(3));
     lab.knobs.set_fault(Fault::WatchDrop, false);
-    let mut calm = api.watch(&WatchParams::default(), &rv).await.unwrap().boxed();
-    assert!(tokio::time::timeout(Duration::from_millis(800), calm.next()).await.is_err(), "a watch was cut with the fault off");
+    let mut calm = api
+        .watch(&WatchParams::default(), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(800), calm.next())
+            .await
+            .is_err(),
+        "a watch was cut with the fault off"
+    );
 
     // webhook-down: Bank-Vaults Pods are refused, plain Pods admitted.
     lab.knobs.set_fault(Fault::WebhookDown, true);
     let pods: Api<Pod> = Api::namespaced(lab.client.clone(), "default");
-    let annotated = pod("v1", json!({"vault.security.banzaicloud.io/vault-addr": "http://x"}), "plain");
-    let err = pods.create(&PostParams::default(), &annotated).await.unwrap_err();
+    let annotated = pod(
+        "v1",
+        json!({"vault.security.banzaicloud.io/vault-addr": "http://x"}),
+        "plain",
+    );
+    let err = pods
+        .create(&PostParams::default(), &annotated)
+        .await
+        .unwrap_err();
     assert_eq!(status_code(&err), 500);
     if let kube::Error::Api(s) = &err {
         assert_eq!(
@@ -909,50 +1229,129 @@ async fn fault_switches_change_behaviour() {
         );
     }
     let env_ref = pod("v2", json!({}), "vault:secret/data/x#k");
-    assert_eq!(status_code(&pods.create(&PostParams::default(), &env_ref).await.unwrap_err()), 500);
-    let skipped = pod("v3", json!({"vault.security.banzaicloud.io/mutate": "skip"}), "plain");
+    assert_eq!(
+        status_code(
+            &pods
+                .create(&PostParams::default(), &env_ref)
+                .await
+                .unwrap_err()
+        ),
+        500
+    );
+    let skipped = pod(
+        "v3",
+        json!({"vault.security.banzaicloud.io/mutate": "skip"}),
+        "plain",
+    );
     pods.create(&PostParams::default(), &skipped).await.unwrap();
-    let plain = pods.create(&PostParams::default(), &pod("plain", json!({}), "x")).await.unwrap();
+    let plain = pods
+        .create(&PostParams::default(), &pod("plain", json!({}), "x"))
+        .await
+        .unwrap();
     assert_eq!(plain.status.unwrap().phase.as_deref(), Some("Pending"));
     lab.knobs.set_fault(Fault::WebhookDown, false);
-    pods.create(&PostParams::default(), &annotated).await.unwrap();
+    pods.create(&PostParams::default(), &annotated)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
 async fn admin_api() {
     let lab = lab().await;
     let put = |path: &str, body: &str| lab.req(reqwest::Method::PUT, path).body(body.to_string());
-    assert_eq!(put("/lab/faults/api-errors", "on").send().await.unwrap().status(), 200);
+    assert_eq!(
+        put("/lab/faults/api-errors", "on")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     assert!(lab.knobs.is_on(Fault::ApiErrors));
-    assert_eq!(put("/lab/faults/api-errors", "off").send().await.unwrap().status(), 200);
+    assert_eq!(
+        put("/lab/faults/api-errors", "off")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     assert!(!lab.knobs.is_on(Fault::ApiErrors));
-    assert_eq!(put("/lab/knobs/api-latency", "100ms..2s").send().await.unwrap().status(), 200);
+    assert_eq!(
+        put("/lab/knobs/api-latency", "100ms..2s")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     assert_eq!(
         lab.knobs.latency(Knob::ApiLatency),
-        Latency::Uniform { min: Duration::from_millis(100), max: Duration::from_secs(2) }
+        Latency::Uniform {
+            min: Duration::from_millis(100),
+            max: Duration::from_secs(2)
+        }
     );
-    let snap: secret_canary_lab::faults::KnobsSnapshot =
-        lab.req(reqwest::Method::GET, "/lab/knobs").send().await.unwrap().json().await.unwrap();
+    let snap: secret_canary_lab::faults::KnobsSnapshot = lab
+        .req(reqwest::Method::GET, "/lab/knobs")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(snap, lab.knobs.snapshot());
     let (code, s) = status_of(put("/lab/faults/nope", "on").send().await.unwrap()).await;
     assert_eq!(code, 400);
     assert!(s["message"].as_str().unwrap().contains("eso-stall"), "{s}");
     let (code, s) = status_of(put("/lab/knobs/nope", "1s").send().await.unwrap()).await;
     assert_eq!(code, 400);
-    assert!(s["message"].as_str().unwrap().contains("api-latency"), "{s}");
-    assert_eq!(put("/lab/knobs/api-latency", "fast").send().await.unwrap().status(), 400);
-    assert_eq!(put("/lab/faults/api-errors", "maybe").send().await.unwrap().status(), 400);
+    assert!(
+        s["message"].as_str().unwrap().contains("api-latency"),
+        "{s}"
+    );
+    assert_eq!(
+        put("/lab/knobs/api-latency", "fast")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+    assert_eq!(
+        put("/lab/faults/api-errors", "maybe")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
 
     // Request counts.
     let api: Api<Secret> = Api::namespaced(lab.client.clone(), "default");
-    api.create(&PostParams::default(), &secret("c", "1")).await.unwrap();
+    api.create(&PostParams::default(), &secret("c", "1"))
+        .await
+        .unwrap();
     api.get("c").await.unwrap();
     api.get("c").await.unwrap();
     api.list(&ListParams::default()).await.unwrap();
     let counts = lab.server.request_counts();
-    assert_eq!((counts.get("create", "secrets"), counts.get("get", "secrets"), counts.get("list", "secrets")), (1, 2, 1));
-    let over_http: secret_canary_lab::apiserver::RequestCounts =
-        lab.req(reqwest::Method::GET, "/lab/requests").send().await.unwrap().json().await.unwrap();
+    assert_eq!(
+        (
+            counts.get("create", "secrets"),
+            counts.get("get", "secrets"),
+            counts.get("list", "secrets")
+        ),
+        (1, 2, 1)
+    );
+    let over_http: secret_canary_lab::apiserver::RequestCounts = lab
+        .req(reqwest::Method::GET, "/lab/requests")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(over_http, counts);
 
     // Tokens: an SA token works on the API but not on the admin API.
@@ -966,22 +1365,40 @@ async fn admin_api() {
         .await
         .unwrap();
     let token = t["token"].as_str().unwrap();
-    let resp = lab.http.get(format!("{}/api/v1/namespaces/default/secrets", lab.url)).bearer_auth(token).send().await.unwrap();
+    let resp = lab
+        .http
+        .get(format!("{}/api/v1/namespaces/default/secrets", lab.url))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
-    let resp = lab.http.get(format!("{}/lab/knobs", lab.url)).bearer_auth(token).send().await.unwrap();
+    let resp = lab
+        .http
+        .get(format!("{}/lab/knobs", lab.url))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 403);
 }
 
 fn jwt_claims(token: &str) -> Value {
     use base64::Engine;
     let payload = token.split('.').nth(1).unwrap();
-    serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap()
 }
 
 #[tokio::test]
 async fn token_request_and_token_review() {
     let lab = lab().await;
-    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(lab.client.clone(), "default");
+    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(lab.client.clone(), "default");
     let mut sa = k8s_openapi::api::core::v1::ServiceAccount::default();
     sa.metadata.name = Some("app".into());
     let sa = sa_create(&sas, sa).await;
@@ -994,17 +1411,26 @@ async fn token_request_and_token_review() {
         }),
         ..Default::default()
     };
-    let out = sas.create_token_request("app", &PostParams::default(), &tr).await.unwrap();
+    let out = sas
+        .create_token_request("app", &PostParams::default(), &tr)
+        .await
+        .unwrap();
     let token = out.status.unwrap().token.unwrap();
     let claims = jwt_claims(&token);
     assert_eq!(claims["sub"], "system:serviceaccount:default:app");
     assert_eq!(claims["aud"], json!(["vault"]));
     assert_eq!(claims["kubernetes.io"]["serviceaccount"]["uid"], json!(uid));
-    assert_eq!(claims["kubernetes.io/serviceaccount/service-account.name"], "app");
+    assert_eq!(
+        claims["kubernetes.io/serviceaccount/service-account.name"],
+        "app"
+    );
     assert_eq!(claims["kubernetes.io/serviceaccount/namespace"], "default");
     assert!(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap() == 600);
     // Missing ServiceAccount: 404.
-    let err = sas.create_token_request("ghost", &PostParams::default(), &tr).await.unwrap_err();
+    let err = sas
+        .create_token_request("ghost", &PostParams::default(), &tr)
+        .await
+        .unwrap_err();
     assert_eq!(status_code(&err), 404);
 
     let review = |token: String| {
@@ -1019,11 +1445,20 @@ async fn token_request_and_token_review() {
     let (code, r) = review(token).await;
     assert_eq!(code, 201);
     assert_eq!(r["status"]["authenticated"], true);
-    assert_eq!(r["status"]["user"]["username"], "system:serviceaccount:default:app");
+    assert_eq!(
+        r["status"]["user"]["username"],
+        "system:serviceaccount:default:app"
+    );
     assert_eq!(r["status"]["user"]["uid"], json!(uid));
-    assert!(r["status"]["user"]["groups"].as_array().unwrap().contains(&json!("system:serviceaccounts:default")));
+    assert!(r["status"]["user"]["groups"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("system:serviceaccounts:default")));
     let (_, r) = review(lab.server.issue_token("ns", "other")).await;
-    assert_eq!(r["status"]["user"]["username"], "system:serviceaccount:ns:other");
+    assert_eq!(
+        r["status"]["user"]["username"],
+        "system:serviceaccount:ns:other"
+    );
     let (code, r) = review("bogus".into()).await;
     assert_eq!(code, 201);
     assert_eq!(r["status"]["authenticated"], false);
@@ -1034,4 +1469,360 @@ async fn sa_create(
     sa: k8s_openapi::api::core::v1::ServiceAccount,
 ) -> k8s_openapi::api::core::v1::ServiceAccount {
     api.create(&PostParams::default(), &sa).await.unwrap()
+}
+
+/// A fresh scratch directory under the system temp dir.
+fn scratch(tag: &str) -> std::path::PathBuf {
+    use rand::Rng;
+    let dir = std::env::temp_dir().join(format!(
+        "lab-apiserver-{tag}-{}-{:08x}",
+        std::process::id(),
+        rand::rng().random::<u32>()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn openbao_kubernetes_login_through_token_review() {
+    let lab = lab().await;
+    let dir = scratch("openbao");
+    let bao = secret_canary_lab::openbao::OpenBao::start(&dir.join("bao.log"))
+        .await
+        .unwrap();
+    let ca = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=lab",
+        ])
+        .arg("-keyout")
+        .arg(dir.join("ca.key"))
+        .arg("-out")
+        .arg(dir.join("ca.pem"))
+        .output()
+        .unwrap();
+    assert!(
+        ca.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ca.stderr)
+    );
+    let ca_pem = std::fs::read_to_string(dir.join("ca.pem")).unwrap();
+
+    let vault = |method: reqwest::Method, path: &str| {
+        lab.http
+            .request(method, format!("{}/v1/{}", bao.addr, path))
+            .header("X-Vault-Token", &bao.root_token)
+    };
+    let ok = |r: reqwest::Response| async move {
+        let code = r.status();
+        let text = r.text().await.unwrap();
+        assert!(code.is_success(), "{code}: {text}");
+        text
+    };
+    ok(vault(reqwest::Method::POST, "sys/auth/kubernetes")
+        .json(&json!({"type": "kubernetes"}))
+        .send()
+        .await
+        .unwrap())
+    .await;
+    ok(vault(reqwest::Method::POST, "auth/kubernetes/config")
+        .json(&json!({
+            "kubernetes_host": lab.url,
+            "kubernetes_ca_cert": ca_pem,
+            "token_reviewer_jwt": lab.server.admin_token(),
+        }))
+        .send()
+        .await
+        .unwrap())
+    .await;
+    ok(vault(reqwest::Method::POST, "auth/kubernetes/role/canary")
+        .json(&json!({
+            "bound_service_account_names": ["app"],
+            "bound_service_account_namespaces": ["default"],
+            "token_policies": ["default"],
+            "ttl": "1h",
+        }))
+        .send()
+        .await
+        .unwrap())
+    .await;
+
+    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(lab.client.clone(), "default");
+    let mut sa = k8s_openapi::api::core::v1::ServiceAccount::default();
+    sa.metadata.name = Some("app".into());
+    sa_create(&sas, sa).await;
+    let login = |jwt: String| {
+        lab.http
+            .post(format!("{}/v1/auth/kubernetes/login", bao.addr))
+            .json(&json!({"role": "canary", "jwt": jwt}))
+            .send()
+    };
+    let resp = login(lab.server.issue_token("default", "app"))
+        .await
+        .unwrap();
+    let code = resp.status();
+    let body: Value = resp.json().await.unwrap();
+    assert!(code.is_success(), "{code}: {body}");
+    assert!(
+        body["auth"]["client_token"]
+            .as_str()
+            .is_some_and(|t| !t.is_empty()),
+        "{body}"
+    );
+    assert_eq!(body["auth"]["metadata"]["service_account_name"], "app");
+    assert!(lab.server.request_counts().get("create", "tokenreviews") >= 1);
+
+    // A token for another ServiceAccount is not bound to the role.
+    let resp = login(lab.server.issue_token("default", "intruder"))
+        .await
+        .unwrap();
+    assert!(resp.status().is_client_error(), "{}", resp.status());
+    // A well-formed JWT this server did not sign fails the TokenReview.
+    let foreign = ApiServer::new(Arc::new(Knobs::default())).issue_token("default", "app");
+    let resp = login(foreign).await.unwrap();
+    assert!(!resp.status().is_success(), "{}", resp.status());
+    let resp = login("bogus".into()).await.unwrap();
+    assert!(!resp.status().is_success());
+    bao.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+struct Kubectl {
+    kubeconfig: std::path::PathBuf,
+    dir: std::path::PathBuf,
+}
+
+impl Kubectl {
+    /// kubectl sends no token over plain HTTP, so it talks to the insecure port.
+    async fn new(lab: &Lab) -> Self {
+        let dir = scratch("kubectl");
+        let kubeconfig = dir.join("kubeconfig");
+        let addr = lab
+            .server
+            .listen_local_insecure(lab.cancel.clone())
+            .await
+            .unwrap();
+        std::fs::write(
+            &kubeconfig,
+            kubeconfig_yaml(&format!("http://{addr}"), &lab.server.admin_token()),
+        )
+        .unwrap();
+        Kubectl { kubeconfig, dir }
+    }
+
+    fn command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut c = tokio::process::Command::new("/usr/bin/kubectl");
+        c.arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--cache-dir")
+            .arg(self.dir.join("cache"))
+            .args(args)
+            .args(std::env::var("LAB_KUBECTL_V").map(|v| format!("-v={v}")))
+            .env("HOME", &self.dir)
+            .env_remove("KUBECONFIG")
+            .kill_on_drop(true);
+        c
+    }
+
+    async fn run(&self, args: &[&str]) -> String {
+        eprintln!("kubectl {args:?}");
+        let out = timeout(self.command(args).output()).await.unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}\n{stdout}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+}
+
+impl Drop for Kubectl {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test]
+async fn kubectl_works_unchanged() {
+    let lab = lab().await;
+    let k = Kubectl::new(&lab).await;
+    let c = lab.client.clone();
+    let deployments: Api<Deployment> = Api::namespaced(c.clone(), "default");
+    let d = deployments
+        .create(&PostParams::default(), &deployment("web"))
+        .await
+        .unwrap();
+    let rs: Api<DynamicObject> = Api::namespaced_with(
+        c.clone(),
+        "default",
+        &ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("apps", "v1", "ReplicaSet"),
+            "replicasets",
+        ),
+    );
+    let rs_obj: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "ReplicaSet",
+        "metadata": {"name": "web-abc", "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": d.metadata.uid, "controller": true}]},
+        "spec": {"selector": {"matchLabels": {"app": "web"}}, "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "app", "image": "x"}]}}}
+    }))
+    .unwrap();
+    rs.create(&PostParams::default(), &rs_obj).await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
+    pods.create(&PostParams::default(), &pod("web-abc-xyz", json!({}), "x"))
+        .await
+        .unwrap();
+    let secrets: Api<Secret> = Api::namespaced(c.clone(), "default");
+    secrets
+        .create(&PostParams::default(), &secret("db", "1"))
+        .await
+        .unwrap();
+    let es: Api<DynamicObject> = Api::namespaced_with(c.clone(), "default", &es_resource());
+    let mut e = DynamicObject::new("db-es", &es_resource());
+    e.data = json!({"spec": {"secretStoreRef": {"name": "vault"}}});
+    es.create(&PostParams::default(), &e).await.unwrap();
+
+    let out = k
+        .run(&["get", "deploy,rs,pods,secrets,externalsecrets", "-A"])
+        .await;
+    for name in [
+        "deployment.apps/web",
+        "replicaset.apps/web-abc",
+        "pod/web-abc-xyz",
+        "secret/db",
+        "externalsecret.external-secrets.io/db-es",
+    ] {
+        assert!(out.contains(name), "{name} missing from:\n{out}");
+    }
+    let out = k.run(&["get", "es", "-n", "default", "-o", "name"]).await;
+    assert_eq!(out.trim(), "externalsecret.external-secrets.io/db-es");
+
+    // get -w prints the change (the lab serves no Tables, so print a field).
+    let mut child = k
+        .command(&[
+            "get",
+            "secret",
+            "db",
+            "-w",
+            "--request-timeout=0",
+            "-o",
+            "jsonpath={.data.k}{\"\\n\"}",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let first = timeout(lines.next_line())
+        .await
+        .unwrap()
+        .expect("kubectl -w ended");
+    assert_eq!(first, "MQ==");
+    let p = json!({"data": {"k": "Mg=="}});
+    secrets
+        .patch("db", &PatchParams::default(), &Patch::Merge(&p))
+        .await
+        .unwrap();
+    loop {
+        let line = timeout(lines.next_line())
+            .await
+            .unwrap()
+            .expect("kubectl -w ended");
+        if line != first {
+            assert_eq!(line, "Mg==");
+            break;
+        }
+    }
+    child.kill().await.unwrap();
+
+    // Typed generators send protobuf, which the lab refuses clearly.
+    let out = timeout(
+        k.command(&["create", "secret", "generic", "x", "--from-literal=a=b"])
+            .output(),
+    )
+    .await
+    .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("JSON bodies only"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let manifest = k.dir.join("ns.json");
+    std::fs::write(
+        &manifest,
+        r#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"from-file"}}"#,
+    )
+    .unwrap();
+    k.run(&[
+        "create",
+        "--validate=false",
+        "-f",
+        manifest.to_str().unwrap(),
+    ])
+    .await;
+    assert!(k
+        .run(&["get", "ns", "-o", "name"])
+        .await
+        .contains("namespace/from-file"));
+
+    k.run(&["annotate", "secret", "db", "team=sre"]).await;
+    assert_eq!(
+        secrets
+            .get("db")
+            .await
+            .unwrap()
+            .metadata
+            .annotations
+            .unwrap()["team"],
+        "sre"
+    );
+    k.run(&["annotate", "es", "db-es", "force-sync=1", "--overwrite"])
+        .await;
+    assert_eq!(
+        es.get("db-es").await.unwrap().metadata.annotations.unwrap()["force-sync"],
+        "1"
+    );
+
+    let before = deployments.get("web").await.unwrap();
+    k.run(&["rollout", "restart", "deploy/web"]).await;
+    let after = deployments.get("web").await.unwrap();
+    let ann = after
+        .spec
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .annotations
+        .clone()
+        .unwrap_or_default();
+    assert!(
+        ann.contains_key("kubectl.kubernetes.io/restartedAt"),
+        "{ann:?}"
+    );
+    assert_eq!(
+        after.metadata.generation,
+        Some(before.metadata.generation.unwrap() + 1)
+    );
+
+    // rollout status succeeds once the status says "complete".
+    let g = after.metadata.generation.unwrap();
+    let st = json!({"status": {"observedGeneration": g, "replicas": 1, "updatedReplicas": 1, "readyReplicas": 1, "availableReplicas": 1,
+        "conditions": [{"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"}, {"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"}]}});
+    deployments
+        .patch_status("web", &PatchParams::default(), &Patch::Merge(&st))
+        .await
+        .unwrap();
+    let out = k
+        .run(&["rollout", "status", "deploy/web", "--timeout=5s"])
+        .await;
+    assert!(out.contains("successfully rolled out"), "{out}");
+
+    k.run(&["delete", "deploy", "web"]).await;
+    assert_eq!(
+        status_code(&rs.get("web-abc").await.unwrap_err()),
+        404,
+        "the ReplicaSet should be garbage-collected"
+    );
 }

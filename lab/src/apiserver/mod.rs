@@ -134,6 +134,8 @@ pub struct ApiServer {
 struct ServeState {
     shared: Arc<Shared>,
     cancel: CancellationToken,
+    /// Token-less requests act as the admin (the old `--insecure-port`).
+    anonymous_admin: bool,
 }
 
 /// Could not build a kube client for the lab.
@@ -195,15 +197,38 @@ impl ApiServer {
     }
 
     /// Serve on `listener` until `cancel`; open watches end when it fires.
+    /// Every request needs a bearer token this server issued.
     pub async fn serve(
         &self,
         listener: tokio::net::TcpListener,
         cancel: CancellationToken,
     ) -> std::io::Result<()> {
+        self.serve_mode(listener, cancel, false).await
+    }
+
+    /// Serve like the real API server's old `--insecure-port`: requests
+    /// without an `Authorization` header act as the admin. This is the port
+    /// for kubectl, which never sends a bearer token over plain HTTP
+    /// (client-go sets credentials only for TLS connections).
+    pub async fn serve_insecure(
+        &self,
+        listener: tokio::net::TcpListener,
+        cancel: CancellationToken,
+    ) -> std::io::Result<()> {
+        self.serve_mode(listener, cancel, true).await
+    }
+
+    async fn serve_mode(
+        &self,
+        listener: tokio::net::TcpListener,
+        cancel: CancellationToken,
+        anonymous_admin: bool,
+    ) -> std::io::Result<()> {
         use axum::serve::ListenerExt;
         let state = ServeState {
             shared: self.shared.clone(),
             cancel: cancel.clone(),
+            anonymous_admin,
         };
         let app = Router::new().fallback(handle).with_state(state);
         // Watch events are small writes: Nagle would hold them back.
@@ -225,11 +250,28 @@ impl ApiServer {
     /// Bind `127.0.0.1:0`, serve in a background task until `cancel`, and
     /// return the address.
     pub async fn listen_local(&self, cancel: CancellationToken) -> std::io::Result<SocketAddr> {
+        self.listen_local_mode(cancel, false).await
+    }
+
+    /// Like [`ApiServer::listen_local`], with [`ApiServer::serve_insecure`]
+    /// semantics (for kubectl).
+    pub async fn listen_local_insecure(
+        &self,
+        cancel: CancellationToken,
+    ) -> std::io::Result<SocketAddr> {
+        self.listen_local_mode(cancel, true).await
+    }
+
+    async fn listen_local_mode(
+        &self,
+        cancel: CancellationToken,
+        anonymous_admin: bool,
+    ) -> std::io::Result<SocketAddr> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let me = self.clone();
         tokio::spawn(async move {
-            if let Err(e) = me.serve(listener, cancel).await {
+            if let Err(e) = me.serve_mode(listener, cancel, anonymous_admin).await {
                 tracing::error!(error = %e, "lab API server stopped");
             }
         });
@@ -456,6 +498,29 @@ async fn read_body(body: Body, max: usize) -> ApiResult<Bytes> {
     }
 }
 
+/// Bodies of create and update must be JSON: the lab has no protobuf or
+/// CBOR codecs (kubectl's typed `create secret`/`create ns` send protobuf).
+fn check_json_content_type(headers: &HeaderMap) -> ApiResult<()> {
+    let Some(ct) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let media = ct
+        .to_str()
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if media.is_empty() || media == "application/json" || media.ends_with("+json") || media == "*/*"
+    {
+        return Ok(());
+    }
+    Err(ApiError::unsupported_media_type(format!(
+        "the lab API server accepts JSON bodies only, not {media:?}; with kubectl, create objects from a manifest (`kubectl create --validate=false -f FILE`) instead of typed generators"
+    )))
+}
+
 fn parse_json(bytes: &[u8]) -> ApiResult<Value> {
     let v: Value = serde_json::from_slice(bytes)
         .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?;
@@ -477,7 +542,14 @@ async fn handle(State(st): State<ServeState>, req: Request) -> Response {
     {
         return (StatusCode::OK, "ok").into_response();
     }
-    let Some(identity) = bearer(req.headers()).and_then(|t| st.shared.tokens.verify(t)) else {
+    let identity = match bearer(req.headers()) {
+        Some(t) => st.shared.tokens.verify(t),
+        None if st.anonymous_admin && !req.headers().contains_key(header::AUTHORIZATION) => {
+            st.shared.tokens.verify(st.shared.tokens.admin())
+        }
+        None => None,
+    };
+    let Some(identity) = identity else {
         return ApiError::unauthorized().into_response();
     };
     if path == "/lab" || path.starts_with("/lab/") {
@@ -610,6 +682,7 @@ async fn resource_request(
             if def.namespaced && ns.is_none() {
                 return Err(ApiError::method_not_allowed());
             }
+            check_json_content_type(&parts.headers)?;
             let body = parse_json(&read_body(body, shared.options.max_body_bytes).await?)?;
             create_request(shared, def, rp.resource, ns.as_deref(), body, &query)
         }
@@ -623,6 +696,7 @@ async fn resource_request(
             token_request(shared, ns.as_deref().unwrap_or(""), name, &body)
         }
         (&Method::PUT, Some(name)) => {
+            check_json_content_type(&parts.headers)?;
             let body = parse_json(&read_body(body, shared.options.max_body_bytes).await?)?;
             let key = (rp.resource, ns.clone().unwrap_or_default(), name.clone());
             if query.contains_key("dryRun") {
