@@ -171,6 +171,9 @@ impl Lab {
         let api_addr = listener.local_addr().map_err(Error::Bind)?;
         let api_url = format!("http://{api_addr}");
         let server = ApiServer::new(knobs.clone());
+        // Like the old `--insecure-port`: kubectl never sends a bearer token
+        // over plain HTTP, so token-less requests act as the admin here.
+        // Tokens that are sent (kube-rs, OpenBao's TokenReview) are checked.
         let mut tasks = Vec::new();
         {
             let server = server.clone();
@@ -178,7 +181,7 @@ impl Lab {
             tasks.push((
                 "apiserver",
                 tokio::spawn(async move {
-                    if let Err(e) = server.serve(listener, cancel).await {
+                    if let Err(e) = server.serve_insecure(listener, cancel).await {
                         tracing::error!(error = %e, "lab API server stopped");
                     }
                 }),
