@@ -28,6 +28,9 @@ fn canary_bin() -> Option<PathBuf> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/secret-canary");
     if p.is_file() {
         Some(p)
+    } else if std::env::var_os("CI").is_some() {
+        // scripts/test.sh builds every binary first: in CI a missing one is a failure.
+        panic!("{} is not built", p.display());
     } else {
         eprintln!(
             "SKIP: {} is not built; run `cargo build -p secret-canary --bin secret-canary` first",

@@ -58,7 +58,5 @@ pub fn spawn_all(
     start!("deployment", deployment::run);
     start!("replicaset", replicaset::run);
     start!("kubelet", kubelet::run);
-    start!("deployment", deployment::run);
-    start!("replicaset", replicaset::run);
     tasks
 }
