@@ -136,6 +136,10 @@ fn main() -> ExitCode {
             })
         }
         Command::Canary(args) => runtime(|cancel| async move {
+            // The canary logs what it serves and when it stops, never the value.
+            if let Err(e) = telemetry::init(LogFormat::Text, "info") {
+                eprintln!("secret-canary canary: {e}");
+            }
             match secret_canary::canary::run(args, cancel).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
