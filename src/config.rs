@@ -78,6 +78,15 @@ pub struct StoreConfig {
     pub mount: String,
     /// The secret's path inside the mount, e.g. `canary/eso-env`.
     pub path: String,
+    /// The prober writes only below this prefix (default `canary/`): a
+    /// typo in `path` must not overwrite a real secret. Pair it with a
+    /// store policy limited to the same prefix (docs/vault-policy.hcl).
+    #[serde(default = "default_path_prefix")]
+    pub path_prefix: String,
+    /// KV v2 `max_versions` set on the canary path at the first run, so
+    /// one version per run does not pile up (default 10).
+    #[serde(default)]
+    pub max_versions: Option<u64>,
     /// The key inside the secret that carries the test value (default `value`).
     #[serde(default = "default_key")]
     pub key: String,
@@ -100,6 +109,10 @@ pub struct StoreConfig {
 
 fn default_mount() -> String {
     "secret".into()
+}
+
+fn default_path_prefix() -> String {
+    DEFAULT_PATH_PREFIX.into()
 }
 
 fn default_key() -> String {
@@ -174,6 +187,12 @@ pub struct ChainConfig {
     pub rollout: Option<RolloutConfig>,
     /// The canary Pods that report what they see.
     pub canary: CanaryConfig,
+    /// Right after the store write, annotate the ExternalSecret
+    /// (`force-sync=<unix time>`) so ESO syncs without waiting for its
+    /// refreshInterval. Needs `patch` on `externalsecrets`; such runs are
+    /// exported apart from natural ones. Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force_sync: bool,
 }
 
 /// A key of a Kubernetes Secret.
@@ -246,6 +265,12 @@ pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(300);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Store request timeout when `store.timeout` is absent.
 pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(10);
+/// `store.path_prefix` when absent: the prober writes only below it.
+pub const DEFAULT_PATH_PREFIX: &str = "canary/";
+/// `store.max_versions` when absent.
+pub const DEFAULT_MAX_VERSIONS: u64 = 10;
+/// Largest `store.max_versions` accepted: more only keeps test values around.
+pub const MAX_MAX_VERSIONS: u64 = 1000;
 /// Canary request timeout when `canary.timeout` is absent.
 pub const DEFAULT_CANARY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Shortest `interval` accepted: faster runs would measure the prober, not the pipeline.
@@ -420,6 +445,27 @@ impl StoreConfig {
     pub fn timeout(&self) -> Duration {
         self.timeout.unwrap_or(DEFAULT_STORE_TIMEOUT)
     }
+
+    /// The KV v2 `max_versions` of the canary path, defaulted.
+    pub fn max_versions(&self) -> u64 {
+        self.max_versions.unwrap_or(DEFAULT_MAX_VERSIONS)
+    }
+
+    /// Whether `path` lies strictly below `path_prefix` (segment-wise:
+    /// prefix `canary` or `canary/` admits `canary/x`, not `canary-x`).
+    pub fn path_in_prefix(&self) -> bool {
+        path_below(&self.path, &self.path_prefix)
+    }
+}
+
+/// `path` is strictly below the `prefix` directory (both relative KV paths).
+pub fn path_below(path: &str, prefix: &str) -> bool {
+    let prefix = prefix.trim_end_matches('/');
+    !prefix.is_empty()
+        && path
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.strip_prefix('/'))
+            .is_some_and(|rest| !rest.trim_matches('/').is_empty())
 }
 
 impl CanaryConfig {
@@ -586,7 +632,26 @@ impl StoreConfig {
             ),
         }
         check_kv_path(&format!("{at}.mount"), &self.mount, p);
+        let before = p.0.len();
         check_kv_path(&format!("{at}.path"), &self.path, p);
+        check_kv_path(&format!("{at}.path_prefix"), &self.path_prefix, p);
+        if p.0.len() == before && !self.path_in_prefix() {
+            p.push(
+                format!("{at}.path"),
+                format!(
+                    "{:?} is outside the canary prefix {:?} (`{at}.path_prefix`): the prober refuses to write there",
+                    self.path, self.path_prefix
+                ),
+            );
+        }
+        if let Some(n) = self.max_versions {
+            if n == 0 || n > MAX_MAX_VERSIONS {
+                p.push(
+                    format!("{at}.max_versions"),
+                    format!("{n} must be 1-{MAX_MAX_VERSIONS}"),
+                );
+            }
+        }
         p.non_empty(&format!("{at}.key"), &self.key);
         if let Some(ns) = &self.namespace {
             p.non_empty(&format!("{at}.namespace"), ns);
@@ -642,6 +707,12 @@ impl TokenSource {
 impl ChainConfig {
     fn check(&self, at: &str, p: &mut Problems) {
         check_dns_label(&format!("{at}.namespace"), &self.namespace, p);
+        if self.force_sync && self.external_secret.is_none() {
+            p.push(
+                format!("{at}.force_sync"),
+                "needs `external_secret`: force-sync annotates the ExternalSecret",
+            );
+        }
         if let Some(es) = &self.external_secret {
             check_dns_subdomain(&format!("{at}.external_secret"), es, p);
             if self.secret.is_none() {

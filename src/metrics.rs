@@ -628,6 +628,7 @@ probes:
                 RunResult::Success
             },
             detail: None,
+            sync_trigger: None,
         }
     }
 

@@ -391,6 +391,7 @@ probes:
             failure: None,
             result: RunResult::Success,
             detail: None,
+            sync_trigger: Some(crate::probe::SyncTrigger::Natural),
         }
     }
 

@@ -89,6 +89,7 @@ fn outcome(probe: &ProbeConfig, n: usize) -> Outcome {
         failure,
         result,
         detail: failure.map(|f| format!("synthetic {} failure", f.reason)),
+        sync_trigger: None,
     }
 }
 

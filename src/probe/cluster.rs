@@ -35,6 +35,10 @@ const CHANGE_LOG: usize = 128;
 /// Pod-template annotation `kubectl rollout restart` sets.
 pub const RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";
 
+/// ExternalSecret annotation whose change makes ESO sync at once (upstream
+/// documents `kubectl annotate es NAME force-sync=$(date +%s) --overwrite`).
+pub const FORCE_SYNC: &str = "force-sync";
+
 /// One object's new state (or its deletion), as an event delivered it.
 #[derive(Debug, Clone)]
 pub struct Change<T> {
@@ -564,6 +568,30 @@ pub enum ClusterError {
         /// The timeout.
         after: Duration,
     },
+    /// The `force-sync` annotation patch was refused or failed (RBAC: the
+    /// prober needs `patch` on `externalsecrets`).
+    #[error("annotating ExternalSecret {namespace}/{name} with force-sync={value}: {source}")]
+    ForceSyncPatch {
+        /// Namespace.
+        namespace: String,
+        /// ExternalSecret.
+        name: String,
+        /// The annotation value sent.
+        value: String,
+        /// The cause.
+        #[source]
+        source: kube::Error,
+    },
+    /// The `force-sync` patch got no answer in time.
+    #[error("annotating ExternalSecret {namespace}/{name} timed out after {after:?}")]
+    ForceSyncTimeout {
+        /// Namespace.
+        namespace: String,
+        /// ExternalSecret.
+        name: String,
+        /// The timeout.
+        after: Duration,
+    },
 }
 
 impl ClusterError {
@@ -573,10 +601,15 @@ impl ClusterError {
             ClusterError::RestartPatch {
                 source: kube::Error::Api(s),
                 ..
-            } => code_reason(s.code),
-            ClusterError::RestartPatch { .. } | ClusterError::RestartTimeout { .. } => {
-                Reason::ApiError
             }
+            | ClusterError::ForceSyncPatch {
+                source: kube::Error::Api(s),
+                ..
+            } => code_reason(s.code),
+            ClusterError::RestartPatch { .. }
+            | ClusterError::RestartTimeout { .. }
+            | ClusterError::ForceSyncPatch { .. }
+            | ClusterError::ForceSyncTimeout { .. } => Reason::ApiError,
         }
     }
 }
@@ -586,6 +619,9 @@ pub struct Cluster {
     client: kube::Client,
     namespace: String,
     deployment: Option<String>,
+    external_secret_name: Option<String>,
+    /// The last `force-sync` value sent (a repeat would be an empty patch).
+    last_force_sync: std::sync::Mutex<Option<String>>,
     /// The ExternalSecret, if the chain has one.
     pub external_secret: Option<watch::Receiver<View<EsState>>>,
     /// The Secret, if the chain has one.
@@ -649,6 +685,8 @@ impl Cluster {
             client,
             namespace: chain.namespace.clone(),
             deployment,
+            external_secret_name: chain.external_secret.clone(),
+            last_force_sync: std::sync::Mutex::new(None),
             external_secret,
             secret,
             deployments,
@@ -702,6 +740,59 @@ impl Cluster {
                 source,
             }),
             Err(_) => Err(ClusterError::RestartTimeout {
+                namespace: self.namespace.clone(),
+                name: name.clone(),
+                after: timeout,
+            }),
+        }
+    }
+
+    /// Make ESO sync now: a merge patch of the ExternalSecret's `force-sync`
+    /// annotation to the unix time (any metadata change triggers a
+    /// reconcile, so two calls in one second send a finer value).
+    pub async fn force_sync(
+        &self,
+        now: DateTime<Utc>,
+        timeout: Duration,
+    ) -> Result<(), ClusterError> {
+        let Some(name) = &self.external_secret_name else {
+            return Ok(());
+        };
+        let mut value = now.timestamp().to_string();
+        {
+            let last = self
+                .last_force_sync
+                .lock()
+                .map(|l| l.clone())
+                .unwrap_or_default();
+            if last.as_deref() == Some(value.as_str()) {
+                value = format!("{}.{:09}", now.timestamp(), now.timestamp_subsec_nanos());
+            }
+        }
+        let patch = serde_json::json!({"metadata": {"annotations": {FORCE_SYNC: value}}});
+        let api = Api::<DynamicObject>::namespaced_with(
+            self.client.clone(),
+            &self.namespace,
+            &external_secret_resource(),
+        );
+        let params = PatchParams {
+            field_manager: Some("secret-canary".into()),
+            ..PatchParams::default()
+        };
+        match tokio::time::timeout(timeout, api.patch(name, &params, &Patch::Merge(patch))).await {
+            Ok(Ok(_)) => {
+                if let Ok(mut last) = self.last_force_sync.lock() {
+                    *last = Some(value);
+                }
+                Ok(())
+            }
+            Ok(Err(source)) => Err(ClusterError::ForceSyncPatch {
+                namespace: self.namespace.clone(),
+                name: name.clone(),
+                value,
+                source,
+            }),
+            Err(_) => Err(ClusterError::ForceSyncTimeout {
                 namespace: self.namespace.clone(),
                 name: name.clone(),
                 after: timeout,

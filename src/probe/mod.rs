@@ -15,7 +15,9 @@ pub mod outcome;
 pub mod run;
 pub mod store;
 
-pub use outcome::{Failure, Outcome, Reason, RunResult, Stage, StageTiming};
+pub use outcome::{
+    Failure, Outcome, Reason, RunProgress, RunResult, Stage, StageTiming, SyncTrigger,
+};
 
 use std::sync::Mutex;
 
@@ -115,7 +117,18 @@ impl ProbeRunner {
     /// One run, bounded by the probe's deadline; `cancel` aborts it (the
     /// outcome is then `aborted`). Never panics, never returns an error.
     pub async fn run(&self, run_id: String, cancel: CancellationToken) -> Outcome {
-        run::execute(self, run_id, cancel).await
+        run::execute(self, run_id, cancel, None).await
+    }
+
+    /// [`ProbeRunner::run`], publishing the stages as they start and end
+    /// on `progress` (for live displays; nothing waits on the receivers).
+    pub async fn run_observed(
+        &self,
+        run_id: String,
+        cancel: CancellationToken,
+        progress: &tokio::sync::watch::Sender<RunProgress>,
+    ) -> Outcome {
+        run::execute(self, run_id, cancel, Some(progress)).await
     }
 }
 

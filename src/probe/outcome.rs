@@ -188,6 +188,42 @@ pub struct Outcome {
     /// label, never a secret value).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// What made ESO sync this run's value (`None`: the chain has no ESO).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_trigger: Option<SyncTrigger>,
+}
+
+/// What made ESO sync a run's value: its own schedule, or the prober's
+/// `force-sync` annotation. Forced runs measure the pipeline without the
+/// refreshInterval wait, so the metrics keep them apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncTrigger {
+    /// ESO's refreshInterval (the production path).
+    Natural,
+    /// The prober annotated the ExternalSecret right after the store write.
+    Forced,
+}
+
+impl SyncTrigger {
+    /// The snake_case value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncTrigger::Natural => "natural",
+            SyncTrigger::Forced => "forced",
+        }
+    }
+}
+
+/// What a run in flight has done so far, published on a `watch` channel
+/// (progress displays); the finished run's [`Outcome`] is the final word.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunProgress {
+    /// The stages started so far, as in [`Outcome::stages`] (incomplete
+    /// ones have no `completed_at`), without `end_to_end`.
+    pub stages: Vec<StageTiming>,
+    /// Set once the sync trigger is known (after the store write).
+    pub sync_trigger: Option<SyncTrigger>,
 }
 
 impl Outcome {

@@ -31,7 +31,10 @@ use super::cluster::{
     Change, DeploymentState, EsState, Fault, PodState, RolloutStatus, SecretState, View,
 };
 use super::store::Written;
-use super::{Failure, Outcome, ProbeRunner, Reason, RunResult, Stage, StageTiming, Stamp};
+use super::{
+    Failure, Outcome, ProbeRunner, Reason, RunProgress, RunResult, Stage, StageTiming, Stamp,
+    SyncTrigger,
+};
 use crate::config::{CanarySource, ChainConfig, ProbeConfig, Trigger};
 
 /// Default deadline of a whole run.
@@ -980,7 +983,14 @@ async fn bounded<T>(
 }
 
 /// Run one probe run to its outcome.
-pub async fn execute(runner: &ProbeRunner, run_id: String, cancel: CancellationToken) -> Outcome {
+///
+/// `progress`, when given, is told the stages as they start and end.
+pub async fn execute(
+    runner: &ProbeRunner,
+    run_id: String,
+    cancel: CancellationToken,
+    progress: Option<&watch::Sender<RunProgress>>,
+) -> Outcome {
     let config = runner.config();
     let run_start = Stamp::now();
     let deadline = run_start.at + config.deadline.unwrap_or(DEFAULT_DEADLINE);
@@ -1024,6 +1034,11 @@ pub async fn execute(runner: &ProbeRunner, run_id: String, cancel: CancellationT
         deadline,
         limits(config),
     );
+    let sync_trigger = plan.eso.then_some(if config.chain.force_sync {
+        SyncTrigger::Forced
+    } else {
+        SyncTrigger::Natural
+    });
 
     let outcome = |tracker: &Tracker, end: End, facts: &Facts| {
         let (failure, result, detail) = tracker.conclude(&end, facts);
@@ -1037,6 +1052,7 @@ pub async fn execute(runner: &ProbeRunner, run_id: String, cancel: CancellationT
             failure,
             result,
             detail,
+            sync_trigger,
         }
     };
 
@@ -1076,6 +1092,7 @@ pub async fn execute(runner: &ProbeRunner, run_id: String, cancel: CancellationT
     }
     let before_write = Stamp::now();
     tracker.store_starting(before_write);
+    publish(progress, &tracker, sync_trigger);
     let store_until = store_limit.map_or(deadline, |l| (before_write.at + l).min(deadline));
     match bounded(runner.store.write(&value), &cancel, store_until).await {
         None => return outcome(&tracker, End::Aborted, &Facts::default()),
@@ -1100,6 +1117,23 @@ pub async fn execute(runner: &ProbeRunner, run_id: String, cancel: CancellationT
             if let Ok(mut last) = runner.last_digest.lock() {
                 *last = Some(new_digest.clone());
             }
+        }
+    }
+
+    // Forced sync: right after the write, so ESO reads the new value now
+    // rather than at its next refreshInterval.
+    if sync_trigger == Some(SyncTrigger::Forced) {
+        match bounded(
+            cluster.force_sync(Utc::now(), API_TIMEOUT),
+            &cancel,
+            deadline,
+        )
+        .await
+        {
+            None => return outcome(&tracker, End::Aborted, &Facts::default()),
+            Some(Err(())) => {}
+            Some(Ok(Err(e))) => tracker.fail(Stage::EsoSync, e.reason(), e.to_string()),
+            Some(Ok(Ok(()))) => {}
         }
     }
 
@@ -1174,6 +1208,7 @@ pub async fn execute(runner: &ProbeRunner, run_id: String, cancel: CancellationT
             tracker.set_targets(targets, expected);
         }
 
+        publish(progress, &tracker, sync_trigger);
         if let Some(end) = tracker.verdict(now) {
             break end;
         }
@@ -1214,6 +1249,25 @@ pub async fn execute(runner: &ProbeRunner, run_id: String, cancel: CancellationT
         tracing::info!(probe = %config.name, run_id = %out.run_id, stage = %f.stage, reason = %f.reason, detail = %d, "probe run failed");
     }
     out
+}
+
+/// Tell a progress display where the run is (only when something changed).
+fn publish(
+    progress: Option<&watch::Sender<RunProgress>>,
+    tracker: &Tracker,
+    sync_trigger: Option<SyncTrigger>,
+) {
+    let Some(tx) = progress else { return };
+    let mut stages = tracker.timings();
+    stages.retain(|t| t.stage != Stage::EndToEnd);
+    tx.send_if_modified(|p| {
+        if p.stages == stages && p.sync_trigger == sync_trigger {
+            return false;
+        }
+        p.stages = stages;
+        p.sync_trigger = sync_trigger;
+        true
+    });
 }
 
 /// The baseline of a run, read from the watchers' current state.
