@@ -7,6 +7,8 @@
 //! |---|---|---|---|
 //! | `secret_canary_stage_duration_seconds` | histogram | probe, stage | how long each completed hop took (exemplar: run_id) |
 //! | `secret_canary_end_to_end_duration_seconds` | histogram | probe | store write start to canary observation, successful runs (exemplar: run_id) |
+//! | `secret_canary_forced_stage_duration_seconds` | histogram | probe, stage | as `stage_duration`, for runs that forced ESO's sync (`force_sync`); only probes with it enabled |
+//! | `secret_canary_forced_end_to_end_duration_seconds` | histogram | probe | as `end_to_end_duration`, forced runs |
 //! | `secret_canary_runs_total` | counter | probe, result | runs by result: success, failure, skipped, aborted |
 //! | `secret_canary_stage_failures_total` | counter | probe, stage, reason | failed runs by the first stage that did not complete and why |
 //! | `secret_canary_prober_errors_total` | counter | probe | runs that failed because of the prober itself (reason `prober_error`) |
@@ -20,6 +22,12 @@
 //! | `secret_canary_schedule_jitter_seconds` | histogram | probe | how late a run started after its tick was due |
 //! | `secret_canary_schedule_missed_ticks_total` | counter | probe | ticks dropped because the process stalled |
 //! | `secret_canary_build_info` | gauge | version, revision | always 1 |
+//!
+//! A forced run (`chain.force_sync`, `once --force-sync`) skips ESO's
+//! refreshInterval, so its durations would flatter the propagation SLO: they
+//! go to the `forced_` histograms only and leave `last_stage_duration` and
+//! `slo_breaches_total` to natural runs. Results, failures and timestamps
+//! count every run, forced or not.
 
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime};
@@ -33,7 +41,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::config::{Config, ProbeConfig};
-use crate::probe::{Outcome, Reason, RunResult, Stage};
+use crate::probe::{Outcome, Reason, RunResult, Stage, SyncTrigger};
 use crate::report;
 
 /// The metric name prefix.
@@ -190,6 +198,8 @@ fn jitter_histogram() -> Histogram {
 pub struct Metrics {
     stage_duration: DurationFamily<StageLabels>,
     end_to_end: DurationFamily<ProbeLabels>,
+    forced_stage_duration: DurationFamily<StageLabels>,
+    forced_end_to_end: DurationFamily<ProbeLabels>,
     runs: Family<ResultLabels, Counter>,
     stage_failures: Family<FailureLabels, Counter>,
     prober_errors: Family<ProbeLabels, Counter>,
@@ -229,6 +239,8 @@ impl Metrics {
         let m = Metrics {
             stage_duration: Family::new_with_constructor(duration_histogram),
             end_to_end: Family::new_with_constructor(duration_histogram),
+            forced_stage_duration: Family::new_with_constructor(duration_histogram),
+            forced_end_to_end: Family::new_with_constructor(duration_histogram),
             runs: Family::default(),
             stage_failures: Family::default(),
             prober_errors: Family::default(),
@@ -255,6 +267,18 @@ impl Metrics {
             "Duration from the store write starting to every canary observing the value, successful runs",
             Unit::Seconds,
             m.end_to_end.clone(),
+        );
+        r.register_with_unit(
+            "forced_stage_duration",
+            "Duration of each completed stage of a probe run that forced ESO's sync (force-sync annotation)",
+            Unit::Seconds,
+            m.forced_stage_duration.clone(),
+        );
+        r.register_with_unit(
+            "forced_end_to_end_duration",
+            "Duration from the store write starting to every canary observing the value, successful runs that forced ESO's sync",
+            Unit::Seconds,
+            m.forced_end_to_end.clone(),
         );
         r.register(
             "runs",
@@ -377,6 +401,14 @@ impl Metrics {
                 });
             }
         }
+        if probe.chain.force_sync {
+            let _ = self.forced_end_to_end.get_or_create(&p);
+            for stage in probe.stages() {
+                let _ = self
+                    .forced_stage_duration
+                    .get_or_create(&stage_labels(name, stage));
+            }
+        }
         for stage in probe.stages().into_iter().chain([Stage::EndToEnd]) {
             self.last_stage_duration
                 .get_or_create(&stage_labels(name, stage))
@@ -440,30 +472,40 @@ impl Metrics {
             })
         };
         let at = Some(SystemTime::from(outcome.finished_at));
+        let forced = outcome.sync_trigger == Some(SyncTrigger::Forced);
+        let (stage_family, e2e_family) = if forced {
+            (&self.forced_stage_duration, &self.forced_end_to_end)
+        } else {
+            (&self.stage_duration, &self.end_to_end)
+        };
         for stage in probe.stages() {
             let d = outcome.duration(stage);
             if let Some(d) = d {
-                self.stage_duration
+                stage_family
                     .get_or_create(&stage_labels(name, stage))
                     .observe(d.as_secs_f64(), exemplar(), at);
             }
-            self.last_stage_duration
-                .get_or_create(&stage_labels(name, stage))
-                .set(d.map_or(f64::NAN, |d| d.as_secs_f64()));
+            if !forced {
+                self.last_stage_duration
+                    .get_or_create(&stage_labels(name, stage))
+                    .set(d.map_or(f64::NAN, |d| d.as_secs_f64()));
+            }
         }
         let e2e = report::end_to_end(outcome);
         if let Some(d) = e2e {
-            self.end_to_end
+            e2e_family
                 .get_or_create(&p)
                 .observe(d.as_secs_f64(), exemplar(), at);
         }
-        self.last_stage_duration
-            .get_or_create(&stage_labels(name, Stage::EndToEnd))
-            .set(e2e.map_or(f64::NAN, |d| d.as_secs_f64()));
-        for breach in report::slo_breaches(probe, outcome) {
-            self.slo_breaches
-                .get_or_create(&stage_labels(name, breach))
-                .inc();
+        if !forced {
+            self.last_stage_duration
+                .get_or_create(&stage_labels(name, Stage::EndToEnd))
+                .set(e2e.map_or(f64::NAN, |d| d.as_secs_f64()));
+            for breach in report::slo_breaches(probe, outcome) {
+                self.slo_breaches
+                    .get_or_create(&stage_labels(name, breach))
+                    .inc();
+            }
         }
         let ended = epoch_seconds(outcome.finished_at);
         self.last_run.get_or_create(&p).set(ended);
@@ -527,6 +569,7 @@ pub fn expected_series(config: &Config) -> usize {
             + 2 * p.slo.len() // slo_breaches_total, slo_threshold_seconds
             + jitter_hist   // schedule_jitter
             + 1 // schedule_missed_ticks_total
+            + if p.chain.force_sync { (n + 1) * duration_hist } else { 0 } // forced_*
     };
     1 + config.probes.iter().map(per_probe).sum::<usize>()
 }
@@ -676,6 +719,46 @@ probes:
         assert!(
             text.contains(r#"# {run_id="run-"#),
             "exemplars missing:\n{text}"
+        );
+    }
+
+    #[test]
+    fn forced_runs_are_exported_apart_and_the_series_count_stays_exact() {
+        let mut config = config();
+        config.probes[0].chain.force_sync = true;
+        let probe = config.probes[0].clone();
+        let mut registry = Registry::default();
+        let m = Metrics::for_config(&mut registry, &config);
+        let text = encode_openmetrics(&registry).unwrap();
+        assert_eq!(count_samples(&text), expected_series(&config), "{text}");
+        assert!(
+            text.contains(
+                r#"secret_canary_forced_end_to_end_duration_seconds_count{probe="eso-env"} 0"#
+            ),
+            "{text}"
+        );
+        assert!(!text.contains(r#"forced_end_to_end_duration_seconds_count{probe="bank-vaults"}"#));
+        for n in 0..40 {
+            let mut o = outcome(&probe, n);
+            o.sync_trigger = Some(if n % 2 == 0 {
+                SyncTrigger::Forced
+            } else {
+                SyncTrigger::Natural
+            });
+            m.record_outcome(&probe, &o);
+        }
+        let text = encode_openmetrics(&registry).unwrap();
+        assert_eq!(count_samples(&text), expected_series(&config));
+        // n % 4 == 0 succeeds (all even, so forced), but n = 12 is aborted.
+        assert!(
+            text.contains(
+                r#"secret_canary_forced_end_to_end_duration_seconds_count{probe="eso-env"} 9"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"secret_canary_end_to_end_duration_seconds_count{probe="eso-env"} 0"#),
+            "{text}"
         );
     }
 
