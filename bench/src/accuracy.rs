@@ -1,0 +1,570 @@
+//! Accuracy: many probe runs on the lab with randomized stage latencies,
+//! each stage's measured duration scored against the lab's ground truth;
+//! then the same chains timed by the kubectl-polling baseline
+//! (`bench/baseline.py`) and scored the same way.
+//!
+//! | stage | truth start | truth end |
+//! |---|---|---|
+//! | `store_write` | the measurer's own request start | OpenBao's `created_time` of the version |
+//! | `eso_sync` | `created_time` | `eso.status_synced` with the run's digest |
+//! | `secret_update` | `created_time` | `eso.secret_written` with the run's digest |
+//! | `reloader_trigger` | `eso.secret_written` (env) / `created_time` (Bank-Vaults) | `reloader.template_patched` / `deployment.template_changed` after it |
+//! | `rollout` | that trigger | `deployment.rollout_complete` after it |
+//! | `canary_observe` | `rollout_complete` (env canaries hold the value from start) / `eso.secret_written` (volume) | `rollout_complete` / `kubelet.volume_updated` with the digest |
+//! | `end_to_end` | the measurer's own request start | the last truth end above |
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use chrono::{DateTime, Utc};
+use secret_canary_lab::lab::Lab;
+use secret_canary_lab::truth::{step, TruthRecord};
+use serde_json::Value;
+
+use crate::prober::Prober;
+use crate::scenario::{self, Chain, Kind, ProberSpec};
+use crate::stats::{summarize, Summary};
+use crate::{start_lab, Tools};
+
+/// The stages in report order.
+pub const STAGES: [&str; 7] = [
+    "store_write",
+    "eso_sync",
+    "secret_update",
+    "reloader_trigger",
+    "rollout",
+    "canary_observe",
+    "end_to_end",
+];
+
+/// The randomized controller delays of the accuracy run.
+pub const KNOBS: [(&str, &str); 5] = [
+    ("eso-latency", "20ms..400ms"),
+    ("reloader-latency", "10ms..200ms"),
+    ("deployment-latency", "5ms..100ms"),
+    ("kubelet-start-latency", "20ms..300ms"),
+    ("volume-sync-latency", "100ms..800ms"),
+];
+
+/// ESO's `refreshInterval` in the accuracy scenario (as the reference scenario).
+pub const REFRESH_INTERVAL: &str = "2s";
+
+/// How the accuracy phase runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Prober runs to score (all chains together).
+    pub runs: usize,
+    /// Copies of each of the three chain variants (probes run concurrently).
+    pub copies: usize,
+    /// The probes' interval.
+    pub interval: Duration,
+    /// Baseline runs (all chains together); 0 skips the baseline.
+    pub baseline_runs: usize,
+}
+
+/// One stage's measurement in one run.
+#[derive(Debug, Clone, Copy)]
+struct StageObs {
+    start: DateTime<Utc>,
+    /// Measured duration, seconds.
+    dur: f64,
+}
+
+/// One scored run.
+#[derive(Debug, Clone)]
+struct Observed {
+    chain: Chain,
+    digest: String,
+    created: Option<DateTime<Utc>>,
+    stages: BTreeMap<&'static str, StageObs>,
+}
+
+/// One row of the accuracy table: a stage of a chain variant.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Row {
+    /// Chain variant.
+    pub kind: Kind,
+    /// Stage.
+    pub stage: &'static str,
+    /// The true durations, ms.
+    pub truth_ms: Summary,
+    /// |prober − truth|, ms.
+    pub prober_ms: Summary,
+    /// |baseline − truth|, ms.
+    pub baseline_ms: Summary,
+}
+
+/// What the accuracy phase found.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct AccuracyResult {
+    /// Probes (chains) run concurrently.
+    pub probes: usize,
+    /// Prober runs seen.
+    pub prober_runs: usize,
+    /// Of which succeeded.
+    pub prober_success: usize,
+    /// Failure stage/reason counts of the rest.
+    pub prober_failures: BTreeMap<String, usize>,
+    /// Successful runs that could not be matched to the truth.
+    pub prober_unscored: usize,
+    /// Baseline runs made.
+    pub baseline_runs: usize,
+    /// Of which saw every milestone before its deadline.
+    pub baseline_complete: usize,
+    /// Complete baseline runs that could not be matched to the truth.
+    pub baseline_unscored: usize,
+    /// Per chain variant and stage.
+    pub rows: Vec<Row>,
+    /// Per stage over every chain variant.
+    pub overall: Vec<Row>,
+    /// Wall time of the phase.
+    pub seconds: f64,
+}
+
+/// Run the accuracy phase.
+pub async fn run(tools: &Tools, opts: &Options, dir: &Path) -> Result<AccuracyResult> {
+    let started = Instant::now();
+    let chains = scenario::chains(&[Kind::Env, Kind::Volume, Kind::Bankvaults], opts.copies);
+    let knobs: Vec<(&str, String)> = KNOBS.iter().map(|(k, v)| (*k, v.to_string())).collect();
+    let lab = start_lab(tools, dir, &chains, &knobs, REFRESH_INTERVAL).await?;
+    let result = measure(tools, opts, &lab, &chains, started).await;
+    lab.stop().await;
+    result
+}
+
+async fn measure(
+    tools: &Tools,
+    opts: &Options,
+    lab: &Lab,
+    chains: &[Chain],
+    started: Instant,
+) -> Result<AccuracyResult> {
+    let mut res = AccuracyResult {
+        probes: chains.len(),
+        ..Default::default()
+    };
+    let config = lab.dir.join("bench-prober.yaml");
+    let token = lab.dir.join("prober.token");
+    std::fs::write(
+        &config,
+        scenario::prober_yaml(
+            chains,
+            &ProberSpec {
+                kubeconfig: &lab.kubeconfig,
+                vault_addr: &lab.vault.addr,
+                token_file: &token,
+                interval: opts.interval,
+                deadline: Duration::from_secs(60),
+                force_sync: false,
+            },
+        ),
+    )?;
+    let mut prober = Prober::start(&tools.prober_bin, &config, &lab.dir.join("prober.log")).await?;
+    prober.wait_ready(Duration::from_secs(120)).await?;
+    eprintln!(
+        "accuracy: {} probes running, collecting {} runs",
+        chains.len(),
+        opts.runs
+    );
+
+    let by_name: BTreeMap<&str, &Chain> = chains.iter().map(|c| (c.name.as_str(), c)).collect();
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut observed = Vec::new();
+    let per_probe = opts.runs.div_ceil(chains.len().max(1)) as u32;
+    let limit = opts.interval * (per_probe + 2) * 2 + Duration::from_secs(120);
+    let t0 = Instant::now();
+    while res.prober_runs < opts.runs && t0.elapsed() < limit {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let Ok(text) = prober.get("/probes").await else {
+            continue;
+        };
+        let Ok(doc) = serde_json::from_str::<Value>(&text) else {
+            continue;
+        };
+        for p in doc["probes"].as_array().into_iter().flatten() {
+            let last = &p["last_run"];
+            let Some(run_id) = last["run_id"].as_str() else {
+                continue;
+            };
+            if !seen.insert(run_id.to_string()) {
+                continue;
+            }
+            res.prober_runs += 1;
+            let name = last["probe"].as_str().unwrap_or_default();
+            let Some(chain) = by_name.get(name) else {
+                continue;
+            };
+            if last["result"].as_str() != Some("success") {
+                let key = format!(
+                    "{}/{}",
+                    last["failure"]["stage"].as_str().unwrap_or("?"),
+                    last["failure"]["reason"].as_str().unwrap_or("?")
+                );
+                *res.prober_failures.entry(key).or_default() += 1;
+                continue;
+            }
+            res.prober_success += 1;
+            let mut o = observed_from_report(chain, last);
+            if let Some(w) = o.stages.get("store_write").copied() {
+                o.created = created_time(lab, &chain.store_path, w.start, w.dur).await;
+            }
+            observed.push(o);
+        }
+        if res.prober_runs % 20 == 0 && res.prober_runs > 0 {
+            tracing::debug!(runs = res.prober_runs, "accuracy progress");
+        }
+    }
+    prober.stop(Duration::from_secs(15)).await;
+    eprintln!(
+        "accuracy: prober done ({} runs, {} succeeded) after {:.0} s",
+        res.prober_runs,
+        res.prober_success,
+        t0.elapsed().as_secs_f64()
+    );
+
+    let mut baseline = Vec::new();
+    if opts.baseline_runs > 0 {
+        let (runs, complete) = run_baseline(tools, opts, lab, chains).await?;
+        res.baseline_runs = runs.len() + complete.len();
+        res.baseline_complete = complete.len();
+        baseline = complete;
+        let _ = runs;
+        eprintln!(
+            "accuracy: baseline done ({} runs, {} complete)",
+            res.baseline_runs, res.baseline_complete
+        );
+    }
+
+    let truth = lab.truth.records();
+    let (prober_err, truth_dur, unscored) = score(&observed, &truth);
+    res.prober_unscored = unscored;
+    let (baseline_err, _, unscored) = score(&baseline, &truth);
+    res.baseline_unscored = unscored;
+
+    let kinds = [Kind::Env, Kind::Volume, Kind::Bankvaults];
+    for kind in kinds {
+        for stage in STAGES {
+            let key = (kind, stage);
+            let Some(t) = truth_dur.get(&key) else {
+                continue;
+            };
+            res.rows.push(Row {
+                kind,
+                stage,
+                truth_ms: summarize(t),
+                prober_ms: summarize(prober_err.get(&key).map(Vec::as_slice).unwrap_or(&[])),
+                baseline_ms: summarize(baseline_err.get(&key).map(Vec::as_slice).unwrap_or(&[])),
+            });
+        }
+    }
+    for stage in STAGES {
+        let gather = |m: &BTreeMap<(Kind, &'static str), Vec<f64>>| -> Vec<f64> {
+            kinds
+                .iter()
+                .flat_map(|k| m.get(&(*k, stage)).cloned().unwrap_or_default())
+                .collect()
+        };
+        let t = gather(&truth_dur);
+        if t.is_empty() {
+            continue;
+        }
+        res.overall.push(Row {
+            kind: Kind::Env,
+            stage,
+            truth_ms: summarize(&t),
+            prober_ms: summarize(&gather(&prober_err)),
+            baseline_ms: summarize(&gather(&baseline_err)),
+        });
+    }
+    res.seconds = started.elapsed().as_secs_f64();
+    Ok(res)
+}
+
+fn parse_ts(v: &Value) -> Option<DateTime<Utc>> {
+    v.as_str()
+        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.with_timezone(&Utc))
+}
+
+fn stage_name(s: &str) -> Option<&'static str> {
+    STAGES.iter().copied().find(|x| *x == s)
+}
+
+/// A `/probes` `last_run` report as an observation.
+fn observed_from_report(chain: &Chain, report: &Value) -> Observed {
+    let mut stages = BTreeMap::new();
+    for s in report["stages"].as_array().into_iter().flatten() {
+        let (Some(name), Some(start), Some(dur)) = (
+            s["stage"].as_str().and_then(stage_name),
+            parse_ts(&s["started_at"]),
+            s["duration_seconds"].as_f64(),
+        ) else {
+            continue;
+        };
+        stages.insert(name, StageObs { start, dur });
+    }
+    Observed {
+        chain: chain.clone(),
+        digest: report["digest"].as_str().unwrap_or_default().to_string(),
+        created: None,
+        stages,
+    }
+}
+
+/// OpenBao's `created_time` of the version written between `start` and
+/// `start + dur` (plus slack): the store write's true completion.
+async fn created_time(
+    lab: &Lab,
+    path: &str,
+    start: DateTime<Utc>,
+    dur: f64,
+) -> Option<DateTime<Utc>> {
+    let meta = lab.bao.kv_metadata(path).await.ok()?;
+    let meta = meta.get("data").unwrap_or(&meta);
+    let end = start + chrono::Duration::microseconds((dur * 1e6) as i64);
+    let slack = chrono::Duration::milliseconds(500);
+    meta["versions"]
+        .as_object()?
+        .values()
+        .filter_map(|v| parse_ts(&v["created_time"]))
+        .filter(|t| *t >= start - slack && *t <= end + slack)
+        .min_by_key(|t| (*t - end).num_microseconds().unwrap_or(i64::MAX).abs())
+}
+
+/// Run `bench/baseline.py` on the same chains; returns (incomplete, complete) runs.
+async fn run_baseline(
+    tools: &Tools,
+    opts: &Options,
+    lab: &Lab,
+    chains: &[Chain],
+) -> Result<(Vec<Value>, Vec<Observed>)> {
+    let chains_file = lab.dir.join("baseline-chains.json");
+    std::fs::write(&chains_file, serde_json::to_vec_pretty(chains)?)?;
+    let out = lab.dir.join("baseline.jsonl");
+    let log = std::fs::File::create(lab.dir.join("baseline.log"))?;
+    eprintln!(
+        "accuracy: baseline ({} runs, kubectl get every second)",
+        opts.baseline_runs
+    );
+    let per_chain = opts.baseline_runs.div_ceil(chains.len().max(1)) as u64;
+    let limit = Duration::from_secs(per_chain * 75 + 120);
+    let mut child = tokio::process::Command::new(&tools.python)
+        .arg(&tools.baseline_script)
+        .arg("--kubeconfig")
+        .arg(&lab.kubeconfig)
+        .arg("--kubectl")
+        .arg(&tools.kubectl)
+        .arg("--bao")
+        .arg(&tools.bao)
+        .arg("--vault-env")
+        .arg(lab.dir.join("vault.env"))
+        .arg("--chains")
+        .arg(&chains_file)
+        .arg("--runs")
+        .arg(opts.baseline_runs.to_string())
+        .arg("--out")
+        .arg(&out)
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting the baseline script")?;
+    match tokio::time::timeout(limit, child.wait()).await {
+        Ok(status) => {
+            let status = status?;
+            if !status.success() {
+                tracing::warn!(%status, "baseline script failed; see baseline.log");
+            }
+        }
+        Err(_) => {
+            let _ = child.kill().await;
+            tracing::warn!("baseline script did not finish in time; scoring what it wrote");
+        }
+    }
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    let by_name: BTreeMap<&str, &Chain> = chains.iter().map(|c| (c.name.as_str(), c)).collect();
+    let (mut incomplete, mut complete) = (Vec::new(), Vec::new());
+    for line in text.lines() {
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        let chain = v["chain"].as_str().and_then(|n| by_name.get(n));
+        match (chain, v["complete"].as_bool()) {
+            (Some(chain), Some(true)) => complete.push(observed_from_baseline(chain, &v)),
+            _ => incomplete.push(v),
+        }
+    }
+    Ok((incomplete, complete))
+}
+
+fn ns_to_ts(v: &Value) -> Option<DateTime<Utc>> {
+    v.as_i64().map(DateTime::from_timestamp_nanos)
+}
+
+/// A baseline record as an observation, stages defined as the prober's are.
+fn observed_from_baseline(chain: &Chain, v: &Value) -> Observed {
+    let ws = ns_to_ts(&v["write_start"]);
+    let we = ns_to_ts(&v["write_end"]);
+    let seen = |k: &str| ns_to_ts(&v["seen"][k]);
+    let (secret, eso, template, rollout, canary) = (
+        seen("secret"),
+        seen("eso"),
+        seen("template"),
+        seen("rollout"),
+        seen("canary"),
+    );
+    let mut stages = BTreeMap::new();
+    let mut put = |name: &'static str, a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>| {
+        if let (Some(a), Some(b)) = (a, b) {
+            let dur = (b - a).num_nanoseconds().unwrap_or(0) as f64 / 1e9;
+            stages.insert(name, StageObs { start: a, dur });
+        }
+    };
+    put("store_write", ws, we);
+    match chain.kind {
+        Kind::Env => {
+            put("eso_sync", we, eso);
+            put("secret_update", we, secret);
+            put("reloader_trigger", secret, template);
+            put("rollout", template, rollout);
+            put("canary_observe", rollout, canary);
+        }
+        Kind::Volume => {
+            put("eso_sync", we, eso);
+            put("secret_update", we, secret);
+            put("canary_observe", secret, canary);
+        }
+        Kind::Bankvaults => {
+            put("reloader_trigger", we, template);
+            put("rollout", template, rollout);
+            put("canary_observe", rollout, canary);
+        }
+    }
+    put("end_to_end", ws, canary);
+    Observed {
+        chain: chain.clone(),
+        digest: v["digest"].as_str().unwrap_or_default().to_string(),
+        created: parse_ts(&v["created_time"]),
+        stages,
+    }
+}
+
+type ByStage = BTreeMap<(Kind, &'static str), Vec<f64>>;
+
+/// Per (variant, stage): |measured − true| in ms, the true durations in ms,
+/// and how many runs could not be matched to the truth.
+fn score(observed: &[Observed], truth: &[TruthRecord]) -> (ByStage, ByStage, usize) {
+    let (mut err, mut dur, mut unscored) = (ByStage::new(), ByStage::new(), 0);
+    for o in observed {
+        let Some(points) = truth_points(o, truth) else {
+            unscored += 1;
+            continue;
+        };
+        for (stage, m) in &o.stages {
+            let Some((a, b)) = truth_interval(o, &points, stage, m.start) else {
+                continue;
+            };
+            let t = (b - a).num_nanoseconds().unwrap_or(0) as f64 / 1e9;
+            err.entry((o.chain.kind, *stage))
+                .or_default()
+                .push((m.dur - t).abs() * 1000.0);
+            dur.entry((o.chain.kind, *stage))
+                .or_default()
+                .push(t * 1000.0);
+        }
+    }
+    (err, dur, unscored)
+}
+
+/// The truth's milestones of one run.
+struct Points {
+    written: DateTime<Utc>,
+    secret: Option<DateTime<Utc>>,
+    synced: Option<DateTime<Utc>>,
+    trigger: Option<DateTime<Utc>>,
+    complete: Option<DateTime<Utc>>,
+    volume: Option<DateTime<Utc>>,
+}
+
+fn first_digest(truth: &[TruthRecord], st: &str, digest: &str) -> Option<DateTime<Utc>> {
+    truth
+        .iter()
+        .find(|r| r.step == st && r.digest.as_deref() == Some(digest))
+        .map(|r| r.ts)
+}
+
+fn first_after(
+    truth: &[TruthRecord],
+    st: &str,
+    name: &str,
+    after: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    truth
+        .iter()
+        .find(|r| r.step == st && r.name == name && r.ts >= after)
+        .map(|r| r.ts)
+}
+
+fn truth_points(o: &Observed, truth: &[TruthRecord]) -> Option<Points> {
+    let written = o.created?;
+    let name = o.chain.name.as_str();
+    let secret = first_digest(truth, step::ESO_SECRET_WRITTEN, &o.digest);
+    let synced = first_digest(truth, step::ESO_STATUS_SYNCED, &o.digest);
+    let (trigger, complete, volume) = match o.chain.kind {
+        Kind::Env => {
+            let p = secret.and_then(|s| first_after(truth, step::RELOADER_PATCHED, name, s));
+            let c = p.and_then(|p| first_after(truth, step::ROLLOUT_COMPLETE, name, p));
+            (p, c, None)
+        }
+        Kind::Bankvaults => {
+            let t = first_after(truth, step::DEPLOYMENT_TEMPLATE_CHANGED, name, written);
+            let c = t.and_then(|t| first_after(truth, step::ROLLOUT_COMPLETE, name, t));
+            (t, c, None)
+        }
+        Kind::Volume => (
+            None,
+            None,
+            first_digest(truth, step::VOLUME_UPDATED, &o.digest),
+        ),
+    };
+    Some(Points {
+        written,
+        secret,
+        synced,
+        trigger,
+        complete,
+        volume,
+    })
+}
+
+/// The true (start, end) of a stage; `own_start` is the measurer's own start
+/// where the truth has none (the store request is the measurer's).
+fn truth_interval(
+    o: &Observed,
+    p: &Points,
+    stage: &str,
+    own_start: DateTime<Utc>,
+) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+    let w = Some(p.written);
+    let (a, b) = match (o.chain.kind, stage) {
+        (_, "store_write") => (Some(own_start), w),
+        (_, "eso_sync") => (w, p.synced),
+        (_, "secret_update") => (w, p.secret),
+        (Kind::Env, "reloader_trigger") => (p.secret, p.trigger),
+        (Kind::Bankvaults, "reloader_trigger") => (w, p.trigger),
+        (_, "rollout") => (p.trigger, p.complete),
+        (Kind::Volume, "canary_observe") => (p.secret, p.volume),
+        (_, "canary_observe") => (p.complete, p.complete),
+        (Kind::Volume, "end_to_end") => (Some(own_start), p.volume),
+        (_, "end_to_end") => (Some(own_start), p.complete),
+        _ => (None, None),
+    };
+    Some((a?, b?))
+}
+
+/// Where the accuracy phase keeps its files.
+pub fn dir(work: &Path) -> PathBuf {
+    work.join("accuracy")
+}

@@ -1,0 +1,279 @@
+//! `secret-canary-bench`: the benchmarks of issue 6, run against the lab
+//! (in this process) and a real OpenBao, measuring the release-built
+//! `secret-canary run` as a child process. Writes `bench/results.md`.
+//!
+//! ```text
+//! accuracy  prober runs vs the lab's ground truth, and bench/baseline.py
+//!           (kubectl get every second) on the same chains
+//! cost      RSS, CPU, API requests by verb, /metrics latency at 1/10/100 probes
+//! scale     1,000 probes on a few-second schedule: jitter, missed/skipped ticks
+//! ```
+//!
+//! `scripts/bench.sh` builds and runs it; `--quick` is a smoke run.
+
+mod accuracy;
+mod cost;
+mod prober;
+mod proxy;
+mod report;
+mod scenario;
+mod stats;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{Api, ListParams};
+use secret_canary_lab::lab::{Lab, LabOptions};
+
+use crate::scenario::Chain;
+
+/// Command line.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "secret-canary-bench",
+    about = "Benchmarks of secret-canary against the lab"
+)]
+pub struct Args {
+    /// Workspace root (binaries under target/release, bench/baseline.py).
+    #[arg(long, default_value = ".")]
+    pub root: PathBuf,
+    /// Where the markdown results go.
+    #[arg(long, default_value = "bench/results.md")]
+    pub out: PathBuf,
+    /// Scratch directory for the labs (kept for post-mortems).
+    #[arg(long, default_value = "target/bench")]
+    pub work: PathBuf,
+    /// Phases to run.
+    #[arg(long, value_delimiter = ',', default_value = "accuracy,cost,scale")]
+    pub phases: Vec<String>,
+    /// Small sizes: a smoke run of every phase in a few minutes.
+    #[arg(long)]
+    pub quick: bool,
+    /// Prober runs scored for accuracy.
+    #[arg(long, default_value_t = 210)]
+    pub accuracy_runs: usize,
+    /// Copies of each chain variant in the accuracy lab.
+    #[arg(long, default_value_t = 2)]
+    pub accuracy_copies: usize,
+    /// Interval of the accuracy probes.
+    #[arg(long, default_value = "7300ms", value_parser = humantime::parse_duration)]
+    pub accuracy_interval: Duration,
+    /// Baseline runs (kubectl polling), on the same chains.
+    #[arg(long, default_value_t = 60)]
+    pub baseline_runs: usize,
+    /// Probe counts of the cost phase.
+    #[arg(long, value_delimiter = ',', default_value = "1,10,100")]
+    pub cost_probes: Vec<usize>,
+    /// Runs per probe in each cost measurement.
+    #[arg(long, default_value_t = 10)]
+    pub cost_runs_per_probe: usize,
+    /// Interval of the cost probes.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub cost_interval: Duration,
+    /// Timed /metrics scrapes per cost measurement.
+    #[arg(long, default_value_t = 300)]
+    pub scrapes: usize,
+    /// Probes in the scale phase.
+    #[arg(long, default_value_t = 1000)]
+    pub scale_probes: usize,
+    /// Interval of the scale probes.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub scale_interval: Duration,
+    /// How long the scale phase runs its probes.
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    pub scale_duration: Duration,
+    /// kubectl for the baseline.
+    #[arg(long, default_value = "/usr/bin/kubectl")]
+    pub kubectl: PathBuf,
+    /// Python for the baseline.
+    #[arg(long, default_value = "python3")]
+    pub python: String,
+}
+
+/// Paths of the programs the benchmark runs.
+#[derive(Debug, Clone)]
+pub struct Tools {
+    /// `target/release/secret-canary` (measured, and the canary workload).
+    pub prober_bin: PathBuf,
+    /// `bench/baseline.py`.
+    pub baseline_script: PathBuf,
+    /// kubectl.
+    pub kubectl: PathBuf,
+    /// python3.
+    pub python: String,
+    /// OpenBao's CLI.
+    pub bao: PathBuf,
+}
+
+/// Start a lab with a generated scenario in `dir` (emptied first) and wait
+/// until every canary Deployment is rolled out.
+pub async fn start_lab(
+    tools: &Tools,
+    dir: &Path,
+    chains: &[Chain],
+    knobs: &[(&str, String)],
+    refresh_interval: &str,
+) -> Result<Lab> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("emptying {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir)?;
+    let file = dir.join("scenario.yaml");
+    std::fs::write(
+        &file,
+        scenario::scenario_yaml(chains, knobs, refresh_interval),
+    )?;
+    let mut opts = LabOptions::new(dir.join("lab"), &tools.prober_bin);
+    opts.scenario = Some(file);
+    let started = Instant::now();
+    let lab = Lab::start(opts).await.context("starting the lab")?;
+    let limit = Duration::from_secs(90) + Duration::from_millis(150) * chains.len() as u32;
+    let api: Api<Deployment> = Api::namespaced(lab.client(), scenario::NAMESPACE);
+    loop {
+        let done = match api.list(&ListParams::default()).await {
+            Ok(list) => list.items.iter().filter(|d| rolled_out(d)).count(),
+            Err(_) => 0,
+        };
+        if done >= chains.len() {
+            break;
+        }
+        if started.elapsed() > limit {
+            lab.stop().await;
+            bail!(
+                "only {done} of {} canary Deployments rolled out within {limit:?}",
+                chains.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eprintln!(
+        "lab with {} chains up in {:.1} s ({})",
+        chains.len(),
+        started.elapsed().as_secs_f64(),
+        lab.dir.display()
+    );
+    Ok(lab)
+}
+
+/// `kubectl rollout status`'s success condition.
+fn rolled_out(d: &Deployment) -> bool {
+    let Some(st) = &d.status else {
+        return false;
+    };
+    let want = d.spec.replicas.unwrap_or(1);
+    st.observed_generation.unwrap_or(0) >= d.metadata.generation.unwrap_or(0)
+        && st.updated_replicas.unwrap_or(0) == want
+        && st.replicas.unwrap_or(0) == want
+        && st.available_replicas.unwrap_or(0) == want
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,secret_canary_lab=error".into()),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: tokio runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(mut args: Args) -> Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    if args.quick {
+        args.accuracy_runs = args.accuracy_runs.min(24);
+        args.accuracy_copies = 1;
+        args.baseline_runs = args.baseline_runs.min(6);
+        args.cost_probes = vec![1, 10];
+        args.cost_runs_per_probe = args.cost_runs_per_probe.min(3);
+        args.scrapes = args.scrapes.min(50);
+        args.scale_probes = args.scale_probes.min(50);
+        args.scale_duration = args.scale_duration.min(Duration::from_secs(30));
+    }
+    let root = args.root.canonicalize().context("workspace root")?;
+    let tools = Tools {
+        prober_bin: prober::release_bin(&root, "secret-canary"),
+        baseline_script: root.join("bench/baseline.py"),
+        kubectl: args.kubectl.clone(),
+        python: args.python.clone(),
+        bao: secret_canary_lab::openbao::find_bao().context("finding OpenBao's bao")?,
+    };
+    if !tools.prober_bin.exists() {
+        bail!(
+            "{} is missing: run `cargo build --release --bins` (scripts/bench.sh does)",
+            tools.prober_bin.display()
+        );
+    }
+    let work = root.join(&args.work);
+    std::fs::create_dir_all(&work)?;
+    let started = Instant::now();
+    let mut results = report::Results::new(&root, &args).await;
+
+    if args.phases.iter().any(|p| p == "accuracy") {
+        eprintln!("== accuracy");
+        let opts = accuracy::Options {
+            runs: args.accuracy_runs,
+            copies: args.accuracy_copies,
+            interval: args.accuracy_interval,
+            baseline_runs: args.baseline_runs,
+        };
+        results.accuracy = Some(accuracy::run(&tools, &opts, &accuracy::dir(&work)).await?);
+    }
+    if args.phases.iter().any(|p| p == "cost") {
+        eprintln!("== cost");
+        for n in &args.cost_probes {
+            let opts = cost::Options {
+                probes: *n,
+                interval: args.cost_interval,
+                runs: Some(n * args.cost_runs_per_probe),
+                duration: None,
+                scrapes: args.scrapes,
+            };
+            let m = cost::measure(&tools, &opts, &work.join(format!("cost-{n}"))).await?;
+            results.cost.push(m);
+        }
+    }
+    if args.phases.iter().any(|p| p == "scale") {
+        eprintln!("== scale");
+        let opts = cost::Options {
+            probes: args.scale_probes,
+            interval: args.scale_interval,
+            runs: None,
+            duration: Some(args.scale_duration),
+            scrapes: args.scrapes.min(100),
+        };
+        results.scale = Some(cost::measure(&tools, &opts, &work.join("scale")).await?);
+    }
+    results.seconds = started.elapsed().as_secs_f64();
+    let out = root.join(&args.out);
+    if let Some(parent) = out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&out, results.markdown())?;
+    std::fs::write(
+        work.join("results.json"),
+        serde_json::to_vec_pretty(&results)?,
+    )?;
+    eprintln!("wrote {} in {:.0} s", out.display(), results.seconds);
+    Ok(())
+}

@@ -1,0 +1,469 @@
+//! `bench/results.md`: the machine, date and commit, then each phase's
+//! numbers as tables, and the issue's targets with what was measured.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::accuracy::{AccuracyResult, Row, KNOBS, REFRESH_INTERVAL};
+use crate::cost::{self, Measurement};
+use crate::proxy;
+use crate::Args;
+
+/// Everything one benchmark run found.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Results {
+    /// UTC date and time of the start.
+    pub date: String,
+    /// `git rev-parse HEAD`, with `-dirty` when the tree has changes.
+    pub commit: String,
+    /// `nproc`.
+    pub cpus: String,
+    /// CPU model.
+    pub cpu_model: String,
+    /// Total memory.
+    pub memory: String,
+    /// `/proc/loadavg` at the start (the machine may be shared).
+    pub load_at_start: String,
+    /// The command line's sizes.
+    pub settings: String,
+    /// Accuracy phase.
+    pub accuracy: Option<AccuracyResult>,
+    /// Cost phase, one per probe count.
+    pub cost: Vec<Measurement>,
+    /// Scale phase.
+    pub scale: Option<Measurement>,
+    /// Wall time of the whole benchmark, seconds.
+    pub seconds: f64,
+}
+
+fn sh(cmd: &str, args: &[&str], dir: &Path) -> String {
+    std::process::Command::new(cmd)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+impl Results {
+    /// Describe the machine and the checkout.
+    pub async fn new(root: &Path, args: &Args) -> Results {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu_model = cpuinfo
+            .lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+            .unwrap_or_default();
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let mem_kb: f64 = meminfo
+            .lines()
+            .find(|l| l.starts_with("MemTotal:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        let mut commit = sh("git", &["rev-parse", "--short=12", "HEAD"], root);
+        if !sh(
+            "git",
+            &["status", "--porcelain", "--untracked-files=no"],
+            root,
+        )
+        .is_empty()
+        {
+            commit.push_str("-dirty");
+        }
+        let settings = if args.quick {
+            "--quick (smoke sizes)".to_string()
+        } else {
+            format!(
+                "accuracy {} runs ({} copies of each chain, interval {}), baseline {} runs; cost {:?} probes × {} runs, interval {}; scale {} probes, interval {}, {}",
+                args.accuracy_runs,
+                args.accuracy_copies,
+                humantime::format_duration(args.accuracy_interval),
+                args.baseline_runs,
+                args.cost_probes,
+                args.cost_runs_per_probe,
+                humantime::format_duration(args.cost_interval),
+                args.scale_probes,
+                humantime::format_duration(args.scale_interval),
+                humantime::format_duration(args.scale_duration),
+            )
+        };
+        Results {
+            date: chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
+            commit,
+            cpus: sh("nproc", &[], root),
+            cpu_model,
+            memory: format!("{:.1} GiB", mem_kb / 1048576.0),
+            load_at_start: std::fs::read_to_string("/proc/loadavg")
+                .unwrap_or_default()
+                .split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" "),
+            settings,
+            ..Default::default()
+        }
+    }
+
+    /// The markdown document.
+    pub fn markdown(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "# secret-canary benchmark results\n");
+        let _ = writeln!(
+            s,
+            "Written by `scripts/bench.sh` (`secret-canary-bench`, see `bench/README.md`). Do not edit by hand.\n"
+        );
+        let _ = writeln!(s, "| | |\n|---|---|");
+        let _ = writeln!(s, "| date | {} |", self.date);
+        let _ = writeln!(s, "| commit | `{}` |", self.commit);
+        let _ = writeln!(
+            s,
+            "| machine | {} CPUs ({}), {} RAM |",
+            self.cpus, self.cpu_model, self.memory
+        );
+        let _ = writeln!(s, "| load average at start | {} |", self.load_at_start);
+        let _ = writeln!(s, "| sizes | {} |", self.settings);
+        let _ = writeln!(
+            s,
+            "| total time | {:.0} s ({:.1} min) |\n",
+            self.seconds,
+            self.seconds / 60.0
+        );
+        let _ = writeln!(
+            s,
+            "Everything runs on one machine: the lab (API server, controllers, canary processes) in the benchmark process, OpenBao (`bao server -dev`), and the measured release build of `secret-canary run` as its own process. Numbers from a shared or busy machine are upper bounds.\n"
+        );
+        self.targets(&mut s);
+        if let Some(a) = &self.accuracy {
+            accuracy_md(&mut s, a);
+        }
+        if !self.cost.is_empty() {
+            cost_md(&mut s, &self.cost);
+        }
+        if let Some(m) = &self.scale {
+            scale_md(&mut s, m, &self.cost);
+        }
+        s
+    }
+
+    fn targets(&self, s: &mut String) {
+        let _ = writeln!(s, "## Targets\n");
+        let _ = writeln!(s, "| target | measured | met |\n|---|---|---|");
+        let yes = |ok: bool| if ok { "yes" } else { "**no**" };
+        if let Some(a) = &self.accuracy {
+            let worst = a
+                .overall
+                .iter()
+                .filter(|r| r.prober_ms.n > 0)
+                .map(|r| (r.prober_ms.p99, r.stage))
+                .fold((0.0f64, ""), |acc, x| if x.0 > acc.0 { x } else { acc });
+            let base_mean = mean_of(a.overall.iter().map(|r| &r.baseline_ms.mean));
+            let _ = writeln!(
+                s,
+                "| stage timing error p99 ≤ 5 ms (polling baseline ~500 ms mean) | worst stage p99 {:.1} ms (`{}`); baseline mean error {:.0} ms | {} |",
+                worst.0,
+                worst.1,
+                base_mean,
+                yes(worst.0 <= 5.0)
+            );
+        }
+        let find = |n: usize| self.cost.iter().find(|m| m.probes == n);
+        if let Some(m10) = find(10) {
+            let rss = m10.at_end.rss as f64 / 1048576.0;
+            let _ = writeln!(
+                s,
+                "| RSS ≤ 20 MiB with 10 probes | {rss:.1} MiB (peak {:.1} MiB) | {} |",
+                m10.at_end.hwm as f64 / 1048576.0,
+                yes(rss <= 20.0)
+            );
+        }
+        let per_probe = self.per_probe_kib();
+        if let Some((kib, from, to)) = per_probe {
+            let _ = writeln!(
+                s,
+                "| ≤ 50 KiB per additional probe | {kib:.0} KiB ({from} → {to} probes) | {} |",
+                yes(kib <= 50.0)
+            );
+        }
+        if let Some(m) = self
+            .cost
+            .iter()
+            .filter(|m| m.scrape_ms.n > 0)
+            .max_by_key(|m| m.probes)
+        {
+            let _ = writeln!(
+                s,
+                "| `/metrics` scrape p99 ≤ 5 ms at 100 probes | {:.2} ms at {} probes | {} |",
+                m.scrape_ms.p99,
+                m.probes,
+                yes(m.scrape_ms.p99 <= 5.0)
+            );
+        }
+        if let Some(m) = &self.scale {
+            let _ = writeln!(
+                s,
+                "| schedule jitter p99 ≤ 10 ms at 1,000 probes; no missed ticks | p99 {:.1} ms at {} probes; {} missed, {} skipped | {} |",
+                m.jitter_p99 * 1000.0,
+                m.probes,
+                m.missed,
+                m.skipped,
+                yes(m.jitter_p99 <= 0.010 && m.missed == 0.0)
+            );
+        }
+        let all: Vec<&Measurement> = self.cost.iter().chain(self.scale.as_ref()).collect();
+        if !all.is_empty() {
+            let lists: u64 = all
+                .iter()
+                .map(|m| proxy::verb_total(&m.window_requests, "list"))
+                .sum();
+            let _ = writeln!(
+                s,
+                "| zero periodic LIST calls | {lists} LIST requests after start-up over {} measurements | {} |",
+                all.len(),
+                yes(lists == 0)
+            );
+        }
+        let _ = writeln!(s);
+    }
+
+    /// (KiB per additional probe, from, to) between the two largest cost runs.
+    fn per_probe_kib(&self) -> Option<(f64, usize, usize)> {
+        let mut ms: Vec<&Measurement> = self.cost.iter().chain(self.scale.as_ref()).collect();
+        ms.sort_by_key(|m| m.probes);
+        ms.dedup_by_key(|m| m.probes);
+        let n = ms.len();
+        if n < 2 {
+            return None;
+        }
+        // Prefer 10 -> 100 (the issue's wording) when both exist.
+        let (a, b) = match (
+            ms.iter().find(|m| m.probes == 10),
+            ms.iter().find(|m| m.probes == 100),
+        ) {
+            (Some(a), Some(b)) => (*a, *b),
+            _ => (ms[n - 2], ms[n - 1]),
+        };
+        let kib = (b.at_end.rss as f64 - a.at_end.rss as f64)
+            / 1024.0
+            / (b.probes - a.probes).max(1) as f64;
+        Some((kib, a.probes, b.probes))
+    }
+}
+
+fn mean_of<'a>(xs: impl Iterator<Item = &'a f64>) -> f64 {
+    let v: Vec<f64> = xs.copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v.iter().sum::<f64>() / v.len() as f64
+    }
+}
+
+fn ms(x: f64) -> String {
+    if !x.is_finite() {
+        "–".into()
+    } else if x < 10.0 {
+        format!("{x:.2}")
+    } else {
+        format!("{x:.0}")
+    }
+}
+
+fn err_cells(r: &Row) -> String {
+    let e = |x: &crate::stats::Summary| {
+        if x.n == 0 {
+            "– | – | – | –".to_string()
+        } else {
+            format!("{} | {} | {} | {}", x.n, ms(x.p50), ms(x.p99), ms(x.max))
+        }
+    };
+    format!("{} | {}", e(&r.prober_ms), e(&r.baseline_ms))
+}
+
+fn accuracy_md(s: &mut String, a: &AccuracyResult) {
+    let _ = writeln!(
+        s,
+        "## Accuracy: measured stage durations against the lab's ground truth\n"
+    );
+    let knobs = KNOBS
+        .iter()
+        .map(|(k, v)| format!("`{k} {v}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let _ = writeln!(
+        s,
+        "{} probes (each chain variant {} times) ran concurrently with randomized controller delays ({knobs}; ESO `refreshInterval: {REFRESH_INTERVAL}`). \
+         The prober's runs are read from `/probes`; the baseline is `bench/baseline.py`, which writes with `bao kv put` and runs `kubectl get -o json` once a second on the same chains afterwards. \
+         Error = |measured duration − true duration| in ms; the truth is the lab's `truth.jsonl` and OpenBao's `created_time` (see `bench/src/accuracy.rs` for which step ends which stage).\n",
+        a.probes,
+        a.probes / 3,
+    );
+    let failures = if a.prober_failures.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " (failures: {})",
+            a.prober_failures
+                .iter()
+                .map(|(k, v)| format!("{k} ×{v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    let _ = writeln!(
+        s,
+        "Prober: {} runs, {} succeeded{failures}, {} not matched to the truth. Baseline: {} runs, {} saw every milestone, {} not matched. Phase time {:.0} s.\n",
+        a.prober_runs,
+        a.prober_success,
+        a.prober_unscored,
+        a.baseline_runs,
+        a.baseline_complete,
+        a.baseline_unscored,
+        a.seconds
+    );
+    let head = "| n | p50 | p99 | max | n | p50 | p99 | max |";
+    let _ = writeln!(
+        s,
+        "All chain variants together (ms):\n\n| stage | true p50 {head}\n|---|---|---|---|---|---|---|---|---|---|"
+    );
+    let _ = writeln!(s, "| | | **prober** | | | | **kubectl baseline** | | | |");
+    for r in &a.overall {
+        let _ = writeln!(
+            s,
+            "| `{}` | {} | {} |",
+            r.stage,
+            ms(r.truth_ms.p50),
+            err_cells(r)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nPer chain variant (ms; prober columns first, then the baseline's):\n\n| chain | stage | true p50 {head}\n|---|---|---|---|---|---|---|---|---|---|---|"
+    );
+    for r in &a.rows {
+        let _ = writeln!(
+            s,
+            "| {} | `{}` | {} | {} |",
+            r.kind.as_str(),
+            r.stage,
+            ms(r.truth_ms.p50),
+            err_cells(r)
+        );
+    }
+    let _ = writeln!(s);
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.1}", b as f64 / 1048576.0)
+}
+
+fn verbs(c: &std::collections::BTreeMap<String, f64>) -> String {
+    if c.is_empty() {
+        return "–".into();
+    }
+    c.iter()
+        .map(|(v, n)| format!("{v} {n:.2}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn counts(c: &proxy::Counts) -> String {
+    if c.is_empty() {
+        return "–".into();
+    }
+    c.keys()
+        .map(|v| format!("{v} {}", proxy::verb_total(c, v)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn cost_md(s: &mut String, ms_: &[Measurement]) {
+    let _ = writeln!(
+        s,
+        "## Cost: memory, CPU and API load of `secret-canary run`\n"
+    );
+    let _ = writeln!(
+        s,
+        "Each probe has its own ESO + Secret volume chain (ExternalSecret with `refreshInterval: 1h` and `force_sync: true`, its Secret, a one-Pod canary Deployment reading the mounted file), so N probes are N independent chains with N canary processes. \
+         The prober talks to the lab's API server through a counting proxy, so only its own requests are counted. \
+         The window starts when `/readyz` turns 200 and ends after the fixed number of runs; `/metrics` is scraped every 2 s during it. \
+         Scrape latency is then measured with back-to-back scrapes while the probes keep running.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| probes | runs (ok) | ready | RSS at ready | RSS at end | peak RSS | CPU per run | CPU share | requests per run | start-up requests | LIST after start-up | scrape p50 / p99 | exposition |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
+    for m in ms_ {
+        let cpu = m.at_end.cpu - m.at_ready.cpu;
+        let _ = writeln!(
+            s,
+            "| {} | {:.0} ({:.0}) | {:.1} s | {} MiB | {} MiB | {} MiB | {:.2} ms | {:.1} % | {} | {} | {} | {:.2} / {:.2} ms | {:.0} KiB |",
+            m.probes,
+            m.runs,
+            m.success,
+            m.ready_s,
+            mib(m.at_ready.rss),
+            mib(m.at_end.rss),
+            mib(m.at_end.hwm),
+            m.cpu_per_run() * 1000.0,
+            cpu / m.window_s.max(1e-9) * 100.0,
+            verbs(&cost::per_run_by_verb(m)),
+            counts(&m.startup_requests),
+            proxy::verb_total(&m.window_requests, "list"),
+            m.scrape_ms.p50,
+            m.scrape_ms.p99,
+            m.scrape_bytes as f64 / 1024.0,
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nCPU share is CPU time over the window's wall time (100 % = one core). Requests per run are the window's requests over its runs: the `patch` is the force-sync annotation; `watch` requests are re-opened watches (kube-rs re-watches from the last resourceVersion when a watch times out), not LISTs.\n"
+    );
+}
+
+fn scale_md(s: &mut String, m: &Measurement, cost: &[Measurement]) {
+    let _ = writeln!(s, "## Scale: {} probes in one process\n", m.probes);
+    let _ = writeln!(
+        s,
+        "{} ESO + Secret volume chains as in the cost phase, every probe on a {} interval (all probes start together, so every tick is a burst of {} runs), for {:.0} s. \
+         Jitter is `secret_canary_schedule_jitter_seconds` (tick due → run started), summed over all probes and interpolated within its buckets (0.5, 1, 2.5, 5, 10, 25 ms, ...).\n",
+        m.probes,
+        humantime::format_duration(std::time::Duration::from_secs_f64(m.interval_s)),
+        m.probes,
+        m.window_s
+    );
+    let base = cost
+        .iter()
+        .filter(|c| c.probes < m.probes)
+        .max_by_key(|c| c.probes);
+    let per_probe = |b: &Measurement| {
+        (m.at_end.rss as f64 - b.at_end.rss as f64) / 1024.0 / (m.probes - b.probes).max(1) as f64
+    };
+    let _ = writeln!(
+        s,
+        "| probes | ready | runs (ok / failed) | skipped ticks | missed ticks | jitter p50 | jitter p99 | end-to-end p50 | RSS | memory per probe | CPU share | requests per run |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
+    let cpu = m.at_end.cpu - m.at_ready.cpu;
+    let _ = writeln!(
+        s,
+        "| {} | {:.1} s | {:.0} ({:.0} / {:.0}) | {:.0} | {:.0} | {:.2} ms | {:.2} ms | {:.2} s | {} MiB | {} | {:.1} % | {} |",
+        m.probes,
+        m.ready_s,
+        m.runs,
+        m.success,
+        m.failure,
+        m.skipped,
+        m.missed,
+        m.jitter_p50 * 1000.0,
+        m.jitter_p99 * 1000.0,
+        m.e2e_p50,
+        mib(m.at_end.rss),
+        base.map(|b| format!("{:.0} KiB (vs {} probes)", per_probe(b), b.probes))
+            .unwrap_or_else(|| format!("{:.0} KiB (RSS / probes)", m.at_end.rss as f64 / 1024.0 / m.probes as f64)),
+        cpu / m.window_s.max(1e-9) * 100.0,
+        verbs(&cost::per_run_by_verb(m)),
+    );
+    let _ = writeln!(s);
+}

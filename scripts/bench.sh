@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Runs the benchmarks against the lab and a real OpenBao and writes
+# bench/results.md (accuracy against the lab's ground truth next to a
+# kubectl-polling baseline; memory, CPU and API load; 1,000-probe scale).
+# The measured binaries are release builds. A full run takes about 30
+# minutes on 2 cores; `--quick` is a smoke run of a few minutes.
+#
+#   scripts/bench.sh                    # full sizes (see bench/README.md)
+#   scripts/bench.sh --quick            # small sizes, to check it works
+#   scripts/bench.sh --phases accuracy  # one phase; any secret-canary-bench option
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+
+scripts/setup.sh
+echo "== cargo build --release --bins" >&2
+cargo build --release --bins --quiet
+# A thousand probes hold a few thousand watch connections through the proxy.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+exec target/release/secret-canary-bench --root "$root" "$@"
