@@ -1,6 +1,18 @@
 //! What `once` prints and `/probes` serves: per probe its last outcome with
-//! every stage's timing, SLO threshold and verdict. A pure function of the
-//! outcomes and the config, so new output formats only add a renderer.
+//! every stage's timing, SLO threshold and verdict, optionally set beside an
+//! earlier saved report. A pure function of the outcomes and the config;
+//! each output format is a renderer of the same [`Report`]:
+//!
+//! ```text
+//! mod.rs       the model, the terminal table with its stage timeline, JSON
+//! markdown.rs  pull-request comments and CI step summaries
+//! junit.rs     one test case per probe for CI test-report views
+//! compare.rs   before/after: stages slower than a threshold (`--compare`)
+//! ```
+
+pub mod compare;
+pub mod junit;
+pub mod markdown;
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -9,16 +21,36 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
 use crate::config::{Config, ProbeConfig};
-use crate::probe::{Failure, Outcome, RunResult, Stage};
+use crate::probe::{Failure, Outcome, RunResult, Stage, SyncTrigger};
+
+pub use compare::{Baseline, Comparison, Thresholds};
 
 /// Output format of `once`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Format {
-    /// A human-readable table per probe.
+    /// A human-readable table per probe, with a stage timeline.
     #[default]
     Table,
-    /// One JSON document with every outcome.
+    /// One JSON document with every outcome (the input of `--compare`).
     Json,
+    /// Markdown for a pull-request comment or a CI step summary.
+    Markdown,
+    /// JUnit XML: one test case per probe; a failure names stage and reason.
+    Junit,
+}
+
+impl Format {
+    /// The format a report file's name suggests (`.json`, `.md`, `.xml`),
+    /// else `None`.
+    pub fn from_extension(path: &std::path::Path) -> Option<Format> {
+        match path.extension()?.to_str()?.to_ascii_lowercase().as_str() {
+            "json" => Some(Format::Json),
+            "md" | "markdown" => Some(Format::Markdown),
+            "xml" | "junit" => Some(Format::Junit),
+            "txt" | "table" => Some(Format::Table),
+            _ => None,
+        }
+    }
 }
 
 /// Exit code of `once` when every probe passed.
@@ -71,6 +103,11 @@ pub struct StageReport {
     pub slo_seconds: Option<f64>,
     /// The SLO verdict.
     pub slo: Verdict,
+    /// Where the stage sits on the run's time axis: seconds from the run's
+    /// first stage start to this stage's start and to its end (a stage that
+    /// did not complete ends when the run ended). For timelines.
+    #[serde(skip)]
+    pub span: Option<(f64, f64)>,
 }
 
 /// One probe's run, ready to print or serialise.
@@ -94,6 +131,10 @@ pub struct ProbeReport {
     pub failure: Option<Failure>,
     /// A human-readable detail of the failure (never a secret value).
     pub detail: Option<String>,
+    /// What made ESO sync the value (`natural` refreshInterval or `forced`
+    /// by the force-sync annotation); absent without ESO.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sync_trigger: Option<SyncTrigger>,
     /// The chain's stages in order, then `end_to_end`.
     pub stages: Vec<StageReport>,
 }
@@ -107,6 +148,9 @@ pub struct Report {
     pub exit_code: u8,
     /// One entry per outcome, in the order given.
     pub probes: Vec<ProbeReport>,
+    /// This run set beside an earlier saved report (`--compare`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comparison: Option<Comparison>,
 }
 
 fn rfc3339(t: DateTime<Utc>) -> String {
@@ -144,6 +188,31 @@ pub fn passed(probe: &ProbeConfig, outcome: &Outcome) -> bool {
 
 /// Per stage of the probe's chain, then `end_to_end`: timing and SLO verdict.
 pub fn stage_reports(probe: &ProbeConfig, outcome: &Outcome) -> Vec<StageReport> {
+    let mut rows = stage_rows(probe, outcome);
+    let origin = outcome.stages.first().map(|t| t.started_at);
+    for r in &mut rows {
+        r.span = origin.and_then(|origin| span(origin, outcome, r));
+    }
+    rows
+}
+
+/// Seconds from `origin` to a row's start and end.
+fn span(origin: DateTime<Utc>, outcome: &Outcome, r: &StageReport) -> Option<(f64, f64)> {
+    let timing = if r.stage == Stage::EndToEnd {
+        outcome.stages.first()
+    } else {
+        outcome.stages.iter().find(|t| t.stage == r.stage)
+    }?;
+    let secs = |t: DateTime<Utc>| (t - origin).num_nanoseconds().unwrap_or(0) as f64 / 1e9;
+    let start = secs(timing.started_at).max(0.0);
+    let end = match r.duration_seconds {
+        Some(d) => start + d,
+        None => secs(outcome.finished_at).max(start),
+    };
+    Some((start, end))
+}
+
+fn stage_rows(probe: &ProbeConfig, outcome: &Outcome) -> Vec<StageReport> {
     let mut rows = Vec::new();
     for stage in probe.stages() {
         let timing = outcome.stages.iter().find(|t| t.stage == stage);
@@ -202,6 +271,7 @@ fn row(
         duration_seconds: duration.map(|d| d.as_secs_f64()),
         slo_seconds: slo.map(|d| d.as_secs_f64()),
         slo: verdict,
+        span: None,
     }
 }
 
@@ -217,6 +287,7 @@ pub fn probe_report(probe: &ProbeConfig, outcome: &Outcome) -> ProbeReport {
         finished_at: rfc3339(outcome.finished_at),
         failure: outcome.failure,
         detail: outcome.detail.clone(),
+        sync_trigger: outcome.sync_trigger,
         stages: stage_reports(probe, outcome),
     }
 }
@@ -238,6 +309,7 @@ pub fn build(config: &Config, outcomes: &[Outcome]) -> Report {
                 finished_at: rfc3339(o.finished_at),
                 failure: o.failure,
                 detail: o.detail.clone(),
+                sync_trigger: o.sync_trigger,
                 stages: Vec::new(),
             },
         })
@@ -247,7 +319,25 @@ pub fn build(config: &Config, outcomes: &[Outcome]) -> Report {
         passed,
         exit_code: if passed { EXIT_PASS } else { EXIT_FAIL },
         probes,
+        comparison: None,
     }
+}
+
+/// [`build`], then set beside `baseline` (`--compare`): a regression
+/// makes the exit code 1 even when every probe passed.
+pub fn build_compared(
+    config: &Config,
+    outcomes: &[Outcome],
+    baseline: &Baseline,
+    thresholds: Thresholds,
+) -> Report {
+    let mut report = build(config, outcomes);
+    let comparison = compare::compare(baseline, &report, thresholds);
+    if comparison.regressed {
+        report.exit_code = EXIT_FAIL;
+    }
+    report.comparison = Some(comparison);
+    report
 }
 
 /// The exit code of `once`: 0 when every probe passed, else 1.
@@ -255,19 +345,25 @@ pub fn exit_code(config: &Config, outcomes: &[Outcome]) -> u8 {
     build(config, outcomes).exit_code
 }
 
-/// Render the report.
+/// Render the report of `outcomes`.
 pub fn render(config: &Config, outcomes: &[Outcome], format: Format) -> String {
-    let report = build(config, outcomes);
+    render_report(&build(config, outcomes), format)
+}
+
+/// Render a built report.
+pub fn render_report(report: &Report, format: Format) -> String {
     match format {
         Format::Json => {
             // Serialising plain data into a String cannot fail; fall back to
             // an error object rather than panicking if it ever does.
-            let mut s = serde_json::to_string_pretty(&report)
+            let mut s = serde_json::to_string_pretty(report)
                 .unwrap_or_else(|e| format!("{{\"error\":{:?}}}", e.to_string()));
             s.push('\n');
             s
         }
-        Format::Table => table(&report),
+        Format::Table => table(report),
+        Format::Markdown => markdown::render(report),
+        Format::Junit => junit::render(report),
     }
 }
 
@@ -289,45 +385,142 @@ fn secs(v: Option<f64>) -> String {
         .map_or_else(|| "-".into(), human)
 }
 
+/// A probe's one-line verdict: `PASS`, `FAIL at stage (reason)`,
+/// `SLO BREACHED`, `ABORTED`.
+pub fn verdict_text(p: &ProbeReport) -> String {
+    match (p.result, p.failure) {
+        (RunResult::Aborted, Some(f)) => format!("ABORTED at {}", f.stage),
+        (_, Some(f)) => format!("FAIL at {} ({})", f.stage, f.reason),
+        (RunResult::Success, None) if !p.passed => "SLO BREACHED".into(),
+        (RunResult::Success, None) => "PASS".into(),
+        (r, None) => r.as_str().to_uppercase(),
+    }
+}
+
+fn status_text(s: StageStatus) -> &'static str {
+    match s {
+        StageStatus::Completed => "completed",
+        StageStatus::Failed => "failed",
+        StageStatus::NotStarted => "not started",
+    }
+}
+
+fn slo_text(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Met => "met",
+        Verdict::Breached => "BREACHED",
+        Verdict::NoSlo => "-",
+        Verdict::NotCompleted => "not completed",
+    }
+}
+
+/// The stages that took longest, slowest first (without `end_to_end`).
+pub fn slowest(p: &ProbeReport) -> Option<&StageReport> {
+    p.stages
+        .iter()
+        .filter(|s| s.stage != Stage::EndToEnd)
+        .filter_map(|s| s.duration_seconds.map(|d| (s, d)))
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(s, _)| s)
+}
+
+/// The run's `end_to_end` duration, seconds.
+pub fn end_to_end_seconds(p: &ProbeReport) -> Option<f64> {
+    p.stages
+        .iter()
+        .find(|s| s.stage == Stage::EndToEnd)
+        .and_then(|s| s.duration_seconds)
+}
+
+/// Columns of the timeline's bar area.
+pub const TIMELINE_WIDTH: usize = 40;
+
+/// The common time axis of a report: the longest run, seconds.
+fn axis(report: &Report) -> f64 {
+    report
+        .probes
+        .iter()
+        .flat_map(|p| p.stages.iter())
+        .filter_map(|s| s.span.map(|(_, end)| end))
+        .fold(0.0, f64::max)
+}
+
+/// One run's stages as horizontal bars on an axis of `total` seconds
+/// shared by every run of the report, so the hop that took the time, and
+/// the slower run, stand out.
+fn timeline(out: &mut String, p: &ProbeReport, total: f64) {
+    if total <= 0.0 {
+        return;
+    }
+    let w = TIMELINE_WIDTH;
+    out.push('\n');
+    let _ = writeln!(
+        out,
+        "  {:<18} |0{:>width$}|",
+        "TIMELINE",
+        human(Duration::from_secs_f64(total)),
+        width = w - 1
+    );
+    let col = |x: f64| x / total * w as f64;
+    for s in p.stages.iter().filter(|s| s.stage != Stage::EndToEnd) {
+        let Some((start, end)) = s.span else { continue };
+        let from = (col(start).floor() as usize).min(w - 1);
+        let to = (col(end).ceil() as usize).clamp(from + 1, w);
+        let fill = if s.status == StageStatus::Completed {
+            '█'
+        } else {
+            '░'
+        };
+        let bar: String = (0..w)
+            .map(|i| if (from..to).contains(&i) { fill } else { ' ' })
+            .collect();
+        let label = match s.duration_seconds {
+            Some(_) => secs(s.duration_seconds),
+            None => format!("{} (failed)", human(Duration::from_secs_f64(end - start))),
+        };
+        let _ = writeln!(out, "  {:<18} |{bar}| {label}", s.stage.as_str());
+    }
+}
+
 fn table(report: &Report) -> String {
     let mut out = String::new();
+    let total = axis(report);
     for p in &report.probes {
-        let verdict = match (p.result, p.failure) {
-            (_, Some(f)) => format!("FAIL at {} ({})", f.stage, f.reason),
-            (RunResult::Success, None) if !p.passed => "SLO BREACHED".into(),
-            (RunResult::Success, None) => "PASS".into(),
-            (r, None) => r.as_str().to_uppercase(),
-        };
-        let _ = writeln!(out, "probe {}  run {}  {verdict}", p.probe, p.run_id);
+        let trigger = p
+            .sync_trigger
+            .map(|t| format!("  sync {}", t.as_str()))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "probe {}  run {}  {}{trigger}",
+            p.probe,
+            p.run_id,
+            verdict_text(p)
+        );
         let _ = writeln!(
             out,
             "  {:<18} {:<12} {:>12} {:>12}  VERDICT",
             "STAGE", "STATUS", "DURATION", "SLO"
         );
         for s in &p.stages {
-            let status = match s.status {
-                StageStatus::Completed => "completed",
-                StageStatus::Failed => "failed",
-                StageStatus::NotStarted => "not started",
-            };
-            let verdict = match s.slo {
-                Verdict::Met => "met",
-                Verdict::Breached => "BREACHED",
-                Verdict::NoSlo => "-",
-                Verdict::NotCompleted => "not completed",
-            };
             let _ = writeln!(
                 out,
-                "  {:<18} {:<12} {:>12} {:>12}  {verdict}",
+                "  {:<18} {:<12} {:>12} {:>12}  {}",
                 s.stage.as_str(),
-                status,
+                status_text(s.status),
                 secs(s.duration_seconds),
                 secs(s.slo_seconds),
+                slo_text(s.slo),
             );
         }
         if let Some(detail) = &p.detail {
             let _ = writeln!(out, "  detail: {detail}");
         }
+        timeline(&mut out, p, total);
+        out.push('\n');
+    }
+    if let Some(c) = &report.comparison {
+        compare::table(&mut out, c);
         out.push('\n');
     }
     let failed = report.probes.iter().filter(|p| !p.passed).count();
