@@ -216,3 +216,14 @@ fn stage_quantiles_are_recorded_for_p50_p90_p99() {
         }
     }
 }
+
+#[test]
+fn rules_only_use_metrics_the_prober_exports_or_the_rules_record() {
+    let known = ops::known_series();
+    for rule in ops::rules() {
+        for m in ops::metric_names(&rule.expr) {
+            let name = rule.alert.as_ref().or(rule.record.as_ref()).unwrap();
+            assert!(known.contains(&m), "{name}: unknown series {m}");
+        }
+    }
+}

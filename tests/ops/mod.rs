@@ -5,7 +5,7 @@
 //! runner (against a real Prometheus) use the same extraction.
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -287,6 +287,7 @@ pub fn label_values_selector(query: &str) -> Option<String> {
 pub struct Vars {
     pub cluster: String,
     pub probe: String,
+    pub stage: String,
     pub rate_interval: String,
     pub interval: String,
     pub range: String,
@@ -298,6 +299,7 @@ impl Default for Vars {
         Vars {
             cluster: ".*".into(),
             probe: ".*".into(),
+            stage: ".*".into(),
             rate_interval: "5m".into(),
             interval: "1m".into(),
             range: "1d".into(),
@@ -307,12 +309,13 @@ impl Default for Vars {
 
 /// Replace Grafana variables (`$x`, `${x}`, `${x:regex}`) with values.
 pub fn substitute(expr: &str, vars: &Vars) -> String {
-    let table: [(&str, &str); 5] = [
+    let table: [(&str, &str); 6] = [
         ("__rate_interval", &vars.rate_interval),
         ("__interval", &vars.interval),
         ("__range", &vars.range),
         ("cluster", &vars.cluster),
         ("probe", &vars.probe),
+        ("stage", &vars.stage),
     ];
     let mut out = expr.to_string();
     for (name, value) in table {
@@ -386,4 +389,46 @@ pub fn markdown_anchors(text: &str) -> Vec<String> {
         }
     }
     out
+}
+
+/// Every series name the prober exports (from the family table in
+/// src/metrics.rs's module docs, histograms with their `_bucket`, `_count`
+/// and `_sum`) plus every series the rule files record.
+pub fn known_series() -> BTreeSet<String> {
+    let src = read(&root().join("src/metrics.rs"));
+    let mut out = BTreeSet::new();
+    for line in src.lines() {
+        let Some(row) = line.strip_prefix("//! | `") else {
+            continue;
+        };
+        let Some((name, rest)) = row.split_once('`') else {
+            continue;
+        };
+        let kind = rest
+            .trim_start_matches([' ', '|'])
+            .split(' ')
+            .next()
+            .unwrap_or("");
+        out.insert(name.to_string());
+        if kind == "histogram" {
+            for s in ["_bucket", "_count", "_sum"] {
+                out.insert(format!("{name}{s}"));
+            }
+        }
+    }
+    assert!(
+        out.contains("secret_canary_runs_total"),
+        "could not read the metric family table of src/metrics.rs"
+    );
+    out.extend(rules().into_iter().filter_map(|r| r.record));
+    out
+}
+
+/// The secret-canary series names an expression reads (identifiers that
+/// contain `secret_canary`; label values never do).
+pub fn metric_names(expr: &str) -> BTreeSet<String> {
+    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+        .filter(|t| t.contains("secret_canary"))
+        .map(str::to_string)
+        .collect()
 }
