@@ -21,3 +21,6 @@ pub mod probe;
 pub mod report;
 pub mod schedule;
 pub mod telemetry;
+
+#[cfg(test)]
+mod fuzz_tests;

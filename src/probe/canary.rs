@@ -6,7 +6,6 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
 
 use super::Reason;
 
@@ -36,16 +35,35 @@ pub struct Answer {
     pub changed: Option<bool>,
 }
 
-/// The wire shape: every field required (`changed` may be absent on a plain GET).
-#[derive(Debug, Deserialize)]
-struct Wire {
-    digest: Option<String>,
-    source: String,
-    observed_at: String,
-    started_at: String,
-    error: Option<String>,
-    #[serde(default)]
-    changed: Option<bool>,
+/// The JSON types of a field, for error messages.
+fn json_type(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// Field `name` of the answer as a string; `None` when absent or null
+/// and `nullable`. Errors name the field.
+fn string_field<'a>(
+    o: &'a serde_json::Map<String, serde_json::Value>,
+    name: &str,
+    nullable: bool,
+) -> Result<Option<&'a str>, String> {
+    match o.get(name) {
+        Some(serde_json::Value::String(s)) => Ok(Some(s)),
+        None | Some(serde_json::Value::Null) if nullable => Ok(None),
+        None => Err(format!("field `{name}` is missing")),
+        Some(other) => Err(format!(
+            "field `{name}` must be a string{}, not {}",
+            if nullable { " or null" } else { "" },
+            json_type(other)
+        )),
+    }
 }
 
 /// Why a canary request failed.
@@ -102,38 +120,63 @@ impl CanaryError {
     }
 }
 
-/// Parse and check a `/digest` body.
+/// Parse and check a `/digest` body. Every error names the field at fault
+/// (`digest`, `source`, ...) and never echoes more than a few characters of
+/// what the canary sent.
 pub fn parse_answer(body: &[u8]) -> Result<Answer, String> {
-    let w: Wire = serde_json::from_slice(body).map_err(|e| format!("not a digest answer: {e}"))?;
-    if let Some(d) = &w.digest {
+    let v: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("not a digest answer (not JSON: {e})"))?;
+    let serde_json::Value::Object(o) = &v else {
+        return Err(format!(
+            "not a digest answer: a JSON object is expected, not {}",
+            json_type(&v)
+        ));
+    };
+    let digest = string_field(o, "digest", true)?;
+    if let Some(d) = digest {
         let ok = d.len() == 64
             && d.bytes()
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         if !ok {
-            return Err("digest is not 64 lower-case hex characters".into());
+            return Err("field `digest` is not 64 lower-case hex characters".into());
         }
     }
-    if w.digest.is_none() && w.error.is_none() {
-        return Err("neither a digest nor an error".into());
+    let error = string_field(o, "error", true)?;
+    if digest.is_none() && error.is_none() {
+        return Err(
+            "fields `digest` and `error` are both null: neither a digest nor an error".into(),
+        );
     }
-    if w.source != "env" && w.source != "file" {
+    let source = string_field(o, "source", false)?.unwrap_or_default();
+    if source != "env" && source != "file" {
         return Err(format!(
-            "unknown source {:?}",
-            w.source.chars().take(16).collect::<String>()
+            "field `source`: unknown source {:?}",
+            source.chars().take(16).collect::<String>()
         ));
     }
-    let time = |field: &str, v: &str| {
-        DateTime::parse_from_rfc3339(v)
+    let time = |field: &str| -> Result<DateTime<Utc>, String> {
+        let raw = string_field(o, field, false)?.unwrap_or_default();
+        DateTime::parse_from_rfc3339(raw)
             .map(|t| t.with_timezone(&Utc))
-            .map_err(|e| format!("{field} is not RFC 3339: {e}"))
+            .map_err(|e| format!("field `{field}` is not RFC 3339: {e}"))
+    };
+    let changed = match o.get("changed") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::Bool(b)) => Some(*b),
+        Some(other) => {
+            return Err(format!(
+                "field `changed` must be a boolean or null, not {}",
+                json_type(other)
+            ))
+        }
     };
     Ok(Answer {
-        observed_at: time("observed_at", &w.observed_at)?,
-        started_at: time("started_at", &w.started_at)?,
-        digest: w.digest,
-        source: w.source,
-        error: w.error,
-        changed: w.changed,
+        observed_at: time("observed_at")?,
+        started_at: time("started_at")?,
+        digest: digest.map(str::to_string),
+        source: source.to_string(),
+        error: error.map(str::to_string),
+        changed,
     })
 }
 

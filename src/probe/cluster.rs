@@ -337,7 +337,11 @@ impl PodState {
                     .chain(s.init_container_statuses.iter().flatten())
             })
             .collect::<Vec<_>>();
-        let restarts = statuses.iter().map(|c| c.restart_count).sum();
+        // Saturating: the API server hands over any i32, and a plain sum of
+        // several large counts overflows (found by fuzzing).
+        let restarts = statuses
+            .iter()
+            .fold(0i32, |n, c| n.saturating_add(c.restart_count));
         let crash = statuses.iter().find_map(|c| {
             let w = c.state.as_ref()?.waiting.as_ref()?;
             let reason = w.reason.as_deref()?;

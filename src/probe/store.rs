@@ -19,8 +19,9 @@ use crate::config::{StoreAuth, StoreConfig, TokenSource};
 /// Default per-request timeout when the config gives none.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Versions kept on the canary path, so each run's version does not pile up.
-pub const MAX_VERSIONS: u64 = 10;
+/// Versions kept on the canary path when `store.max_versions` is absent, so
+/// each run's version does not pile up.
+pub const MAX_VERSIONS: u64 = crate::config::DEFAULT_MAX_VERSIONS;
 
 /// The request that failed, for error messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +53,16 @@ impl fmt::Display for Step {
 /// Why a store call failed. [`StoreError::reason`] gives the metric label.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The path is outside the configured canary prefix: the prober never
+    /// writes there (the validator refuses such configs; this guards the
+    /// engine itself).
+    #[error("refusing to write {path:?}: outside the canary prefix {prefix:?}")]
+    OutsidePrefix {
+        /// The configured path.
+        path: String,
+        /// The configured prefix.
+        prefix: String,
+    },
     /// The configured address is not an http(s) URL.
     #[error("store address {address:?} is not an http(s) URL")]
     InvalidAddress {
@@ -116,6 +127,7 @@ impl StoreError {
     pub fn reason(&self) -> Reason {
         match self {
             StoreError::InvalidAddress { .. }
+            | StoreError::OutsidePrefix { .. }
             | StoreError::Client { .. }
             | StoreError::Credential { .. } => Reason::ProberError,
             StoreError::Status {
@@ -135,7 +147,7 @@ impl StoreError {
         self.reason() == Reason::AuthError
     }
 
-    fn from_client(step: Step, e: ClientError) -> StoreError {
+    pub(crate) fn from_client(step: Step, e: ClientError) -> StoreError {
         match e {
             ClientError::APIError { code, errors } => StoreError::Status {
                 step,
@@ -277,6 +289,12 @@ impl Store {
     /// Write `{key: value}` to the canary path. A denied write is retried
     /// once after a fresh login (the token may have been revoked).
     pub async fn write(&self, value: &str) -> Result<Written, StoreError> {
+        if !self.config.path_in_prefix() {
+            return Err(StoreError::OutsidePrefix {
+                path: self.config.path.clone(),
+                prefix: self.config.path_prefix.clone(),
+            });
+        }
         let mut inner = self.inner.lock().await;
         self.ensure_session(&mut inner).await?;
         match self.write_once(&inner, value).await {
@@ -302,9 +320,7 @@ impl Store {
             )
             .await?;
         let finished = Stamp::now();
-        let created_time = DateTime::parse_from_rfc3339(&meta.created_time)
-            .ok()
-            .map(|t| t.with_timezone(&Utc));
+        let created_time = created_time(&meta.created_time);
         Ok(Written {
             version: meta.version,
             created_time,
@@ -316,7 +332,7 @@ impl Store {
     async fn set_max_versions(&self, inner: &Inner) -> Result<(), StoreError> {
         let client = client_of(inner)?;
         let mut opts = vaultrs::api::kv2::requests::SetSecretMetadataRequest::builder();
-        opts.max_versions(MAX_VERSIONS);
+        opts.max_versions(self.config.max_versions());
         self.call(
             Step::SetMetadata,
             vaultrs::kv2::set_metadata(
@@ -526,8 +542,16 @@ fn client_of(inner: &Inner) -> Result<&VaultClient, StoreError> {
         })
 }
 
+/// A KV v2 `created_time` (RFC 3339 with nanoseconds); `None` when the
+/// store sent something else (the version still counts as written).
+pub(crate) fn created_time(raw: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(raw)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
 /// Vault reports a lease of 0 for tokens that never expire.
-fn ttl(seconds: u64) -> Option<Duration> {
+pub(crate) fn ttl(seconds: u64) -> Option<Duration> {
     (seconds > 0).then(|| Duration::from_secs(seconds))
 }
 
@@ -600,6 +624,8 @@ mod tests {
             address: bao.addr.clone(),
             mount: "secret".into(),
             path: "canary/test".into(),
+            path_prefix: "canary/".into(),
+            max_versions: None,
             key: "value".into(),
             namespace: None,
             ca_bundle: None,
