@@ -48,6 +48,14 @@ if [ -x "$bin/secret-canary" ] && "$bin/secret-canary" --help 2>/dev/null | grep
   echo "metrics:  http://127.0.0.1:$port/metrics"
   echo "last runs: http://127.0.0.1:$port/probes"
   echo "logs:     $dir/prober.log   ground truth: $dir/truth.jsonl"
+  echo
+  echo "== the first rotations (each probe writes a fresh value to OpenBao and times every hop)"
+  for _ in $(seq 1 300); do
+    n=$(curl -sf "http://127.0.0.1:$port/metrics" | grep -c '^secret_canary_last_run_success{.*} 1' || true)
+    [ "${n:-0}" -ge 3 ] && break
+    sleep 0.2
+  done
+  curl -sf "http://127.0.0.1:$port/metrics" | grep -E '^secret_canary_last_stage_duration_seconds' | grep -v NaN || true
 fi
 echo
 echo "faults: $bin/secret-canary-lab fault --dir $dir eso-stall on   (and off)"
