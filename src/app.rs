@@ -15,7 +15,8 @@ use tracing::Instrument;
 use crate::config::{Config, KubernetesConfig, ProbeConfig};
 use crate::http::{self, Exporter, ProbeBoard};
 use crate::metrics::Metrics;
-use crate::probe::{self, Outcome, ProbeRunner, RunResult};
+use crate::probe::{self, Outcome, ProbeRunner, RunProgress, RunResult};
+use crate::progress::Display;
 use crate::schedule::{self, Cadence, SystemClock, Ticker};
 
 /// Default `--listen`.
@@ -91,6 +92,10 @@ pub struct OnceOptions {
 
 /// Build the Kubernetes client: `kubernetes.kubeconfig` if set, else what
 /// kubectl would use (`$KUBECONFIG`, `~/.kube/config`, in-cluster).
+    /// Force ESO's sync in every selected ESO probe (as `chain.force_sync`).
+    pub force_sync: bool,
+    /// Where to show the runs' progress (none: silent).
+    pub progress: Option<Display>,
 ///
 /// `request_timeout` bounds connecting and sending; the response read is
 /// left unbounded at this level because watch streams are long polls (the
@@ -164,10 +169,14 @@ async fn execute(
     let name = probe.config.name.as_str();
     let run_id = uuid::Uuid::new_v4().to_string();
     let span = tracing::info_span!("run", probe = name, run_id = %run_id);
+    progress: Option<&tokio::sync::watch::Sender<RunProgress>>,
     async {
         metrics.run_started(name);
         tracing::info!("run started");
-        let outcome = probe.runner.run(run_id.clone(), cancel).await;
+        let outcome = match progress {
+            Some(tx) => probe.runner.run_observed(run_id.clone(), cancel, tx).await,
+            None => probe.runner.run(run_id.clone(), cancel).await,
+        };
         metrics.record_outcome(&probe.config, &outcome);
         board.record(&outcome);
         let e2e = crate::report::end_to_end(&outcome).map(|d| d.as_secs_f64());
@@ -246,7 +255,7 @@ pub async fn run(
                 cancel.clone(),
             );
             async move {
-                execute(&probe, &metrics, &board, cancel).await;
+                execute(&probe, &metrics, &board, cancel, None).await;
             }
         };
         drivers.spawn(schedule::drive(
@@ -332,11 +341,21 @@ pub async fn once(
             "watchers not synced in time; running anyway"
         );
     }
-    let outcomes = futures::future::join_all(
-        probes
-            .iter()
-            .map(|p| execute(p, &metrics, &board, cancel.clone())),
-    )
+    let outcomes = futures::future::join_all(probes.iter().map(|p| {
+        let (metrics, board, cancel) = (&metrics, &board, cancel.clone());
+        async move {
+            let Some(display) = display else {
+                return execute(p, metrics, board, cancel, None).await;
+            };
+            let (tx, rx) = tokio::sync::watch::channel(RunProgress::default());
+            let tracked = display.track(&p.config, rx);
+            let outcome = execute(p, metrics, board, cancel, Some(&tx)).await;
+            // Dropping the sender tells the display the run is over.
+            drop(tx);
+            display.finish(tracked, &outcome).await;
+            outcome
+        }
+    }))
     .await;
     watchers.cancel();
     Ok(outcomes)
@@ -352,6 +371,7 @@ fn select<'c>(config: &'c Config, names: &[String]) -> Result<Vec<&'c ProbeConfi
                     .probes
                     .iter()
                     .map(|p| p.name.as_str())
+    let config = &effective(config, opts);
                     .collect::<Vec<_>>()
                     .join(", "),
             });
@@ -359,8 +379,15 @@ fn select<'c>(config: &'c Config, names: &[String]) -> Result<Vec<&'c ProbeConfi
     }
     Ok(config
         .probes
+    let display = opts.progress.as_ref();
         .iter()
         .filter(|p| names.is_empty() || names.contains(&p.name))
+    if let Some(d) = display {
+        d.note(&format!(
+            "waiting for the watchers of {} probe(s) to sync",
+            probes.len()
+        ));
+    }
         .collect())
 }
 
@@ -374,10 +401,27 @@ pub fn spawn_signal_handler(cancel: CancellationToken) {
         wait_signal().await;
         tracing::warn!("second signal; exiting now");
         std::process::exit(130);
+    if let Some(d) = display {
+        d.close();
+    }
     });
 }
 
 async fn wait_signal() {
+/// The config `once` runs: `--force-sync` turns on `chain.force_sync` for
+/// every probe with an ExternalSecret (the others have nothing to force).
+fn effective(config: &Config, opts: &OnceOptions) -> Config {
+    let mut config = config.clone();
+    if opts.force_sync {
+        for p in &mut config.probes {
+            if p.chain.external_secret.is_some() {
+                p.chain.force_sync = true;
+            }
+        }
+    }
+    config
+}
+
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};

@@ -5,7 +5,8 @@
 //! ```text
 //! config -> schedule -> probe (store, cluster, canary client) -> outcome
 //!                       outcome -> metrics -> http (/metrics /probes)
-//!                       outcome -> report  (`once`: table / JSON, exit code)
+//!                       outcome -> report  (`once`: table / JSON / Markdown / JUnit, exit code)
+//!                       run progress -> progress (`once`: live bars or lines on stderr)
 //! canary: the workload in the canary Pods (`secret-canary canary`)
 //! ```
 //!
@@ -18,6 +19,7 @@ pub mod config;
 pub mod http;
 pub mod metrics;
 pub mod probe;
+pub mod progress;
 pub mod report;
 pub mod schedule;
 pub mod telemetry;

@@ -12,6 +12,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use secret_canary::app::{self, OnceOptions, RunOptions};
 use secret_canary::config::{Config, ConfigError};
+use secret_canary::progress;
 use secret_canary::report::{self, Format, EXIT_USAGE};
 use secret_canary::telemetry::{self, LogFormat};
 use tokio_util::sync::CancellationToken;
@@ -32,9 +33,11 @@ struct LogArgs {
     /// Log line format (logs go to stderr).
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "SECRET_CANARY_LOG_FORMAT")]
     log_format: LogFormat,
-    /// Log filter: a level or directives like `info,kube=warn` (RUST_LOG wins).
-    #[arg(long, default_value = "info", env = "SECRET_CANARY_LOG_LEVEL")]
-    log_level: String,
+    /// Log filter: a level or directives like `info,kube=warn` (RUST_LOG
+    /// wins). Default `info`; `once` defaults to `warn`, since its progress
+    /// display and report already tell each run's story.
+    #[arg(long, env = "SECRET_CANARY_LOG_LEVEL")]
+    log_level: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -65,6 +68,34 @@ enum Command {
         /// Report format on stdout.
         #[arg(long, short, value_enum, default_value_t = Format::Table)]
         output: Format,
+        /// Also write the report to this file, in the format its name
+        /// suggests (`.json`, `.md`, `.xml` = JUnit, else table) unless
+        /// `--report-format` says otherwise.
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
+        /// Format of the `--report` file.
+        #[arg(long, value_enum, requires = "report")]
+        report_format: Option<Format>,
+        /// Live progress on stderr: `bars` at a terminal, `lines` (one per
+        /// event) when stderr is not a terminal or `CI` is set.
+        #[arg(long, value_enum, default_value_t = progress::Mode::Auto)]
+        progress: progress::Mode,
+        /// Right after the store write, annotate each ExternalSecret with
+        /// `force-sync=<unix time>` so ESO syncs without waiting for its
+        /// refreshInterval (needs `patch` on externalsecrets).
+        #[arg(long)]
+        force_sync: bool,
+        /// Compare with a report saved earlier by `--output json` (or
+        /// `--report before.json`); exit 1 when a stage got slower than
+        /// both `--slower-percent` and `--slower-by`, or now fails.
+        #[arg(long, value_name = "BEFORE.json")]
+        compare: Option<PathBuf>,
+        /// Relative threshold of `--compare`, percent of the earlier duration.
+        #[arg(long, default_value_t = 50.0, value_parser = percent)]
+        slower_percent: f64,
+        /// Absolute threshold of `--compare` (e.g. `1s`, `250ms`).
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        slower_by: Duration,
         /// How long to wait for the watchers' first sync (e.g. `30s`).
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         ready_timeout: Duration,
@@ -93,7 +124,7 @@ fn main() -> ExitCode {
             grace,
             log,
         } => {
-            let Some(config) = load(&config, &log) else {
+            let Some(config) = load(&config, &log, "info") else {
                 return ExitCode::from(EXIT_USAGE);
             };
             runtime(|cancel| async move {
@@ -111,22 +142,64 @@ fn main() -> ExitCode {
             config: path,
             probes,
             output,
+            report: report_file,
+            report_format,
+            progress: progress_mode,
+            force_sync,
+            compare,
+            slower_percent,
+            slower_by,
             ready_timeout,
             log,
         } => {
-            let Some(config) = load(&path, &log) else {
+            let Some(config) = load(&path, &log, "warn") else {
                 return ExitCode::from(EXIT_USAGE);
             };
-            let opts = OnceOptions {
-                probes,
-                ready_timeout: Some(ready_timeout),
+            // Read the baseline before running: a bad file is a usage error
+            // worth knowing before a run that may take minutes.
+            let baseline = match compare.as_deref().map(report::Baseline::load).transpose() {
+                Ok(b) => b,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(EXIT_USAGE);
+                }
             };
+            let thresholds = report::Thresholds {
+                relative: slower_percent / 100.0,
+                absolute: slower_by,
+            };
+            let file_format = report_file.as_deref().map(|f| {
+                report_format
+                    .or_else(|| Format::from_extension(f))
+                    .unwrap_or(Format::Table)
+            });
             runtime(|cancel| async move {
                 app::spawn_signal_handler(cancel.clone());
+                let display = match progress_mode.resolve() {
+                    progress::Mode::None => None,
+                    m => Some(progress::Display::new(m)),
+                };
+                let opts = OnceOptions {
+                    probes,
+                    ready_timeout: Some(ready_timeout),
+                    force_sync,
+                    progress: display,
+                };
                 match app::once(&config, &opts, cancel).await {
                     Ok(outcomes) => {
-                        print!("{}", report::render(&config, &outcomes, output));
-                        ExitCode::from(report::exit_code(&config, &outcomes))
+                        let built = match &baseline {
+                            Some(b) => report::build_compared(&config, &outcomes, b, thresholds),
+                            None => report::build(&config, &outcomes),
+                        };
+                        if let (Some(file), Some(format)) = (&report_file, file_format) {
+                            let text = report::render_report(&built, format);
+                            if let Err(e) = std::fs::write(file, text) {
+                                eprintln!("error: writing the report to {}: {e}", file.display());
+                                return ExitCode::from(report::EXIT_FAIL);
+                            }
+                        }
+                        print!("{}", report::render_report(&built, output));
+                        ExitCode::from(built.exit_code)
                     }
                     Err(e) => {
                         eprintln!("secret-canary once: {e}");
@@ -151,9 +224,24 @@ fn main() -> ExitCode {
     }
 }
 
+/// `50`, `50%` or `12.5` (percent, not negative).
+fn percent(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("{s:?} is not a percentage (e.g. 50 or 50%)"))?;
+    if v.is_finite() && v >= 0.0 {
+        Ok(v)
+    } else {
+        Err(format!("{s:?}: a percentage must be 0 or more"))
+    }
+}
+
 /// Set up logging and load the config; on failure print why and return None.
-fn load(path: &std::path::Path, log: &LogArgs) -> Option<Config> {
-    if let Err(e) = telemetry::init(log.log_format, &log.log_level) {
+fn load(path: &std::path::Path, log: &LogArgs, default_level: &str) -> Option<Config> {
+    let level = log.log_level.as_deref().unwrap_or(default_level);
+    if let Err(e) = telemetry::init(log.log_format, level) {
         eprintln!("secret-canary: {e}");
         return None;
     }

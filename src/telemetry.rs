@@ -50,7 +50,8 @@ pub fn init(format: LogFormat, level: &str) -> Result<(), Error> {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
-        .with_writer(std::io::stderr);
+        // Lines step around `once`'s progress bars when those are drawn.
+        .with_writer(crate::progress::LogWriter);
     match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder

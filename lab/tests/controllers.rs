@@ -1112,3 +1112,197 @@ async fn rejected_pod_creates_surface_as_replica_failure() {
         .all(|c| c.type_.as_deref() != Some("ReplicaFailure")));
     env.stop().await;
 }
+
+/// Live (not terminating) and Ready Pods, followed event by event from a
+/// watch, so a transient state between two polls cannot slip through.
+#[derive(Default)]
+struct PodBounds {
+    max_live: AtomicUsize,
+    min_ready: AtomicUsize,
+}
+
+fn watch_pod_bounds(env: &Env) -> Arc<PodBounds> {
+    use futures::StreamExt;
+    use kube::runtime::watcher::{self, Event};
+    let bounds = Arc::new(PodBounds {
+        max_live: AtomicUsize::new(0),
+        min_ready: AtomicUsize::new(usize::MAX),
+    });
+    let pods: Api<Pod> = env.api();
+    let (b, cancel) = (bounds.clone(), env.cancel.clone());
+    tokio::spawn(async move {
+        // name → Ready, for live Pods; a relist is applied only once complete.
+        let mut live: std::collections::HashMap<String, bool> = Default::default();
+        let mut relist: Option<std::collections::HashMap<String, bool>> = None;
+        let mut synced = false;
+        let mut events = watcher::watcher(pods, watcher::Config::default()).boxed();
+        loop {
+            let ev = tokio::select! {
+                _ = cancel.cancelled() => return,
+                ev = events.next() => match ev { Some(Ok(ev)) => ev, Some(Err(_)) => continue, None => return },
+            };
+            let state = |p: &Pod| {
+                let ready = p
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+                (p.name_any(), p.metadata.deletion_timestamp.is_none(), ready)
+            };
+            match ev {
+                Event::Apply(p) => {
+                    let (name, alive, ready) = state(&p);
+                    if alive {
+                        live.insert(name, ready);
+                    } else {
+                        live.remove(&name);
+                    }
+                }
+                Event::Delete(p) => {
+                    live.remove(&p.name_any());
+                }
+                Event::Init => relist = Some(Default::default()),
+                Event::InitApply(p) => {
+                    let (name, alive, ready) = state(&p);
+                    if let (Some(r), true) = (relist.as_mut(), alive) {
+                        r.insert(name, ready);
+                    }
+                }
+                Event::InitDone => {
+                    live = relist.take().unwrap_or_default();
+                    synced = true;
+                }
+            }
+            if synced && relist.is_none() {
+                let ready = live.values().filter(|r| **r).count();
+                b.max_live.fetch_max(live.len(), Ordering::SeqCst);
+                b.min_ready.fetch_min(ready, Ordering::SeqCst);
+            }
+        }
+    });
+    bounds
+}
+
+/// Secret rotations through Reloader: each one makes exactly one template
+/// change, one ReplicaSet and one completed rollout in the ground truth,
+/// creates exactly `replicas` Pods (no over-creation from a stale cache) and
+/// stays within `replicas + maxSurge` live and `replicas - maxUnavailable`
+/// ready Pods throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotations_roll_out_once_without_over_creation() {
+    use secret_canary_lab::faults::{Knob, Latency};
+    const REPLICAS: usize = 2;
+    const ROTATIONS: usize = 3;
+    let env = Env::new(false).await;
+    // Varying controller latency reorders concurrent reconciles.
+    env.ctx.knobs.set_latency(
+        Knob::DeploymentLatency,
+        Latency::Uniform {
+            min: Duration::ZERO,
+            max: Duration::from_millis(20),
+        },
+    );
+    create_secret(&env, "app-secret", "v0").await;
+    let mut d = web(
+        REPLICAS as i32,
+        json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}),
+        None,
+    );
+    d.metadata.annotations = Some([("reloader.stakater.com/auto".into(), "true".into())].into());
+    d.spec.template.spec.as_mut().unwrap().containers[0].env = Some(vec![serde_json::from_value(
+        json!({"name": "VALUE", "valueFrom": {"secretKeyRef": {"name": "app-secret", "key": "k"}}}),
+    )
+    .unwrap()]);
+    let api: Api<Deployment> = env.api();
+    api.create(&PostParams::default(), &d).await.unwrap();
+    spawn(&env, deployment::run);
+    spawn(&env, replicaset::run);
+    spawn(&env, reloader::run);
+    fake_kubelet(&env, Duration::from_millis(150));
+
+    let count = |step: &str| env.truth().find(step, NS, "web").len();
+    let completed = |n: usize| {
+        let env = &env;
+        move || async move {
+            let d = rollout_done(env, REPLICAS as i32).await?;
+            (env.truth().find(step::ROLLOUT_COMPLETE, NS, "web").len() == n).then_some(d)
+        }
+    };
+    let start = env.server.request_counts();
+    wait_for("first rollout", Duration::from_secs(15), completed(1)).await;
+    // Let late duplicates, if any, happen before counting.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let c = env.server.request_counts().since(&start);
+    assert_eq!(
+        (c.get("create", "pods"), c.get("delete", "pods")),
+        (REPLICAS as u64, 0),
+        "start-up Pod creates/deletes: {c:?}"
+    );
+    assert_eq!(c.get("create", "replicasets"), 1, "{c:?}");
+    for s in [
+        step::DEPLOYMENT_TEMPLATE_CHANGED,
+        step::REPLICASET_CREATED,
+        step::ROLLOUT_COMPLETE,
+    ] {
+        assert_eq!(count(s), 1, "start-up: {s}");
+    }
+
+    let bounds = watch_pod_bounds(&env);
+    for i in 1..=ROTATIONS {
+        let before = env.server.request_counts();
+        set_secret(&env, "app-secret", &format!("v{i}")).await;
+        wait_for(
+            "rotation rollout",
+            Duration::from_secs(15),
+            completed(i + 1),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let c = env.server.request_counts().since(&before);
+        assert_eq!(
+            (c.get("create", "pods"), c.get("delete", "pods")),
+            (REPLICAS as u64, REPLICAS as u64),
+            "rotation {i}: Pod creates/deletes: {c:?}"
+        );
+        assert_eq!(c.get("create", "replicasets"), 1, "rotation {i}: {c:?}");
+        for s in [
+            step::RELOADER_PATCHED,
+            step::DEPLOYMENT_TEMPLATE_CHANGED,
+            step::REPLICASET_CREATED,
+            step::ROLLOUT_COMPLETE,
+        ] {
+            let expected = if s == step::RELOADER_PATCHED {
+                i
+            } else {
+                i + 1
+            };
+            assert_eq!(count(s), expected, "rotation {i}: {s}");
+        }
+        let at = |s: &str| env.truth().find(s, NS, "web")[i].ts;
+        assert!(
+            at(step::DEPLOYMENT_TEMPLATE_CHANGED) <= at(step::REPLICASET_CREATED)
+                && at(step::REPLICASET_CREATED) <= at(step::ROLLOUT_COMPLETE),
+            "rotation {i}: steps out of order"
+        );
+    }
+    let pods_created = env
+        .truth()
+        .records()
+        .iter()
+        .filter(|r| r.step == step::POD_CREATED)
+        .count();
+    assert_eq!(pods_created, REPLICAS * (ROTATIONS + 1));
+    let (max_live, min_ready) = (
+        bounds.max_live.load(Ordering::SeqCst),
+        bounds.min_ready.load(Ordering::SeqCst),
+    );
+    assert!(
+        max_live <= REPLICAS + 1,
+        "maxSurge 1 exceeded: {max_live} live Pods"
+    );
+    assert!(
+        min_ready >= REPLICAS,
+        "maxUnavailable 0 violated: {min_ready} ready Pods"
+    );
+    env.stop().await;
+}

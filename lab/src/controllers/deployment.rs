@@ -7,10 +7,12 @@
 //! ReplicaSet controller's job ([`super::replicaset`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentCondition, DeploymentStatus, ReplicaSet, ReplicaSetSpec,
 };
@@ -20,11 +22,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::core::Selector;
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::core::{Selector, SelectorExt};
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{applier, watcher, WatchStreamExt};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -116,6 +118,136 @@ impl Backoffs {
     pub(crate) fn clear(&self) {
         if let Ok(mut m) = self.map.lock() {
             m.clear();
+        }
+    }
+}
+
+/// Which object an expectation belongs to: `(namespace, name)` of the owner.
+pub(crate) type Key = (String, String);
+
+/// How long expectations may wait for the cache before the controller stops
+/// trusting them and acts anyway. The real `ExpectationsTimeout` is 5 min;
+/// the lab recovers from a lost watch event within a minute instead.
+pub(crate) const EXPECTATIONS_TTL: Duration = Duration::from_secs(60);
+
+/// What one owner is still waiting to see in its informer cache.
+#[derive(Debug, Default)]
+struct Pending {
+    /// Creations of objects whose names the server picks (`generateName`),
+    /// counted down as new objects appear in the cache.
+    creations: u32,
+    /// Objects created under a known name, until the cache has them.
+    created: HashSet<String>,
+    /// Objects deleted, until the cache has them gone or terminating.
+    deleted: HashSet<String>,
+    /// When these expectations were raised.
+    since: Option<Instant>,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.creations == 0 && self.created.is_empty() && self.deleted.is_empty()
+    }
+}
+
+/// The real controllers' "expectations": the creates and deletes an owner
+/// issued that its informer cache has not shown yet. While any are pending
+/// the cache is known to be stale for that owner, and acting on it would
+/// create or delete a second time.
+#[derive(Default)]
+pub(crate) struct Expectations {
+    map: Mutex<HashMap<Key, Pending>>,
+}
+
+impl Expectations {
+    fn with<T>(&self, key: &Key, f: impl FnOnce(&mut Pending) -> T) -> Option<T> {
+        let mut m = self.map.lock().ok()?;
+        let p = m.entry(key.clone()).or_default();
+        let out = f(p);
+        if p.is_empty() {
+            m.remove(key);
+        }
+        Some(out)
+    }
+
+    /// `n` creations with server-picked names are about to be issued.
+    pub(crate) fn expect_creations(&self, key: &Key, n: u32) {
+        self.with(key, |p| {
+            p.creations += n;
+            p.since = Some(Instant::now());
+        });
+    }
+
+    /// A new object owned by `key` reached the cache, or a counted creation
+    /// failed (the cache will never show it).
+    pub(crate) fn creation_observed(&self, key: &Key) {
+        if let Ok(mut m) = self.map.lock() {
+            if let Some(p) = m.get_mut(key) {
+                p.creations = p.creations.saturating_sub(1);
+                if p.is_empty() {
+                    m.remove(key);
+                }
+            }
+        }
+    }
+
+    /// An object named `name` is about to be created.
+    pub(crate) fn expect_created(&self, key: &Key, name: &str) {
+        self.with(key, |p| {
+            p.created.insert(name.to_string());
+            p.since = Some(Instant::now());
+        });
+    }
+
+    /// An object named `name` is about to be deleted.
+    pub(crate) fn expect_deleted(&self, key: &Key, name: &str) {
+        self.with(key, |p| {
+            p.deleted.insert(name.to_string());
+            p.since = Some(Instant::now());
+        });
+    }
+
+    /// A create or delete of `name` failed: the cache will not change for it.
+    pub(crate) fn lower(&self, key: &Key, name: &str) {
+        self.with(key, |p| {
+            p.created.remove(name);
+            p.deleted.remove(name);
+        });
+    }
+
+    /// The owner is gone.
+    pub(crate) fn forget(&self, key: &Key) {
+        if let Ok(mut m) = self.map.lock() {
+            m.remove(key);
+        }
+    }
+
+    /// `None` once the cache shows everything `key` issued (or the
+    /// expectations expired after [`EXPECTATIONS_TTL`]); else how long until
+    /// they expire. `cached(name)` says whether the cache has the object and
+    /// whether it is still live (not terminating).
+    pub(crate) fn pending(
+        &self,
+        key: &Key,
+        cached: impl Fn(&str) -> Option<bool>,
+    ) -> Option<Duration> {
+        let mut m = self.map.lock().ok()?;
+        let p = m.get_mut(key)?;
+        p.created.retain(|n| cached(n).is_none());
+        p.deleted.retain(|n| cached(n) == Some(true));
+        let left = p
+            .since
+            .and_then(|t| EXPECTATIONS_TTL.checked_sub(t.elapsed()))
+            .filter(|d| !d.is_zero());
+        match left {
+            Some(left) if !p.is_empty() => Some(left),
+            _ => {
+                if !p.is_empty() {
+                    tracing::warn!(namespace = %key.0, owner = %key.1, pending = ?p, "expectations expired; acting on the cache");
+                }
+                m.remove(key);
+                None
+            }
         }
     }
 }
@@ -264,6 +396,15 @@ pub struct RsView {
 }
 
 impl RsView {
+    /// The Pods this ReplicaSet may still have: its spec, or more while a
+    /// scale-down is not yet reflected in its status. The real controller
+    /// sums `spec.replicas` only, so the ReplicaSet controller's deletes
+    /// (old) and creates (new) can cross and briefly exceed `maxSurge`; the
+    /// lab waits for the old Pods to be gone before surging again.
+    pub fn replicas_upper_bound(&self) -> i32 {
+        self.spec_replicas.max(self.status_replicas)
+    }
+
     fn of(rs: &ReplicaSet) -> RsView {
         let st = rs.status.clone().unwrap_or_default();
         RsView {
@@ -587,6 +728,123 @@ fn completed_rs(status: &DeploymentStatus) -> Option<String> {
 }
 
 // ---------------------------------------------------------------------------
+// Informer plumbing shared by both controllers: the kube-rs `Controller`
+// cannot expose a secondary cache or see raw watch events without unstable
+// features, so both controllers drive kube-rs' `applier` from their own
+// reflectors.
+
+/// A reflector over `api` (filling `writer`) whose events `on_event` turns
+/// into reconcile requests. `on_event` runs after the event reached the
+/// store, so a reconcile it triggers sees the cache including the event.
+pub(crate) fn trigger_stream<K, P>(
+    api: Api<K>,
+    writer: reflector::store::Writer<K>,
+    mut on_event: impl FnMut(&watcher::Event<K>) -> Vec<ObjectRef<P>> + Send + 'static,
+) -> BoxStream<'static, Result<ObjectRef<P>, watcher::Error>>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    P: Resource<DynamicType = ()> + Send + 'static,
+{
+    reflector::reflector(
+        writer,
+        watcher(api, watcher::Config::default()).default_backoff(),
+    )
+    .map_ok(move |ev| futures::stream::iter(on_event(&ev).into_iter().map(Ok)))
+    .try_flatten()
+    .boxed()
+}
+
+/// One reconcile request for every object in `store` each time a fault or
+/// knob changes, after `on_change` (which clears the error back-off).
+pub(crate) fn knob_triggers<K>(
+    ctx: &Context,
+    store: Store<K>,
+    on_change: impl Fn() + Send + Sync + 'static,
+) -> BoxStream<'static, Result<ObjectRef<K>, watcher::Error>>
+where
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    let knobs = ctx.knobs.clone();
+    let on_change = Arc::new(on_change);
+    futures::stream::unfold((), move |()| {
+        let (knobs, store, on_change) = (knobs.clone(), store.clone(), on_change.clone());
+        async move {
+            knobs.changed().await;
+            on_change();
+            let refs: Vec<ObjectRef<K>> = store
+                .state()
+                .iter()
+                .map(|o| ObjectRef::from_obj(o.as_ref()))
+                .collect();
+            Some((futures::stream::iter(refs.into_iter().map(Ok)), ()))
+        }
+    })
+    .flatten()
+    .boxed()
+}
+
+/// Every object in `store`, as reconcile requests.
+pub(crate) fn all_refs<K>(store: &Store<K>) -> Vec<ObjectRef<K>>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    store
+        .state()
+        .iter()
+        .map(|o| ObjectRef::from_obj(o.as_ref()))
+        .collect()
+}
+
+/// `(namespace, name)` of an object.
+pub(crate) fn key_of<K: Resource>(obj: &K) -> Key {
+    (
+        obj.meta().namespace.clone().unwrap_or_default(),
+        obj.meta().name.clone().unwrap_or_default(),
+    )
+}
+
+/// Drive `reconcile` from `queue` until `cancel` fires, logging failures.
+pub(crate) async fn drive<K, S, F, Fut>(
+    what: &'static str,
+    store: Store<K>,
+    queue: BoxStream<'static, Result<ObjectRef<K>, watcher::Error>>,
+    reconcile: F,
+    error_policy: fn(Arc<K>, &Error, Arc<S>) -> Action,
+    state: Arc<S>,
+    cancel: CancellationToken,
+) where
+    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
+    F: FnMut(Arc<K>, Arc<S>) -> Fut,
+    Fut: std::future::Future<Output = Result<Action, Error>> + Send + 'static,
+{
+    let mut reconcile = reconcile;
+    applier(
+        move |obj, st| Box::pin(reconcile(obj, st)),
+        error_policy,
+        state,
+        store,
+        queue.take_until(cancel.cancelled_owned()),
+        kube::runtime::Config::default(),
+    )
+    .for_each(|res| async move {
+        match res {
+            Ok(_) => {}
+            Err(kube::runtime::controller::Error::ReconcilerFailed(e, obj)) => {
+                tracing::warn!(object = %obj, error = %e, "{what} reconcile failed")
+            }
+            Err(e) => tracing::debug!(error = %e, "{what} controller event"),
+        }
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------
 // The controller.
 
 struct State {
@@ -594,54 +852,85 @@ struct State {
     backoff: Backoffs,
     /// (Deployment uid, template hash) already recorded as a template change.
     seen_templates: Mutex<HashSet<(String, String)>>,
+    /// ReplicaSets created or deleted, per Deployment, not yet in the cache.
+    expectations: Expectations,
+    /// The ReplicaSet informer cache.
+    replicasets: Store<ReplicaSet>,
+    /// Set once the ReplicaSet cache holds its first full list.
+    rs_synced: AtomicBool,
 }
 
 /// Run the Deployment controller until `cancel` fires. (The ReplicaSet
 /// controller is [`super::replicaset::run`]; the lab runs both.)
 pub async fn run(ctx: Context, cancel: CancellationToken) -> Result<(), Error> {
     let client = ctx.client.clone();
+    let (deployments, d_writer) = reflector::store::<Deployment>();
+    let (replicasets, rs_writer) = reflector::store::<ReplicaSet>();
     let state = Arc::new(State {
         ctx,
         backoff: Backoffs::default(),
         seen_templates: Mutex::default(),
+        expectations: Expectations::default(),
+        replicasets,
+        rs_synced: AtomicBool::new(false),
     });
-    let knob_state = state.clone();
-    let knob_changes = futures::stream::unfold(knob_state, |st| async move {
-        st.ctx.knobs.changed().await;
-        st.backoff.clear();
-        Some(((), st))
+    let d_triggers = {
+        let (st, store) = (state.clone(), deployments.clone());
+        trigger_stream(
+            Api::<Deployment>::all(client.clone()),
+            d_writer,
+            move |ev| match ev {
+                watcher::Event::Apply(d) => vec![ObjectRef::from_obj(d)],
+                watcher::Event::Delete(d) => {
+                    st.expectations.forget(&key_of(d));
+                    Vec::new()
+                }
+                watcher::Event::InitDone => all_refs(&store),
+                watcher::Event::Init | watcher::Event::InitApply(_) => Vec::new(),
+            },
+        )
+    };
+    let rs_triggers = {
+        let (st, store) = (state.clone(), deployments.clone());
+        trigger_stream(
+            Api::<ReplicaSet>::all(client),
+            rs_writer,
+            move |ev| match ev {
+                watcher::Event::Apply(rs) | watcher::Event::Delete(rs) => owner_refs(rs),
+                watcher::Event::InitDone => {
+                    st.rs_synced.store(true, Ordering::SeqCst);
+                    all_refs(&store)
+                }
+                watcher::Event::Init | watcher::Event::InitApply(_) => Vec::new(),
+            },
+        )
+    };
+    let knob_st = state.clone();
+    let knobs = knob_triggers(&state.ctx, deployments.clone(), move || {
+        knob_st.backoff.clear()
     });
-    Controller::new(
-        Api::<Deployment>::all(client.clone()),
-        watcher::Config::default(),
+    let queue = futures::stream::select_all([d_triggers, rs_triggers, knobs]).boxed();
+    drive(
+        "Deployment",
+        deployments,
+        queue,
+        reconcile,
+        error_policy,
+        state,
+        cancel,
     )
-    .watches(
-        Api::<ReplicaSet>::all(client),
-        watcher::Config::default(),
-        |rs: ReplicaSet| {
-            let ns = rs.namespace().unwrap_or_default();
-            rs.metadata
-                .owner_references
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|o| o.controller == Some(true) && o.kind == "Deployment")
-                .map(move |o| ObjectRef::<Deployment>::new(&o.name).within(&ns))
-        },
-    )
-    .reconcile_all_on(knob_changes)
-    .graceful_shutdown_on(cancel.cancelled_owned())
-    .run(reconcile, error_policy, state)
-    .for_each(|res| async move {
-        match res {
-            Ok(_) => {}
-            Err(kube::runtime::controller::Error::ReconcilerFailed(e, obj)) => {
-                tracing::warn!(deployment = %obj, error = %e, "Deployment reconcile failed")
-            }
-            Err(e) => tracing::debug!(error = %e, "Deployment controller event"),
-        }
-    })
     .await;
     Ok(())
+}
+
+/// The Deployment controlling a ReplicaSet.
+fn owner_refs(rs: &ReplicaSet) -> Vec<ObjectRef<Deployment>> {
+    let ns = rs.namespace().unwrap_or_default();
+    rs.owner_references()
+        .iter()
+        .filter(|o| o.controller == Some(true) && o.kind == "Deployment")
+        .map(|o| ObjectRef::<Deployment>::new(&o.name).within(&ns))
+        .collect()
 }
 
 fn error_policy(d: Arc<Deployment>, _e: &Error, st: Arc<State>) -> Action {
@@ -659,22 +948,41 @@ fn revision(meta: &ObjectMeta) -> i64 {
         .unwrap_or(0)
 }
 
-async fn reconcile(cached: Arc<Deployment>, st: Arc<State>) -> Result<Action, Error> {
-    let ns = cached.namespace().unwrap_or_default();
-    let name = cached.name_any();
+/// How long to wait after our write lost a resourceVersion race (the cache
+/// was stale); the watch event for the newer version usually comes first.
+const CONFLICT_REQUEUE: Duration = Duration::from_millis(500);
+
+fn stale(ns: &str, name: &str) -> Action {
+    tracing::debug!(namespace = %ns, deployment = %name, "Deployment cache is stale (409); waiting for the watch");
+    Action::requeue(CONFLICT_REQUEUE)
+}
+
+fn is_conflict(e: &Error) -> bool {
+    matches!(e, Error::Kube { source: kube::Error::Api(s), .. } if s.code == 409)
+}
+
+async fn reconcile(d: Arc<Deployment>, st: Arc<State>) -> Result<Action, Error> {
+    let ns = d.namespace().unwrap_or_default();
+    let name = d.name_any();
     let key = (ns.clone(), name.clone());
     if let Some(wait) = st.backoff.remaining(&key) {
         return Ok(Action::requeue(wait));
     }
-    // Read it fresh: a reconcile triggered by a ReplicaSet event can run
-    // before the cache has our own last status write, and a stale
-    // Progressing condition would misreport the rollout.
-    let deploys: Api<Deployment> = Api::namespaced(st.ctx.client.clone(), &ns);
-    let Some(d) = kube_call("get Deployment", deploys.get_opt(&name)).await? else {
+    // Everything below reads the informer caches, as the real controller
+    // does; the ReplicaSet cache's first list triggers every Deployment.
+    if !st.rs_synced.load(Ordering::SeqCst) || d.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
+    }
+    // A ReplicaSet we created or deleted that the cache does not show yet:
+    // the cache is stale for this Deployment, and acting on it would create
+    // the same ReplicaSet again. Its watch event brings the next pass.
+    let cached_rs = |n: &str| {
+        st.replicasets
+            .get(&ObjectRef::new(n).within(&ns))
+            .map(|rs| rs.metadata.deletion_timestamp.is_none())
     };
-    if d.metadata.deletion_timestamp.is_some() {
-        return Ok(Action::await_change());
+    if let Some(wait) = st.expectations.pending(&key, cached_rs) {
+        return Ok(Action::requeue(wait));
     }
     let uid = d.metadata.uid.clone().unwrap_or_default();
     let sel = match selector(&d.spec.selector) {
@@ -685,15 +993,14 @@ async fn reconcile(cached: Arc<Deployment>, st: Arc<State>) -> Result<Action, Er
         }
     };
     let rs_api: Api<ReplicaSet> = Api::namespaced(st.ctx.client.clone(), &ns);
-    let listed = kube_call(
-        "list ReplicaSets",
-        rs_api.list(&ListParams::default().labels_from(&sel)),
-    )
-    .await?;
-    let owned: Vec<ReplicaSet> = listed
-        .items
-        .into_iter()
+    let owned: Vec<ReplicaSet> = st
+        .replicasets
+        .state()
+        .iter()
+        .filter(|rs| rs.metadata.namespace.as_deref() == Some(ns.as_str()))
+        .filter(|rs| sel.matches(rs.metadata.labels.as_ref().unwrap_or(&BTreeMap::new())))
         .filter(|rs| controller_uid(&rs.metadata, "Deployment").as_deref() == Some(uid.as_str()))
+        .map(|rs| rs.as_ref().clone())
         .collect();
     let hash = pod_template_hash(&d.spec.template);
     let (mut new_rs, old_rss): (Vec<ReplicaSet>, Vec<ReplicaSet>) =
@@ -739,17 +1046,29 @@ async fn reconcile(cached: Arc<Deployment>, st: Arc<State>) -> Result<Action, Er
             .sum();
         // Recreate makes the new ReplicaSet only once every old Pod is gone.
         if !recreate || old_pods == 0 {
-            let all_spec: i32 = old_views.iter().map(|r| r.spec_replicas).sum();
+            let all_spec: i32 = old_views.iter().map(RsView::replicas_upper_bound).sum();
             let replicas = if recreate {
                 desired
             } else {
                 new_rs_target(desired, surge, all_spec, 0)
             };
             st.ctx.knobs.delay(Knob::DeploymentLatency).await;
-            let rs = create_rs(&d, &rs_api, &hash, replicas, max_old_revision + 1).await?;
-            st.ctx
-                .truth
-                .record(step::REPLICASET_CREATED, &ns, &name, None);
+            let rs_name = format!("{name}-{hash}");
+            st.expectations.expect_created(&key, &rs_name);
+            let rs = match create_rs(&d, &rs_api, &hash, replicas, max_old_revision + 1).await {
+                Ok(Created::New(rs)) => {
+                    st.ctx
+                        .truth
+                        .record(step::REPLICASET_CREATED, &ns, &name, None);
+                    rs
+                }
+                // Not a creation of ours: no ground truth. The cache will show it.
+                Ok(Created::Existing(rs)) => rs,
+                Err(e) => {
+                    st.expectations.lower(&key, &rs_name);
+                    return Err(e);
+                }
+            };
             let now = now_time();
             let mut conds = status_base.conditions.clone().unwrap_or_default();
             if d.spec
@@ -825,18 +1144,31 @@ async fn reconcile(cached: Arc<Deployment>, st: Arc<State>) -> Result<Action, Er
         .await?;
     }
 
+    // Writes to the Deployment carry the cached resourceVersion: if the cache
+    // is behind (e.g. our own last status write is not in it yet), the write
+    // fails with 409 instead of overwriting newer state, and the pass is
+    // redone when the watch brings the newer version. So a status transition
+    // (and its ground-truth record) happens once.
+    let deploys: Api<Deployment> = Api::namespaced(st.ctx.client.clone(), &ns);
+    let mut rv = d.metadata.resource_version.clone().unwrap_or_default();
     // The Deployment carries its newest revision, as `kubectl rollout history` reads it.
     if let Some(rs) = &new_rs {
         let rev = revision(&rs.metadata).max(max_old_revision + 1);
         if revision(&d.metadata) != rev {
-            let deploys: Api<Deployment> = Api::namespaced(st.ctx.client.clone(), &ns);
-            let patch =
-                json!({"metadata": {"annotations": {REVISION_ANNOTATION: rev.to_string()}}});
-            kube_call(
+            let patch = json!({"metadata": {
+                "resourceVersion": rv,
+                "annotations": {REVISION_ANNOTATION: rev.to_string()},
+            }});
+            match kube_call(
                 "patch Deployment revision",
                 deploys.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)),
             )
-            .await?;
+            .await
+            {
+                Ok(updated) => rv = updated.metadata.resource_version.unwrap_or_default(),
+                Err(e) if is_conflict(&e) => return Ok(stale(&ns, &name)),
+                Err(e) => return Err(e),
+            }
         }
     }
 
@@ -884,15 +1216,17 @@ async fn reconcile(cached: Arc<Deployment>, st: Arc<State>) -> Result<Action, Er
     };
     let next = next_status(&status_base, &input);
     if next != prev_status {
-        kube_call(
+        let body = json!({"metadata": {"resourceVersion": rv}, "status": next});
+        match kube_call(
             "patch Deployment status",
-            deploys.patch_status(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(&json!({ "status": next })),
-            ),
+            deploys.patch_status(&name, &PatchParams::default(), &Patch::Merge(&body)),
         )
-        .await?;
+        .await
+        {
+            Ok(_) => {}
+            Err(e) if is_conflict(&e) => return Ok(stale(&ns, &name)),
+            Err(e) => return Err(e),
+        }
         if let Some(done) = completed_rs(&next) {
             if completed_rs(&prev_status).as_deref() != Some(done.as_str()) {
                 st.ctx
@@ -907,6 +1241,7 @@ async fn reconcile(cached: Arc<Deployment>, st: Arc<State>) -> Result<Action, Er
     {
         cleanup_old(
             &st,
+            &key,
             &rs_api,
             &old_rss,
             d.spec.revision_history_limit.unwrap_or(10),
@@ -951,7 +1286,8 @@ async fn scale(
     // One step per pass, as the real controller: scale up, else scale down;
     // the ReplicaSet status changes bring the next pass.
     if let Some(n) = new {
-        let all_spec: i32 = old.iter().map(|r| r.spec_replicas).sum::<i32>() + n.spec_replicas;
+        let all_spec: i32 =
+            old.iter().map(RsView::replicas_upper_bound).sum::<i32>() + n.replicas_upper_bound();
         let target = if n.spec_replicas > desired {
             desired
         } else {
@@ -986,13 +1322,22 @@ async fn scale_rs(
     Ok(())
 }
 
+/// What [`create_rs`] found.
+enum Created {
+    /// The create succeeded: a new ReplicaSet.
+    New(ReplicaSet),
+    /// 409 AlreadyExists, and the existing one is ours (an earlier create
+    /// whose answer was lost, or a cache that is behind).
+    Existing(ReplicaSet),
+}
+
 async fn create_rs(
     d: &Deployment,
     rs_api: &Api<ReplicaSet>,
     hash: &str,
     replicas: i32,
     revision: i64,
-) -> Result<ReplicaSet, Error> {
+) -> Result<Created, Error> {
     let name = format!("{}-{}", d.name_any(), hash);
     let mut template = d.spec.template.clone();
     let tmeta = template.metadata.get_or_insert_with(ObjectMeta::default);
@@ -1033,28 +1378,38 @@ async fn create_rs(
         },
         status: None,
     };
-    match rs_api.create(&PostParams::default(), &rs).await {
-        Ok(rs) => Ok(rs),
-        Err(kube::Error::Api(s)) if s.code == 409 => {
-            // Created by an earlier pass whose answer was lost: adopt it if ours.
+    match kube_call(
+        "create ReplicaSet",
+        rs_api.create(&PostParams::default(), &rs),
+    )
+    .await
+    {
+        Ok(rs) => {
+            tracing::info!(namespace = ?d.namespace(), deployment = %d.name_any(), replicaset = %name, replicas, "created ReplicaSet");
+            Ok(Created::New(rs))
+        }
+        Err(Error::Kube {
+            source: kube::Error::Api(s),
+            ..
+        }) if s.code == 409 => {
             let existing = kube_call("get ReplicaSet", rs_api.get(&name)).await?;
             if controller_uid(&existing.metadata, "Deployment") == d.metadata.uid {
-                Ok(existing)
+                Ok(Created::Existing(existing))
             } else {
-                Err(Error::Invalid(format!("ReplicaSet {name} exists and is not owned by Deployment {}", d.name_any())))
+                Err(Error::Invalid(format!(
+                    "ReplicaSet {name} exists and is not owned by Deployment {}",
+                    d.name_any()
+                )))
             }
         }
-        Err(e) => Err(Error::Kube {
-            what: "create ReplicaSet".into(),
-            source: e,
-        }),
+        Err(e) => Err(e),
     }
-    .inspect(|_| tracing::info!(namespace = ?d.namespace(), deployment = %d.name_any(), replicaset = %name, replicas, "created ReplicaSet"))
 }
 
 /// Delete old, scaled-down ReplicaSets beyond `revisionHistoryLimit`, oldest first.
 async fn cleanup_old(
     st: &State,
+    key: &Key,
     rs_api: &Api<ReplicaSet>,
     old: &[ReplicaSet],
     limit: i32,
@@ -1076,17 +1431,21 @@ async fn cleanup_old(
     idle.sort_by_key(|r| revision(&r.metadata));
     for rs in idle.into_iter().take(excess) {
         st.ctx.knobs.delay(Knob::DeploymentLatency).await;
-        match rs_api
-            .delete(&rs.name_any(), &DeleteParams::default())
-            .await
+        let rs_name = rs.name_any();
+        // Until the cache shows it gone, a later pass must not delete it again.
+        st.expectations.expect_deleted(key, &rs_name);
+        match kube_call(
+            "delete old ReplicaSet",
+            rs_api.delete(&rs_name, &DeleteParams::default()),
+        )
+        .await
         {
             Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
             Err(e) => {
-                return Err(Error::Kube {
-                    what: "delete old ReplicaSet".into(),
-                    source: e,
-                })
+                st.expectations.lower(key, &rs_name);
+                if !matches!(&e, Error::Kube { source: kube::Error::Api(s), .. } if s.code == 404) {
+                    return Err(e);
+                }
             }
         }
     }
@@ -1099,6 +1458,56 @@ mod tests {
 
     fn t(secs: i64) -> Time {
         Time(Timestamp::from_second(secs).unwrap())
+    }
+
+    #[test]
+    fn expectations_wait_for_the_cache() {
+        let e = Expectations::default();
+        let k: Key = ("ns".into(), "rs".into());
+        assert_eq!(e.pending(&k, |_| None), None, "nothing issued");
+        // Counted creations: met only once each new Pod was observed.
+        e.expect_creations(&k, 2);
+        assert!(e.pending(&k, |_| None).is_some());
+        e.creation_observed(&k);
+        assert!(e.pending(&k, |_| None).is_some());
+        e.creation_observed(&k);
+        assert_eq!(e.pending(&k, |_| None), None);
+        e.creation_observed(&k); // an unexpected Pod: no effect, no underflow
+        assert_eq!(e.pending(&k, |_| None), None);
+        // Named creation: met when the cache has it.
+        e.expect_created(&k, "a");
+        assert!(e.pending(&k, |_| None).is_some());
+        assert_eq!(e.pending(&k, |n| (n == "a").then_some(true)), None);
+        // Deletion: met when gone or terminating, not while live.
+        e.expect_deleted(&k, "b");
+        assert!(e.pending(&k, |_| Some(true)).is_some());
+        assert_eq!(e.pending(&k, |_| Some(false)), None);
+        e.expect_deleted(&k, "c");
+        assert_eq!(e.pending(&k, |_| None), None);
+        // A failed call lowers the expectation at once.
+        e.expect_created(&k, "d");
+        e.lower(&k, "d");
+        assert_eq!(e.pending(&k, |_| None), None);
+        // Other owners are independent; forget drops everything.
+        let other: Key = ("ns".into(), "other".into());
+        e.expect_creations(&k, 1);
+        assert_eq!(e.pending(&other, |_| None), None);
+        e.forget(&k);
+        assert_eq!(e.pending(&k, |_| None), None);
+    }
+
+    #[test]
+    fn expectations_expire() {
+        let e = Expectations::default();
+        let k: Key = ("ns".into(), "rs".into());
+        e.expect_creations(&k, 1);
+        let left = e.pending(&k, |_| None).unwrap();
+        assert!(left <= EXPECTATIONS_TTL && left > EXPECTATIONS_TTL / 2);
+        if let Some(p) = e.map.lock().unwrap().get_mut(&k) {
+            p.since = Instant::now().checked_sub(EXPECTATIONS_TTL + Duration::from_secs(1));
+        }
+        assert_eq!(e.pending(&k, |_| None), None, "expired");
+        assert_eq!(e.pending(&k, |_| None), None, "and cleared");
     }
 
     #[test]

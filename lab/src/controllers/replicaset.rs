@@ -1,10 +1,14 @@
 //! Simulated ReplicaSet controller: keeps `spec.replicas` Pods (created from
 //! the template with `generateName: <rs>-`, deleted not-ready-first), and
-//! writes the ReplicaSet status the Deployment controller sums up. A Pod
-//! create the API server rejects (e.g. the Bank-Vaults webhook being down)
-//! becomes a `ReplicaFailure`/`FailedCreate` condition and is retried with
-//! back-off.
+//! writes the ReplicaSet status the Deployment controller sums up. Works from
+//! informer caches with the real controller's expectations, so a cache that
+//! has not caught up with its own creates and deletes never makes it act
+//! twice. A Pod create the API server rejects (e.g. the Bank-Vaults webhook
+//! being down) becomes a `ReplicaFailure`/`FailedCreate` condition and is
+//! retried with back-off.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,18 +16,19 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetCondition, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::core::SelectorExt;
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::ResourceExt;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::deployment::{
-    controller_uid, kube_call, now_time, owner_ref, pod_active, pod_available, pod_ready_since,
-    selector, Backoffs, Error,
+    all_refs, controller_uid, drive, key_of, knob_triggers, kube_call, now_time, owner_ref,
+    pod_active, pod_available, pod_ready_since, selector, trigger_stream, Backoffs, Error,
+    Expectations, Key,
 };
 use super::Context;
 use crate::faults::Knob;
@@ -35,50 +40,135 @@ const BURST: i32 = 500;
 struct State {
     ctx: Context,
     backoff: Backoffs,
+    /// Pods created or deleted, per ReplicaSet, not yet seen in the cache.
+    expectations: Expectations,
+    /// The Pod informer cache.
+    pods: Store<Pod>,
+    /// Set once the Pod cache holds its first full list.
+    pods_synced: AtomicBool,
+}
+
+/// The ReplicaSet controlling a Pod.
+fn owner_key(pod: &Pod) -> Option<Key> {
+    let o = pod
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true) && o.kind == "ReplicaSet")?;
+    Some((pod.namespace().unwrap_or_default(), o.name.clone()))
+}
+
+fn rs_ref(key: &Key) -> ObjectRef<ReplicaSet> {
+    ObjectRef::new(&key.1).within(&key.0)
+}
+
+/// Which Pods the cache holds, to tell a Pod's first appearance (a creation
+/// the expectations wait for) from an update. Mirrors the store's keys,
+/// including its atomic swap at the end of a relist.
+#[derive(Default)]
+struct Seen {
+    known: HashMap<Key, Option<Key>>,
+    relist: Option<HashMap<Key, Option<Key>>>,
+}
+
+impl Seen {
+    /// Feed one event; returns the owners of Pods that newly appeared.
+    fn apply(&mut self, ev: &watcher::Event<Pod>) -> Vec<Key> {
+        match ev {
+            watcher::Event::Apply(p) => {
+                let fresh = self.known.insert(key_of(p), owner_key(p)).is_none();
+                owner_key(p).filter(|_| fresh).into_iter().collect()
+            }
+            watcher::Event::Delete(p) => {
+                self.known.remove(&key_of(p));
+                Vec::new()
+            }
+            watcher::Event::Init => {
+                self.relist = Some(HashMap::new());
+                Vec::new()
+            }
+            watcher::Event::InitApply(p) => {
+                if let Some(r) = self.relist.as_mut() {
+                    r.insert(key_of(p), owner_key(p));
+                }
+                Vec::new()
+            }
+            watcher::Event::InitDone => {
+                let listed = self.relist.take().unwrap_or_default();
+                let fresh = listed
+                    .iter()
+                    .filter(|(k, _)| !self.known.contains_key(*k))
+                    .filter_map(|(_, owner)| owner.clone())
+                    .collect();
+                self.known = listed;
+                fresh
+            }
+        }
+    }
 }
 
 /// Run the ReplicaSet controller until `cancel` fires.
 pub async fn run(ctx: Context, cancel: CancellationToken) -> Result<(), Error> {
     let client = ctx.client.clone();
+    let (replicasets, rs_writer) = reflector::store::<ReplicaSet>();
+    let (pods, pod_writer) = reflector::store::<Pod>();
     let state = Arc::new(State {
         ctx,
         backoff: Backoffs::default(),
+        expectations: Expectations::default(),
+        pods,
+        pods_synced: AtomicBool::new(false),
     });
-    let knob_state = state.clone();
-    let knob_changes = futures::stream::unfold(knob_state, |st| async move {
-        st.ctx.knobs.changed().await;
-        st.backoff.clear();
-        Some(((), st))
-    });
-    Controller::new(
-        Api::<ReplicaSet>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .watches(
-        Api::<Pod>::all(client),
-        watcher::Config::default(),
-        |pod: Pod| {
-            let ns = pod.namespace().unwrap_or_default();
-            pod.metadata
-                .owner_references
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|o| o.controller == Some(true) && o.kind == "ReplicaSet")
-                .map(move |o| ObjectRef::<ReplicaSet>::new(&o.name).within(&ns))
-        },
-    )
-    .reconcile_all_on(knob_changes)
-    .graceful_shutdown_on(cancel.cancelled_owned())
-    .run(reconcile, error_policy, state)
-    .for_each(|res| async move {
-        match res {
-            Ok(_) => {}
-            Err(kube::runtime::controller::Error::ReconcilerFailed(e, obj)) => {
-                tracing::warn!(replicaset = %obj, error = %e, "ReplicaSet reconcile failed")
+    let rs_triggers = {
+        let (st, store) = (state.clone(), replicasets.clone());
+        trigger_stream(
+            Api::<ReplicaSet>::all(client.clone()),
+            rs_writer,
+            move |ev| match ev {
+                watcher::Event::Apply(rs) => vec![ObjectRef::from_obj(rs)],
+                watcher::Event::Delete(rs) => {
+                    st.expectations.forget(&key_of(rs));
+                    Vec::new()
+                }
+                watcher::Event::InitDone => all_refs(&store),
+                watcher::Event::Init | watcher::Event::InitApply(_) => Vec::new(),
+            },
+        )
+    };
+    let pod_triggers = {
+        let (st, store) = (state.clone(), replicasets.clone());
+        let mut seen = Seen::default();
+        trigger_stream(Api::<Pod>::all(client), pod_writer, move |ev| {
+            // Runs after the store applied the event: an expectation is met
+            // only once the cache shows the Pod.
+            for owner in seen.apply(ev) {
+                st.expectations.creation_observed(&owner);
             }
-            Err(e) => tracing::debug!(error = %e, "ReplicaSet controller event"),
-        }
-    })
+            match ev {
+                watcher::Event::Apply(p) | watcher::Event::Delete(p) => {
+                    owner_key(p).iter().map(rs_ref).collect()
+                }
+                watcher::Event::InitDone => {
+                    st.pods_synced.store(true, Ordering::SeqCst);
+                    all_refs(&store)
+                }
+                watcher::Event::Init | watcher::Event::InitApply(_) => Vec::new(),
+            }
+        })
+    };
+    let knob_st = state.clone();
+    let knobs = knob_triggers(&state.ctx, replicasets.clone(), move || {
+        knob_st.backoff.clear()
+    });
+    let queue = futures::stream::select_all([rs_triggers, pod_triggers, knobs]).boxed();
+    drive(
+        "ReplicaSet",
+        replicasets,
+        queue,
+        reconcile,
+        error_policy,
+        state,
+        cancel,
+    )
     .await;
     Ok(())
 }
@@ -178,21 +268,16 @@ fn min_ready_requeue(pods: &[&Pod], min_ready: i32, now: i64) -> Option<Duration
         .map(|left| Duration::from_secs(u64::try_from(left).unwrap_or(0) + 1))
 }
 
-async fn reconcile(cached: Arc<ReplicaSet>, st: Arc<State>) -> Result<Action, Error> {
-    let ns = cached.namespace().unwrap_or_default();
-    let name = cached.name_any();
+async fn reconcile(rs: Arc<ReplicaSet>, st: Arc<State>) -> Result<Action, Error> {
+    let ns = rs.namespace().unwrap_or_default();
+    let name = rs.name_any();
     let key = (ns.clone(), name.clone());
     if let Some(wait) = st.backoff.remaining(&key) {
         return Ok(Action::requeue(wait));
     }
-    // Read it fresh: a Pod event can trigger this before the cache has the
-    // Deployment controller's last scale, and acting on a stale
-    // `spec.replicas` would overshoot maxSurge.
-    let rs_api: Api<ReplicaSet> = Api::namespaced(st.ctx.client.clone(), &ns);
-    let Some(rs) = kube_call("get ReplicaSet", rs_api.get_opt(&name)).await? else {
-        return Ok(Action::await_change());
-    };
-    if rs.metadata.deletion_timestamp.is_some() {
+    // Everything below reads the informer caches; the Pod cache's first full
+    // list triggers every ReplicaSet.
+    if !st.pods_synced.load(Ordering::SeqCst) || rs.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
     let sel = match selector(&rs.spec.selector) {
@@ -204,23 +289,35 @@ async fn reconcile(cached: Arc<ReplicaSet>, st: Arc<State>) -> Result<Action, Er
     };
     let uid = rs.metadata.uid.clone().unwrap_or_default();
     let pods_api: Api<Pod> = Api::namespaced(st.ctx.client.clone(), &ns);
-    let listed = kube_call(
-        "list Pods",
-        pods_api.list(&ListParams::default().labels_from(&sel)),
-    )
-    .await?;
-    let active: Vec<&Pod> = listed
-        .items
-        .iter()
-        .filter(|p| controller_uid(&p.metadata, "ReplicaSet").as_deref() == Some(uid.as_str()))
-        .filter(|p| sel.matches(p.metadata.labels.as_ref().unwrap_or(&Default::default())))
-        .filter(|p| pod_active(p))
-        .collect();
+    // `rsNeedsSync`: only act on the Pod cache once it shows every create and
+    // delete this controller issued for the ReplicaSet; until then its Pod
+    // count is stale and acting on it would create or delete again. The
+    // watch event that meets the expectation brings the next pass.
+    let cached_pod = |n: &str| {
+        st.pods
+            .get(&ObjectRef::new(n).within(&ns))
+            .map(|p| p.metadata.deletion_timestamp.is_none())
+    };
+    let pending = st.expectations.pending(&key, cached_pod);
+    let cached: Vec<Arc<Pod>> = st.pods.state_filter(|p| {
+        p.metadata.namespace.as_deref() == Some(ns.as_str())
+            && controller_uid(&p.metadata, "ReplicaSet").as_deref() == Some(uid.as_str())
+            && sel.matches(p.metadata.labels.as_ref().unwrap_or(&Default::default()))
+            && pod_active(p)
+    });
+    let active: Vec<&Pod> = cached.iter().map(|p| p.as_ref()).collect();
     let desired = rs.spec.replicas.unwrap_or(1).max(0);
     let diff = i32::try_from(active.len()).unwrap_or(i32::MAX) - desired;
     let mut failure: Option<Error> = None;
-    if diff < 0 {
-        for _ in 0..(-diff).min(BURST) {
+    if pending.is_some() {
+        tracing::debug!(namespace = %ns, replicaset = %name, "waiting for the Pod cache");
+    } else if diff < 0 {
+        let n = (-diff).min(BURST);
+        // Raised before the first create: its watch event may arrive before
+        // the create call returns.
+        st.expectations
+            .expect_creations(&key, u32::try_from(n).unwrap_or(0));
+        for i in 0..n {
             st.ctx.knobs.delay(Knob::DeploymentLatency).await;
             match create_pod(&pods_api, &rs).await {
                 Ok(pod) => {
@@ -230,25 +327,32 @@ async fn reconcile(cached: Arc<ReplicaSet>, st: Arc<State>) -> Result<Action, Er
                 }
                 Err(e) => {
                     tracing::info!(namespace = %ns, replicaset = %name, error = %e, "Pod create failed");
+                    // Neither this Pod nor the skipped ones will ever show up.
+                    for _ in i..n {
+                        st.expectations.creation_observed(&key);
+                    }
                     failure = Some(e);
                     break;
                 }
             }
         }
     } else if diff > 0 {
-        for pod in pods_to_delete(&active, usize::try_from(desired).unwrap_or(0)) {
+        let victims = pods_to_delete(&active, usize::try_from(desired).unwrap_or(0));
+        for pod in &victims {
+            st.expectations.expect_deleted(&key, &pod.name_any());
+        }
+        for pod in victims {
             st.ctx.knobs.delay(Knob::DeploymentLatency).await;
-            match pods_api
-                .delete(&pod.name_any(), &DeleteParams::default())
-                .await
+            let pod_name = pod.name_any();
+            if let Err(e) = kube_call(
+                "delete Pod",
+                pods_api.delete(&pod_name, &DeleteParams::default()),
+            )
+            .await
             {
-                Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
-                Err(e) => {
-                    failure = Some(Error::Kube {
-                        what: "delete Pod".into(),
-                        source: e,
-                    });
+                st.expectations.lower(&key, &pod_name);
+                if !matches!(&e, Error::Kube { source: kube::Error::Api(s), .. } if s.code == 404) {
+                    failure = Some(e);
                     break;
                 }
             }
@@ -259,6 +363,9 @@ async fn reconcile(cached: Arc<ReplicaSet>, st: Arc<State>) -> Result<Action, Er
         Some(e @ Error::Kube { what, .. }) if what == "create Pod" => Some(e.to_string()),
         _ => None,
     };
+    // Like the real controller, the status is the cache's view at the start
+    // of the pass; the events of this pass's creates and deletes bring the
+    // next one.
     let status = compute_status(&rs, &active, create_failure, now);
     if Some(&status) != rs.status.as_ref() {
         // Merge patch: `conditions: null` clears a resolved ReplicaFailure.
@@ -266,6 +373,7 @@ async fn reconcile(cached: Arc<ReplicaSet>, st: Arc<State>) -> Result<Action, Er
         if status.conditions.is_none() {
             body["conditions"] = serde_json::Value::Null;
         }
+        let rs_api: Api<ReplicaSet> = Api::namespaced(st.ctx.client.clone(), &ns);
         kube_call(
             "patch ReplicaSet status",
             rs_api.patch_status(
@@ -280,12 +388,12 @@ async fn reconcile(cached: Arc<ReplicaSet>, st: Arc<State>) -> Result<Action, Er
         return Err(e);
     }
     st.backoff.reset(&key);
-    Ok(
-        match min_ready_requeue(&active, rs.spec.min_ready_seconds.unwrap_or(0), now) {
-            Some(after) => Action::requeue(after),
-            None => Action::await_change(),
-        },
-    )
+    let min_ready = min_ready_requeue(&active, rs.spec.min_ready_seconds.unwrap_or(0), now);
+    Ok(match (min_ready, pending) {
+        (Some(a), Some(b)) => Action::requeue(a.min(b)),
+        (Some(a), None) | (None, Some(a)) => Action::requeue(a),
+        (None, None) => Action::await_change(),
+    })
 }
 
 async fn create_pod(pods: &Api<Pod>, rs: &ReplicaSet) -> Result<Pod, Error> {
@@ -332,6 +440,43 @@ mod tests {
                 ..Default::default()
             }),
         }
+    }
+
+    fn owned(name: &str, owner: &str) -> Pod {
+        let mut p = pod(name, 1, None);
+        p.metadata.namespace = Some("ns".into());
+        p.metadata.owner_references = Some(vec![
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                kind: "ReplicaSet".into(),
+                name: owner.into(),
+                controller: Some(true),
+                ..Default::default()
+            },
+        ]);
+        p
+    }
+
+    #[test]
+    fn seen_reports_first_appearances_only() {
+        use watcher::Event;
+        let key = |o: &str| ("ns".to_string(), o.to_string());
+        let mut s = Seen::default();
+        let (a, b, c) = (owned("a", "x"), owned("b", "x"), owned("c", "y"));
+        assert_eq!(s.apply(&Event::Apply(a.clone())), vec![key("x")]);
+        assert!(s.apply(&Event::Apply(a.clone())).is_empty(), "an update");
+        assert!(s.apply(&Event::Apply(pod("bare", 1, None))).is_empty());
+        // A relist reports the Pods it brings that the cache did not have,
+        // only once complete (when the store swaps in the new list).
+        assert!(s.apply(&Event::Init).is_empty());
+        assert!(s.apply(&Event::InitApply(a.clone())).is_empty());
+        assert!(s.apply(&Event::InitApply(b)).is_empty());
+        assert!(s.apply(&Event::InitApply(c)).is_empty());
+        let mut fresh = s.apply(&Event::InitDone);
+        fresh.sort();
+        assert_eq!(fresh, vec![key("x"), key("y")]);
+        // Gone and back: a new appearance.
+        assert!(s.apply(&Event::Delete(a.clone())).is_empty());
+        assert_eq!(s.apply(&Event::Apply(a)), vec![key("x")]);
     }
 
     #[test]
