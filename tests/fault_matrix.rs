@@ -476,3 +476,582 @@ async fn store_faults_sigterm_and_short_lived_tokens() {
     print_rows("store faults, SIGTERM, short-lived tokens", &rows);
     lab.stop().await;
 }
+
+/// A fault switched on, then its row measured: the first run started after
+/// it ends with `expected`; after `clear` and `settle`, the first run
+/// succeeds.
+struct Phase<'a> {
+    lab: &'a TestLab,
+    prober: &'a ProberProcess,
+    rows: Vec<Row>,
+}
+
+impl Phase<'_> {
+    async fn lab_fault(
+        &mut self,
+        label: &str,
+        probe: &str,
+        fault: Fault,
+        expected: &str,
+        settle: &[&str],
+    ) {
+        self.lab.knobs.set_fault(fault, true);
+        let injected = Utc::now();
+        let r = expect_verdict(
+            self.prober,
+            probe,
+            injected,
+            &[expected],
+            Duration::from_secs(30),
+        )
+        .await;
+        self.lab.knobs.set_fault(fault, false);
+        let cleared = Utc::now();
+        self.settle(settle).await;
+        let rec = expect_recovery(
+            self.prober,
+            probe,
+            cleared,
+            Utc::now(),
+            Duration::from_secs(40),
+        )
+        .await;
+        self.rows
+            .push(row(label, probe, expected, injected, &r, rec));
+    }
+
+    /// Wait for Deployments to be rolled out again.
+    async fn settle(&self, deployments: &[&str]) {
+        if !deployments.is_empty() {
+            self.lab
+                .wait_rolled_out("canary", deployments, Duration::from_secs(60))
+                .await;
+        }
+    }
+
+    /// A disruption applied while a run is in flight: that run must succeed,
+    /// and so must the next one.
+    async fn mid_run(
+        &mut self,
+        label: &str,
+        probe: &str,
+        disrupt: impl FnOnce(),
+        restore: impl FnOnce(),
+    ) {
+        let t = Utc::now();
+        let inflight = self
+            .prober
+            .wait_in_flight(probe, t, Duration::from_secs(10))
+            .await;
+        // Into the chain (store written, ESO syncing) before disrupting.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let injected = Utc::now();
+        disrupt();
+        let r = self
+            .prober
+            .wait_run(probe, inflight.started, Duration::from_secs(30))
+            .await;
+        assert_eq!(r.run_id, inflight.run_id);
+        eprintln!("[{probe}] {label}: {} ({:?})", r.verdict(), r.detail);
+        assert!(r.succeeded(), "{label}: run through the disruption: {r:?}");
+        restore();
+        let cleared = Utc::now();
+        let rec = expect_recovery(
+            self.prober,
+            probe,
+            cleared,
+            cleared,
+            Duration::from_secs(30),
+        )
+        .await;
+        self.rows
+            .push(row(label, probe, "success", injected, &r, rec));
+    }
+}
+
+/// ESO, Reloader, rollout, stale canary and API server faults on the
+/// ESO -> Secret -> Reloader -> rollout -> env chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipeline_and_api_faults_on_the_reloader_chain() {
+    let lab = start_lab(&["canary-env"]).await;
+    // ProgressDeadlineExceeded within a run's deadline.
+    patch_deployment(
+        &lab,
+        "canary-env",
+        serde_json::json!({"spec": {"progressDeadlineSeconds": 3}}),
+    )
+    .await;
+    let config = derive_config(
+        &lab,
+        "matrix-env.yaml",
+        &[("eso-reloader-env", "env")],
+        |p| {
+            p.deadline = Some(Duration::from_secs(6));
+        },
+    );
+    let mut prober = ProberProcess::start(
+        &config,
+        &lab.lab.dir.join("logs/prober-env.log"),
+        Duration::from_secs(3),
+    )
+    .await;
+    let probe = "env";
+    expect_verdict(
+        &prober,
+        probe,
+        Utc::now(),
+        &["success"],
+        Duration::from_secs(30),
+    )
+    .await;
+    let mut ph = Phase {
+        lab: &lab,
+        prober: &prober,
+        rows: Vec::new(),
+    };
+
+    ph.lab_fault(
+        "ESO stalled",
+        probe,
+        Fault::EsoStall,
+        "eso_sync/timeout",
+        &[],
+    )
+    .await;
+    ph.lab_fault(
+        "ESO SecretSyncedError",
+        probe,
+        Fault::EsoError,
+        "eso_sync/sync_error",
+        &[],
+    )
+    .await;
+    ph.lab_fault(
+        "Reloader absent",
+        probe,
+        Fault::ReloaderAbsent,
+        "reloader_trigger/timeout",
+        &[],
+    )
+    .await;
+    ph.lab_fault(
+        "rollout stuck (ProgressDeadlineExceeded)",
+        probe,
+        Fault::RolloutStuck,
+        "rollout/rollout_stuck",
+        &["canary-env"],
+    )
+    .await;
+    ph.lab_fault(
+        "canary serves a stale value",
+        probe,
+        Fault::CanaryStale,
+        "canary_observe/value_mismatch",
+        &["canary-env"],
+    )
+    .await;
+
+    let (knobs, server) = (lab.knobs.clone(), lab.server.clone());
+    let (k2, s2) = (knobs.clone(), server.clone());
+    ph.mid_run(
+        "watch stream dropped mid-run",
+        probe,
+        || k2.set_fault(Fault::WatchDrop, true),
+        || knobs.set_fault(Fault::WatchDrop, false),
+    )
+    .await;
+    let k3 = lab.knobs.clone();
+    ph.mid_run(
+        "410 Gone mid-run",
+        probe,
+        // Every watch is cut and each resume from its resourceVersion gets
+        // an in-stream 410 Expired (as after an etcd compaction), once.
+        move || {
+            k3.set_fault(Fault::WatchExpire, true);
+            s2.reset_watches();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                k3.set_fault(Fault::WatchExpire, false);
+            });
+        },
+        || {},
+    )
+    .await;
+    let s3 = lab.server.clone();
+    ph.mid_run(
+        "lab API server restarted (all watches reset)",
+        probe,
+        move || s3.reset_watches(),
+        || {},
+    )
+    .await;
+
+    // The API server answers 500 to everything and has cut the watches: the
+    // prober's watchers cannot resume, ESO cannot write.
+    lab.knobs.set_fault(Fault::ApiErrors, true);
+    lab.server.reset_watches();
+    let injected = Utc::now();
+    let r = expect_verdict(
+        &prober,
+        probe,
+        injected,
+        &["eso_sync/api_error"],
+        Duration::from_secs(30),
+    )
+    .await;
+    lab.knobs.set_fault(Fault::ApiErrors, false);
+    let cleared = Utc::now();
+    let rec = expect_recovery(&prober, probe, cleared, cleared, Duration::from_secs(60)).await;
+    ph.rows.push(row(
+        "API server answers 500 (watches cut)",
+        probe,
+        "eso_sync/api_error",
+        injected,
+        &r,
+        rec,
+    ));
+
+    let rows = std::mem::take(&mut ph.rows);
+    assert_alive(&mut prober);
+    assert!(prober.stop().await.is_some_and(|s| s.success()));
+    print_rows(
+        "ESO, Reloader, rollout, canary and API faults (env chain)",
+        &rows,
+    );
+    lab.stop().await;
+}
+
+/// Canary, Secret-deletion and API faults on the volume chain and the
+/// Bank-Vaults restart chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_secret_and_api_faults_on_volume_and_restart_chains() {
+    let lab = start_lab(&["canary-volume", "canary-bankvaults"]).await;
+    // Crashed containers restart soon (the kubelet's 10 s back-off, shortened).
+    lab.knobs.set_latency(
+        Knob::CrashBackoff,
+        Latency::Fixed(Duration::from_millis(200)),
+    );
+    let config = derive_config(
+        &lab,
+        "matrix-canary.yaml",
+        &[("eso-volume", "volume"), ("bankvaults-restart", "bv")],
+        |p| p.deadline = Some(Duration::from_secs(6)),
+    );
+    let mut prober = ProberProcess::start(
+        &config,
+        &lab.lab.dir.join("logs/prober-canary.log"),
+        Duration::from_secs(3),
+    )
+    .await;
+    let now = Utc::now();
+    expect_verdict(
+        &prober,
+        "volume",
+        now,
+        &["success"],
+        Duration::from_secs(30),
+    )
+    .await;
+    expect_verdict(&prober, "bv", now, &["success"], Duration::from_secs(30)).await;
+    let mut ph = Phase {
+        lab: &lab,
+        prober: &prober,
+        rows: Vec::new(),
+    };
+
+    ph.lab_fault(
+        "canary unreachable",
+        "volume",
+        Fault::CanaryUnreachable,
+        "canary_observe/canary_unreachable",
+        &["canary-volume", "canary-bankvaults"],
+    )
+    .await;
+    ph.lab_fault(
+        "canary crash-looping",
+        "bv",
+        Fault::CanaryCrash,
+        "rollout/canary_crashing",
+        &["canary-bankvaults"],
+    )
+    .await;
+
+    // The target Secret deleted mid-run while ESO is healthy: ESO (Owner
+    // policy) recreates it with the current value, so the run succeeds.
+    let secrets: Api<Secret> = Api::namespaced(lab.client(), "canary");
+    let t = Utc::now();
+    let inflight = prober
+        .wait_in_flight("volume", t, Duration::from_secs(10))
+        .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let injected = Utc::now();
+    secrets
+        .delete("canary-volume", &DeleteParams::default())
+        .await
+        .unwrap();
+    let r = prober
+        .wait_run("volume", inflight.started, Duration::from_secs(30))
+        .await;
+    assert!(r.succeeded(), "Secret deleted, ESO recreates it: {r:?}");
+    let rec = expect_recovery(
+        &prober,
+        "volume",
+        injected,
+        injected,
+        Duration::from_secs(30),
+    )
+    .await;
+    ph.rows.push(row(
+        "target Secret deleted (ESO recreates it)",
+        "volume",
+        "success",
+        injected,
+        &r,
+        rec,
+    ));
+
+    // Deleted and not recreated: ESO syncs (Ready=True) but writes no
+    // Secret (`creationPolicy: None`).
+    let es = external_secrets(&lab);
+    let policy = |p: &str| serde_json::json!({"spec": {"target": {"creationPolicy": p}}});
+    es.patch(
+        "canary-volume",
+        &PatchParams::default(),
+        &Patch::Merge(&policy("None")),
+    )
+    .await
+    .unwrap();
+    secrets
+        .delete("canary-volume", &DeleteParams::default())
+        .await
+        .unwrap();
+    let injected = Utc::now();
+    let r = expect_verdict(
+        &prober,
+        "volume",
+        injected,
+        &["secret_update/not_found"],
+        Duration::from_secs(30),
+    )
+    .await;
+    es.patch(
+        "canary-volume",
+        &PatchParams::default(),
+        &Patch::Merge(&policy("Owner")),
+    )
+    .await
+    .unwrap();
+    let cleared = Utc::now();
+    support::wait_for(Duration::from_secs(30), "Secret recreated", || {
+        let s = secrets.clone();
+        async move { matches!(s.get_opt("canary-volume").await, Ok(Some(_))) }
+    })
+    .await;
+    let rec = expect_recovery(
+        &prober,
+        "volume",
+        cleared,
+        Utc::now(),
+        Duration::from_secs(30),
+    )
+    .await;
+    ph.rows.push(row(
+        "target Secret deleted, not recreated (creationPolicy None)",
+        "volume",
+        "secret_update/not_found",
+        injected,
+        &r,
+        rec,
+    ));
+
+    // 500s from the API server: the prober's own restart patch fails.
+    lab.knobs.set_fault(Fault::ApiErrors, true);
+    let injected = Utc::now();
+    let r = expect_verdict(
+        &prober,
+        "bv",
+        injected,
+        &["reloader_trigger/api_error"],
+        Duration::from_secs(30),
+    )
+    .await;
+    lab.knobs.set_fault(Fault::ApiErrors, false);
+    let cleared = Utc::now();
+    let rec = expect_recovery(&prober, "bv", cleared, cleared, Duration::from_secs(40)).await;
+    ph.rows.push(row(
+        "API server answers 500 (restart patch)",
+        "bv",
+        "reloader_trigger/api_error",
+        injected,
+        &r,
+        rec,
+    ));
+
+    // A slow API server (every request +300 ms, watches re-opened through
+    // it): slower stages, no failure.
+    lab.knobs
+        .set_latency(Knob::ApiLatency, Latency::Fixed(Duration::from_millis(300)));
+    lab.knobs.set_fault(Fault::ApiSlow, true);
+    lab.server.reset_watches();
+    let injected = Utc::now();
+    let r = expect_verdict(
+        &prober,
+        "volume",
+        injected,
+        &["success"],
+        Duration::from_secs(30),
+    )
+    .await;
+    lab.knobs.set_fault(Fault::ApiSlow, false);
+    let cleared = Utc::now();
+    let rec = expect_recovery(&prober, "volume", cleared, cleared, Duration::from_secs(30)).await;
+    ph.rows.push(row(
+        "API server slow (+300 ms per request)",
+        "volume",
+        "success",
+        injected,
+        &r,
+        rec,
+    ));
+
+    let rows = std::mem::take(&mut ph.rows);
+    // Every probe is healthy at the end.
+    let now = Utc::now();
+    expect_verdict(&prober, "bv", now, &["success"], Duration::from_secs(30)).await;
+    assert_alive(&mut prober);
+    assert!(prober.stop().await.is_some_and(|s| s.success()));
+    print_rows(
+        "canary, Secret and API faults (volume and restart chains)",
+        &rows,
+    );
+    lab.stop().await;
+}
+
+/// Mean of a quarter of the samples.
+fn quarter_stats(samples: &[Resources], first: bool) -> (f64, u64, u64, u64) {
+    let q = (samples.len() / 4).max(1);
+    let part = if first {
+        &samples[..q]
+    } else {
+        &samples[samples.len() - q..]
+    };
+    let mean_rss = part.iter().map(|s| s.rss_kib as f64).sum::<f64>() / part.len() as f64;
+    (
+        mean_rss,
+        part.iter().map(|s| s.rss_kib).max().unwrap_or(0),
+        part.iter().map(|s| s.threads).max().unwrap_or(0),
+        part.iter().map(|s| s.fds).max().unwrap_or(0),
+    )
+}
+
+/// Over 200 runs of three probes with faults toggled every 3 s (ESO
+/// errors, crashing canaries, API 500s, dropped watches), the prober's
+/// resident memory, threads and open fds stay flat: the last quarter of the
+/// samples against the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leak_flat_over_200_faulty_runs() {
+    const RUNS: usize = 200;
+    let lab = start_lab(&["canary-env", "canary-volume", "canary-bankvaults"]).await;
+    lab.knobs.set_latency(
+        Knob::CrashBackoff,
+        Latency::Fixed(Duration::from_millis(200)),
+    );
+    let config = derive_config(
+        &lab,
+        "matrix-leak.yaml",
+        &[
+            ("eso-reloader-env", "env"),
+            ("eso-volume", "volume"),
+            ("bankvaults-restart", "bv"),
+        ],
+        |p| p.deadline = Some(Duration::from_secs(3)),
+    );
+    let mut prober = ProberProcess::start(
+        &config,
+        &lab.lab.dir.join("logs/prober-leak.log"),
+        Duration::from_secs(3),
+    )
+    .await;
+    let pid = prober.pid();
+    let cycle = [
+        None,
+        Some(Fault::EsoError),
+        None,
+        Some(Fault::CanaryCrash),
+        None,
+        Some(Fault::ApiErrors),
+        None,
+        Some(Fault::WatchDrop),
+    ];
+    let start = Instant::now();
+    let mut samples: Vec<Resources> = Vec::new();
+    let mut step = 0usize;
+    let mut last_switch = Instant::now();
+    let mut current: Option<Fault> = None;
+    loop {
+        let finished = prober
+            .runs()
+            .iter()
+            .filter(|r| r.finished.is_some())
+            .count();
+        if finished >= RUNS {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(330),
+            "only {finished} runs after {:?}",
+            start.elapsed()
+        );
+        if last_switch.elapsed() >= Duration::from_secs(3) {
+            if let Some(f) = current {
+                lab.knobs.set_fault(f, false);
+            }
+            step += 1;
+            current = cycle[step % cycle.len()];
+            if let Some(f) = current {
+                lab.knobs.set_fault(f, true);
+            }
+            last_switch = Instant::now();
+        }
+        samples.push(resources(pid).expect("prober /proc entry"));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    if let Some(f) = current {
+        lab.knobs.set_fault(f, false);
+    }
+    let elapsed = start.elapsed();
+    let runs = prober.runs();
+    let mut verdicts = std::collections::BTreeMap::<String, usize>::new();
+    for r in runs.iter().filter(|r| r.finished.is_some()) {
+        *verdicts.entry(r.verdict()).or_default() += 1;
+    }
+    let (rss1, rss1_max, thr1, fd1) = quarter_stats(&samples, true);
+    let (rss4, rss4_max, thr4, fd4) = quarter_stats(&samples, false);
+    let report = format!(
+        "\n### leak test\n\n{} runs in {:.0} s ({} samples of /proc/{pid})\n\n| | first quarter | last quarter |\n|---|---|---|\n| VmRSS mean (KiB) | {rss1:.0} | {rss4:.0} |\n| VmRSS max (KiB) | {rss1_max} | {rss4_max} |\n| Threads max | {thr1} | {thr4} |\n| open fds max | {fd1} | {fd4} |\n\nverdicts: {verdicts:?}\n",
+        runs.len(),
+        elapsed.as_secs_f64(),
+        samples.len(),
+    );
+    println!("{report}");
+    assert!(
+        rss4 <= rss1 * 1.25 + 4096.0,
+        "RSS grew: {rss1:.0} KiB -> {rss4:.0} KiB"
+    );
+    assert!(thr4 <= thr1 + 2, "threads grew: {thr1} -> {thr4}");
+    assert!(fd4 <= fd1 + 8, "open fds grew: {fd1} -> {fd4}");
+    assert!(
+        verdicts.get("success").copied().unwrap_or(0) > RUNS / 10,
+        "too few successes: {verdicts:?}"
+    );
+    // Faults cleared: every probe recovers, the process and /metrics are fine.
+    let now = Utc::now();
+    for probe in ["env", "volume", "bv"] {
+        expect_verdict(&prober, probe, now, &["success"], Duration::from_secs(60)).await;
+    }
+    let metrics = prober.metrics().await;
+    assert!(metrics.contains("secret_canary_runs_total"), "{metrics}");
+    assert_alive(&mut prober);
+    assert!(prober.stop().await.is_some_and(|s| s.success()));
+    lab.stop().await;
+}

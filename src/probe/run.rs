@@ -111,6 +111,8 @@ pub struct Baseline {
     pub restarts: BTreeMap<String, i32>,
     /// The digest the canaries should be seeing before the write.
     pub old_digest: Option<String>,
+    /// The chain's Secret did not exist at run start.
+    pub secret_absent: bool,
 }
 
 /// What the watchers say at the end of a run, for attribution.
@@ -193,6 +195,8 @@ pub struct Tracker {
     es_error: Option<String>,
     es_deleted: bool,
     secret_deleted: bool,
+    /// The Secret is absent now (deleted, or never there since run start).
+    secret_absent: bool,
     deployment_deleted: bool,
     stuck: Option<String>,
     crash: Option<String>,
@@ -213,6 +217,7 @@ impl Tracker {
         Tracker {
             plan,
             new_digest,
+            secret_absent: base.secret_absent,
             base,
             run_deadline,
             limits,
@@ -360,7 +365,10 @@ impl Tracker {
     /// A Secret event.
     pub fn on_secret(&mut self, c: &Change<SecretState>) {
         match &c.state {
-            None => self.secret_deleted = true,
+            None => {
+                self.secret_deleted = true;
+                self.secret_absent = true;
+            }
             Some(s)
                 if s.digest.as_deref() == Some(self.new_digest.as_str())
                     && self.secret_new.is_none() =>
@@ -370,7 +378,7 @@ impl Tracker {
                     self.advance();
                 }
             }
-            Some(_) => {}
+            Some(_) => self.secret_absent = false,
         }
     }
 
@@ -521,6 +529,14 @@ impl Tracker {
                 self.end(Stage::EsoSync, s);
             }
         }
+        // ESO reported a sync of our write but the Secret is gone (deleted,
+        // and not recreated: e.g. `creationPolicy: None`): ESO did its part,
+        // the missing Secret is what fails the run.
+        if let (Some(e), None, true) = (self.es_early, self.secret_new, self.secret_absent) {
+            if now >= e.at + ESO_STATUS_GRACE && self.ended(Stage::EsoSync).is_none() {
+                self.end(Stage::EsoSync, e);
+            }
+        }
     }
 
     fn stage_deadline(&self, stage: Stage, span: &Span) -> Instant {
@@ -550,6 +566,14 @@ impl Tracker {
             (self.es_early, self.secret_new, self.ended(Stage::EsoSync))
         {
             next = next.min(s.at + ESO_STATUS_GRACE);
+        }
+        if let (Some(e), None, true, None) = (
+            self.es_early,
+            self.secret_new,
+            self.secret_absent,
+            self.ended(Stage::EsoSync),
+        ) {
+            next = next.min(e.at + ESO_STATUS_GRACE);
         }
         if let (Some(l), Some(s)) = (
             self.limits.get(&Stage::EndToEnd),
@@ -1150,7 +1174,14 @@ pub async fn execute(
     let (tx, mut rx) = mpsc::unbounded_channel::<Report>();
     let mut pollers: JoinSet<()> = JoinSet::new();
     let mut polling: HashMap<String, (String, AbortHandle)> = HashMap::new();
-    let old_digest = base.old_digest.clone();
+    // A Pod of a new ReplicaSet with an env canary has its value fixed at
+    // start: ask it plainly first, so an old value shows at once as a
+    // mismatch instead of a long-poll waiting for a change that never comes.
+    let old_digest = if plan.env_canary && plan.trigger.is_some() {
+        None
+    } else {
+        base.old_digest.clone()
+    };
 
     let end = loop {
         let mut events = Vec::new();
@@ -1279,6 +1310,7 @@ fn baseline(
 ) -> Baseline {
     let mut base = Baseline::default();
     if let Some(rx) = &secret.rx {
+        base.secret_absent = rx.borrow().objects.is_empty();
         base.old_digest = rx
             .borrow()
             .objects
@@ -1379,6 +1411,7 @@ mod tests {
             owners: ["old".to_string()].into(),
             restarts: BTreeMap::new(),
             old_digest: Some(OLD.into()),
+            secret_absent: false,
         }
     }
 
@@ -1530,6 +1563,40 @@ mod tests {
         assert!(t.next_wakeup() <= c.at(300).at + ESO_STATUS_GRACE);
         t.tick(c.at(300).at + ESO_STATUS_GRACE);
         assert_eq!(t.ended(Stage::EsoSync), Some(c.at(300)));
+    }
+
+    #[test]
+    fn eso_synced_but_the_secret_gone_fails_secret_update_not_found() {
+        let mut c = Clock::new();
+        let mut t = tracker(plan_eso_reloader(), &c);
+        t.store_written(&c.written(0, 10));
+        t.on_secret(&c.change(20, "s", None));
+        t.on_external_secret(&c.change(300, "es", Some(es_ready(c.secs(0)))));
+        assert!(t.next_wakeup() <= c.at(300).at + ESO_STATUS_GRACE);
+        t.tick(c.at(300).at + ESO_STATUS_GRACE);
+        assert_eq!(t.ended(Stage::EsoSync), Some(c.at(300)));
+        let end = t.verdict(c.at(60_000).at).unwrap();
+        let facts = Facts {
+            es: Some(es_ready(c.secs(0))),
+            secret_present: false,
+            ..Default::default()
+        };
+        let (f, _, _) = t.conclude(&end, &facts);
+        assert_eq!(
+            f,
+            Some(Failure {
+                stage: Stage::SecretUpdate,
+                reason: Reason::NotFound
+            })
+        );
+        // Recreated meanwhile (ESO's Owner policy): ESO's sync waits for it.
+        let mut t = tracker(plan_eso_reloader(), &c);
+        t.store_written(&c.written(0, 10));
+        t.on_secret(&c.change(20, "s", None));
+        t.on_secret(&c.change(40, "s", Some(secret(OLD))));
+        t.on_external_secret(&c.change(300, "es", Some(es_ready(c.secs(0)))));
+        t.tick(c.at(300).at + ESO_STATUS_GRACE);
+        assert_eq!(t.ended(Stage::EsoSync), None);
     }
 
     #[test]
