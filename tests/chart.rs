@@ -1,0 +1,992 @@
+//! The Helm chart in `charts/secret-canary`, checked by real Helm (Helm v4
+//! as a library, helm-sdkpy, driven by scripts/helm.py): lint with default
+//! values and with every chain variant enabled, then render (a real `helm
+//! install` against a throwaway in-process API stand-in) and check every
+//! manifest: it round-trips through the k8s-openapi type of its kind, RBAC has
+//! no wildcard and touches Secrets only by name and never cluster-wide, every
+//! Pod runs under the restricted Pod Security profile, the prober config is
+//! accepted by the prober's own validation, and the PrometheusRule and
+//! dashboard ConfigMap are the sources in alerts/ and dashboards/.
+
+mod ops;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, PodSpec, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+const CHART: &str = "charts/secret-canary";
+
+fn chart_dir() -> PathBuf {
+    ops::root().join(CHART)
+}
+
+/// Deep-merge `over` into `base` (objects merge, everything else replaces),
+/// as Helm merges `--values`.
+fn merge(base: &mut Value, over: &Value) {
+    match (base, over) {
+        (Value::Object(b), Value::Object(o)) => {
+            for (k, v) in o {
+                merge(b.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+        (b, o) => *b = o.clone(),
+    }
+}
+
+/// The chart's values.yaml with `overrides` merged in.
+fn values_with(overrides: &Value) -> Value {
+    let text = ops::read(&chart_dir().join("values.yaml"));
+    let mut values: Value = serde_yaml::from_str(&text).unwrap();
+    merge(&mut values, overrides);
+    values
+}
+
+/// The value combinations every test runs: defaults, every chain variant
+/// at once, Bank-Vaults alone (no ESO objects), and the optional parts off
+/// with a separate canary namespace, token auth and an extra probe.
+fn combinations() -> Vec<(&'static str, Value)> {
+    vec![
+        ("defaults", json!({})),
+        (
+            "every-variant",
+            json!({"variants": {
+                "esoEnv": {"enabled": true, "forceSync": true},
+                "esoVolume": {"enabled": true},
+                "bankVaults": {"enabled": true}
+            }}),
+        ),
+        (
+            "bank-vaults-only",
+            json!({"variants": {"esoEnv": {"enabled": false}, "bankVaults": {"enabled": true}}}),
+        ),
+        (
+            "minimal",
+            json!({
+                "canary": {"namespace": "canary"},
+                "store": {"auth": {"kubernetes": null, "token": {"env": "VAULT_TOKEN"}}},
+                "prober": {"extraEnv": [{"name": "VAULT_TOKEN", "valueFrom": {"secretKeyRef": {"name": "vault-token", "key": "token"}}}]},
+                "serviceMonitor": {"enabled": false},
+                "prometheusRule": {"enabled": false},
+                "dashboards": {"enabled": false},
+                "networkPolicy": {"enabled": false},
+                "tests": {"enabled": false},
+                "extraProbes": [{
+                    "name": "extra",
+                    "interval": "10m",
+                    "store": {"address": "http://vault:8200", "path": "canary/extra", "auth": {"token": {"env": "VAULT_TOKEN"}}},
+                    "chain": {
+                        "namespace": "canary",
+                        "rollout": {"deployment": "extra", "trigger": "restart"},
+                        "canary": {"selector": "app=extra", "source": "env"}
+                    }
+                }]
+            }),
+        ),
+    ]
+}
+
+/// Helm drops keys set to null when merging; so do we for lint's values.yaml.
+fn drop_nulls(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            m.retain(|_, v| !v.is_null());
+            m.values_mut().for_each(drop_nulls);
+        }
+        Value::Array(a) => a.iter_mut().for_each(drop_nulls),
+        _ => {}
+    }
+}
+
+fn helm_py(args: &[&str], values: Option<&Value>) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(ops::venv_python());
+    cmd.arg(ops::root().join("scripts/helm.py")).args(args);
+    if let Some(v) = values {
+        let f = dir.path().join("values.json");
+        std::fs::write(&f, serde_json::to_vec(v).unwrap()).unwrap();
+        cmd.arg("--values-json").arg(f);
+    }
+    let out = ops::run(&mut cmd);
+    drop(dir);
+    out
+}
+
+#[derive(Debug, Deserialize)]
+struct Lint {
+    errors: usize,
+    messages: Vec<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Hook {
+    name: String,
+    manifest: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct Render {
+    manifest: String,
+    hooks: Vec<Hook>,
+    created: Vec<Value>,
+}
+
+/// Every object of a combination: the release manifest then the hooks.
+struct Rendered {
+    objects: Vec<Value>,
+    hooks: Vec<Value>,
+    created: usize,
+}
+
+impl Rendered {
+    fn all(&self) -> impl Iterator<Item = &Value> {
+        self.objects.iter().chain(self.hooks.iter())
+    }
+
+    fn of_kind(&self, kind: &str) -> Vec<&Value> {
+        self.all().filter(|o| o["kind"] == kind).collect()
+    }
+
+    fn named(&self, kind: &str, name: &str) -> &Value {
+        self.all()
+            .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no {kind} {name}"))
+    }
+}
+
+fn yaml_docs(text: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(text)
+        .map(|d| Value::deserialize(d).unwrap_or_else(|e| panic!("bad YAML document: {e}\n{text}")))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn render(overrides: &Value) -> Rendered {
+    let out = helm_py(&["render", CHART], Some(overrides));
+    assert!(
+        out.status.success(),
+        "helm install (render) failed for {overrides}:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Render = serde_json::from_slice(&out.stdout).expect("helm.py render output");
+    Rendered {
+        objects: yaml_docs(&r.manifest),
+        hooks: r
+            .hooks
+            .iter()
+            .flat_map(|h| {
+                let docs = yaml_docs(&h.manifest);
+                assert!(!docs.is_empty(), "hook {} is empty", h.name);
+                docs
+            })
+            .collect(),
+        created: r.created.len(),
+    }
+}
+
+fn rendered_all() -> Vec<(&'static str, Rendered)> {
+    combinations()
+        .into_iter()
+        .map(|(name, v)| (name, render(&v)))
+        .collect()
+}
+
+#[test]
+fn helm_lint_has_no_errors_for_every_value_combination() {
+    for (name, overrides) in combinations() {
+        let mut values = values_with(&overrides);
+        drop_nulls(&mut values);
+        let out = helm_py(&["lint", CHART], Some(&values));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let lint: Lint = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{name}: helm.py lint printed no result ({e}):\n{stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        assert_eq!(
+            lint.errors, 0,
+            "{name}: helm lint reported errors:\n{stdout}"
+        );
+        assert!(out.status.success(), "{name}: {stdout}");
+        assert!(
+            !lint.messages.is_empty(),
+            "{name}: lint said nothing at all"
+        );
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
+
+#[test]
+fn helm_lint_reports_a_broken_template() {
+    // The linter really renders and parses: a copy of the chart with one
+    // malformed manifest fails. (In lint mode Helm only logs `fail` and
+    // `required`; the render tests cover those.)
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("secret-canary");
+    copy_dir(&chart_dir(), &copy);
+    std::fs::write(
+        copy.join("templates/broken.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: [unclosed\n",
+    )
+    .unwrap();
+    let out = helm_py(&["lint", copy.to_str().unwrap()], None);
+    let lint: Lint = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        lint.errors > 0,
+        "a malformed template must fail the lint: {lint:?}"
+    );
+    assert!(!out.status.success());
+}
+
+#[test]
+fn a_release_without_any_probe_is_refused() {
+    let out = helm_py(
+        &["render", CHART],
+        Some(&json!({"variants": {"esoEnv": {"enabled": false}}})),
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no probe"));
+}
+
+#[test]
+fn values_schema_rejects_what_the_chart_cannot_do() {
+    for bad in [
+        json!({"prober": {"replicas": 2}}),
+        json!({"store": {"auth": {"token": {"env": "X"}}}}), // two methods with the default kubernetes
+        json!({"variants": {"esoEnv": {"interval": "often"}}}),
+        json!({"variants": {"esoEnv": {"name": "Not_A_Name"}}}),
+        json!({"variants": {"esoEnv": {"slo": {"no_such_stage": "1s"}}}}),
+    ] {
+        let out = helm_py(&["render", CHART], Some(&bad));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "accepted {bad}");
+        assert!(err.contains("schema"), "{bad}: {err}");
+    }
+}
+
+/// Deserialize into the k8s-openapi type and serialize back: an unknown or
+/// misplaced field (which the types would silently drop) shows as a difference.
+fn round_trip<T: DeserializeOwned + serde::Serialize + k8s_openapi::Resource>(obj: &Value) {
+    let name = &obj["metadata"]["name"];
+    assert_eq!(obj["apiVersion"], T::API_VERSION, "{name}");
+    assert_eq!(obj["kind"], T::KIND, "{name}");
+    let typed: T = serde_json::from_value(obj.clone())
+        .unwrap_or_else(|e| panic!("{} {name} is not a valid {}: {e}", T::KIND, T::KIND));
+    let back = serde_json::to_value(&typed).unwrap();
+    if let Some(path) = first_difference(obj, &back, String::new()) {
+        panic!(
+            "{} {name}: field {path} does not survive the k8s-openapi type (unknown or misplaced?)\n{}",
+            T::KIND,
+            serde_json::to_string_pretty(obj).unwrap()
+        );
+    }
+}
+
+fn first_difference(a: &Value, b: &Value, at: String) -> Option<String> {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            for (k, v) in x {
+                if v.is_null() {
+                    continue;
+                }
+                match y.get(k) {
+                    None => return Some(format!("{at}.{k}")),
+                    Some(w) => {
+                        if let Some(d) = first_difference(v, w, format!("{at}.{k}")) {
+                            return Some(d);
+                        }
+                    }
+                }
+            }
+            None
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            if x.len() != y.len() {
+                return Some(at);
+            }
+            x.iter()
+                .zip(y)
+                .enumerate()
+                .find_map(|(i, (v, w))| first_difference(v, w, format!("{at}[{i}]")))
+        }
+        // Quantities and int-or-strings may change representation, not value.
+        (x, y) if x == y || x.to_string().trim_matches('"') == y.to_string().trim_matches('"') => {
+            None
+        }
+        _ => Some(at),
+    }
+}
+
+/// The custom resources: the group/version and the fields their controllers need.
+fn check_custom(obj: &Value) {
+    let kind = obj["kind"].as_str().unwrap();
+    let name = &obj["metadata"]["name"];
+    let (api, required): (&str, &[&str]) = match kind {
+        "ServiceMonitor" => (
+            "monitoring.coreos.com/v1",
+            &["/spec/selector/matchLabels", "/spec/endpoints/0/port"],
+        ),
+        "PrometheusRule" => ("monitoring.coreos.com/v1", &["/spec/groups/0/rules/0/expr"]),
+        "SecretStore" => (
+            "external-secrets.io/v1",
+            &[
+                "/spec/provider/vault/server",
+                "/spec/provider/vault/auth/kubernetes/role",
+            ],
+        ),
+        "ExternalSecret" => (
+            "external-secrets.io/v1",
+            &[
+                "/spec/secretStoreRef/name",
+                "/spec/target/name",
+                "/spec/data/0/remoteRef/key",
+                "/spec/refreshInterval",
+            ],
+        ),
+        other => panic!("unexpected kind {other} ({name})"),
+    };
+    assert_eq!(obj["apiVersion"], api, "{kind} {name}");
+    for p in required {
+        assert!(obj.pointer(p).is_some(), "{kind} {name} lacks {p}");
+    }
+}
+
+#[test]
+fn rendered_manifests_parse_as_kubernetes_objects() {
+    for (combo, r) in rendered_all() {
+        assert_eq!(
+            r.created,
+            r.objects.len(),
+            "{combo}: Helm applied a different set of objects than it rendered"
+        );
+        for obj in r.all() {
+            assert!(
+                obj["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| !n.is_empty()),
+                "{combo}: unnamed {obj}"
+            );
+            match obj["kind"].as_str().unwrap_or_default() {
+                "Deployment" => round_trip::<Deployment>(obj),
+                "Pod" => round_trip::<Pod>(obj),
+                "Service" => round_trip::<Service>(obj),
+                "ServiceAccount" => round_trip::<ServiceAccount>(obj),
+                "ConfigMap" => round_trip::<ConfigMap>(obj),
+                "Role" => round_trip::<Role>(obj),
+                "RoleBinding" => round_trip::<RoleBinding>(obj),
+                "ClusterRole" => round_trip::<ClusterRole>(obj),
+                "ClusterRoleBinding" => round_trip::<ClusterRoleBinding>(obj),
+                "NetworkPolicy" => round_trip::<NetworkPolicy>(obj),
+                _ => check_custom(obj),
+            }
+        }
+    }
+}
+
+/// Every RBAC rule of a rendered combination: (kind, rule).
+fn rbac_rules(r: &Rendered) -> Vec<(String, Value)> {
+    r.all()
+        .filter(|o| o["kind"] == "Role" || o["kind"] == "ClusterRole")
+        .flat_map(|o| {
+            let kind = o["kind"].as_str().unwrap().to_string();
+            o["rules"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(move |rule| (kind.clone(), rule))
+        })
+        .collect()
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Problems with a set of RBAC rules (empty: acceptable).
+fn rbac_problems(rules: &[(String, Value)]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (kind, rule) in rules {
+        for field in [
+            "verbs",
+            "resources",
+            "apiGroups",
+            "resourceNames",
+            "nonResourceURLs",
+        ] {
+            if strings(&rule[field]).iter().any(|s| s.contains('*')) {
+                problems.push(format!("{kind}: wildcard in {field}: {rule}"));
+            }
+        }
+        let resources = strings(&rule["resources"]);
+        let secrets = resources
+            .iter()
+            .any(|r| r == "secrets" || r.starts_with("secrets/"));
+        if secrets && kind == "ClusterRole" {
+            problems.push(format!(
+                "ClusterRole grants access to Secrets cluster-wide: {rule}"
+            ));
+        }
+        if secrets && strings(&rule["resourceNames"]).is_empty() {
+            problems.push(format!(
+                "{kind} grants Secrets without resourceNames: {rule}"
+            ));
+        }
+        // Writes only ever by name.
+        let writes = strings(&rule["verbs"]).iter().any(|v| {
+            matches!(
+                v.as_str(),
+                "create" | "update" | "patch" | "delete" | "deletecollection"
+            )
+        });
+        if writes && strings(&rule["resourceNames"]).is_empty() {
+            problems.push(format!(
+                "{kind} grants writes without resourceNames: {rule}"
+            ));
+        }
+    }
+    problems
+}
+
+#[test]
+fn rbac_has_no_wildcard_and_touches_secrets_only_by_name_and_never_cluster_wide() {
+    for (combo, r) in rendered_all() {
+        assert!(
+            r.of_kind("ClusterRole").is_empty(),
+            "{combo}: the chart needs no ClusterRole"
+        );
+        assert!(
+            r.of_kind("ClusterRoleBinding").is_empty(),
+            "{combo}: the chart needs no ClusterRoleBinding"
+        );
+        let rules = rbac_rules(&r);
+        assert!(!rules.is_empty(), "{combo}: no Role rendered");
+        let problems = rbac_problems(&rules);
+        assert!(problems.is_empty(), "{combo}:\n{}", problems.join("\n"));
+        // Only Pods are granted without names (their names are generated).
+        for (_, rule) in &rules {
+            if strings(&rule["resourceNames"]).is_empty() {
+                assert_eq!(strings(&rule["resources"]), ["pods"], "{combo}: {rule}");
+                assert_eq!(
+                    strings(&rule["verbs"]),
+                    ["list", "watch"],
+                    "{combo}: {rule}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn rbac_checker_catches_what_it_must() {
+    let bad = [
+        (
+            "Role",
+            json!({"apiGroups": [""], "resources": ["*"], "verbs": ["get"]}),
+        ),
+        (
+            "Role",
+            json!({"apiGroups": ["*"], "resources": ["pods"], "verbs": ["get"]}),
+        ),
+        (
+            "Role",
+            json!({"apiGroups": [""], "resources": ["pods"], "verbs": ["*"]}),
+        ),
+        (
+            "Role",
+            json!({"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}),
+        ),
+        (
+            "ClusterRole",
+            json!({"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["x"], "verbs": ["get"]}),
+        ),
+        (
+            "Role",
+            json!({"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["patch"]}),
+        ),
+    ];
+    for (kind, rule) in bad {
+        assert!(
+            !rbac_problems(&[(kind.to_string(), rule.clone())]).is_empty(),
+            "{kind} {rule} passed"
+        );
+    }
+}
+
+/// The restricted Pod Security profile, container by container.
+fn check_restricted(what: &str, spec: &PodSpec) {
+    let pod = spec.security_context.clone().unwrap_or_default();
+    assert_eq!(pod.run_as_non_root, Some(true), "{what}: runAsNonRoot");
+    assert!(pod.run_as_user.is_some_and(|u| u != 0), "{what}: runAsUser");
+    assert_eq!(
+        pod.seccomp_profile.as_ref().map(|s| s.type_.as_str()),
+        Some("RuntimeDefault"),
+        "{what}: seccomp"
+    );
+    assert_ne!(spec.host_network, Some(true), "{what}: hostNetwork");
+    assert_ne!(spec.host_pid, Some(true), "{what}: hostPID");
+    for c in spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+    {
+        let sc = c.security_context.clone().unwrap_or_default();
+        let at = format!("{what}/{}", c.name);
+        assert_eq!(
+            sc.allow_privilege_escalation,
+            Some(false),
+            "{at}: allowPrivilegeEscalation"
+        );
+        assert_eq!(
+            sc.read_only_root_filesystem,
+            Some(true),
+            "{at}: readOnlyRootFilesystem"
+        );
+        assert_ne!(sc.privileged, Some(true), "{at}: privileged");
+        let drop = sc
+            .capabilities
+            .as_ref()
+            .and_then(|c| c.drop.clone())
+            .unwrap_or_default();
+        assert_eq!(drop, ["ALL"], "{at}: capabilities.drop");
+        let add = sc
+            .capabilities
+            .as_ref()
+            .and_then(|c| c.add.clone())
+            .unwrap_or_default();
+        assert!(add.is_empty(), "{at}: capabilities.add");
+        assert!(
+            c.resources
+                .as_ref()
+                .and_then(|r| r.limits.as_ref())
+                .is_some(),
+            "{at}: no resource limits"
+        );
+    }
+}
+
+#[test]
+fn every_pod_runs_under_the_restricted_pod_security_profile() {
+    for (combo, r) in rendered_all() {
+        for d in r.of_kind("Deployment") {
+            let d: Deployment = serde_json::from_value(d.clone()).unwrap();
+            let name = d.metadata.name.clone().unwrap();
+            let spec = d.spec.template.spec.unwrap();
+            check_restricted(&format!("{combo}: Deployment {name}"), &spec);
+        }
+        for p in r.of_kind("Pod") {
+            let p: Pod = serde_json::from_value(p.clone()).unwrap();
+            check_restricted(
+                &format!("{combo}: Pod {}", p.metadata.name.unwrap()),
+                &p.spec.unwrap(),
+            );
+        }
+    }
+}
+
+fn deployment(r: &Rendered, name: &str) -> Deployment {
+    serde_json::from_value(r.named("Deployment", name).clone()).unwrap()
+}
+
+fn prober_config(r: &Rendered) -> (Value, secret_canary::config::Config) {
+    let cm = r
+        .of_kind("ConfigMap")
+        .into_iter()
+        .find(|c| c["data"]["config.yaml"].is_string())
+        .expect("prober ConfigMap")
+        .clone();
+    let text = cm["data"]["config.yaml"].as_str().unwrap();
+    let config = secret_canary::config::Config::from_yaml(text, "chart ConfigMap")
+        .unwrap_or_else(|e| panic!("the prober rejects the chart's config: {e}\n{text}"));
+    (cm, config)
+}
+
+#[test]
+fn the_prober_accepts_the_rendered_config_and_each_probe_finds_its_canary() {
+    for (combo, r) in rendered_all() {
+        let (_, config) = prober_config(&r);
+        assert!(!config.probes.is_empty(), "{combo}");
+        for probe in &config.probes {
+            if probe.name == "extra" {
+                continue;
+            }
+            let selector: BTreeMap<String, String> = probe
+                .chain
+                .canary
+                .selector
+                .split(',')
+                .map(|kv| {
+                    let (k, v) = kv.split_once('=').unwrap();
+                    (k.to_string(), v.to_string())
+                })
+                .collect();
+            // Exactly one canary Deployment's Pods match the probe's selector.
+            let matching: Vec<String> = r
+                .of_kind("Deployment")
+                .into_iter()
+                .filter(|d| {
+                    let labels = &d["spec"]["template"]["metadata"]["labels"];
+                    selector.iter().all(|(k, v)| labels[k] == v.as_str())
+                })
+                .map(|d| d["metadata"]["name"].as_str().unwrap().to_string())
+                .collect();
+            assert_eq!(
+                matching,
+                std::slice::from_ref(&probe.name),
+                "{combo}: probe {} selects {matching:?}",
+                probe.name
+            );
+            let d = r.named("Deployment", &probe.name);
+            assert_eq!(
+                d["metadata"]["namespace"],
+                probe.chain.namespace.as_str(),
+                "{combo}"
+            );
+            if let Some(es) = &probe.chain.external_secret {
+                let es = r.named("ExternalSecret", es);
+                let secret = probe.chain.secret.as_ref().unwrap();
+                assert_eq!(es["spec"]["target"]["name"], secret.name.as_str());
+                assert_eq!(es["spec"]["data"][0]["secretKey"], secret.key.as_str());
+                assert_eq!(
+                    es["spec"]["data"][0]["remoteRef"]["key"],
+                    probe.store.path.as_str(),
+                    "{combo}: ESO must read the path the prober writes"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn canaries_carry_the_reloader_and_bank_vaults_wiring() {
+    let r = render(&combinations()[1].1);
+    let args = |d: &Deployment| {
+        let c = &d.spec.template.spec.as_ref().unwrap().containers[0];
+        (
+            c.command.clone().unwrap_or_default(),
+            c.args.clone().unwrap_or_default(),
+            c.clone(),
+        )
+    };
+    // ESO + Reloader + env.
+    let env = deployment(&r, "eso-env");
+    assert_eq!(
+        env.metadata.annotations.as_ref().unwrap()["reloader.stakater.com/auto"],
+        "true"
+    );
+    let (cmd, a, c) = args(&env);
+    assert_eq!(cmd, ["/usr/local/bin/secret-canary"]);
+    assert_eq!(a[0], "canary");
+    assert!(
+        a.contains(&"--from-env=SECRET_CANARY_VALUE".to_string()),
+        "{a:?}"
+    );
+    let var = &c.env.as_ref().unwrap()[0];
+    assert_eq!(
+        var.value_from
+            .as_ref()
+            .unwrap()
+            .secret_key_ref
+            .as_ref()
+            .unwrap()
+            .name,
+        "eso-env"
+    );
+    let ready = c
+        .readiness_probe
+        .as_ref()
+        .unwrap()
+        .http_get
+        .as_ref()
+        .unwrap();
+    assert_eq!(ready.path.as_deref(), Some("/readyz"));
+    assert_eq!(c.ports.as_ref().unwrap()[0].container_port, 8080);
+    // ESO + volume: a whole-Secret volume (no subPath), no Reloader.
+    let vol = deployment(&r, "eso-volume");
+    assert!(vol
+        .metadata
+        .annotations
+        .as_ref()
+        .is_none_or(|a| !a.contains_key("reloader.stakater.com/auto")));
+    let (_, a, c) = args(&vol);
+    assert!(
+        a.iter()
+            .any(|x| x.starts_with("--from-file=/etc/canary-secret/")),
+        "{a:?}"
+    );
+    assert!(c
+        .volume_mounts
+        .as_ref()
+        .unwrap()
+        .iter()
+        .all(|m| m.sub_path.is_none()));
+    // Bank-Vaults: webhook annotations on the Pod template, a vault: env value.
+    let bv = deployment(&r, "bank-vaults");
+    let ann = bv
+        .spec
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .annotations
+        .clone()
+        .unwrap();
+    for k in ["vault-addr", "vault-role", "vault-path"] {
+        assert!(
+            ann.contains_key(&format!("vault.security.banzaicloud.io/{k}")),
+            "{ann:?}"
+        );
+    }
+    let (_, _, c) = args(&bv);
+    let value = c.env.as_ref().unwrap()[0].value.clone().unwrap();
+    assert_eq!(value, "vault:secret/data/canary/bank-vaults#value");
+    // The prober restarts the Bank-Vaults canary and force-syncs eso-env: patch on exactly those.
+    let (_, config) = prober_config(&r);
+    let bvp = config
+        .probes
+        .iter()
+        .find(|p| p.name == "bank-vaults")
+        .unwrap();
+    assert_eq!(
+        bvp.chain.rollout.as_ref().unwrap().trigger,
+        secret_canary::config::Trigger::Restart
+    );
+    let patch: BTreeSet<String> = rbac_rules(&r)
+        .into_iter()
+        .filter(|(_, rule)| strings(&rule["verbs"]).contains(&"patch".to_string()))
+        .flat_map(|(_, rule)| strings(&rule["resourceNames"]))
+        .collect();
+    assert_eq!(
+        patch,
+        BTreeSet::from(["bank-vaults".to_string(), "eso-env".to_string()])
+    );
+}
+
+#[test]
+fn a_config_change_rolls_the_prober_through_its_checksum() {
+    let checksum = |r: &Rendered| {
+        let d = r
+            .of_kind("Deployment")
+            .into_iter()
+            .find(|d| d["metadata"]["labels"]["app.kubernetes.io/component"] == "prober")
+            .expect("prober Deployment")
+            .clone();
+        d["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let a = render(&json!({}));
+    let b = render(&json!({"variants": {"esoEnv": {"interval": "2m"}}}));
+    let (ca, cb) = (checksum(&a), checksum(&b));
+    assert_eq!(ca.len(), 64, "{ca}");
+    assert!(ca.chars().all(|c| c.is_ascii_hexdigit()));
+    assert_ne!(ca, cb);
+    assert_eq!(
+        ca,
+        checksum(&render(&json!({}))),
+        "rendering is deterministic"
+    );
+}
+
+#[test]
+fn helm_test_hook_runs_once_with_the_prober_config() {
+    let r = render(&json!({}));
+    let pods = r
+        .hooks
+        .iter()
+        .filter(|h| h["kind"] == "Pod")
+        .collect::<Vec<_>>();
+    assert_eq!(pods.len(), 1);
+    let pod: Pod = serde_json::from_value(pods[0].clone()).unwrap();
+    assert_eq!(
+        pod.metadata.annotations.as_ref().unwrap()["helm.sh/hook"],
+        "test"
+    );
+    let spec = pod.spec.unwrap();
+    assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+    let args = spec.containers[0].args.clone().unwrap();
+    assert_eq!(args[0], "once");
+    assert!(args.contains(&"--config=/etc/secret-canary/config.yaml".to_string()));
+}
+
+fn file_bytes(p: &Path) -> Vec<u8> {
+    std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+#[test]
+fn the_charts_copies_of_rules_and_dashboards_equal_their_sources() {
+    let hint = "run scripts/sync-chart-files.sh";
+    let files = chart_dir().join("files");
+    for (sources, copies) in [
+        (ops::rule_files(), files.clone()),
+        (ops::dashboard_files(), files.join("dashboards")),
+    ] {
+        let names: BTreeSet<String> = sources
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        let suffix = if copies.ends_with("dashboards") {
+            ".json"
+        } else {
+            ".rules.yml"
+        };
+        let copied: BTreeSet<String> = std::fs::read_dir(&copies)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(suffix))
+            .collect();
+        assert_eq!(
+            names,
+            copied,
+            "{}: the chart's copies are not the sources' set; {hint}",
+            copies.display()
+        );
+        for src in sources {
+            let copy = copies.join(src.file_name().unwrap());
+            assert!(
+                file_bytes(&src) == file_bytes(&copy),
+                "{} differs from {}; {hint}",
+                copy.display(),
+                src.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn prometheus_rule_and_dashboard_configmap_carry_the_sources() {
+    let r = render(
+        &json!({"prometheusRule": {"runbookBaseUrl": "https://runbooks.example/secret-canary.md"}}),
+    );
+    let rule = r.of_kind("PrometheusRule");
+    assert_eq!(rule.len(), 1);
+    // The same groups as the source files, runbook URLs rebased.
+    let mut expected = Vec::new();
+    for f in ops::rule_files() {
+        let text = ops::read(&f).replace(
+            "https://github.com/secret-canary/secret-canary/blob/main/docs/runbooks.md",
+            "https://runbooks.example/secret-canary.md",
+        );
+        let doc: Value = serde_yaml::from_str(&text).unwrap();
+        expected.extend(doc["groups"].as_array().unwrap().clone());
+    }
+    assert_eq!(
+        rule[0]["spec"]["groups"],
+        Value::Array(expected),
+        "PrometheusRule differs from alerts/"
+    );
+    let text = serde_json::to_string(rule[0]).unwrap();
+    assert!(
+        text.contains("https://runbooks.example/secret-canary.md#secretcanaryerrorbudgetburnfast")
+    );
+    assert!(!text.contains("github.com/secret-canary"));
+    // The dashboards, byte for byte, under the Grafana sidecar's label.
+    let cm = r
+        .of_kind("ConfigMap")
+        .into_iter()
+        .find(|c| c["metadata"]["labels"]["grafana_dashboard"] == "1")
+        .expect("dashboard ConfigMap with grafana_dashboard: \"1\"");
+    for f in ops::dashboard_files() {
+        let key = f.file_name().unwrap().to_string_lossy().into_owned();
+        let data = cm["data"][&key]
+            .as_str()
+            .unwrap_or_else(|| panic!("no {key} in the dashboard ConfigMap"));
+        assert_eq!(data.trim_end(), ops::read(&f).trim_end(), "{key}");
+    }
+}
+
+#[test]
+fn the_default_image_is_the_dockerfiles() {
+    let values = values_with(&json!({}));
+    let dockerfile = ops::read(&ops::root().join("Dockerfile"));
+    let chart: Value = serde_yaml::from_str(&ops::read(&chart_dir().join("Chart.yaml"))).unwrap();
+    assert_eq!(
+        values["image"]["repository"], "secret-canary",
+        "docs/real-cluster.md builds secret-canary:<appVersion>"
+    );
+    assert_eq!(values["image"]["tag"], "", "the tag defaults to appVersion");
+    let cargo: toml_lite::Manifest = toml_lite::parse(&ops::read(&ops::root().join("Cargo.toml")));
+    assert_eq!(
+        chart["appVersion"],
+        cargo.package_version.as_str(),
+        "Chart appVersion = crate version"
+    );
+    // Multi-stage, non-root numeric user, the binary where the chart runs it.
+    assert!(
+        dockerfile.matches("\nFROM ").count() >= 2,
+        "not multi-stage"
+    );
+    assert!(
+        dockerfile.contains("COPY --from=build /out/secret-canary /usr/local/bin/secret-canary")
+    );
+    let user = dockerfile
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("USER "))
+        .expect("USER");
+    let uid: u32 = user
+        .split(':')
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .expect("numeric USER");
+    assert_ne!(uid, 0);
+    assert!(dockerfile.contains("ENTRYPOINT [\"/usr/local/bin/secret-canary\"]"));
+}
+
+/// The one value of Cargo.toml this test needs, without a TOML dependency.
+mod toml_lite {
+    pub struct Manifest {
+        pub package_version: String,
+    }
+
+    pub fn parse(text: &str) -> Manifest {
+        let mut in_package = false;
+        for line in text.lines() {
+            let line = line.trim();
+            if line.starts_with('[') {
+                in_package = line == "[package]";
+            } else if in_package {
+                if let Some(v) = line.strip_prefix("version") {
+                    let v = v
+                        .trim_start()
+                        .trim_start_matches('=')
+                        .trim()
+                        .trim_matches('"');
+                    return Manifest {
+                        package_version: v.to_string(),
+                    };
+                }
+            }
+        }
+        panic!("no [package] version in Cargo.toml");
+    }
+}
