@@ -79,6 +79,10 @@ pub struct RunOptions {
     pub listen: SocketAddr,
     /// How long in-flight runs get after the shutdown signal.
     pub grace: Duration,
+    /// Bearer token required on `/metrics` and `/probes` (`None`: open).
+    pub metrics_token: Option<String>,
+    /// Run probes only while holding this Lease (`None`: always).
+    pub leader_election: Option<crate::leader::LeaderElectionConfig>,
 }
 
 /// Options of `secret-canary once`.
@@ -88,14 +92,14 @@ pub struct OnceOptions {
     pub probes: Vec<String>,
     /// How long to wait for the watchers' first sync before running anyway.
     pub ready_timeout: Option<Duration>,
-}
-
-/// Build the Kubernetes client: `kubernetes.kubeconfig` if set, else what
-/// kubectl would use (`$KUBECONFIG`, `~/.kube/config`, in-cluster).
     /// Force ESO's sync in every selected ESO probe (as `chain.force_sync`).
     pub force_sync: bool,
     /// Where to show the runs' progress (none: silent).
     pub progress: Option<Display>,
+}
+
+/// Build the Kubernetes client: `kubernetes.kubeconfig` if set, else what
+/// kubectl would use (`$KUBECONFIG`, `~/.kube/config`, in-cluster).
 ///
 /// `request_timeout` bounds connecting and sending; the response read is
 /// left unbounded at this level because watch streams are long polls (the
@@ -165,11 +169,11 @@ async fn execute(
     metrics: &Metrics,
     board: &ProbeBoard,
     cancel: CancellationToken,
+    progress: Option<&tokio::sync::watch::Sender<RunProgress>>,
 ) -> Outcome {
     let name = probe.config.name.as_str();
     let run_id = uuid::Uuid::new_v4().to_string();
     let span = tracing::info_span!("run", probe = name, run_id = %run_id);
-    progress: Option<&tokio::sync::watch::Sender<RunProgress>>,
     async {
         metrics.run_started(name);
         tracing::info!("run started");
@@ -229,6 +233,20 @@ pub async fn run(
     let client = kube_client(&config.kubernetes).await?;
     let mut registry = Registry::default();
     let metrics = Metrics::for_config(&mut registry, &config);
+    let leader_gauge = crate::leader::register_gauge(&mut registry);
+    let elector = match opts.leader_election.clone() {
+        Some(le) => Some(crate::leader::Elector::start(
+            client.clone(),
+            le,
+            leader_gauge,
+            shutdown.clone(),
+        )),
+        None => {
+            leader_gauge.set(1);
+            None
+        }
+    };
+    let leadership = elector.as_ref().map(|e| e.leadership());
     let cadences = config
         .probes
         .iter()
@@ -240,13 +258,16 @@ pub async fn run(
 
     let exporter_stop = CancellationToken::new();
     let mut exporter = tokio::spawn(
-        Exporter::new(Arc::new(registry), board.clone()).serve(listener, exporter_stop.clone()),
+        Exporter::new(Arc::new(registry), board.clone())
+            .with_bearer_token(opts.metrics_token.clone())
+            .serve(listener, exporter_stop.clone()),
     );
 
     let mut drivers = JoinSet::new();
     for (probe, cadence) in probes.into_iter().zip(cadences) {
         let name = probe.config.name.clone();
         let (metrics_for_runs, board, cancel) = (metrics.clone(), board.clone(), shutdown.clone());
+        let leadership = leadership.clone();
         let run_one = move |_tick: schedule::Tick| {
             let (probe, metrics, board, cancel) = (
                 probe.clone(),
@@ -254,7 +275,18 @@ pub async fn run(
                 board.clone(),
                 cancel.clone(),
             );
+            // With leader election a run belongs to the current term: it is
+            // aborted when leadership is lost, and followers do not run.
+            let term = leadership.as_ref().map(|l| l.term());
             async move {
+                let cancel = match term {
+                    None => cancel,
+                    Some(Some(term)) => term,
+                    Some(None) => {
+                        tracing::trace!(probe = %probe.config.name, "not the leader; tick not run");
+                        return;
+                    }
+                };
                 execute(&probe, &metrics, &board, cancel, None).await;
             }
         };
@@ -293,6 +325,10 @@ pub async fn run(
         "shutting down: aborting in-flight runs"
     );
     drain(&mut drivers, opts.grace).await;
+    // Only now that no run is in flight may a follower take over.
+    if let Some(e) = elector {
+        e.stop().await;
+    }
     // The exporter outlives the runs so a last scrape can see the aborted ones.
     exporter_stop.cancel();
     match tokio::time::timeout(EXPORTER_DRAIN, exporter).await {
@@ -325,6 +361,7 @@ pub async fn once(
     opts: &OnceOptions,
     cancel: CancellationToken,
 ) -> Result<Vec<Outcome>, Error> {
+    let config = &effective(config, opts);
     let selected = select(config, &opts.probes)?;
     let client = kube_client(&config.kubernetes).await?;
     let mut registry = Registry::default();
@@ -332,8 +369,15 @@ pub async fn once(
     let watchers = cancel.child_token();
     let probes = start_runners(&selected, &client, &watchers).await?;
     let board = board_for(&probes);
+    let display = opts.progress.as_ref();
 
     let timeout = opts.ready_timeout.unwrap_or(DEFAULT_READY_TIMEOUT);
+    if let Some(d) = display {
+        d.note(&format!(
+            "waiting for the watchers of {} probe(s) to sync",
+            probes.len()
+        ));
+    }
     if !wait_ready(&probes, timeout, &cancel).await {
         tracing::warn!(
             not_ready = board.not_ready().join(", "),
@@ -357,57 +401,13 @@ pub async fn once(
         }
     }))
     .await;
+    if let Some(d) = display {
+        d.close();
+    }
     watchers.cancel();
     Ok(outcomes)
 }
 
-/// The probes `names` selects (all when empty), in config order.
-fn select<'c>(config: &'c Config, names: &[String]) -> Result<Vec<&'c ProbeConfig>, Error> {
-    for name in names {
-        if config.probe(name).is_none() {
-            return Err(Error::UnknownProbe {
-                name: name.clone(),
-                known: config
-                    .probes
-                    .iter()
-                    .map(|p| p.name.as_str())
-    let config = &effective(config, opts);
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            });
-        }
-    }
-    Ok(config
-        .probes
-    let display = opts.progress.as_ref();
-        .iter()
-        .filter(|p| names.is_empty() || names.contains(&p.name))
-    if let Some(d) = display {
-        d.note(&format!(
-            "waiting for the watchers of {} probe(s) to sync",
-            probes.len()
-        ));
-    }
-        .collect())
-}
-
-/// Cancel `cancel` on the first SIGTERM or SIGINT; exit the process at once
-/// (status 130) on the second.
-pub fn spawn_signal_handler(cancel: CancellationToken) {
-    tokio::spawn(async move {
-        wait_signal().await;
-        tracing::info!("signal received; shutting down (a second signal exits at once)");
-        cancel.cancel();
-        wait_signal().await;
-        tracing::warn!("second signal; exiting now");
-        std::process::exit(130);
-    if let Some(d) = display {
-        d.close();
-    }
-    });
-}
-
-async fn wait_signal() {
 /// The config `once` runs: `--force-sync` turns on `chain.force_sync` for
 /// every probe with an ExternalSecret (the others have nothing to force).
 fn effective(config: &Config, opts: &OnceOptions) -> Config {
@@ -422,6 +422,42 @@ fn effective(config: &Config, opts: &OnceOptions) -> Config {
     config
 }
 
+/// The probes `names` selects (all when empty), in config order.
+fn select<'c>(config: &'c Config, names: &[String]) -> Result<Vec<&'c ProbeConfig>, Error> {
+    for name in names {
+        if config.probe(name).is_none() {
+            return Err(Error::UnknownProbe {
+                name: name.clone(),
+                known: config
+                    .probes
+                    .iter()
+                    .map(|p| p.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+    }
+    Ok(config
+        .probes
+        .iter()
+        .filter(|p| names.is_empty() || names.contains(&p.name))
+        .collect())
+}
+
+/// Cancel `cancel` on the first SIGTERM or SIGINT; exit the process at once
+/// (status 130) on the second.
+pub fn spawn_signal_handler(cancel: CancellationToken) {
+    tokio::spawn(async move {
+        wait_signal().await;
+        tracing::info!("signal received; shutting down (a second signal exits at once)");
+        cancel.cancel();
+        wait_signal().await;
+        tracing::warn!("second signal; exiting now");
+        std::process::exit(130);
+    });
+}
+
+async fn wait_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
