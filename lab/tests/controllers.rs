@@ -54,7 +54,7 @@ impl Env {
         let knobs = Arc::new(Knobs::default());
         let cancel = CancellationToken::new();
         let server = ApiServer::new(knobs.clone());
-        let addr = server.listen_local(cancel.clone()).await.unwrap();
+        let addr = server.listen_local_insecure(cancel.clone()).await.unwrap();
         let api_url = format!("http://{addr}");
         let client = kube_client(&api_url, &server.admin_token()).await.unwrap();
         let bao = if with_bao {
