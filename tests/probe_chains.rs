@@ -154,6 +154,20 @@ async fn each_chain_variant_matches_the_ground_truth() {
     assert_eq!(o.result, RunResult::Success, "{o:#?}");
     assert!(o.duration(Stage::Rollout).is_none() && o.duration(Stage::ReloaderTrigger).is_none());
     let d = o.digest.clone().unwrap();
+    // The kubelet logs its volume step just after the atomic swap the canary
+    // already saw: give that record a moment to land before reading the log.
+    support::wait_for(
+        Duration::from_secs(5),
+        "the kubelet's volume truth record",
+        || {
+            let found = lab
+                .truth
+                .first_with_digest(step::VOLUME_UPDATED, &d)
+                .is_some();
+            async move { found }
+        },
+    )
+    .await;
     let truth = lab.truth.records();
     close(
         "eso-volume store_write",
