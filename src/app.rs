@@ -79,6 +79,10 @@ pub struct RunOptions {
     pub listen: SocketAddr,
     /// How long in-flight runs get after the shutdown signal.
     pub grace: Duration,
+    /// Bearer token required on `/metrics` and `/probes` (`None`: open).
+    pub metrics_token: Option<String>,
+    /// Run probes only while holding this Lease (`None`: always).
+    pub leader_election: Option<crate::leader::LeaderElectionConfig>,
 }
 
 /// Options of `secret-canary once`.
@@ -229,6 +233,20 @@ pub async fn run(
     let client = kube_client(&config.kubernetes).await?;
     let mut registry = Registry::default();
     let metrics = Metrics::for_config(&mut registry, &config);
+    let leader_gauge = crate::leader::register_gauge(&mut registry);
+    let elector = match opts.leader_election.clone() {
+        Some(le) => Some(crate::leader::Elector::start(
+            client.clone(),
+            le,
+            leader_gauge,
+            shutdown.clone(),
+        )),
+        None => {
+            leader_gauge.set(1);
+            None
+        }
+    };
+    let leadership = elector.as_ref().map(|e| e.leadership());
     let cadences = config
         .probes
         .iter()
@@ -240,13 +258,16 @@ pub async fn run(
 
     let exporter_stop = CancellationToken::new();
     let mut exporter = tokio::spawn(
-        Exporter::new(Arc::new(registry), board.clone()).serve(listener, exporter_stop.clone()),
+        Exporter::new(Arc::new(registry), board.clone())
+            .with_bearer_token(opts.metrics_token.clone())
+            .serve(listener, exporter_stop.clone()),
     );
 
     let mut drivers = JoinSet::new();
     for (probe, cadence) in probes.into_iter().zip(cadences) {
         let name = probe.config.name.clone();
         let (metrics_for_runs, board, cancel) = (metrics.clone(), board.clone(), shutdown.clone());
+        let leadership = leadership.clone();
         let run_one = move |_tick: schedule::Tick| {
             let (probe, metrics, board, cancel) = (
                 probe.clone(),
@@ -254,7 +275,18 @@ pub async fn run(
                 board.clone(),
                 cancel.clone(),
             );
+            // With leader election a run belongs to the current term: it is
+            // aborted when leadership is lost, and followers do not run.
+            let term = leadership.as_ref().map(|l| l.term());
             async move {
+                let cancel = match term {
+                    None => cancel,
+                    Some(Some(term)) => term,
+                    Some(None) => {
+                        tracing::trace!(probe = %probe.config.name, "not the leader; tick not run");
+                        return;
+                    }
+                };
                 execute(&probe, &metrics, &board, cancel, None).await;
             }
         };
@@ -293,6 +325,10 @@ pub async fn run(
         "shutting down: aborting in-flight runs"
     );
     drain(&mut drivers, opts.grace).await;
+    // Only now that no run is in flight may a follower take over.
+    if let Some(e) = elector {
+        e.stop().await;
+    }
     // The exporter outlives the runs so a last scrape can see the aborted ones.
     exporter_stop.cancel();
     match tokio::time::timeout(EXPORTER_DRAIN, exporter).await {

@@ -1,7 +1,9 @@
 //! The exporter's HTTP side (axum): `/metrics` (OpenMetrics, or Prometheus
 //! text 0.0.4 when the client asks for `text/plain` only), `/healthz`,
 //! `/readyz` (every probe's watchers synced) and `/probes` (each probe's last
-//! outcome as JSON).
+//! outcome as JSON). With a bearer token set (`--metrics-token-file`),
+//! `/metrics` and `/probes` answer 401 without it; the health endpoints stay
+//! open for the kubelet.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -36,6 +38,36 @@ pub enum Error {
     /// The server stopped with an error.
     #[error("exporter failed: {0}")]
     Serve(#[source] std::io::Error),
+    /// The bearer token file is unreadable or empty.
+    #[error("--metrics-token-file {path}: {message}")]
+    TokenFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Read the exporter's bearer token (surrounding whitespace trimmed).
+pub fn read_token_file(path: &std::path::Path) -> Result<String, Error> {
+    let err = |message: String| Error::TokenFile {
+        path: path.to_path_buf(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(err("empty".into()));
+    }
+    if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(err("the token must be one line without spaces".into()));
+    }
+    Ok(token.to_string())
+}
+
+/// Equal without a timing difference on where the first mismatch is.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 type ReadyFn = Box<dyn Fn() -> bool + Send + Sync>;
@@ -134,21 +166,39 @@ impl ProbeBoard {
 pub struct Exporter {
     registry: Arc<Registry>,
     board: Arc<ProbeBoard>,
+    /// When set, `/metrics` and `/probes` require `Authorization: Bearer <it>`.
+    token: Option<Arc<str>>,
 }
 
 impl Exporter {
     /// An exporter over a finished registry and the probe board.
     pub fn new(registry: Arc<Registry>, board: Arc<ProbeBoard>) -> Self {
-        Exporter { registry, board }
+        Exporter {
+            registry,
+            board,
+            token: None,
+        }
+    }
+
+    /// Require `Authorization: Bearer <token>` on `/metrics` and `/probes`.
+    pub fn with_bearer_token(mut self, token: Option<String>) -> Self {
+        self.token = token.map(Arc::from);
+        self
     }
 
     /// The routes.
     pub fn router(&self) -> Router {
-        Router::new()
+        let protected = Router::new()
             .route("/metrics", get(metrics_handler))
+            .route("/probes", get(probes))
+            .route_layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                require_token,
+            ));
+        Router::new()
+            .merge(protected)
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(readyz))
-            .route("/probes", get(probes))
             .with_state(self.clone())
     }
 
@@ -209,6 +259,35 @@ async fn metrics_handler(State(ex): State<Exporter>, headers: HeaderMap) -> Resp
             )
                 .into_response()
         }
+    }
+}
+
+/// 401 unless the request carries the configured bearer token (when one is).
+async fn require_token(
+    State(ex): State<Exporter>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(token) = &ex.token else {
+        return next.run(request).await;
+    };
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    match given {
+        Some(g) if same_secret(g.as_bytes(), token.as_bytes()) => next.run(request).await,
+        _ => (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer realm=\"secret-canary\"")],
+            "a bearer token is required\n",
+        )
+            .into_response(),
     }
 }
 

@@ -17,6 +17,7 @@ pub mod app;
 pub mod canary;
 pub mod config;
 pub mod http;
+pub mod leader;
 pub mod metrics;
 pub mod probe;
 pub mod progress;

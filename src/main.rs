@@ -53,6 +53,12 @@ enum Command {
         /// How long in-flight runs get to end after SIGTERM (e.g. `10s`).
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         grace: Duration,
+        /// A file holding a bearer token that `/metrics` and `/probes`
+        /// then require (`/healthz` and `/readyz` stay open).
+        #[arg(long, env = "SECRET_CANARY_METRICS_TOKEN_FILE")]
+        metrics_token_file: Option<PathBuf>,
+        #[command(flatten)]
+        leader: secret_canary::leader::LeaderElectArgs,
         #[command(flatten)]
         log: LogArgs,
     },
@@ -122,14 +128,40 @@ fn main() -> ExitCode {
             config,
             listen,
             grace,
+            metrics_token_file,
+            leader,
             log,
         } => {
             let Some(config) = load(&config, &log, "info") else {
                 return ExitCode::from(EXIT_USAGE);
             };
+            let metrics_token = match metrics_token_file
+                .as_deref()
+                .map(secret_canary::http::read_token_file)
+                .transpose()
+            {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            };
+            let leader_election = match leader.config() {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            };
+            let opts = RunOptions {
+                listen,
+                grace,
+                metrics_token,
+                leader_election,
+            };
             runtime(|cancel| async move {
                 app::spawn_signal_handler(cancel.clone());
-                match app::run(config, RunOptions { listen, grace }, cancel).await {
+                match app::run(config, opts, cancel).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
                         tracing::error!(error = %e, "secret-canary run failed");
