@@ -1,0 +1,363 @@
+//! The operations kit against real tools, live: a real Prometheus scrapes the
+//! prober running against the lab and evaluates `alerts/` (with `for:` and
+//! range windows shrunk by this test from the same source file, never a
+//! hand-kept copy), a real Alertmanager receives the stage-failing alert when
+//! the lab's ESO stalls and sees it resolve when the stall clears, and every
+//! dashboard panel's query returns data.
+
+mod ops;
+mod support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use secret_canary_lab::faults::Fault;
+use serde_json::Value;
+use tokio::process::{Child, Command};
+
+/// Time in the shrunk rules runs this many times faster than in production.
+const SPEED_UP: u64 = 60;
+
+/// Divide every duration in `for:` values and PromQL range selectors by
+/// [`SPEED_UP`] (at least one second), leaving everything else alone.
+fn shrink_durations(rules: &str) -> String {
+    let mut out = String::with_capacity(rules.len());
+    for line in rules.lines() {
+        let trimmed = line.trim_start();
+        if let Some(value) = trimmed.strip_prefix("for: ") {
+            let indent = &line[..line.len() - trimmed.len()];
+            out.push_str(&format!("{indent}for: {}\n", shrink(value.trim())));
+            continue;
+        }
+        // Range selectors: `[5m]`, also subqueries' `[1h:1m]`.
+        let mut rest = line;
+        while let Some(open) = rest.find('[') {
+            out.push_str(&rest[..=open]);
+            rest = &rest[open + 1..];
+            let close = rest.find(']').unwrap_or(rest.len());
+            let inside = &rest[..close];
+            let shrunk: Vec<String> = inside.split(':').map(shrink).collect();
+            out.push_str(&shrunk.join(":"));
+            rest = &rest[close..];
+        }
+        out.push_str(rest);
+        out.push('\n');
+    }
+    out
+}
+
+/// `5m` -> `5s`; anything that is not a plain Prometheus duration is kept.
+fn shrink(text: &str) -> String {
+    let Some(seconds) = parse_duration(text) else {
+        return text.to_string();
+    };
+    format!("{}s", (seconds / SPEED_UP).max(1))
+}
+
+fn parse_duration(text: &str) -> Option<u64> {
+    let mut total = 0u64;
+    let mut num = String::new();
+    if text.is_empty() {
+        return None;
+    }
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let n: u64 = num.parse().ok()?;
+        num.clear();
+        total += n * match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            'w' => 604_800,
+            'y' => 31_536_000,
+            _ => return None,
+        };
+    }
+    num.is_empty().then_some(total)
+}
+
+#[test]
+fn durations_shrink_in_for_and_ranges_only() {
+    let src = "      expr: rate(x_total[5m]) > 0 and max_over_time(y[1h:1m])\n        for: 10m\n      labels: {a: \"[not a duration]\"}\n";
+    let out = shrink_durations(src);
+    assert!(out.contains("rate(x_total[5s])"), "{out}");
+    assert!(out.contains("y[60s:1s]"), "{out}");
+    assert!(out.contains("for: 10s"), "{out}");
+    assert!(out.contains("[not a duration]"), "{out}");
+}
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+}
+
+fn spawn(bin: &str, args: &[String], log: &Path) -> Child {
+    let file = std::fs::File::create(log).expect("log file");
+    let err = file.try_clone().expect("log file");
+    Command::new(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(file))
+        .stderr(Stdio::from(err))
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{bin} must be installed (scripts/setup.sh): {e}"))
+}
+
+async fn wait_ready(http: &reqwest::Client, url: &str, log: &Path) {
+    for _ in 0..300 {
+        if let Ok(r) = http.get(url).send().await {
+            if r.status().is_success() {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "{url} did not become ready: {}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+/// Alertmanager's webhook notifications, as received.
+type Inbox = Arc<Mutex<Vec<Value>>>;
+
+async fn webhook_receiver() -> (SocketAddr, Inbox) {
+    let inbox: Inbox = Arc::default();
+    let store = inbox.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |axum::Json(v): axum::Json<Value>| {
+            let store = store.clone();
+            async move {
+                store.lock().unwrap().push(v);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (addr, inbox)
+}
+
+/// Does any notification carry `alertname` with `status` and these labels?
+fn notified(inbox: &Inbox, alertname: &str, status: &str, labels: &[(&str, &str)]) -> bool {
+    inbox.lock().unwrap().iter().any(|n| {
+        n["alerts"].as_array().into_iter().flatten().any(|a| {
+            a["status"] == status
+                && a["labels"]["alertname"] == alertname
+                && labels.iter().all(|(k, v)| a["labels"][*k] == *v)
+        })
+    })
+}
+
+async fn query(http: &reqwest::Client, prom: &str, expr: &str) -> Value {
+    let url = reqwest::Url::parse_with_params(&format!("{prom}/api/v1/query"), &[("query", expr)])
+        .expect("query URL");
+    let r = http.get(url).send().await.expect("query Prometheus");
+    r.json().await.expect("Prometheus answers JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_alertmanager_and_dashboards_work_live_against_the_lab() {
+    let lab = support::start_lab(None).await;
+    lab.wait_rolled_out(
+        "canary",
+        &["canary-env", "canary-volume", "canary-bankvaults"],
+        Duration::from_secs(60),
+    )
+    .await;
+    let dir = lab.dir.path().to_path_buf();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+
+    // The prober, every 2 s with short deadlines, so windows fill quickly.
+    let config = std::fs::read_to_string(lab.prober_config.as_ref().expect("prober.yaml"))
+        .unwrap()
+        .replace("interval: 15s", "interval: 2s")
+        .replace("deadline: 60s", "deadline: 6s");
+    let config_path = dir.join("prober-live.yaml");
+    std::fs::write(&config_path, config).unwrap();
+    let prober = support::prober::ProberProcess::start(
+        &config_path,
+        &dir.join("prober-live.log"),
+        Duration::from_secs(5),
+    )
+    .await;
+
+    // Alertmanager with a webhook receiver that keeps every notification.
+    let (hook, inbox) = webhook_receiver().await;
+    let am_addr = free_addr();
+    std::fs::write(
+        dir.join("alertmanager.yml"),
+        format!(
+            "route:\n  receiver: hook\n  group_by: [alertname, probe, stage, reason]\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: hook\n    webhook_configs:\n      - url: http://{hook}/hook\n        send_resolved: true\n"
+        ),
+    )
+    .unwrap();
+    let am_log = dir.join("alertmanager.log");
+    let _am = spawn(
+        "prometheus-alertmanager",
+        &[
+            format!("--config.file={}", dir.join("alertmanager.yml").display()),
+            format!("--storage.path={}", dir.join("am-data").display()),
+            format!("--web.listen-address={am_addr}"),
+            "--cluster.listen-address=".into(),
+        ],
+        &am_log,
+    );
+    wait_ready(&http, &format!("http://{am_addr}/-/ready"), &am_log).await;
+
+    // Prometheus: scrape every second, the shipped rules with shrunk windows.
+    let mut rule_files = Vec::new();
+    for (i, f) in ops::rule_files().iter().enumerate() {
+        let shrunk = dir.join(format!("rules-{i}.yml"));
+        std::fs::write(&shrunk, shrink_durations(&ops::read(f))).unwrap();
+        rule_files.push(format!("  - {}\n", shrunk.display()));
+    }
+    let prom_addr = free_addr();
+    std::fs::write(
+        dir.join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n{}alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['{am_addr}']\nscrape_configs:\n  - job_name: secret-canary\n    static_configs:\n      - targets: ['{}']\n        labels: {{cluster: lab, namespace: canary}}\n",
+            rule_files.concat(),
+            prober.addr
+        ),
+    )
+    .unwrap();
+    let prom_log = dir.join("prometheus.log");
+    let _prom = spawn(
+        "prometheus",
+        &[
+            format!("--config.file={}", dir.join("prometheus.yml").display()),
+            format!("--storage.tsdb.path={}", dir.join("prom-data").display()),
+            format!("--web.listen-address={prom_addr}"),
+        ],
+        &prom_log,
+    );
+    let prom = format!("http://{prom_addr}");
+    wait_ready(&http, &format!("{prom}/-/ready"), &prom_log).await;
+    let rules: Value = http
+        .get(format!("{prom}/api/v1/rules"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let loaded = rules["data"]["groups"].as_array().map_or(0, Vec::len);
+    assert!(loaded > 0, "Prometheus loaded the rule groups: {rules}");
+
+    // Healthy runs first, so every panel has data.
+    support::wait_for(Duration::from_secs(90), "successful runs scraped", || {
+        let http = http.clone();
+        let prom = prom.clone();
+        async move {
+            let v = query(
+                &http,
+                &prom,
+                "sum(secret_canary_runs_total{result=\"success\"})",
+            )
+            .await;
+            v["data"]["result"][0]["value"][1]
+                .as_str()
+                .and_then(|s| s.parse::<f64>().ok())
+                .is_some_and(|n| n >= 6.0)
+        }
+    })
+    .await;
+
+    // ESO stalls: eso_sync times out; the stage-failing alert reaches Alertmanager.
+    lab.knobs.set_fault(Fault::EsoStall, true);
+    let labels = [("stage", "eso_sync"), ("reason", "timeout")];
+    support::wait_for(
+        Duration::from_secs(120),
+        "SecretCanaryStageFailing firing at Alertmanager",
+        || {
+            let hit = notified(&inbox, "SecretCanaryStageFailing", "firing", &labels);
+            async move { hit }
+        },
+    )
+    .await;
+
+    // Every dashboard panel's query returns data from the live Prometheus
+    // (failure panels included, now that failures exist).
+    let vars = ops::Vars {
+        cluster: "lab".into(),
+        rate_interval: "1m".into(),
+        range: "1h".into(),
+        ..ops::Vars::default()
+    };
+    let mut empty = Vec::new();
+    let mut checked = 0;
+    for f in ops::dashboard_files() {
+        let dash = ops::json(&f);
+        let constants: Vec<(String, String)> = dash["templating"]["list"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|v| v["type"] == "constant" || v["type"] == "custom")
+            .filter_map(|v| {
+                let value = v["query"].as_str()?.split(',').next()?.trim().to_string();
+                Some((v["name"].as_str()?.to_string(), value))
+            })
+            .collect();
+        for q in ops::dashboard_queries(&f.display().to_string(), &dash) {
+            let mut expr = ops::substitute(&q.expr, &vars);
+            for (name, value) in &constants {
+                expr = expr
+                    .replace(&format!("${{{name}}}"), value)
+                    .replace(&format!("${name}"), value);
+            }
+            let v = query(&http, &prom, &expr).await;
+            checked += 1;
+            let has_data = v["status"] == "success"
+                && v["data"]["result"]
+                    .as_array()
+                    .is_some_and(|r| !r.is_empty());
+            if !has_data {
+                empty.push(format!(
+                    "{} / {} [{}]: {expr}\n  -> {v}",
+                    q.dashboard, q.panel, q.ref_id
+                ));
+            }
+        }
+    }
+    assert!(
+        checked > 10,
+        "the dashboards have panels ({checked} queries)"
+    );
+    assert!(
+        empty.is_empty(),
+        "panels without data:\n{}",
+        empty.join("\n")
+    );
+
+    // The stall clears: runs succeed again and the alert resolves.
+    lab.knobs.set_fault(Fault::EsoStall, false);
+    support::wait_for(
+        Duration::from_secs(120),
+        "SecretCanaryStageFailing resolved at Alertmanager",
+        || {
+            let hit = notified(&inbox, "SecretCanaryStageFailing", "resolved", &labels);
+            async move { hit }
+        },
+    )
+    .await;
+    assert!(prober.healthz().await, "the prober stayed healthy");
+    prober.stop().await;
+    lab.stop().await;
+}
