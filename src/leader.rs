@@ -515,6 +515,160 @@ fn timeout_error(what: &str) -> kube::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+
+    use secret_canary_lab::apiserver::ApiServer;
+    use secret_canary_lab::faults::{Fault, Knob, Knobs, Latency};
+
+    /// The lab's API server alone, and an admin client of it.
+    async fn api_server() -> (
+        kube::Client,
+        Arc<Knobs>,
+        CancellationToken,
+        tempfile::TempDir,
+    ) {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let knobs = Arc::new(Knobs::default());
+        let server = ApiServer::new(knobs.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let cancel = CancellationToken::new();
+        {
+            let (server, cancel) = (server.clone(), cancel.clone());
+            tokio::spawn(async move { server.serve_insecure(listener, cancel).await });
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let kc = dir.path().join("kubeconfig");
+        std::fs::write(
+            &kc,
+            secret_canary_lab::lab::kubeconfig_yaml(&url, &server.admin_token()),
+        )
+        .unwrap();
+        let client = secret_canary_lab::lab::client_from_kubeconfig(&kc)
+            .await
+            .unwrap();
+        (client, knobs, cancel, dir)
+    }
+
+    fn fast(identity: &str) -> LeaderElectionConfig {
+        LeaderElectionConfig {
+            lease_name: "race".into(),
+            lease_namespace: Some("default".into()),
+            identity: identity.into(),
+            lease_duration: Duration::from_secs(2),
+            renew_deadline: Duration::from_millis(1500),
+            retry_period: Duration::from_millis(100),
+        }
+    }
+
+    fn leaders(ls: &[Leadership]) -> usize {
+        ls.iter().filter(|l| l.is_leader()).count()
+    }
+
+    /// Sample every 5 ms for `d`; panics on two leaders at once.
+    async fn watch_at_most_one(ls: &[Leadership], d: Duration) {
+        let start = Instant::now();
+        while start.elapsed() < d {
+            assert!(leaders(ls) <= 1, "two leaders at once");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn racing_candidates_elect_one_and_hand_over_safely() {
+        let (client, knobs, cancel, _dir) = api_server().await;
+        let shutdown = CancellationToken::new();
+        // Five candidates start at once: creates and replaces race, the
+        // resourceVersion makes all but one lose.
+        let mut electors: Vec<Option<Elector>> = (0..5)
+            .map(|i| {
+                Some(Elector::start(
+                    client.clone(),
+                    fast(&format!("c{i}")),
+                    Gauge::default(),
+                    shutdown.clone(),
+                ))
+            })
+            .collect();
+        let ls: Vec<Leadership> = electors.iter().flatten().map(|e| e.leadership()).collect();
+        watch_at_most_one(&ls, Duration::from_secs(2)).await;
+        assert_eq!(leaders(&ls), 1);
+        let first = ls.iter().position(|l| l.is_leader()).unwrap();
+        let term = ls[first].term().unwrap();
+
+        // A graceful stop releases: another takes over within a few retries.
+        electors[first].take().unwrap().stop().await;
+        assert!(term.is_cancelled(), "the stopped leader's term ends");
+        let t = Instant::now();
+        while leaders(&ls) == 0 {
+            assert!(
+                t.elapsed() < Duration::from_secs(1),
+                "no handover after release"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(leaders(&ls), 1);
+        let second = ls.iter().position(|l| l.is_leader()).unwrap();
+
+        // A crash (task gone, no release): nobody takes over before the
+        // lease has run out on their own clocks, somebody right after.
+        let e = electors[second].take().unwrap();
+        e.task.abort();
+        let crashed = Instant::now();
+        let rest: Vec<Leadership> = ls
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != first && *i != second)
+            .map(|(_, l)| l.clone())
+            .collect();
+        while leaders(&rest) == 0 {
+            assert!(
+                crashed.elapsed() < Duration::from_secs(4),
+                "no takeover after a crash"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let took = crashed.elapsed();
+        // The followers saw the last renewal up to one retry period before
+        // the crash, so the lease ran out at least 2 s - 100 ms after it.
+        assert!(
+            took >= Duration::from_millis(1850),
+            "took over too early: {took:?}"
+        );
+        watch_at_most_one(&rest, Duration::from_millis(500)).await;
+        assert_eq!(leaders(&rest), 1);
+
+        // A leader that cannot renew steps down within its renew deadline,
+        // before its lease could expire for anyone else.
+        let third = rest.iter().position(|l| l.is_leader()).unwrap();
+        let term = rest[third].term().unwrap();
+        knobs.set_latency(Knob::ApiLatency, Latency::Fixed(Duration::from_secs(10)));
+        knobs.set_fault(Fault::ApiSlow, true);
+        let slowed = Instant::now();
+        tokio::time::timeout(Duration::from_secs(3), term.cancelled())
+            .await
+            .expect("the leader steps down when it cannot renew");
+        let stepped = slowed.elapsed();
+        assert!(
+            stepped <= Duration::from_millis(1700),
+            "stepped down after {stepped:?}"
+        );
+        assert_eq!(leaders(&rest), 0);
+        knobs.set_fault(Fault::ApiSlow, false);
+        watch_at_most_one(&rest, Duration::from_secs(3)).await;
+        assert_eq!(
+            leaders(&rest),
+            1,
+            "someone leads again once the API recovers"
+        );
+        eprintln!("leader election race: crash takeover {took:?}, step-down {stepped:?}");
+
+        shutdown.cancel();
+        for e in electors.into_iter().flatten() {
+            e.stop().await;
+        }
+        cancel.cancel();
+    }
 
     fn args() -> LeaderElectArgs {
         LeaderElectArgs {
