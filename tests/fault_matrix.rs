@@ -153,7 +153,6 @@ async fn expect_recovery(
     (failed, secs(cleared, first_ok.finished.unwrap()))
 }
 
-#[allow(clippy::too_many_arguments)]
 fn row(
     fault: &str,
     probe: &str,
@@ -194,27 +193,6 @@ fn external_secrets(lab: &TestLab) -> Api<DynamicObject> {
         "ExternalSecret",
     ));
     Api::namespaced_with(lab.client(), "canary", &ar)
-}
-
-/// Wait until the ExternalSecret reports Ready=True (ESO healthy again).
-async fn wait_es_ready(lab: &TestLab, name: &str) {
-    let api = external_secrets(lab);
-    support::wait_for(Duration::from_secs(30), "ExternalSecret Ready", || {
-        let api = api.clone();
-        async move {
-            let Ok(es) = api.get(name).await else {
-                return false;
-            };
-            es.data
-                .pointer("/status/conditions")
-                .and_then(|c| c.as_array())
-                .is_some_and(|cs| {
-                    cs.iter()
-                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
-                })
-        }
-    })
-    .await;
 }
 
 fn unseal_key(lab: &TestLab) -> String {

@@ -386,24 +386,22 @@ fn apply_line(st: &mut LogState, line: &str) {
         return;
     };
     match msg.as_str() {
-        "run started" => {
-            if !st.runs.contains_key(&run_id) {
-                st.order.push(run_id.clone());
-                st.runs.insert(
-                    run_id.clone(),
-                    LoggedRun {
-                        probe,
-                        run_id,
-                        started: ts,
-                        finished: None,
-                        result: None,
-                        stage: None,
-                        reason: None,
-                        detail: None,
-                        end_to_end_seconds: None,
-                    },
-                );
-            }
+        "run started" if !st.runs.contains_key(&run_id) => {
+            st.order.push(run_id.clone());
+            st.runs.insert(
+                run_id.clone(),
+                LoggedRun {
+                    probe,
+                    run_id,
+                    started: ts,
+                    finished: None,
+                    result: None,
+                    stage: None,
+                    reason: None,
+                    detail: None,
+                    end_to_end_seconds: None,
+                },
+            );
         }
         "run succeeded" | "run did not succeed" => {
             if let Some(r) = st.runs.get_mut(&run_id) {
