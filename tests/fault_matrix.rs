@@ -307,6 +307,44 @@ async fn store_faults_sigterm_and_short_lived_tokens() {
         &r,
         rec,
     ));
+
+    // The prober's own problem, not the pipeline's: its credential file is
+    // gone when it must log in again (the token revoked meanwhile).
+    let current = std::fs::read_to_string(&token_file).unwrap();
+    std::fs::remove_file(&token_file).unwrap();
+    lab.bao
+        .call(
+            Method::POST,
+            "auth/token/revoke",
+            Some(serde_json::json!({ "token": current.trim() })),
+        )
+        .await
+        .expect("revoke");
+    let injected = Utc::now();
+    let r = expect_verdict(
+        &prober,
+        probe,
+        injected,
+        &["store_write/prober_error"],
+        Duration::from_secs(20),
+    )
+    .await;
+    let fresh = lab
+        .bao
+        .create_token(&["write-canary"], "768h")
+        .await
+        .unwrap();
+    std::fs::write(&token_file, fresh).unwrap();
+    let cleared = Utc::now();
+    let rec = expect_recovery(&prober, probe, cleared, cleared, Duration::from_secs(30)).await;
+    rows.push(row(
+        "prober misconfigured: token file missing at re-login",
+        probe,
+        "store_write/prober_error",
+        injected,
+        &r,
+        rec,
+    ));
     assert_alive(&mut prober);
 
     // OpenBao down: the process frozen (SIGSTOP), so requests hang until the
