@@ -13,8 +13,8 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
 scripts/setup.sh
-echo "== cargo build --release --bins" >&2
-cargo build --release --bins --quiet
+echo "== cargo build --release (secret-canary, secret-canary-bench)" >&2
+cargo build --release --bins -p secret-canary -p secret-canary-bench --quiet
 # A thousand probes hold a few thousand watch connections through the proxy.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 exec target/release/secret-canary-bench --root "$root" "$@"

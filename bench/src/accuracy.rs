@@ -24,7 +24,7 @@ use secret_canary_lab::truth::{step, TruthRecord};
 use serde_json::Value;
 
 use crate::prober::Prober;
-use crate::scenario::{self, Chain, Kind, ProberSpec};
+use crate::scenario::{self, Chain, EsoAuth, Kind, ProberSpec};
 use crate::stats::{summarize, Summary};
 use crate::{start_lab, Tools};
 
@@ -128,7 +128,15 @@ pub async fn run(tools: &Tools, opts: &Options, dir: &Path) -> Result<AccuracyRe
     let started = Instant::now();
     let chains = scenario::chains(&[Kind::Env, Kind::Volume, Kind::Bankvaults], opts.copies);
     let knobs: Vec<(&str, String)> = KNOBS.iter().map(|(k, v)| (*k, v.to_string())).collect();
-    let lab = start_lab(tools, dir, &chains, &knobs, REFRESH_INTERVAL).await?;
+    let lab = start_lab(
+        tools,
+        dir,
+        &chains,
+        &knobs,
+        REFRESH_INTERVAL,
+        EsoAuth::Kubernetes,
+    )
+    .await?;
     let result = measure(tools, opts, &lab, &chains, started).await;
     lab.stop().await;
     result
@@ -238,9 +246,11 @@ async fn measure(
     }
 
     let truth = lab.truth.records();
-    let (prober_err, truth_dur, unscored) = score(&observed, &truth);
+    let (prober_err, truth_dur, unscored) =
+        score(&observed, &truth, &lab.dir.join("prober-scored.jsonl"));
     res.prober_unscored = unscored;
-    let (baseline_err, _, unscored) = score(&baseline, &truth);
+    let (baseline_err, _, unscored) =
+        score(&baseline, &truth, &lab.dir.join("baseline-scored.jsonl"));
     res.baseline_unscored = unscored;
 
     let kinds = [Kind::Env, Kind::Volume, Kind::Bankvaults];
@@ -454,9 +464,15 @@ fn observed_from_baseline(chain: &Chain, v: &Value) -> Observed {
 type ByStage = BTreeMap<(Kind, &'static str), Vec<f64>>;
 
 /// Per (variant, stage): |measured − true| in ms, the true durations in ms,
-/// and how many runs could not be matched to the truth.
-fn score(observed: &[Observed], truth: &[TruthRecord]) -> (ByStage, ByStage, usize) {
+/// and how many runs could not be matched to the truth. Every scored stage
+/// also goes to `details` (JSONL) for post-mortems.
+fn score(
+    observed: &[Observed],
+    truth: &[TruthRecord],
+    details: &Path,
+) -> (ByStage, ByStage, usize) {
     let (mut err, mut dur, mut unscored) = (ByStage::new(), ByStage::new(), 0);
+    let mut lines = String::new();
     for o in observed {
         let Some(points) = truth_points(o, truth) else {
             unscored += 1;
@@ -467,6 +483,13 @@ fn score(observed: &[Observed], truth: &[TruthRecord]) -> (ByStage, ByStage, usi
                 continue;
             };
             let t = (b - a).num_nanoseconds().unwrap_or(0) as f64 / 1e9;
+            let line = serde_json::json!({
+                "chain": o.chain.name, "digest": o.digest, "stage": stage,
+                "start": m.start, "measured_s": m.dur, "truth_start": a, "truth_end": b,
+                "truth_s": t, "error_ms": (m.dur - t) * 1000.0,
+            });
+            lines.push_str(&line.to_string());
+            lines.push('\n');
             err.entry((o.chain.kind, *stage))
                 .or_default()
                 .push((m.dur - t).abs() * 1000.0);
@@ -474,6 +497,9 @@ fn score(observed: &[Observed], truth: &[TruthRecord]) -> (ByStage, ByStage, usi
                 .or_default()
                 .push(t * 1000.0);
         }
+    }
+    if let Err(e) = std::fs::write(details, lines) {
+        tracing::warn!(error = %e, file = %details.display(), "could not write scored runs");
     }
     (err, dur, unscored)
 }

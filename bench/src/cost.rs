@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::prober::{Prober, ProcStats};
 use crate::proxy::{self, Counts, Proxy};
-use crate::scenario::{self, Kind, ProberSpec};
+use crate::scenario::{self, EsoAuth, Kind, ProberSpec};
 use crate::stats::{self, summarize, Histogram, Summary};
 use crate::{start_lab, Tools};
 
@@ -94,7 +94,7 @@ pub async fn measure(tools: &Tools, opts: &Options, dir: &Path) -> Result<Measur
     // Readiness probes every 2 s instead of 50 ms: a thousand canaries would
     // otherwise keep the lab busy with 20,000 probes a second.
     let knobs = vec![("readiness-period", "2s".to_string())];
-    let lab = start_lab(tools, dir, &chains, &knobs, "1h").await?;
+    let lab = start_lab(tools, dir, &chains, &knobs, "1h", EsoAuth::Token).await?;
     let cancel = CancellationToken::new();
     let result = async {
         let proxy = Proxy::start(&lab.api_url, cancel.clone()).await?;

@@ -28,7 +28,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, ListParams};
 use secret_canary_lab::lab::{Lab, LabOptions};
 
-use crate::scenario::Chain;
+use crate::scenario::{Chain, EsoAuth};
 
 /// Command line.
 #[derive(Debug, Clone, Parser)]
@@ -116,6 +116,7 @@ pub async fn start_lab(
     chains: &[Chain],
     knobs: &[(&str, String)],
     refresh_interval: &str,
+    auth: EsoAuth,
 ) -> Result<Lab> {
     if dir.exists() {
         std::fs::remove_dir_all(dir).with_context(|| format!("emptying {}", dir.display()))?;
@@ -124,13 +125,30 @@ pub async fn start_lab(
     let file = dir.join("scenario.yaml");
     std::fs::write(
         &file,
-        scenario::scenario_yaml(chains, knobs, refresh_interval),
+        scenario::scenario_yaml(chains, knobs, refresh_interval, auth),
     )?;
     let mut opts = LabOptions::new(dir.join("lab"), &tools.prober_bin);
     opts.scenario = Some(file);
     let started = Instant::now();
     let lab = Lab::start(opts).await.context("starting the lab")?;
-    let limit = Duration::from_secs(90) + Duration::from_millis(150) * chains.len() as u32;
+    if auth == EsoAuth::Token {
+        let body = serde_json::json!({
+            "id": scenario::ESO_TOKEN, "policies": ["read-canary"], "ttl": "768h", "no_parent": true,
+        });
+        if let Err(e) = lab
+            .bao
+            .call(reqwest::Method::POST, "auth/token/create", Some(body))
+            .await
+        {
+            lab.stop().await;
+            bail!("creating ESO's OpenBao token: {e}");
+        }
+        // ESO's first syncs (before the token existed) failed and back off;
+        // any knob change makes the lab's ESO reconcile everything at once.
+        let knob = secret_canary_lab::faults::Knob::EsoLatency;
+        lab.knobs.set_latency(knob, lab.knobs.latency(knob));
+    }
+    let limit = Duration::from_secs(90) + Duration::from_millis(400) * chains.len() as u32;
     let api: Api<Deployment> = Api::namespaced(lab.client(), scenario::NAMESPACE);
     loop {
         let done = match api.list(&ListParams::default()).await {
@@ -189,11 +207,34 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(args)) {
+    // On SIGINT/SIGTERM the run is dropped: each Lab kills its OpenBao and
+    // canary processes on drop, and the prober child is killed on drop.
+    let outcome = rt.block_on(async {
+        tokio::select! {
+            r = run(args) => r,
+            _ = stop_signal() => Err(anyhow::anyhow!("interrupted")),
+        }
+    });
+    match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }

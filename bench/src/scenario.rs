@@ -75,9 +75,36 @@ pub fn chains(kinds: &[Kind], copies: usize) -> Vec<Chain> {
         .collect()
 }
 
+/// How the (simulated) ESO authenticates to OpenBao.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EsoAuth {
+    /// Kubernetes auth, as the reference scenario: a TokenRequest and an
+    /// OpenBao login (with a TokenReview back to the lab) on every sync.
+    Kubernetes,
+    /// `tokenSecretRef` to a Secret holding [`ESO_TOKEN`]: no login per sync,
+    /// so a thousand chains do not turn every tick into a thousand logins.
+    Token,
+}
+
+/// The OpenBao token id ESO uses with [`EsoAuth::Token`] (created by the
+/// bench once OpenBao runs; a lab-only credential).
+pub const ESO_TOKEN: &str = "bench-eso-reader";
+
 /// A scenario file's content for `chains`: knobs, store values, objects,
 /// OpenBao roles (no `prober`: the bench writes its own configs).
-pub fn scenario_yaml(chains: &[Chain], knobs: &[(&str, String)], refresh_interval: &str) -> String {
+pub fn scenario_yaml(
+    chains: &[Chain],
+    knobs: &[(&str, String)],
+    refresh_interval: &str,
+    auth: EsoAuth,
+) -> String {
+    let store_auth = match auth {
+        EsoAuth::Kubernetes => {
+            json!({"kubernetes": {"mountPath": "kubernetes", "role": "external-secrets",
+            "serviceAccountRef": {"name": "external-secrets"}}})
+        }
+        EsoAuth::Token => json!({"tokenSecretRef": {"name": "openbao-token", "key": "token"}}),
+    };
     let mut objects = vec![
         json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}),
         json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "external-secrets", "namespace": NAMESPACE}}),
@@ -85,9 +112,14 @@ pub fn scenario_yaml(chains: &[Chain], knobs: &[(&str, String)], refresh_interva
         json!({"apiVersion": "external-secrets.io/v1", "kind": "SecretStore",
             "metadata": {"name": "openbao", "namespace": NAMESPACE},
             "spec": {"provider": {"vault": {"server": "${VAULT_ADDR}", "path": "secret", "version": "v2",
-                "auth": {"kubernetes": {"mountPath": "kubernetes", "role": "external-secrets",
-                    "serviceAccountRef": {"name": "external-secrets"}}}}}}}),
+                "auth": store_auth}}}}),
     ];
+    if auth == EsoAuth::Token {
+        use base64_token::encode;
+        objects.push(json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "openbao-token", "namespace": NAMESPACE},
+            "data": {"token": encode(ESO_TOKEN)}}));
+    }
     for c in chains {
         if c.kind != Kind::Bankvaults {
             objects.push(json!({"apiVersion": "external-secrets.io/v1", "kind": "ExternalSecret",
@@ -117,6 +149,41 @@ pub fn scenario_yaml(chains: &[Chain], knobs: &[(&str, String)], refresh_interva
         ],
     });
     serde_yaml::to_string(&doc).unwrap_or_default()
+}
+
+/// Base64 for the one Secret the bench writes (no extra dependency).
+mod base64_token {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+    /// Standard base64 with padding.
+    pub fn encode(text: &str) -> String {
+        let bytes = text.as_bytes();
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
+            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn encodes_like_rfc_4648() {
+        assert_eq!(encode("f"), "Zg==");
+        assert_eq!(encode("fo"), "Zm8=");
+        assert_eq!(encode("foo"), "Zm9v");
+        assert_eq!(encode("foobar"), "Zm9vYmFy");
+    }
 }
 
 fn deployment(c: &Chain) -> Value {
@@ -267,11 +334,19 @@ mod tests {
     fn generated_scenarios_parse_and_configs_validate() {
         let cs = chains(&[Kind::Env, Kind::Volume, Kind::Bankvaults], 2);
         assert_eq!(cs.len(), 6);
-        let text = scenario_yaml(&cs, &[("eso-latency", "20ms..400ms".into())], "2s");
+        let text = scenario_yaml(
+            &cs,
+            &[("eso-latency", "20ms..400ms".into())],
+            "2s",
+            EsoAuth::Kubernetes,
+        );
         let vars = BTreeMap::from([("VAULT_ADDR", "http://127.0.0.1:1".to_string())]);
         let s = secret_canary_lab::scenario::Scenario::parse(&text, &vars).unwrap();
         assert_eq!(s.store.len(), 6);
         assert_eq!(s.objects.len(), 4 + 4 + 6);
+        let text = scenario_yaml(&cs, &[], "1h", EsoAuth::Token);
+        let s = secret_canary_lab::scenario::Scenario::parse(&text, &vars).unwrap();
+        assert_eq!(s.objects.len(), 5 + 4 + 6);
         assert!(!serde_json::to_string(&s.objects).unwrap().contains("${"));
         let cfg = prober_yaml(
             &cs,
