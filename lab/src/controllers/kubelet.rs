@@ -271,7 +271,14 @@ pub struct IpPool {
     y: u8,
     used: HashSet<u8>,
     next: u8,
+    /// Addresses taken in the overflow blocks, as (third octet, fourth octet).
+    overflow: HashSet<(u8, u8)>,
 }
+
+/// Blocks after `127.X.Y.0/24` (`127.X.Y+1.0/24`, ...) a pool overflows into
+/// once the first is full, so the benchmarks can run a thousand Pods. Until
+/// then only the first block is used.
+const OVERFLOW_BLOCKS: u8 = 7;
 
 impl IpPool {
     /// A pool in a random block.
@@ -287,6 +294,7 @@ impl IpPool {
             y,
             used: HashSet::new(),
             next: 2,
+            overflow: HashSet::new(),
         }
     }
 
@@ -316,12 +324,33 @@ impl IpPool {
                 return Some(ip);
             }
         }
+        for k in 1..=OVERFLOW_BLOCKS {
+            let y = self.y.wrapping_add(k);
+            for z in 2..=254u8 {
+                if self.overflow.contains(&(y, z)) {
+                    continue;
+                }
+                let ip = Ipv4Addr::new(127, self.x, y, z);
+                let free = ports
+                    .iter()
+                    .all(|p| TcpListener::bind(SocketAddr::from((ip, *p))).is_ok());
+                if free {
+                    self.overflow.insert((y, z));
+                    return Some(ip);
+                }
+            }
+        }
         None
     }
 
     /// Give an address back.
     pub fn release(&mut self, ip: Ipv4Addr) {
-        self.used.remove(&ip.octets()[3]);
+        let o = ip.octets();
+        if o[2] == self.y {
+            self.used.remove(&o[3]);
+        } else {
+            self.overflow.remove(&(o[2], o[3]));
+        }
     }
 }
 
@@ -2032,6 +2061,19 @@ mod tests {
         assert_ne!(a, pool.decoy());
         pool.release(a);
         assert!(!pool.used.contains(&a.octets()[3]));
+    }
+
+    #[test]
+    fn ip_pool_overflows_into_the_next_block_when_full() {
+        let mut pool = IpPool::random();
+        let ips: HashSet<Ipv4Addr> = (0..300).map(|_| pool.allocate(&[8080]).unwrap()).collect();
+        assert_eq!(ips.len(), 300);
+        assert!(ips.iter().filter(|ip| ip.octets()[2] == pool.y).count() >= 250);
+        let later = *ips.iter().find(|ip| ip.octets()[2] != pool.y).unwrap();
+        pool.release(later);
+        assert!(!pool
+            .overflow
+            .contains(&(later.octets()[2], later.octets()[3])));
     }
 
     #[test]
