@@ -1,11 +1,15 @@
-//! Bearer tokens: real JWTs (HMAC-SHA256 with a per-server random key,
-//! labelled RS256) carrying the usual ServiceAccount claims, so OpenBao's
-//! Kubernetes auth method can parse them before it asks the lab's TokenReview
-//! whether they are genuine.
+//! Bearer tokens: real ES256 JWTs (ECDSA P-256 with a per-server key made at
+//! start) carrying the usual ServiceAccount claims, so OpenBao's Kubernetes
+//! auth method accepts their form before it asks the lab's TokenReview whether
+//! they are genuine; only this server's public key verifies them.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use rand::RngCore;
+use ring::rand::SystemRandom;
+use ring::signature::{
+    EcdsaKeyPair, KeyPair, UnparsedPublicKey, ECDSA_P256_SHA256_FIXED,
+    ECDSA_P256_SHA256_FIXED_SIGNING,
+};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -31,24 +35,14 @@ pub struct Identity {
 
 /// Signs and verifies tokens.
 pub struct Tokens {
-    key: [u8; 32],
+    key: EcdsaKeyPair,
+    /// The key's public point (uncompressed SEC1), what `verify()` checks with.
+    public: Vec<u8>,
+    /// The JWT header, encoded once: it names the key by a digest of its
+    /// public point, as a real API server's `kid` does.
+    header: String,
+    rng: SystemRandom,
     admin: String,
-}
-
-fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
-    let mut block = [0u8; 64];
-    if key.len() > 64 {
-        block[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        block[..key.len()].copy_from_slice(key);
-    }
-    let mut inner = Sha256::new();
-    inner.update(block.map(|b| b ^ 0x36));
-    inner.update(msg);
-    let mut outer = Sha256::new();
-    outer.update(block.map(|b| b ^ 0x5c));
-    outer.update(inner.finalize());
-    outer.finalize().into()
 }
 
 fn now() -> i64 {
@@ -57,11 +51,25 @@ fn now() -> i64 {
 
 impl Tokens {
     /// A fresh key and admin token.
+    ///
+    /// # Panics
+    /// If the operating system's random number generator fails, the only
+    /// way P-256 key generation can fail.
     pub fn new() -> Self {
-        let mut key = [0u8; 32];
-        rand::rng().fill_bytes(&mut key);
+        let rng = SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+            .expect("the system RNG failed while generating the lab's token key");
+        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+            .expect("ring rejected the P-256 key it just generated");
+        let public = key.public_key().as_ref().to_vec();
+        let kid = URL_SAFE_NO_PAD.encode(Sha256::digest(&public));
+        let header =
+            URL_SAFE_NO_PAD.encode(json!({"alg": "ES256", "typ": "JWT", "kid": kid}).to_string());
         let mut t = Tokens {
             key,
+            public,
+            header,
+            rng,
             admin: String::new(),
         };
         let iat = now();
@@ -83,15 +91,16 @@ impl Tokens {
     }
 
     fn sign(&self, claims: &Value) -> String {
-        // The header says RS256 although the lab signs with HMAC-SHA256:
-        // OpenBao's Kubernetes auth refuses HS256 tokens before it ever
-        // asks TokenReview ("permission denied"), and nothing but this
-        // server checks the signature (verify() ignores the header).
-        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256","typ":"JWT","kid":"lab"}"#);
         let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
-        let signing_input = format!("{header}.{payload}");
-        let sig = URL_SAFE_NO_PAD.encode(hmac_sha256(&self.key, signing_input.as_bytes()));
-        format!("{signing_input}.{sig}")
+        let signing_input = format!("{}.{payload}", self.header);
+        // ECDSA needs a fresh nonce per signature; drawing it from the system
+        // RNG is the only step that can fail, and the lab cannot issue
+        // tokens without it.
+        let sig = self
+            .key
+            .sign(&self.rng, signing_input.as_bytes())
+            .expect("the system RNG failed while signing a lab token");
+        format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
     }
 
     /// A ServiceAccount token with the claims a real cluster puts in one.
@@ -141,16 +150,9 @@ impl Tokens {
             return None;
         }
         let sig = URL_SAFE_NO_PAD.decode(s).ok()?;
-        let want = hmac_sha256(&self.key, format!("{h}.{p}").as_bytes());
-        if sig.len() != want.len()
-            || sig
-                .iter()
-                .zip(want.iter())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                != 0
-        {
-            return None;
-        }
+        UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &self.public)
+            .verify(format!("{h}.{p}").as_bytes(), &sig)
+            .ok()?;
         let claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(p).ok()?).ok()?;
         if claims
             .get("exp")
@@ -262,13 +264,36 @@ pub fn review(tokens: &Tokens, spec: &Value) -> Value {
 mod tests {
     use super::*;
 
+    fn part(token: &str, i: usize) -> Vec<u8> {
+        URL_SAFE_NO_PAD
+            .decode(token.split('.').nth(i).unwrap())
+            .unwrap()
+    }
+
     #[test]
-    fn hmac_matches_rfc4231_case_2() {
-        let mac = hmac_sha256(b"Jefe", b"what do ya want for nothing?");
-        assert_eq!(
-            hex::encode(mac),
-            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+    fn tokens_are_es256_signed_by_the_public_key() {
+        let t = Tokens::new();
+        let (tok, _) = t.service_account("ns", "sa", "u1", &["vault".into()], 600, None);
+        let header: Value = serde_json::from_slice(&part(&tok, 0)).unwrap();
+        assert_eq!(header["alg"], "ES256");
+        assert_eq!(header["typ"], "JWT");
+        let sig = part(&tok, 2);
+        assert_eq!(sig.len(), 64, "ES256 signatures are r||s, 32 bytes each");
+        let signed = tok.rsplit_once('.').unwrap().0;
+        UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &t.public)
+            .verify(signed.as_bytes(), &sig)
+            .unwrap();
+        // Changing a claim breaks the signature.
+        let mut claims: Value = serde_json::from_slice(&part(&tok, 1)).unwrap();
+        claims["sub"] = json!("system:serviceaccount:ns:other");
+        let forged = format!(
+            "{}.{}.{}",
+            tok.split('.').next().unwrap(),
+            URL_SAFE_NO_PAD.encode(claims.to_string()),
+            tok.split('.').nth(2).unwrap()
         );
+        assert!(t.verify(&forged).is_none());
+        assert!(t.verify(&tok).is_some());
     }
 
     #[test]
