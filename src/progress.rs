@@ -234,10 +234,9 @@ impl Display {
         }
     }
 
-    /// Stop drawing (the bars stay on screen as they are).
+    /// Stop drawing (the finished bars stay on screen as they are).
     pub fn close(&self) {
-        if let Some(m) = &self.bars {
-            let _ = m.clear();
+        if self.bars.is_some() {
             if let Some(cell) = BARS.get() {
                 if let Ok(mut g) = cell.lock() {
                     *g = None;
