@@ -288,15 +288,22 @@ pub fn table(out: &mut String, c: &Comparison) {
         c.baseline,
         rule(&c.thresholds)
     );
+    let pw = c
+        .stages
+        .iter()
+        .map(|s| s.probe.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(16);
     let _ = writeln!(
         out,
-        "  {:<16} {:<18} {:>12} {:>12} {:>20}  CHANGE",
+        "  {:<pw$} {:<18} {:>12} {:>12} {:>20}  CHANGE",
         "PROBE", "STAGE", "BEFORE", "NOW", "DELTA"
     );
     for s in &c.stages {
         let _ = writeln!(
             out,
-            "  {:<16} {:<18} {:>12} {:>12} {:>20}  {}",
+            "  {:<pw$} {:<18} {:>12} {:>12} {:>20}  {}",
             s.probe,
             s.stage.as_str(),
             secs(s.before_seconds),
