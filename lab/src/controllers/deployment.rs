@@ -32,6 +32,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
+use super::api::{key_of, kube_call, Backoffs, Key, KubeError};
 use super::Context;
 use crate::faults::Knob;
 use crate::truth::step;
@@ -43,87 +44,27 @@ pub const REVISION_ANNOTATION: &str = "deployment.kubernetes.io/revision";
 /// Default `progressDeadlineSeconds`.
 pub const DEFAULT_PROGRESS_DEADLINE: i32 = 600;
 
-const KUBE_TIMEOUT: Duration = Duration::from_secs(15);
-
 /// Why a Deployment or ReplicaSet reconcile failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A Kubernetes API call failed.
-    #[error("Kubernetes API call `{what}` failed: {source}")]
-    Kube {
-        /// What was being done.
-        what: String,
-        /// The cause.
-        #[source]
-        source: kube::Error,
-    },
-    /// A Kubernetes API call did not answer in time.
-    #[error("Kubernetes API call `{0}` timed out")]
-    KubeTimeout(String),
+    /// A Kubernetes API call failed or timed out.
+    #[error(transparent)]
+    Kube(#[from] KubeError),
     /// The object cannot be acted on (bad selector, name clash).
     #[error("cannot reconcile {0}")]
     Invalid(String),
 }
 
-pub(crate) async fn kube_call<T>(
-    what: &str,
-    fut: impl std::future::Future<Output = Result<T, kube::Error>>,
-) -> Result<T, Error> {
-    match tokio::time::timeout(KUBE_TIMEOUT, fut).await {
-        Ok(r) => r.map_err(|source| Error::Kube {
-            what: what.to_string(),
-            source,
-        }),
-        Err(_) => Err(Error::KubeTimeout(what.to_string())),
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Shared by the Deployment and ReplicaSet controllers.
 
-/// Per-object error back-off: 250 ms·2ⁿ, at most 30 s (the real workqueue
-/// goes to 1000 s; the lab prefers quick recovery), cleared on any fault or
-/// knob switch so a cleared fault is retried at once.
-#[derive(Default)]
-pub(crate) struct Backoffs {
-    map: Mutex<HashMap<(String, String), (u32, Instant)>>,
+/// The Deployment and ReplicaSet controllers' error back-off: 250 ms·2ⁿ,
+/// at most 30 s (the real workqueue goes to 1000 s; the lab prefers quick
+/// recovery).
+pub(crate) fn workqueue_delay(attempts: u32) -> Duration {
+    (Duration::from_millis(250) * (1u32 << attempts.saturating_sub(1).min(10)))
+        .min(Duration::from_secs(30))
 }
-
-impl Backoffs {
-    pub(crate) fn next(&self, key: (String, String)) -> Duration {
-        let Ok(mut m) = self.map.lock() else {
-            return Duration::from_secs(1);
-        };
-        let n = m.get(&key).map(|(n, _)| n + 1).unwrap_or(1);
-        let d = (Duration::from_millis(250) * (1u32 << n.saturating_sub(1).min(10)))
-            .min(Duration::from_secs(30));
-        m.insert(key, (n, Instant::now() + d));
-        d
-    }
-
-    pub(crate) fn remaining(&self, key: &(String, String)) -> Option<Duration> {
-        let m = self.map.lock().ok()?;
-        m.get(key)?
-            .1
-            .checked_duration_since(Instant::now())
-            .filter(|d| !d.is_zero())
-    }
-
-    pub(crate) fn reset(&self, key: &(String, String)) {
-        if let Ok(mut m) = self.map.lock() {
-            m.remove(key);
-        }
-    }
-
-    pub(crate) fn clear(&self) {
-        if let Ok(mut m) = self.map.lock() {
-            m.clear();
-        }
-    }
-}
-
-/// Which object an expectation belongs to: `(namespace, name)` of the owner.
-pub(crate) type Key = (String, String);
 
 /// How long expectations may wait for the cache before the controller stops
 /// trusting them and acts anyway. The real `ExpectationsTimeout` is 5 min;
@@ -801,32 +742,63 @@ where
         .collect()
 }
 
-/// `(namespace, name)` of an object.
-pub(crate) fn key_of<K: Resource>(obj: &K) -> Key {
-    (
-        obj.meta().namespace.clone().unwrap_or_default(),
-        obj.meta().name.clone().unwrap_or_default(),
-    )
+/// What [`drive`] needs from an owner controller's state.
+pub(crate) trait OwnerState: Send + Sync + 'static {
+    /// The controller's context.
+    fn ctx(&self) -> &Context;
+    /// Its per-object error back-off.
+    fn backoff(&self) -> &Backoffs;
+    /// Its creates and deletes not yet seen in the cache.
+    fn expectations(&self) -> &Expectations;
 }
 
-/// Drive `reconcile` from `queue` until `cancel` fires, logging failures.
+/// Turns the events of the owners' own reflector into reconcile requests:
+/// each applied owner, every owner once a list is complete; a deleted
+/// owner's expectations are dropped.
+pub(crate) fn owner_events<K, S>(
+    st: Arc<S>,
+    store: Store<K>,
+) -> impl FnMut(&watcher::Event<K>) -> Vec<ObjectRef<K>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+    S: OwnerState,
+{
+    move |ev| match ev {
+        watcher::Event::Apply(o) => vec![ObjectRef::from_obj(o)],
+        watcher::Event::Delete(o) => {
+            st.expectations().forget(&key_of(o));
+            Vec::new()
+        }
+        watcher::Event::InitDone => all_refs(&store),
+        watcher::Event::Init | watcher::Event::InitApply(_) => Vec::new(),
+    }
+}
+
+/// Drive `reconcile` from `triggers` and from every fault or knob switch
+/// (which clears the back-off) until `cancel` fires, logging failures; a
+/// failed object is requeued after its back-off.
 pub(crate) async fn drive<K, S, F, Fut>(
     what: &'static str,
     store: Store<K>,
-    queue: BoxStream<'static, Result<ObjectRef<K>, watcher::Error>>,
+    triggers: Vec<BoxStream<'static, Result<ObjectRef<K>, watcher::Error>>>,
     reconcile: F,
-    error_policy: fn(Arc<K>, &Error, Arc<S>) -> Action,
     state: Arc<S>,
     cancel: CancellationToken,
 ) where
     K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
+    S: OwnerState,
     F: FnMut(Arc<K>, Arc<S>) -> Fut,
     Fut: std::future::Future<Output = Result<Action, Error>> + Send + 'static,
 {
+    let knob_st = state.clone();
+    let knobs = knob_triggers(state.ctx(), store.clone(), move || {
+        knob_st.backoff().clear()
+    });
+    let queue = futures::stream::select_all(triggers.into_iter().chain([knobs]));
     let mut reconcile = reconcile;
     applier(
         move |obj, st| Box::pin(reconcile(obj, st)),
-        error_policy,
+        |obj: Arc<K>, _e: &Error, st: Arc<S>| st.backoff().requeue(obj.as_ref()),
         state,
         store,
         queue.take_until(cancel.cancelled_owned()),
@@ -860,6 +832,18 @@ struct State {
     rs_synced: AtomicBool,
 }
 
+impl OwnerState for State {
+    fn ctx(&self) -> &Context {
+        &self.ctx
+    }
+    fn backoff(&self) -> &Backoffs {
+        &self.backoff
+    }
+    fn expectations(&self) -> &Expectations {
+        &self.expectations
+    }
+}
+
 /// Run the Deployment controller until `cancel` fires. (The ReplicaSet
 /// controller is [`super::replicaset::run`]; the lab runs both.)
 pub async fn run(ctx: Context, cancel: CancellationToken) -> Result<(), Error> {
@@ -868,28 +852,17 @@ pub async fn run(ctx: Context, cancel: CancellationToken) -> Result<(), Error> {
     let (replicasets, rs_writer) = reflector::store::<ReplicaSet>();
     let state = Arc::new(State {
         ctx,
-        backoff: Backoffs::default(),
+        backoff: Backoffs::new(workqueue_delay),
         seen_templates: Mutex::default(),
         expectations: Expectations::default(),
         replicasets,
         rs_synced: AtomicBool::new(false),
     });
-    let d_triggers = {
-        let (st, store) = (state.clone(), deployments.clone());
-        trigger_stream(
-            Api::<Deployment>::all(client.clone()),
-            d_writer,
-            move |ev| match ev {
-                watcher::Event::Apply(d) => vec![ObjectRef::from_obj(d)],
-                watcher::Event::Delete(d) => {
-                    st.expectations.forget(&key_of(d));
-                    Vec::new()
-                }
-                watcher::Event::InitDone => all_refs(&store),
-                watcher::Event::Init | watcher::Event::InitApply(_) => Vec::new(),
-            },
-        )
-    };
+    let d_triggers = trigger_stream(
+        Api::<Deployment>::all(client.clone()),
+        d_writer,
+        owner_events(state.clone(), deployments.clone()),
+    );
     let rs_triggers = {
         let (st, store) = (state.clone(), deployments.clone());
         trigger_stream(
@@ -905,17 +878,11 @@ pub async fn run(ctx: Context, cancel: CancellationToken) -> Result<(), Error> {
             },
         )
     };
-    let knob_st = state.clone();
-    let knobs = knob_triggers(&state.ctx, deployments.clone(), move || {
-        knob_st.backoff.clear()
-    });
-    let queue = futures::stream::select_all([d_triggers, rs_triggers, knobs]).boxed();
     drive(
         "Deployment",
         deployments,
-        queue,
+        vec![d_triggers, rs_triggers],
         reconcile,
-        error_policy,
         state,
         cancel,
     )
@@ -931,13 +898,6 @@ fn owner_refs(rs: &ReplicaSet) -> Vec<ObjectRef<Deployment>> {
         .filter(|o| o.controller == Some(true) && o.kind == "Deployment")
         .map(|o| ObjectRef::<Deployment>::new(&o.name).within(&ns))
         .collect()
-}
-
-fn error_policy(d: Arc<Deployment>, _e: &Error, st: Arc<State>) -> Action {
-    Action::requeue(
-        st.backoff
-            .next((d.namespace().unwrap_or_default(), d.name_any())),
-    )
 }
 
 fn revision(meta: &ObjectMeta) -> i64 {
@@ -957,15 +917,15 @@ fn stale(ns: &str, name: &str) -> Action {
     Action::requeue(CONFLICT_REQUEUE)
 }
 
-fn is_conflict(e: &Error) -> bool {
-    matches!(e, Error::Kube { source: kube::Error::Api(s), .. } if s.code == 409)
+fn is_conflict(e: &KubeError) -> bool {
+    e.api_code() == Some(409)
 }
 
 async fn reconcile(d: Arc<Deployment>, st: Arc<State>) -> Result<Action, Error> {
     let ns = d.namespace().unwrap_or_default();
     let name = d.name_any();
     let key = (ns.clone(), name.clone());
-    if let Some(wait) = st.backoff.remaining(&key) {
+    if let Some(wait) = st.backoff.remaining(&key, "") {
         return Ok(Action::requeue(wait));
     }
     // Everything below reads the informer caches, as the real controller
@@ -1167,7 +1127,7 @@ async fn reconcile(d: Arc<Deployment>, st: Arc<State>) -> Result<Action, Error> 
             {
                 Ok(updated) => rv = updated.metadata.resource_version.unwrap_or_default(),
                 Err(e) if is_conflict(&e) => return Ok(stale(&ns, &name)),
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             }
         }
     }
@@ -1225,7 +1185,7 @@ async fn reconcile(d: Arc<Deployment>, st: Arc<State>) -> Result<Action, Error> 
         {
             Ok(_) => {}
             Err(e) if is_conflict(&e) => return Ok(stale(&ns, &name)),
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         }
         if let Some(done) = completed_rs(&next) {
             if completed_rs(&prev_status).as_deref() != Some(done.as_str()) {
@@ -1388,10 +1348,7 @@ async fn create_rs(
             tracing::info!(namespace = ?d.namespace(), deployment = %d.name_any(), replicaset = %name, replicas, "created ReplicaSet");
             Ok(Created::New(rs))
         }
-        Err(Error::Kube {
-            source: kube::Error::Api(s),
-            ..
-        }) if s.code == 409 => {
+        Err(e) if is_conflict(&e) => {
             let existing = kube_call("get ReplicaSet", rs_api.get(&name)).await?;
             if controller_uid(&existing.metadata, "Deployment") == d.metadata.uid {
                 Ok(Created::Existing(existing))
@@ -1402,7 +1359,7 @@ async fn create_rs(
                 )))
             }
         }
-        Err(e) => Err(e),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -1443,8 +1400,8 @@ async fn cleanup_old(
             Ok(_) => {}
             Err(e) => {
                 st.expectations.lower(key, &rs_name);
-                if !matches!(&e, Error::Kube { source: kube::Error::Api(s), .. } if s.code == 404) {
-                    return Err(e);
+                if e.api_code() != Some(404) {
+                    return Err(e.into());
                 }
             }
         }

@@ -9,9 +9,9 @@
 //! cleared `eso-error` recovers without waiting out the back-off), and
 //! `target.template` is not implemented.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures::StreamExt;
@@ -29,6 +29,7 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha224, Sha256};
 use tokio_util::sync::CancellationToken;
 
+use super::api::{kube_call, Backoffs, KubeError};
 use super::Context;
 use crate::faults::{Fault, Knob};
 use crate::truth::{self, step};
@@ -46,24 +47,13 @@ const MAX_BACKOFF: Duration = Duration::from_secs(7 * 60);
 const DEFAULT_REQUEUE: Duration = Duration::from_secs(3600);
 /// Every Vault call gets at most this long.
 const VAULT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Every Kubernetes call gets at most this long.
-const KUBE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Why a reconcile or the controller failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A Kubernetes API call failed.
-    #[error("Kubernetes API call `{what}` failed: {source}")]
-    Kube {
-        /// What was being done.
-        what: String,
-        /// The cause.
-        #[source]
-        source: kube::Error,
-    },
-    /// A Kubernetes API call did not answer in time.
-    #[error("Kubernetes API call `{0}` timed out")]
-    KubeTimeout(String),
+    /// A Kubernetes API call failed or timed out.
+    #[error(transparent)]
+    Kube(#[from] KubeError),
     /// The ExternalSecret's spec cannot be used.
     #[error("invalid ExternalSecret spec: {0}")]
     InvalidSpec(String),
@@ -123,22 +113,6 @@ pub enum ProviderError {
     /// Getting a credential to log in with failed.
     #[error("Vault auth failed: {0}")]
     Auth(String),
-}
-
-fn kube_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
-    let what = what.into();
-    move |source| Error::Kube { what, source }
-}
-
-/// Runs a Kubernetes call with a deadline.
-async fn kube_call<T>(
-    what: &str,
-    fut: impl std::future::Future<Output = Result<T, kube::Error>>,
-) -> Result<T, Error> {
-    match tokio::time::timeout(KUBE_TIMEOUT, fut).await {
-        Ok(r) => r.map_err(kube_err(what)),
-        Err(_) => Err(Error::KubeTimeout(what.to_string())),
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -721,29 +695,12 @@ impl VaultClient {
                 "{path} (version {version:?} is not a number)"
             )));
         };
-        let resp = self
-            .request(reqwest::Method::GET, &query_path)
-            .send()
-            .await
-            .map_err(|e| ProviderError::Request {
-                path: path.clone(),
-                source: e,
-            })?;
-        let status = resp.status();
-        if status == reqwest::StatusCode::NOT_FOUND {
-            return Err(ProviderError::NotFound(key.to_string()));
-        }
-        let body: Value = resp.json().await.map_err(|e| ProviderError::Request {
-            path: path.clone(),
-            source: e,
-        })?;
-        if !status.is_success() {
-            return Err(ProviderError::Status {
-                status: status.as_u16(),
-                path,
-                errors: vault_errors(&body),
-            });
-        }
+        let body = send(
+            self.request(reqwest::Method::GET, &query_path),
+            &path,
+            Some(key),
+        )
+        .await?;
         let data = body
             .get("data")
             .ok_or_else(|| ProviderError::Shape(path.clone()))?;
@@ -763,6 +720,34 @@ impl VaultClient {
     }
 }
 
+/// Sends `req` (to the Vault API `path`) and returns the JSON body of a
+/// successful answer. A 404 is `NotFound(key)` when `missing_key` is given:
+/// for a read it means the secret does not exist, not a failed request.
+async fn send(
+    req: reqwest::RequestBuilder,
+    path: &str,
+    missing_key: Option<&str>,
+) -> Result<Value, ProviderError> {
+    let failed = |source| ProviderError::Request {
+        path: path.to_string(),
+        source,
+    };
+    let resp = req.send().await.map_err(failed)?;
+    let status = resp.status();
+    if let Some(key) = missing_key.filter(|_| status == reqwest::StatusCode::NOT_FOUND) {
+        return Err(ProviderError::NotFound(key.to_string()));
+    }
+    let body: Value = resp.json().await.map_err(failed)?;
+    if !status.is_success() {
+        return Err(ProviderError::Status {
+            status: status.as_u16(),
+            path: path.to_string(),
+            errors: vault_errors(&body),
+        });
+    }
+    Ok(body)
+}
+
 fn vault_errors(body: &Value) -> String {
     body.get("errors")
         .and_then(Value::as_array)
@@ -778,62 +763,13 @@ fn vault_errors(body: &Value) -> String {
 // ---------------------------------------------------------------------------
 // The controller.
 
-/// Per-ExternalSecret error back-off.
-#[derive(Debug, Clone)]
-struct Backoff {
-    attempts: u32,
-    until: Instant,
-    /// The `syncedResourceVersion`-style version when it failed: a metadata
-    /// change (e.g. `force-sync`) skips the back-off, as a new event does in ESO.
-    version: String,
-}
-
 struct State {
     ctx: Context,
     http: reqwest::Client,
-    backoff: Mutex<HashMap<(String, String), Backoff>>,
-}
-
-impl State {
-    fn backoff_remaining(&self, key: &(String, String), version: &str) -> Option<Duration> {
-        let map = self.backoff.lock().ok()?;
-        let b = map.get(key)?;
-        if b.version != version {
-            return None;
-        }
-        b.until
-            .checked_duration_since(Instant::now())
-            .filter(|d| !d.is_zero())
-    }
-
-    fn clear_backoff(&self, key: &(String, String)) {
-        if let Ok(mut m) = self.backoff.lock() {
-            m.remove(key);
-        }
-    }
-
-    fn clear_all_backoff(&self) {
-        if let Ok(mut m) = self.backoff.lock() {
-            m.clear();
-        }
-    }
-
-    fn next_backoff(&self, key: (String, String), version: String) -> Duration {
-        let Ok(mut m) = self.backoff.lock() else {
-            return Duration::from_secs(1);
-        };
-        let attempts = m.get(&key).map(|b| b.attempts + 1).unwrap_or(1);
-        let delay = backoff_delay(attempts);
-        m.insert(
-            key,
-            Backoff {
-                attempts,
-                until: Instant::now() + delay,
-                version,
-            },
-        );
-        delay
-    }
+    /// Per-ExternalSecret error back-off ([`backoff_delay`]), keyed by the
+    /// `syncedResourceVersion`-style version: a metadata change (e.g.
+    /// `force-sync`) skips the back-off, as a new event does in ESO.
+    backoff: Backoffs,
 }
 
 /// 1 s·2ⁿ⁻¹ for the n-th consecutive failure, at most 7 minutes.
@@ -853,7 +789,7 @@ pub async fn run(ctx: Context, cancel: CancellationToken) -> Result<(), Error> {
     let state = Arc::new(State {
         ctx,
         http,
-        backoff: Mutex::new(HashMap::new()),
+        backoff: Backoffs::new(backoff_delay),
     });
     let controller = Controller::new(
         Api::<ExternalSecret>::all(client.clone()),
@@ -863,7 +799,7 @@ pub async fn run(ctx: Context, cancel: CancellationToken) -> Result<(), Error> {
     let knob_state = state.clone();
     let knob_changes = futures::stream::unfold(knob_state, |st| async move {
         st.ctx.knobs.changed().await;
-        st.clear_all_backoff();
+        st.backoff.clear();
         Some(((), st))
     });
     controller
@@ -924,7 +860,7 @@ fn secret_to_es(store: &Store<ExternalSecret>, s: &Secret) -> Vec<ObjectRef<Exte
 
 fn error_policy(es: Arc<ExternalSecret>, _err: &Error, st: Arc<State>) -> Action {
     let key = (es.namespace().unwrap_or_default(), es.name_any());
-    Action::requeue(st.next_backoff(key, synced_resource_version(&es.metadata)))
+    Action::requeue(st.backoff.next(key, &synced_resource_version(&es.metadata)))
 }
 
 async fn reconcile(es: Arc<ExternalSecret>, st: Arc<State>) -> Result<Action, Error> {
@@ -937,7 +873,7 @@ async fn reconcile(es: Arc<ExternalSecret>, st: Arc<State>) -> Result<Action, Er
     let name = es.name_any();
     let key = (ns.clone(), name.clone());
     let version = synced_resource_version(&es.metadata);
-    if let Some(wait) = st.backoff_remaining(&key, &version) {
+    if let Some(wait) = st.backoff.remaining(&key, &version) {
         return Ok(Action::requeue(wait));
     }
     let start = Utc::now();
@@ -1029,7 +965,7 @@ async fn reconcile(es: Arc<ExternalSecret>, st: Arc<State>) -> Result<Action, Er
             Some(&truth::digest(&v.0)),
         );
     }
-    st.clear_backoff(&key);
+    st.backoff.reset(&key);
     let written = DateTime::parse_from_rfc3339(&refresh_time)
         .ok()
         .map(|t| t.with_timezone(&Utc));
@@ -1342,28 +1278,14 @@ async fn login(st: &State, p: &VaultProvider, ns: &str, cluster: bool) -> Result
         token: String::new(),
     };
     let path = format!("auth/{mount}/login");
-    let resp = client
-        .request(reqwest::Method::POST, &path)
-        .json(&json!({"role": k8s.role, "jwt": jwt}))
-        .send()
-        .await
-        .map_err(|e| ProviderError::Request {
-            path: path.clone(),
-            source: e,
-        })?;
-    let status = resp.status();
-    let body: Value = resp.json().await.map_err(|e| ProviderError::Request {
-        path: path.clone(),
-        source: e,
-    })?;
-    if !status.is_success() {
-        return Err(ProviderError::Status {
-            status: status.as_u16(),
-            path,
-            errors: vault_errors(&body),
-        }
-        .into());
-    }
+    let body = send(
+        client
+            .request(reqwest::Method::POST, &path)
+            .json(&json!({"role": k8s.role, "jwt": jwt})),
+        &path,
+        None,
+    )
+    .await?;
     body.pointer("/auth/client_token")
         .and_then(Value::as_str)
         .map(str::to_string)

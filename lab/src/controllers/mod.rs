@@ -2,11 +2,12 @@
 //! like the real ESO, Reloader, Deployment controller and kubelet, each with
 //! latency knobs and fault switches, each recording ground truth.
 
+pub mod api;
 pub mod bankvaults;
+pub mod deployment;
 pub mod eso;
 pub mod kubelet;
 pub mod reloader;
-pub mod deployment;
 pub mod replicaset;
 
 use std::path::PathBuf;

@@ -25,6 +25,7 @@ use sha1::{Digest, Sha1};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::api::{kube_call, KubeError};
 use super::Context;
 use crate::faults::{Fault, Knob};
 use crate::truth::{self, step};
@@ -42,8 +43,6 @@ pub const LAST_RELOADED_FROM: &str = "reloader.stakater.com/last-reloaded-from";
 /// Lab-only per-Deployment strategy override (`annotations` or `env-vars`).
 pub const STRATEGY_OVERRIDE_ANNOTATION: &str = "lab.secret-canary.io/reload-strategy";
 
-/// Every Kubernetes call gets at most this long.
-const KUBE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Reloader's queue retries a failed reload this many times.
 const MAX_ATTEMPTS: u32 = 5;
 
@@ -77,31 +76,9 @@ pub struct ReloaderOptions {
 /// Why a reload failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A Kubernetes API call failed.
-    #[error("Kubernetes API call `{what}` failed: {source}")]
-    Kube {
-        /// What was being done.
-        what: String,
-        /// The cause.
-        #[source]
-        source: kube::Error,
-    },
-    /// A Kubernetes API call did not answer in time.
-    #[error("Kubernetes API call `{0}` timed out")]
-    KubeTimeout(String),
-}
-
-async fn kube_call<T>(
-    what: &str,
-    fut: impl std::future::Future<Output = Result<T, kube::Error>>,
-) -> Result<T, Error> {
-    match tokio::time::timeout(KUBE_TIMEOUT, fut).await {
-        Ok(r) => r.map_err(|source| Error::Kube {
-            what: what.to_string(),
-            source,
-        }),
-        Err(_) => Err(Error::KubeTimeout(what.to_string())),
-    }
+    /// A Kubernetes API call failed or timed out.
+    #[error(transparent)]
+    Kube(#[from] KubeError),
 }
 
 /// Reloader's Secret hash: SHA1 (hex) of the sorted `key=value` entries joined with `;`.

@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetCondition, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -25,10 +24,10 @@ use kube::ResourceExt;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use super::api::{key_of, kube_call, Backoffs, Key, KubeError};
 use super::deployment::{
-    all_refs, controller_uid, drive, key_of, knob_triggers, kube_call, now_time, owner_ref,
-    pod_active, pod_available, pod_ready_since, selector, trigger_stream, Backoffs, Error,
-    Expectations, Key,
+    all_refs, controller_uid, drive, now_time, owner_events, owner_ref, pod_active, pod_available,
+    pod_ready_since, selector, trigger_stream, workqueue_delay, Error, Expectations, OwnerState,
 };
 use super::Context;
 use crate::faults::Knob;
@@ -113,27 +112,16 @@ pub async fn run(ctx: Context, cancel: CancellationToken) -> Result<(), Error> {
     let (pods, pod_writer) = reflector::store::<Pod>();
     let state = Arc::new(State {
         ctx,
-        backoff: Backoffs::default(),
+        backoff: Backoffs::new(workqueue_delay),
         expectations: Expectations::default(),
         pods,
         pods_synced: AtomicBool::new(false),
     });
-    let rs_triggers = {
-        let (st, store) = (state.clone(), replicasets.clone());
-        trigger_stream(
-            Api::<ReplicaSet>::all(client.clone()),
-            rs_writer,
-            move |ev| match ev {
-                watcher::Event::Apply(rs) => vec![ObjectRef::from_obj(rs)],
-                watcher::Event::Delete(rs) => {
-                    st.expectations.forget(&key_of(rs));
-                    Vec::new()
-                }
-                watcher::Event::InitDone => all_refs(&store),
-                watcher::Event::Init | watcher::Event::InitApply(_) => Vec::new(),
-            },
-        )
-    };
+    let rs_triggers = trigger_stream(
+        Api::<ReplicaSet>::all(client.clone()),
+        rs_writer,
+        owner_events(state.clone(), replicasets.clone()),
+    );
     let pod_triggers = {
         let (st, store) = (state.clone(), replicasets.clone());
         let mut seen = Seen::default();
@@ -155,17 +143,11 @@ pub async fn run(ctx: Context, cancel: CancellationToken) -> Result<(), Error> {
             }
         })
     };
-    let knob_st = state.clone();
-    let knobs = knob_triggers(&state.ctx, replicasets.clone(), move || {
-        knob_st.backoff.clear()
-    });
-    let queue = futures::stream::select_all([rs_triggers, pod_triggers, knobs]).boxed();
     drive(
         "ReplicaSet",
         replicasets,
-        queue,
+        vec![rs_triggers, pod_triggers],
         reconcile,
-        error_policy,
         state,
         cancel,
     )
@@ -173,11 +155,16 @@ pub async fn run(ctx: Context, cancel: CancellationToken) -> Result<(), Error> {
     Ok(())
 }
 
-fn error_policy(rs: Arc<ReplicaSet>, _e: &Error, st: Arc<State>) -> Action {
-    Action::requeue(
-        st.backoff
-            .next((rs.namespace().unwrap_or_default(), rs.name_any())),
-    )
+impl OwnerState for State {
+    fn ctx(&self) -> &Context {
+        &self.ctx
+    }
+    fn backoff(&self) -> &Backoffs {
+        &self.backoff
+    }
+    fn expectations(&self) -> &Expectations {
+        &self.expectations
+    }
 }
 
 /// The status of a ReplicaSet from its active Pods (`calculateStatus`).
@@ -272,7 +259,7 @@ async fn reconcile(rs: Arc<ReplicaSet>, st: Arc<State>) -> Result<Action, Error>
     let ns = rs.namespace().unwrap_or_default();
     let name = rs.name_any();
     let key = (ns.clone(), name.clone());
-    if let Some(wait) = st.backoff.remaining(&key) {
+    if let Some(wait) = st.backoff.remaining(&key, "") {
         return Ok(Action::requeue(wait));
     }
     // Everything below reads the informer caches; the Pod cache's first full
@@ -351,8 +338,8 @@ async fn reconcile(rs: Arc<ReplicaSet>, st: Arc<State>) -> Result<Action, Error>
             .await
             {
                 st.expectations.lower(&key, &pod_name);
-                if !matches!(&e, Error::Kube { source: kube::Error::Api(s), .. } if s.code == 404) {
-                    failure = Some(e);
+                if e.api_code() != Some(404) {
+                    failure = Some(e.into());
                     break;
                 }
             }
@@ -360,7 +347,9 @@ async fn reconcile(rs: Arc<ReplicaSet>, st: Arc<State>) -> Result<Action, Error>
     }
     let now = now_time().0.as_second();
     let create_failure = match &failure {
-        Some(e @ Error::Kube { what, .. }) if what == "create Pod" => Some(e.to_string()),
+        Some(Error::Kube(e @ KubeError::Failed { what, .. })) if what == "create Pod" => {
+            Some(e.to_string())
+        }
         _ => None,
     };
     // Like the real controller, the status is the cache's view at the start
@@ -411,7 +400,9 @@ async fn create_pod(pods: &Api<Pod>, rs: &ReplicaSet) -> Result<Pod, Error> {
         spec: template.spec,
         status: None,
     };
-    kube_call("create Pod", pods.create(&PostParams::default(), &pod)).await
+    kube_call("create Pod", pods.create(&PostParams::default(), &pod))
+        .await
+        .map_err(Error::from)
 }
 
 #[cfg(test)]
