@@ -6,7 +6,10 @@
 //! no wildcard and touches Secrets only by name and never cluster-wide, every
 //! Pod runs under the restricted Pod Security profile, the prober config is
 //! accepted by the prober's own validation, and the PrometheusRule and
-//! dashboard ConfigMap are the sources in alerts/ and dashboards/.
+//! dashboard ConfigMap are the sources in alerts/ and dashboards/. High
+//! availability (leader election: Lease RBAC, rollout strategy, disruption
+//! budget) and the metrics bearer token are checked against the prober's own
+//! flag parsing and token reader.
 
 mod ops;
 
@@ -15,8 +18,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, PodSpec, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, PodSpec, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -49,9 +53,20 @@ fn values_with(overrides: &Value) -> Value {
     values
 }
 
+/// Two leader-electing replicas with a generated metrics token.
+fn ha_values() -> Value {
+    json!({
+        "replicaCount": 2,
+        "leaderElection": {"enabled": true},
+        "metrics": {"auth": {"enabled": true}}
+    })
+}
+
 /// The value combinations every test runs: defaults, every chain variant
-/// at once, Bank-Vaults alone (no ESO objects), and the optional parts off
-/// with a separate canary namespace, token auth and an extra probe.
+/// at once, Bank-Vaults alone (no ESO objects), the optional parts off
+/// with a separate canary namespace, token auth and an extra probe, two
+/// leader-electing replicas with a generated metrics token, and one
+/// leader-electing replica with the token from an existing Secret.
 fn combinations() -> Vec<(&'static str, Value)> {
     vec![
         ("defaults", json!({})),
@@ -88,6 +103,15 @@ fn combinations() -> Vec<(&'static str, Value)> {
                         "canary": {"selector": "app=extra", "source": "env"}
                     }
                 }]
+            }),
+        ),
+        ("ha-metrics-auth", ha_values()),
+        (
+            "lease-existing-token",
+            json!({
+                "leaderElection": {"enabled": true, "leaseName": "prober-lease"},
+                "metrics": {"auth": {"enabled": true, "existingSecret": "scrape-token", "key": "bearer"}},
+                "variants": {"esoVolume": {"enabled": true, "forceSync": true}}
             }),
         ),
     ]
@@ -276,6 +300,11 @@ fn values_schema_rejects_what_the_chart_cannot_do() {
         json!({"variants": {"esoEnv": {"interval": "often"}}}),
         json!({"variants": {"esoEnv": {"name": "Not_A_Name"}}}),
         json!({"variants": {"esoEnv": {"slo": {"no_such_stage": "1s"}}}}),
+        json!({"replicaCount": 0}),
+        // leaseDurationSeconds is whole seconds.
+        json!({"leaderElection": {"enabled": true, "leaseDuration": "1500ms"}}),
+        json!({"leaderElection": {"enabled": true, "leaseName": "Not_A_Name"}}),
+        json!({"metrics": {"auth": {"enabled": true, "key": ""}}}),
     ] {
         let out = helm_py(&["render", CHART], Some(&bad));
         let err = String::from_utf8_lossy(&out.stderr);
@@ -392,6 +421,8 @@ fn rendered_manifests_parse_as_kubernetes_objects() {
                 "Service" => round_trip::<Service>(obj),
                 "ServiceAccount" => round_trip::<ServiceAccount>(obj),
                 "ConfigMap" => round_trip::<ConfigMap>(obj),
+                "Secret" => round_trip::<Secret>(obj),
+                "PodDisruptionBudget" => round_trip::<PodDisruptionBudget>(obj),
                 "Role" => round_trip::<Role>(obj),
                 "RoleBinding" => round_trip::<RoleBinding>(obj),
                 "ClusterRole" => round_trip::<ClusterRole>(obj),
@@ -458,20 +489,29 @@ fn rbac_problems(rules: &[(String, Value)]) -> Vec<String> {
                 "{kind} grants Secrets without resourceNames: {rule}"
             ));
         }
-        // Writes only ever by name.
+        // Writes only ever by name, except creating a Lease (below).
         let writes = strings(&rule["verbs"]).iter().any(|v| {
             matches!(
                 v.as_str(),
                 "create" | "update" | "patch" | "delete" | "deletecollection"
             )
         });
-        if writes && strings(&rule["resourceNames"]).is_empty() {
+        if writes && strings(&rule["resourceNames"]).is_empty() && !is_lease_create(rule) {
             problems.push(format!(
                 "{kind} grants writes without resourceNames: {rule}"
             ));
         }
     }
     problems
+}
+
+/// `create` on Leases and nothing else: the one write RBAC cannot narrow by
+/// name (a create is authorized before the object, and its name, exist), so
+/// leader election needs it unnamed.
+fn is_lease_create(rule: &Value) -> bool {
+    strings(&rule["apiGroups"]) == ["coordination.k8s.io"]
+        && strings(&rule["resources"]) == ["leases"]
+        && strings(&rule["verbs"]) == ["create"]
 }
 
 #[test]
@@ -489,9 +529,10 @@ fn rbac_has_no_wildcard_and_touches_secrets_only_by_name_and_never_cluster_wide(
         assert!(!rules.is_empty(), "{combo}: no Role rendered");
         let problems = rbac_problems(&rules);
         assert!(problems.is_empty(), "{combo}:\n{}", problems.join("\n"));
-        // Only Pods are granted without names (their names are generated).
+        // Only Pods are granted without names (their names are generated),
+        // and Lease creation (see is_lease_create).
         for (_, rule) in &rules {
-            if strings(&rule["resourceNames"]).is_empty() {
+            if strings(&rule["resourceNames"]).is_empty() && !is_lease_create(rule) {
                 assert_eq!(strings(&rule["resources"]), ["pods"], "{combo}: {rule}");
                 assert_eq!(
                     strings(&rule["verbs"]),
@@ -529,6 +570,15 @@ fn rbac_checker_catches_what_it_must() {
         (
             "Role",
             json!({"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["patch"]}),
+        ),
+        // The Lease exemption is for `create` alone.
+        (
+            "Role",
+            json!({"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create", "update"]}),
+        ),
+        (
+            "Role",
+            json!({"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]}),
         ),
     ];
     for (kind, rule) in bad {
@@ -960,6 +1010,347 @@ fn the_default_image_is_the_dockerfiles() {
         .expect("numeric USER");
     assert_ne!(uid, 0);
     assert!(dockerfile.contains("ENTRYPOINT [\"/usr/local/bin/secret-canary\"]"));
+}
+
+fn prober_deployment(r: &Rendered) -> Deployment {
+    let d = r
+        .of_kind("Deployment")
+        .into_iter()
+        .find(|d| d["metadata"]["labels"]["app.kubernetes.io/component"] == "prober")
+        .expect("prober Deployment")
+        .clone();
+    serde_json::from_value(d).unwrap()
+}
+
+fn prober_args(d: &Deployment) -> Vec<String> {
+    d.spec.template.spec.as_ref().unwrap().containers[0]
+        .args
+        .clone()
+        .unwrap_or_default()
+}
+
+/// The value of `--name=VALUE` among `args`.
+fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    let prefix = format!("--{name}=");
+    args.iter().find_map(|a| a.strip_prefix(prefix.as_str()))
+}
+
+/// The leader election flags parsed and checked by the prober's own code.
+#[derive(clap::Parser)]
+struct LeaderFlags {
+    #[command(flatten)]
+    leader: secret_canary::leader::LeaderElectArgs,
+}
+
+fn lease_roles(r: &Rendered) -> Vec<(&Value, Vec<Value>)> {
+    r.of_kind("Role")
+        .into_iter()
+        .filter_map(|role| {
+            let rules: Vec<Value> = role["rules"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|rule| strings(&rule["resources"]).contains(&"leases".to_string()))
+                .cloned()
+                .collect();
+            (!rules.is_empty()).then_some((role, rules))
+        })
+        .collect()
+}
+
+#[test]
+fn every_flag_the_chart_passes_is_one_the_prober_accepts() {
+    let help = Command::new(env!("CARGO_BIN_EXE_secret-canary"))
+        .args(["run", "--help"])
+        .output()
+        .unwrap();
+    assert!(help.status.success());
+    let help = String::from_utf8_lossy(&help.stdout);
+    for (combo, r) in rendered_all() {
+        let args = prober_args(&prober_deployment(&r));
+        assert_eq!(args[0], "run", "{combo}");
+        for a in &args[1..] {
+            let name = a.split('=').next().unwrap();
+            assert!(
+                help.contains(&format!("{name} ")) || help.contains(&format!("{name}\n")),
+                "{combo}: `secret-canary run` has no {name}:\n{help}"
+            );
+        }
+    }
+}
+
+#[test]
+fn leader_election_grants_the_lease_by_name_and_rolls_with_a_standby() {
+    let r = render(&ha_values());
+    let d = prober_deployment(&r);
+    let spec = d.spec.clone();
+    assert_eq!(spec.replicas, Some(2));
+    let strategy = spec.strategy.clone().unwrap();
+    assert_eq!(strategy.type_.as_deref(), Some("RollingUpdate"));
+    assert_eq!(
+        strategy.rolling_update.unwrap().max_unavailable,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(0))
+    );
+    // The flags, parsed and validated by the prober's own code.
+    let args = prober_args(&d);
+    let mut argv = vec!["prober".to_string()];
+    argv.extend(
+        args.iter()
+            .filter(|a| a.starts_with("--leader-elect"))
+            .cloned(),
+    );
+    let parsed = <LeaderFlags as clap::Parser>::try_parse_from(&argv)
+        .unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+    let config = parsed
+        .leader
+        .config()
+        .unwrap_or_else(|e| panic!("the prober rejects {argv:?}: {e}"))
+        .expect("--leader-elect is on");
+    assert_eq!(config.lease_name, "secret-canary");
+    assert_eq!(config.lease_namespace.as_deref(), Some("secret-canary"));
+    // The holder identity comes from the Pod name (downward API).
+    let pod = spec.template.spec.unwrap();
+    let env = pod.containers[0].env.clone().unwrap_or_default();
+    let pod_name = env.iter().find(|e| e.name == "POD_NAME").expect("POD_NAME");
+    assert_eq!(
+        pod_name
+            .value_from
+            .as_ref()
+            .unwrap()
+            .field_ref
+            .as_ref()
+            .unwrap()
+            .field_path,
+        "metadata.name"
+    );
+    // One Role with the Lease rules, in the Lease's namespace, bound to the prober.
+    let roles = lease_roles(&r);
+    assert_eq!(roles.len(), 1, "{roles:?}");
+    let (role, rules) = &roles[0];
+    assert_eq!(role["metadata"]["namespace"], "secret-canary");
+    for rule in rules {
+        assert_eq!(strings(&rule["apiGroups"]), ["coordination.k8s.io"]);
+        if strings(&rule["resourceNames"]).is_empty() {
+            assert!(is_lease_create(rule), "unnamed Lease rule: {rule}");
+        } else {
+            assert_eq!(
+                strings(&rule["resourceNames"]),
+                std::slice::from_ref(&config.lease_name)
+            );
+            assert_eq!(strings(&rule["verbs"]), ["get", "update"], "{rule}");
+        }
+    }
+    let verbs: BTreeSet<String> = rules.iter().flat_map(|r| strings(&r["verbs"])).collect();
+    assert_eq!(
+        verbs,
+        BTreeSet::from(["create", "get", "update"].map(String::from))
+    );
+    let binding = r
+        .of_kind("RoleBinding")
+        .into_iter()
+        .find(|b| b["roleRef"]["name"] == role["metadata"]["name"])
+        .expect("a RoleBinding of the Lease Role");
+    assert_eq!(binding["metadata"]["namespace"], "secret-canary");
+    assert_eq!(binding["subjects"][0]["name"], "secret-canary");
+    // A disruption budget over the prober Pods, and a spread across nodes.
+    let pdbs = r.of_kind("PodDisruptionBudget");
+    assert_eq!(pdbs.len(), 1);
+    let pdb: PodDisruptionBudget = serde_json::from_value(pdbs[0].clone()).unwrap();
+    let selector = pdb.spec.unwrap().selector.unwrap().match_labels.unwrap();
+    let labels = d
+        .spec
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .labels
+        .clone()
+        .unwrap();
+    assert!(selector.iter().all(|(k, v)| labels.get(k) == Some(v)));
+    assert_eq!(
+        selector
+            .get("app.kubernetes.io/component")
+            .map(String::as_str),
+        Some("prober")
+    );
+    assert!(pod.affinity.and_then(|a| a.pod_anti_affinity).is_some());
+
+    // One replica with leader election: the Lease and RollingUpdate, no budget.
+    let one = render(&json!({"leaderElection": {"enabled": true, "leaseName": "l"}}));
+    assert_eq!(lease_roles(&one).len(), 1);
+    assert!(one.of_kind("PodDisruptionBudget").is_empty());
+    let d = prober_deployment(&one);
+    assert_eq!(flag(&prober_args(&d), "leader-elect-lease-name"), Some("l"));
+    assert_eq!(
+        d.spec.strategy.unwrap().type_.as_deref(),
+        Some("RollingUpdate")
+    );
+}
+
+#[test]
+fn without_leader_election_there_is_no_lease_access_and_one_recreated_prober() {
+    let r = render(&json!({}));
+    assert!(lease_roles(&r).is_empty());
+    assert!(r.of_kind("PodDisruptionBudget").is_empty());
+    let d = prober_deployment(&r);
+    assert!(!prober_args(&d)
+        .iter()
+        .any(|a| a.starts_with("--leader-elect")));
+    let spec = d.spec;
+    assert_eq!(spec.replicas, Some(1));
+    assert_eq!(spec.strategy.unwrap().type_.as_deref(), Some("Recreate"));
+    assert!(
+        r.all().all(|o| o["kind"] != "Secret"),
+        "no metrics token Secret by default"
+    );
+}
+
+#[test]
+fn two_replicas_without_leader_election_are_refused() {
+    for values in [
+        json!({"replicaCount": 2}),
+        json!({"replicaCount": 3, "leaderElection": {"enabled": false}}),
+    ] {
+        let out = helm_py(&["render", CHART], Some(&values));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "accepted {values}");
+        assert!(
+            err.contains("leaderElection.enabled is false"),
+            "{values}: unclear refusal: {err}"
+        );
+    }
+}
+
+#[test]
+fn metrics_auth_mounts_the_token_and_the_service_monitor_sends_it() {
+    let base = render(&json!({}));
+    let r = render(&json!({"metrics": {"auth": {"enabled": true}}}));
+    // A generated token the prober's own reader accepts.
+    let secrets = r.of_kind("Secret");
+    assert_eq!(secrets.len(), 1);
+    let secret: Secret = serde_json::from_value(secrets[0].clone()).unwrap();
+    let secret_name = secret.metadata.name.clone().unwrap();
+    assert_eq!(secret_name, "secret-canary-metrics-token");
+    let token = &secret.data.as_ref().unwrap()["token"].0;
+    assert!(token.len() >= 32, "a short token");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, token).unwrap();
+    secret_canary::http::read_token_file(&file).expect("the prober rejects the generated token");
+
+    // The prober reads it from a read-only mount of exactly that key.
+    let d = prober_deployment(&r);
+    let args = prober_args(&d);
+    let path = Path::new(flag(&args, "metrics-token-file").expect("--metrics-token-file"));
+    let pod = d.spec.template.spec.clone().unwrap();
+    let c = &pod.containers[0];
+    let mount = c
+        .volume_mounts
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|m| Path::new(&m.mount_path) == path.parent().unwrap())
+        .expect("a mount holding the token file");
+    assert_eq!(mount.read_only, Some(true));
+    let volume = pod
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == mount.name)
+        .unwrap();
+    let sv = volume.secret.as_ref().expect("a Secret volume");
+    assert_eq!(sv.secret_name.as_deref(), Some(secret_name.as_str()));
+    let item = &sv.items.as_ref().unwrap()[0];
+    assert_eq!(item.key, "token");
+    assert_eq!(Path::new(&item.path), Path::new(path.file_name().unwrap()));
+    assert_eq!(sv.default_mode.unwrap() & 0o007, 0, "world-readable token");
+    assert_eq!(
+        d.metadata.annotations.as_ref().unwrap()["secret.reloader.stakater.com/reload"],
+        secret_name
+    );
+
+    // Prometheus sends it.
+    let sm = r.of_kind("ServiceMonitor");
+    let auth = &sm[0]["spec"]["endpoints"][0]["authorization"];
+    assert_eq!(auth["type"], "Bearer", "{}", sm[0]);
+    assert_eq!(auth["credentials"]["name"], secret_name.as_str());
+    assert_eq!(auth["credentials"]["key"], "token");
+    assert_eq!(
+        sm[0]["metadata"]["namespace"],
+        secrets[0]["metadata"]["namespace"]
+    );
+    assert!(base.of_kind("ServiceMonitor")[0]["spec"]["endpoints"][0]["authorization"].is_null());
+
+    // The kubelet's probes stay open; the helm test Pod and the
+    // NetworkPolicies are what they are without auth.
+    for p in [&c.liveness_probe, &c.readiness_probe] {
+        let path = p.as_ref().unwrap().http_get.as_ref().unwrap().path.clone();
+        assert!(
+            matches!(path.as_deref(), Some("/healthz" | "/readyz")),
+            "{path:?}"
+        );
+    }
+    assert_eq!(
+        base.of_kind("Pod"),
+        r.of_kind("Pod"),
+        "the helm test Pod changed"
+    );
+    assert_eq!(
+        base.of_kind("NetworkPolicy"),
+        r.of_kind("NetworkPolicy"),
+        "the NetworkPolicies changed"
+    );
+
+    // An existing Secret: none generated, both sides use its name and key.
+    let r = render(
+        &json!({"metrics": {"auth": {"enabled": true, "existingSecret": "scrape-token", "key": "bearer"}}}),
+    );
+    assert!(r.of_kind("Secret").is_empty());
+    let auth = &r.of_kind("ServiceMonitor")[0]["spec"]["endpoints"][0]["authorization"];
+    assert_eq!(auth["credentials"]["name"], "scrape-token");
+    assert_eq!(auth["credentials"]["key"], "bearer");
+    let d = prober_deployment(&r);
+    let sv = d
+        .spec
+        .template
+        .spec
+        .unwrap()
+        .volumes
+        .unwrap()
+        .into_iter()
+        .find_map(|v| v.secret)
+        .unwrap();
+    assert_eq!(sv.secret_name.as_deref(), Some("scrape-token"));
+    assert_eq!(sv.items.unwrap()[0].key, "bearer");
+}
+
+#[test]
+fn externalsecret_patch_is_granted_exactly_for_the_force_synced_probes() {
+    for (combo, r) in rendered_all() {
+        let (_, config) = prober_config(&r);
+        let force_synced: BTreeSet<String> = config
+            .probes
+            .iter()
+            .filter(|p| p.name != "extra" && p.chain.force_sync)
+            .filter_map(|p| p.chain.external_secret.clone())
+            .collect();
+        let patchable: BTreeSet<String> = rbac_rules(&r)
+            .into_iter()
+            .filter(|(_, rule)| {
+                strings(&rule["resources"]).contains(&"externalsecrets".to_string())
+                    && strings(&rule["verbs"])
+                        .iter()
+                        .any(|v| v != "get" && v != "list" && v != "watch")
+            })
+            .flat_map(|(_, rule)| strings(&rule["resourceNames"]))
+            .collect();
+        assert_eq!(patchable, force_synced, "{combo}");
+    }
+    // Off by default.
+    let r = render(&json!({}));
+    let (_, config) = prober_config(&r);
+    assert!(config.probes.iter().all(|p| !p.chain.force_sync));
 }
 
 /// The one value of Cargo.toml this test needs, without a TOML dependency.

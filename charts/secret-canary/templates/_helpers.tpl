@@ -151,3 +151,26 @@ capabilities:
 seccompProfile:
   type: RuntimeDefault
 {{- end }}
+
+{{/* The leader election Lease's name. */}}
+{{- define "secret-canary.leaseName" -}}
+{{- default (include "secret-canary.fullname" .) .Values.leaderElection.leaseName }}
+{{- end }}
+
+{{/* The Secret holding the bearer token of /metrics and /probes. */}}
+{{- define "secret-canary.metricsTokenSecret" -}}
+{{- default (printf "%s-metrics-token" (include "secret-canary.fullname" .) | trunc 63 | trimSuffix "-") .Values.metrics.auth.existingSecret }}
+{{- end }}
+
+{{/* Where the prober reads that token. */}}
+{{- define "secret-canary.metricsTokenPath" -}}
+/var/run/secrets/secret-canary/metrics/token
+{{- end }}
+
+{{/* Refuse value combinations the prober cannot run safely. Included by
+the prober Deployment, so every install and upgrade checks them. */}}
+{{- define "secret-canary.validate" -}}
+{{- if and (gt (int .Values.replicaCount) 1) (not .Values.leaderElection.enabled) -}}
+{{- fail (printf "replicaCount is %d but leaderElection.enabled is false: replicas without leader election would all probe at once and race on the same store paths; set leaderElection.enabled=true or replicaCount=1" (int .Values.replicaCount)) -}}
+{{- end -}}
+{{- end }}
