@@ -624,8 +624,6 @@ pub struct Cluster {
     namespace: String,
     deployment: Option<String>,
     external_secret_name: Option<String>,
-    /// The last `force-sync` value sent (a repeat would be an empty patch).
-    last_force_sync: std::sync::Mutex<Option<String>>,
     /// The ExternalSecret, if the chain has one.
     pub external_secret: Option<watch::Receiver<View<EsState>>>,
     /// The Secret, if the chain has one.
@@ -690,7 +688,6 @@ impl Cluster {
             namespace: chain.namespace.clone(),
             deployment,
             external_secret_name: chain.external_secret.clone(),
-            last_force_sync: std::sync::Mutex::new(None),
             external_secret,
             secret,
             deployments,
@@ -752,8 +749,9 @@ impl Cluster {
     }
 
     /// Make ESO sync now: a merge patch of the ExternalSecret's `force-sync`
-    /// annotation to the unix time (any metadata change triggers a
-    /// reconcile, so two calls in one second send a finer value).
+    /// annotation to the unix time. Any metadata change triggers a
+    /// reconcile; the time carries nanoseconds because an unchanged value
+    /// (two runs in one second, from two processes) would trigger nothing.
     pub async fn force_sync(
         &self,
         now: DateTime<Utc>,
@@ -762,17 +760,7 @@ impl Cluster {
         let Some(name) = &self.external_secret_name else {
             return Ok(());
         };
-        let mut value = now.timestamp().to_string();
-        {
-            let last = self
-                .last_force_sync
-                .lock()
-                .map(|l| l.clone())
-                .unwrap_or_default();
-            if last.as_deref() == Some(value.as_str()) {
-                value = format!("{}.{:09}", now.timestamp(), now.timestamp_subsec_nanos());
-            }
-        }
+        let value = format!("{}.{:09}", now.timestamp(), now.timestamp_subsec_nanos());
         let patch = serde_json::json!({"metadata": {"annotations": {FORCE_SYNC: value}}});
         let api = Api::<DynamicObject>::namespaced_with(
             self.client.clone(),
@@ -784,12 +772,7 @@ impl Cluster {
             ..PatchParams::default()
         };
         match tokio::time::timeout(timeout, api.patch(name, &params, &Patch::Merge(patch))).await {
-            Ok(Ok(_)) => {
-                if let Ok(mut last) = self.last_force_sync.lock() {
-                    *last = Some(value);
-                }
-                Ok(())
-            }
+            Ok(Ok(_)) => Ok(()),
             Ok(Err(source)) => Err(ClusterError::ForceSyncPatch {
                 namespace: self.namespace.clone(),
                 name: name.clone(),
