@@ -241,7 +241,11 @@ fn comparison_snapshots() {
         .collect();
     assert_eq!(
         regressed,
-        ["eso-env/eso_sync", "eso-env/secret_update", "eso-env/end_to_end"]
+        [
+            "eso-env/eso_sync",
+            "eso-env/secret_update",
+            "eso-env/end_to_end"
+        ]
     );
 }
 
