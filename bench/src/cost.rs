@@ -31,6 +31,12 @@ pub struct Options {
     pub duration: Option<Duration>,
     /// Timed `/metrics` scrapes after the runs (while the probes keep running).
     pub scrapes: usize,
+    /// Put the counting proxy between the prober and the API server. The
+    /// scale phase goes direct: a thousand probes' watches through the
+    /// proxy would double the connections the lab process holds.
+    pub count_requests: bool,
+    /// The lab kubelet's readiness-probe period.
+    pub readiness_period: &'static str,
 }
 
 /// One measurement.
@@ -93,17 +99,24 @@ pub async fn measure(tools: &Tools, opts: &Options, dir: &Path) -> Result<Measur
     let chains = scenario::chains(&[Kind::Volume], opts.probes);
     // Readiness probes every 2 s instead of 50 ms: a thousand canaries would
     // otherwise keep the lab busy with 20,000 probes a second.
-    let knobs = vec![("readiness-period", "2s".to_string())];
+    let knobs = vec![("readiness-period", opts.readiness_period.to_string())];
     let lab = start_lab(tools, dir, &chains, &knobs, "1h", EsoAuth::Token).await?;
     let cancel = CancellationToken::new();
     let result = async {
-        let proxy = Proxy::start(&lab.api_url, cancel.clone()).await?;
-        let kubeconfig = lab.dir.join("kubeconfig-proxy");
-        let token = lab.server.admin_token();
-        std::fs::write(
-            &kubeconfig,
-            secret_canary_lab::lab::kubeconfig_yaml(&proxy.url, &token),
-        )?;
+        let proxy = if opts.count_requests {
+            Some(Proxy::start(&lab.api_url, cancel.clone()).await?)
+        } else {
+            None
+        };
+        let kubeconfig = match &proxy {
+            Some(p) => {
+                let k = lab.dir.join("kubeconfig-proxy");
+                let token = lab.server.admin_token();
+                std::fs::write(&k, secret_canary_lab::lab::kubeconfig_yaml(&p.url, &token))?;
+                k
+            }
+            None => lab.kubeconfig.clone(),
+        };
         let config = lab.dir.join("bench-prober.yaml");
         std::fs::write(
             &config,
@@ -119,7 +132,7 @@ pub async fn measure(tools: &Tools, opts: &Options, dir: &Path) -> Result<Measur
                 },
             ),
         )?;
-        run_prober(tools, opts, &config, &lab.dir, &proxy).await
+        run_prober(tools, opts, &config, &lab.dir, proxy.as_ref()).await
     }
     .await;
     cancel.cancel();
@@ -132,7 +145,7 @@ async fn run_prober(
     opts: &Options,
     config: &Path,
     dir: &Path,
-    proxy: &Proxy,
+    proxy: Option<&Proxy>,
 ) -> Result<Measurement> {
     let mut m = Measurement {
         probes: opts.probes,
@@ -144,7 +157,7 @@ async fn run_prober(
     m.ready_s = prober.wait_ready(ready_limit).await?.as_secs_f64();
     // The first runs start at once (interval cadence): the window starts here.
     m.at_ready = prober.stats();
-    let counts_ready = proxy.counts();
+    let counts_ready = proxy.map(Proxy::counts).unwrap_or_default();
     m.startup_requests = counts_ready.clone();
     let (text0, _) = prober.scrape().await?;
     let t0 = Instant::now();
@@ -178,7 +191,9 @@ async fn run_prober(
     }
     m.window_s = t0.elapsed().as_secs_f64();
     m.at_end = prober.stats();
-    m.window_requests = proxy::since(&proxy.counts(), &counts_ready);
+    if let Some(p) = proxy {
+        m.window_requests = proxy::since(&p.counts(), &counts_ready);
+    }
     let sum = |t: &str, fam: &str, f: &str| stats::sum_family(t, fam, f);
     m.runs = runs_of(&last_text) - base_runs;
     m.success = sum(&last_text, "secret_canary_runs_total", "result=\"success\"")
@@ -191,9 +206,17 @@ async fn run_prober(
     m.jitter_p50 = jitter.quantile(0.5);
     m.jitter_p99 = jitter.quantile(0.99);
     m.jitter_n = jitter.count();
-    let e2e = Histogram::from_exposition(&last_text, "secret_canary_end_to_end_seconds").since(
-        &Histogram::from_exposition(&text0, "secret_canary_end_to_end_seconds"),
-    );
+    // Forced runs (force_sync) have their own end-to-end family.
+    let e2e = [
+        "secret_canary_forced_end_to_end_duration_seconds",
+        "secret_canary_end_to_end_duration_seconds",
+    ]
+    .iter()
+    .map(|f| {
+        Histogram::from_exposition(&last_text, f).since(&Histogram::from_exposition(&text0, f))
+    })
+    .find(|h| h.count() > 0.0)
+    .unwrap_or_default();
     m.e2e_p50 = e2e.quantile(0.5);
 
     let mut lat = Vec::with_capacity(opts.scrapes);

@@ -80,7 +80,7 @@ pub struct Args {
     #[arg(long, default_value_t = 1000)]
     pub scale_probes: usize,
     /// Interval of the scale probes.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub scale_interval: Duration,
     /// How long the scale phase runs its probes.
     #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
@@ -192,8 +192,7 @@ fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,secret_canary_lab=error".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "off".into()),
         )
         .with_writer(std::io::stderr)
         .try_init();
@@ -289,6 +288,8 @@ async fn run(mut args: Args) -> Result<()> {
                 runs: Some(n * args.cost_runs_per_probe),
                 duration: None,
                 scrapes: args.scrapes,
+                count_requests: true,
+                readiness_period: "2s",
             };
             let m = cost::measure(&tools, &opts, &work.join(format!("cost-{n}"))).await?;
             results.cost.push(m);
@@ -302,6 +303,9 @@ async fn run(mut args: Args) -> Result<()> {
             runs: None,
             duration: Some(args.scale_duration),
             scrapes: args.scrapes.min(100),
+            count_requests: false,
+            // A thousand canaries probed every 10 s is still 100 probes a second.
+            readiness_period: "10s",
         };
         results.scale = Some(cost::measure(&tools, &opts, &work.join("scale")).await?);
     }

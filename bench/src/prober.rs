@@ -100,7 +100,8 @@ impl Prober {
             pid,
             url: format!("http://127.0.0.1:{port}"),
             http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
+                // A thousand probes' exposition is megabytes on a busy machine.
+                .timeout(Duration::from_secs(120))
                 .build()?,
         })
     }
