@@ -233,7 +233,7 @@ pub async fn run(
     let client = kube_client(&config.kubernetes).await?;
     let mut registry = Registry::default();
     let metrics = Metrics::for_config(&mut registry, &config);
-    let leader_gauge = crate::leader::register_gauge(&mut registry);
+    let leader_gauge = metrics.leader_gauge();
     let elector = match opts.leader_election.clone() {
         Some(le) => Some(crate::leader::Elector::start(
             client.clone(),

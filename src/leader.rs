@@ -15,24 +15,12 @@ use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, PostParams};
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// Timeout of each Lease request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The `secret_canary_leader` gauge: 1 while this replica runs probes.
-pub fn register_gauge(registry: &mut Registry) -> Gauge {
-    let g = Gauge::default();
-    registry.sub_registry_with_prefix("secret_canary").register(
-        "leader",
-        "Whether this replica runs the probes (1): it holds the leader Lease, or leader election is off",
-        g.clone(),
-    );
-    g
-}
 
 /// `secret-canary run` flags of leader election.
 #[derive(clap::Args, Debug, Clone)]

@@ -21,6 +21,7 @@
 //! | `secret_canary_slo_threshold_seconds` | gauge | probe, stage | the configured SLO thresholds |
 //! | `secret_canary_schedule_jitter_seconds` | histogram | probe | how late a run started after its tick was due |
 //! | `secret_canary_schedule_missed_ticks_total` | counter | probe | ticks dropped because the process stalled |
+//! | `secret_canary_leader` | gauge | - | 1 while this replica runs the probes (holds the Lease, or leader election is off) |
 //! | `secret_canary_build_info` | gauge | version, revision | always 1 |
 //!
 //! A forced run (`chain.force_sync`, `once --force-sync`) skips ESO's
@@ -213,6 +214,7 @@ pub struct Metrics {
     jitter: Family<ProbeLabels, Histogram>,
     missed_ticks: Family<ProbeLabels, Counter>,
     build_info: Family<BuildLabels, Gauge>,
+    leader: Gauge,
 }
 
 fn probe_labels(probe: &str) -> ProbeLabels {
@@ -254,6 +256,7 @@ impl Metrics {
             jitter: Family::new_with_constructor(jitter_histogram),
             missed_ticks: Family::default(),
             build_info: Family::default(),
+            leader: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix(PREFIX);
         r.register_with_unit(
@@ -346,6 +349,11 @@ impl Metrics {
             m.missed_ticks.clone(),
         );
         r.register(
+            "leader",
+            "Whether this replica runs the probes (1): it holds the leader Lease, or leader election is off",
+            m.leader.clone(),
+        );
+        r.register(
             "build_info",
             "Build information of the running prober (always 1)",
             m.build_info.clone(),
@@ -359,6 +367,12 @@ impl Metrics {
             })
             .set(1);
         m
+    }
+
+    /// The `secret_canary_leader` gauge, for the leader elector (or set to 1
+    /// when leader election is off).
+    pub fn leader_gauge(&self) -> Gauge {
+        self.leader.clone()
     }
 
     /// Register into `registry` and create every series `config` implies.
@@ -571,7 +585,8 @@ pub fn expected_series(config: &Config) -> usize {
             + 1 // schedule_missed_ticks_total
             + if p.chain.force_sync { (n + 1) * duration_hist } else { 0 } // forced_*
     };
-    1 + config.probes.iter().map(per_probe).sum::<usize>()
+    // build_info and leader, then each probe's series.
+    2 + config.probes.iter().map(per_probe).sum::<usize>()
 }
 
 /// The registry in the OpenMetrics text format (ends with `# EOF`).
