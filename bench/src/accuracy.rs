@@ -166,6 +166,7 @@ async fn measure(
                 interval: opts.interval,
                 deadline: Duration::from_secs(60),
                 force_sync: false,
+                stagger: false,
             },
         ),
     )?;

@@ -37,6 +37,8 @@ pub struct Options {
     pub count_requests: bool,
     /// The lab kubelet's readiness-probe period.
     pub readiness_period: &'static str,
+    /// Spread runs over the interval (cron schedules) instead of bursts.
+    pub stagger: bool,
 }
 
 /// One measurement.
@@ -46,6 +48,8 @@ pub struct Measurement {
     pub probes: usize,
     /// Interval, seconds.
     pub interval_s: f64,
+    /// Runs were spread over the interval by cron schedules.
+    pub staggered: bool,
     /// From process start to `/readyz` (every watcher synced), seconds.
     pub ready_s: f64,
     /// At ready.
@@ -129,6 +133,7 @@ pub async fn measure(tools: &Tools, opts: &Options, dir: &Path) -> Result<Measur
                     interval: opts.interval,
                     deadline: Duration::from_secs(60),
                     force_sync: true,
+                    stagger: opts.stagger,
                 },
             ),
         )?;
@@ -150,6 +155,7 @@ async fn run_prober(
     let mut m = Measurement {
         probes: opts.probes,
         interval_s: opts.interval.as_secs_f64(),
+        staggered: opts.stagger && scenario::staggered_cron(0, opts.interval).is_some(),
         ..Default::default()
     };
     let mut prober = Prober::start(&tools.prober_bin, config, &dir.join("prober.log")).await?;

@@ -80,7 +80,9 @@ pub struct Args {
     #[arg(long, default_value_t = 1000)]
     pub scale_probes: usize,
     /// Interval of the scale probes.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    /// Interval of the scale probes; whole seconds dividing a minute are
+    /// staggered with cron schedules (probe i at second i mod interval).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub scale_interval: Duration,
     /// How long the scale phase runs its probes.
     #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
@@ -278,6 +280,7 @@ async fn run(mut args: Args) -> Result<()> {
             baseline_runs: args.baseline_runs,
         };
         results.accuracy = Some(accuracy::run(&tools, &opts, &accuracy::dir(&work)).await?);
+        write_results(&root, &args, &work, &mut results, started)?;
     }
     if args.phases.iter().any(|p| p == "cost") {
         eprintln!("== cost");
@@ -290,9 +293,11 @@ async fn run(mut args: Args) -> Result<()> {
                 scrapes: args.scrapes,
                 count_requests: true,
                 readiness_period: "2s",
+                stagger: false,
             };
             let m = cost::measure(&tools, &opts, &work.join(format!("cost-{n}"))).await?;
             results.cost.push(m);
+            write_results(&root, &args, &work, &mut results, started)?;
         }
     }
     if args.phases.iter().any(|p| p == "scale") {
@@ -302,13 +307,33 @@ async fn run(mut args: Args) -> Result<()> {
             interval: args.scale_interval,
             runs: None,
             duration: Some(args.scale_duration),
-            scrapes: args.scrapes.min(100),
+            // A thousand probes' exposition is megabytes: each scrape is slow.
+            scrapes: args.scrapes.min(20),
             count_requests: false,
             // A thousand canaries probed every 10 s is still 100 probes a second.
             readiness_period: "10s",
+            stagger: true,
         };
         results.scale = Some(cost::measure(&tools, &opts, &work.join("scale")).await?);
     }
+    write_results(&root, &args, &work, &mut results, started)?;
+    eprintln!(
+        "wrote {} in {:.0} s",
+        root.join(&args.out).display(),
+        results.seconds
+    );
+    Ok(())
+}
+
+/// Write what is known so far (after every phase, so an interrupted run
+/// keeps its finished phases).
+fn write_results(
+    root: &Path,
+    args: &Args,
+    work: &Path,
+    results: &mut report::Results,
+    started: Instant,
+) -> Result<()> {
     results.seconds = started.elapsed().as_secs_f64();
     let out = root.join(&args.out);
     if let Some(parent) = out.parent() {
@@ -319,6 +344,5 @@ async fn run(mut args: Args) -> Result<()> {
         work.join("results.json"),
         serde_json::to_vec_pretty(&results)?,
     )?;
-    eprintln!("wrote {} in {:.0} s", out.display(), results.seconds);
     Ok(())
 }

@@ -425,12 +425,19 @@ fn cost_md(s: &mut String, ms_: &[Measurement]) {
 
 fn scale_md(s: &mut String, m: &Measurement, cost: &[Measurement]) {
     let _ = writeln!(s, "## Scale: {} probes in one process\n", m.probes);
+    let every = humantime::format_duration(std::time::Duration::from_secs_f64(m.interval_s));
+    let cadence = if m.staggered {
+        format!(
+            "every probe runs every {every}, staggered by cron schedules (probe i at second i mod {}: `i/{} * * * * *`), so about {:.0} runs start each second",
+            m.interval_s, m.interval_s, m.probes as f64 / m.interval_s
+        )
+    } else {
+        format!("every probe on a {every} interval, all starting together (every tick is a burst of {} runs)", m.probes)
+    };
     let _ = writeln!(
         s,
-        "{} ESO + Secret volume chains as in the cost phase, every probe on a {} interval (all probes start together, so every tick is a burst of {} runs), for {:.0} s. \
+        "{} ESO + Secret volume chains as in the cost phase; {cadence}; measured for {:.0} s after `/readyz`. \
          Jitter is `secret_canary_schedule_jitter_seconds` (tick due → run started), summed over all probes and interpolated within its buckets (0.5, 1, 2.5, 5, 10, 25 ms, ...).\n",
-        m.probes,
-        humantime::format_duration(std::time::Duration::from_secs_f64(m.interval_s)),
         m.probes,
         m.window_s
     );

@@ -270,6 +270,18 @@ pub struct ProberSpec<'a> {
     pub deadline: Duration,
     /// Annotate the ExternalSecret right after the write (ESO syncs at once).
     pub force_sync: bool,
+    /// Spread the probes' runs over the interval with cron schedules
+    /// (`S/P * * * * *`, probe i at second i mod P) instead of starting
+    /// them all together. Needs an interval of whole seconds dividing 60.
+    pub stagger: bool,
+}
+
+/// The cron schedule of probe `i` staggered over `period` seconds, if the
+/// period allows it (whole seconds, dividing a minute).
+pub fn staggered_cron(i: usize, period: Duration) -> Option<String> {
+    let secs = period.as_secs();
+    let whole = period.subsec_nanos() == 0 && secs > 0 && secs < 60 && 60 % secs == 0;
+    whole.then(|| format!("{}/{secs} * * * * *", i as u64 % secs))
 }
 
 /// A prober config with one probe per chain, named after the chain.
@@ -277,7 +289,8 @@ pub fn prober_yaml(chains: &[Chain], spec: &ProberSpec<'_>) -> String {
     let secs = |d: Duration| format!("{}ms", d.as_millis());
     let probes: Vec<Value> = chains
         .iter()
-        .map(|c| {
+        .enumerate()
+        .map(|(i, c)| {
             let mut chain = json!({
                 "namespace": c.namespace,
                 "canary": {
@@ -303,9 +316,8 @@ pub fn prober_yaml(chains: &[Chain], spec: &ProberSpec<'_>) -> String {
             if spec.force_sync && c.kind != Kind::Bankvaults {
                 chain["force_sync"] = json!(true);
             }
-            json!({
+            let mut probe = json!({
                 "name": c.name,
-                "interval": secs(spec.interval),
                 "deadline": secs(spec.deadline),
                 "store": {
                     "address": spec.vault_addr,
@@ -315,7 +327,12 @@ pub fn prober_yaml(chains: &[Chain], spec: &ProberSpec<'_>) -> String {
                     "auth": {"token": {"file": spec.token_file}},
                 },
                 "chain": chain,
-            })
+            });
+            match staggered_cron(i, spec.interval).filter(|_| spec.stagger) {
+                Some(cron) => probe["schedule"] = json!(cron),
+                None => probe["interval"] = json!(secs(spec.interval)),
+            }
+            probe
         })
         .collect();
     let doc = json!({
@@ -357,11 +374,18 @@ mod tests {
                 interval: Duration::from_secs(8),
                 deadline: Duration::from_secs(60),
                 force_sync: true,
+                stagger: false,
             },
         );
         let parsed = secret_canary::config::Config::from_yaml(&cfg, "bench.yaml").unwrap();
         assert_eq!(parsed.probes.len(), 6);
         assert!(cfg.contains("force_sync: true"));
         assert!(cfg.contains("interval: 8000ms"));
+        assert_eq!(
+            staggered_cron(7, Duration::from_secs(30)).unwrap(),
+            "7/30 * * * * *"
+        );
+        assert!(staggered_cron(7, Duration::from_secs(7)).is_none());
+        assert!(staggered_cron(7, Duration::from_millis(7300)).is_none());
     }
 }
