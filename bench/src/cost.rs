@@ -39,6 +39,9 @@ pub struct Options {
     pub readiness_period: &'static str,
     /// Spread runs over the interval (cron schedules) instead of bursts.
     pub stagger: bool,
+    /// Probes per chain (1: every probe has its own chain). More than one
+    /// needs `stagger`: the probes of a chain take turns.
+    pub shares: usize,
 }
 
 /// One measurement.
@@ -50,6 +53,8 @@ pub struct Measurement {
     pub interval_s: f64,
     /// Runs were spread over the interval by cron schedules.
     pub staggered: bool,
+    /// Chains (each with one canary Pod) the probes ran on.
+    pub chains: usize,
     /// From process start to `/readyz` (every watcher synced), seconds.
     pub ready_s: f64,
     /// At ready.
@@ -100,7 +105,7 @@ impl Measurement {
 
 /// Start a lab with `opts.probes` volume chains and measure the prober on it.
 pub async fn measure(tools: &Tools, opts: &Options, dir: &Path) -> Result<Measurement> {
-    let chains = scenario::chains(&[Kind::Volume], opts.probes);
+    let chains = scenario::chains(&[Kind::Volume], opts.probes.div_ceil(opts.shares.max(1)));
     // Readiness probes every 2 s instead of 50 ms: a thousand canaries would
     // otherwise keep the lab busy with 20,000 probes a second.
     let knobs = vec![("readiness-period", opts.readiness_period.to_string())];
@@ -122,21 +127,22 @@ pub async fn measure(tools: &Tools, opts: &Options, dir: &Path) -> Result<Measur
             None => lab.kubeconfig.clone(),
         };
         let config = lab.dir.join("bench-prober.yaml");
-        std::fs::write(
-            &config,
-            scenario::prober_yaml(
-                &chains,
-                &ProberSpec {
-                    kubeconfig: &kubeconfig,
-                    vault_addr: &lab.vault.addr,
-                    token_file: &lab.dir.join("prober.token"),
-                    interval: opts.interval,
-                    deadline: Duration::from_secs(60),
-                    force_sync: true,
-                    stagger: opts.stagger,
-                },
-            ),
-        )?;
+        let token_file = lab.dir.join("prober.token");
+        let spec = ProberSpec {
+            kubeconfig: &kubeconfig,
+            vault_addr: &lab.vault.addr,
+            token_file: &token_file,
+            interval: opts.interval,
+            deadline: Duration::from_secs(60),
+            force_sync: true,
+            stagger: opts.stagger,
+        };
+        let text = if opts.shares > 1 {
+            scenario::shared_prober_yaml(&chains, opts.probes, &spec)
+        } else {
+            scenario::prober_yaml(&chains, &spec)
+        };
+        std::fs::write(&config, text)?;
         run_prober(tools, opts, &config, &lab.dir, proxy.as_ref()).await
     }
     .await;
@@ -156,6 +162,7 @@ async fn run_prober(
         probes: opts.probes,
         interval_s: opts.interval.as_secs_f64(),
         staggered: opts.stagger && scenario::staggered_cron(0, opts.interval).is_some(),
+        chains: opts.probes.div_ceil(opts.shares.max(1)),
         ..Default::default()
     };
     let mut prober = Prober::start(&tools.prober_bin, config, &dir.join("prober.log")).await?;

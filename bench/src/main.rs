@@ -84,6 +84,10 @@ pub struct Args {
     /// staggered with cron schedules (probe i at second i mod interval).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub scale_interval: Duration,
+    /// Probes per chain in the scale phase (they take turns on it): the lab's
+    /// thousand canary processes, not the prober, limit a 2-core machine.
+    #[arg(long, default_value_t = 10)]
+    pub scale_shares: usize,
     /// How long the scale phase runs its probes.
     #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
     pub scale_duration: Duration,
@@ -294,6 +298,7 @@ async fn run(mut args: Args) -> Result<()> {
                 count_requests: true,
                 readiness_period: "2s",
                 stagger: false,
+                shares: 1,
             };
             let m = cost::measure(&tools, &opts, &work.join(format!("cost-{n}"))).await?;
             results.cost.push(m);
@@ -313,6 +318,7 @@ async fn run(mut args: Args) -> Result<()> {
             // A thousand canaries probed every 10 s is still 100 probes a second.
             readiness_period: "10s",
             stagger: true,
+            shares: args.scale_shares,
         };
         results.scale = Some(cost::measure(&tools, &opts, &work.join("scale")).await?);
     }

@@ -426,19 +426,26 @@ fn cost_md(s: &mut String, ms_: &[Measurement]) {
 fn scale_md(s: &mut String, m: &Measurement, cost: &[Measurement]) {
     let _ = writeln!(s, "## Scale: {} probes in one process\n", m.probes);
     let every = humantime::format_duration(std::time::Duration::from_secs_f64(m.interval_s));
-    let cadence = if m.staggered {
+    let shares = m.probes.div_ceil(m.chains.max(1));
+    let cadence = if m.staggered && shares > 1 {
         format!(
-            "every probe runs every {every}, staggered by cron schedules (probe i at second i mod {}: `i/{} * * * * *`), so about {:.0} runs start each second",
-            m.interval_s, m.interval_s, m.probes as f64 / m.interval_s
+            "each of the {shares} probes of a chain runs every {every}, the k-th at second k·{}/{shares} of each period (cron `S/{} * * * * *`), so {} runs start together every {:.0} s",
+            m.interval_s, m.interval_s, m.chains, m.interval_s / shares as f64
+        )
+    } else if m.staggered {
+        format!(
+            "every probe runs every {every}, staggered by cron schedules (probe i at second i mod {}), so about {:.0} runs start each second",
+            m.interval_s, m.probes as f64 / m.interval_s
         )
     } else {
         format!("every probe on a {every} interval, all starting together (every tick is a burst of {} runs)", m.probes)
     };
     let _ = writeln!(
         s,
-        "{} ESO + Secret volume chains as in the cost phase; {cadence}; measured for {:.0} s after `/readyz`. \
+        "{} probes on {} ESO + Secret volume chains as in the cost phase; {cadence}; measured for {:.0} s after `/readyz`. \
          Jitter is `secret_canary_schedule_jitter_seconds` (tick due → run started), summed over all probes and interpolated within its buckets (0.5, 1, 2.5, 5, 10, 25 ms, ...).\n",
         m.probes,
+        m.chains,
         m.window_s
     );
     let base = cost

@@ -284,6 +284,35 @@ pub fn staggered_cron(i: usize, period: Duration) -> Option<String> {
     whole.then(|| format!("{}/{secs} * * * * *", i as u64 % secs))
 }
 
+/// A prober config with `probes` probes over `chains` (probe i on chain
+/// i mod chains, named `p<i>-<chain>`). Probes sharing a chain take turns:
+/// each runs every `spec.interval` (whole seconds dividing a minute), and
+/// the k-th probe of a chain starts k·interval/shares seconds after the
+/// first, so one chain never has two runs at once.
+pub fn shared_prober_yaml(chains: &[Chain], probes: usize, spec: &ProberSpec<'_>) -> String {
+    let n = chains.len().max(1);
+    let period = spec.interval.as_secs().max(1);
+    let shares = probes.div_ceil(n).max(1) as u64;
+    let mut doc: Value = serde_yaml::from_str(&prober_yaml(chains, spec)).unwrap_or_default();
+    let Some(list) = doc["probes"].as_array().cloned() else {
+        return String::new();
+    };
+    let out: Vec<Value> = (0..probes)
+        .map(|i| {
+            let mut p = list[i % n].clone();
+            let k = (i / n) as u64;
+            p["name"] = json!(format!("p{i}-{}", chains[i % n].name));
+            if let Some(o) = p.as_object_mut() {
+                o.remove("interval");
+            }
+            p["schedule"] = json!(format!("{}/{period} * * * * *", k * period / shares));
+            p
+        })
+        .collect();
+    doc["probes"] = json!(out);
+    serde_yaml::to_string(&doc).unwrap_or_default()
+}
+
 /// A prober config with one probe per chain, named after the chain.
 pub fn prober_yaml(chains: &[Chain], spec: &ProberSpec<'_>) -> String {
     let secs = |d: Duration| format!("{}ms", d.as_millis());
@@ -387,5 +416,22 @@ mod tests {
         );
         assert!(staggered_cron(7, Duration::from_secs(7)).is_none());
         assert!(staggered_cron(7, Duration::from_millis(7300)).is_none());
+        let spec = ProberSpec {
+            kubeconfig: Path::new("/tmp/k"),
+            vault_addr: "http://127.0.0.1:1",
+            token_file: Path::new("/tmp/t"),
+            interval: Duration::from_secs(30),
+            deadline: Duration::from_secs(20),
+            force_sync: true,
+            stagger: true,
+        };
+        let shared = shared_prober_yaml(&cs[..2], 20, &spec);
+        let parsed = secret_canary::config::Config::from_yaml(&shared, "bench.yaml").unwrap();
+        assert_eq!(parsed.probes.len(), 20);
+        assert_eq!(parsed.probes[19].name, "p19-volume-0");
+        assert_eq!(
+            parsed.probes[19].schedule.as_deref(),
+            Some("27/30 * * * * *")
+        );
     }
 }
