@@ -1817,10 +1817,30 @@ async fn run_container(
     cancel: &CancellationToken,
 ) -> Option<(i32, DateTime<Utc>)> {
     let started_at = Utc::now();
-    let mut child = match spawn(run, c, launch) {
+    let mut attempt = 0;
+    let spawned = loop {
+        match spawn(run, c, launch) {
+            // Seen once under heavy load in CI: a start failing with ENOENT
+            // although program and Pod directory exist. A transient one is
+            // retried before it counts as a container start failure.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempt < 3 => {
+                attempt += 1;
+                tracing::info!(ns = %run.ns, pod = %run.name, error = %e, attempt, "kubelet: retrying a container start");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => break other,
+        }
+    };
+    let mut child = match spawned {
         Ok(ch) => ch,
         Err(e) => {
-            let msg = format!("starting {}: {e}", launch.program.display());
+            let msg = format!(
+                "starting {} in {}: {e} (program exists: {}, directory exists: {})",
+                launch.program.display(),
+                run.dir.display(),
+                launch.program.exists(),
+                run.dir.exists()
+            );
             tracing::warn!(ns = %run.ns, pod = %run.name, container = %c.name, %msg, "kubelet: RunContainerError");
             run.update_container(idx, |s| {
                 s.state = CState::Waiting {
