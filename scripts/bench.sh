@@ -2,8 +2,8 @@
 # Runs the benchmarks against the lab and a real OpenBao and writes
 # bench/results.md (accuracy against the lab's ground truth next to a
 # kubectl-polling baseline; memory, CPU and API load; 1,000-probe scale).
-# The measured binaries are release builds. A full run takes about 30
-# minutes on 2 cores; `--quick` is a smoke run of a few minutes.
+# The measured binaries are release builds. A full run takes about 10-15
+# minutes on 2 cores after the build; `--quick` is a smoke run of a few minutes.
 #
 #   scripts/bench.sh                    # full sizes (see bench/README.md)
 #   scripts/bench.sh --quick            # small sizes, to check it works
