@@ -837,10 +837,37 @@ async fn canary_secret_and_api_faults_on_volume_and_restart_chains() {
     )
     .await
     .unwrap();
+    let patched_at = Utc::now();
     secrets
         .delete("canary-volume", &DeleteParams::default())
         .await
         .unwrap();
+    // Let ESO take the new policy in (a sync that started after the patch)
+    // before the measured run, so a loaded machine cannot blur the row.
+    support::wait_for(
+        Duration::from_secs(30),
+        "ESO synced under creationPolicy None",
+        || {
+            let es = es.clone();
+            async move {
+                let Ok(o) = es.get("canary-volume").await else {
+                    return false;
+                };
+                let st = &o.data["status"];
+                let after_patch = st["refreshTime"]
+                    .as_str()
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                    .is_some_and(|t| t.timestamp() > patched_at.timestamp());
+                let ready = st["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True");
+                after_patch && ready
+            }
+        },
+    )
+    .await;
     let injected = Utc::now();
     let r = expect_verdict(
         &prober,
