@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::probe::Stage;
+use crate::cadence::{Cadence, CronExpr};
+use crate::vocab::Stage;
+pub use crate::vocab::DEFAULT_DEADLINE;
 
 /// The whole file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,7 +44,7 @@ pub struct ProbeConfig {
     /// A cron expression (the `cron` crate's syntax, seconds field first,
     /// e.g. `0 */5 * * * *`). Exactly one of `schedule` and `interval`.
     #[serde(default)]
-    pub schedule: Option<String>,
+    pub schedule: Option<CronExpr>,
     /// A fixed interval between run starts (e.g. `30s`).
     #[serde(default, with = "humantime_serde")]
     pub interval: Option<Duration>,
@@ -259,8 +261,6 @@ pub enum CanarySource {
     File,
 }
 
-/// Run deadline when `deadline` is absent.
-pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(300);
 /// Kubernetes request timeout when `kubernetes.request_timeout` is absent.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Store request timeout when `store.timeout` is absent.
@@ -512,16 +512,21 @@ impl ProbeConfig {
     /// metrics (which series exist) and the report.
     pub fn stages(&self) -> Vec<Stage> {
         let c = &self.chain;
-        Stage::CHAIN
-            .into_iter()
-            .filter(|s| match s {
-                Stage::StoreWrite | Stage::CanaryObserve => true,
-                Stage::EsoSync => c.external_secret.is_some(),
-                Stage::SecretUpdate => c.secret.is_some(),
-                Stage::ReloaderTrigger | Stage::Rollout => c.rolls(),
-                Stage::EndToEnd => false,
-            })
-            .collect()
+        Stage::chain(c.external_secret.is_some(), c.secret.is_some(), c.rolls())
+    }
+
+    /// How often the probe runs: its cron schedule (parsed when the config
+    /// was read) or its interval. `None` only for a config the validator
+    /// refuses (neither set, or an unusable expression).
+    pub fn cadence(&self) -> Option<Cadence> {
+        match (&self.schedule, self.interval) {
+            (Some(expr), _) => expr
+                .schedule()
+                .ok()
+                .map(|s| Cadence::Cron(Box::new(s.clone()))),
+            (None, Some(interval)) => Some(Cadence::Interval(interval)),
+            (None, None) => None,
+        }
     }
 
     /// Whether the chain has this stage (`end_to_end` always).
@@ -542,7 +547,7 @@ impl ProbeConfig {
                 "set exactly one of `schedule` (cron) and `interval` (e.g. `1m`)",
             ),
             (Some(expr), None) => {
-                if let Err(e) = crate::schedule::parse_cron(expr) {
+                if let Err(e) = expr.schedule() {
                     p.push(format!("{at}.schedule"), e.to_string());
                 }
             }

@@ -42,8 +42,8 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::config::{Config, ProbeConfig};
-use crate::probe::{Outcome, Reason, RunResult, Stage, SyncTrigger};
-use crate::report;
+use crate::slo;
+use crate::vocab::{Outcome, Reason, RunResult, Stage, SyncTrigger};
 
 /// The metric name prefix.
 pub const PREFIX: &str = "secret_canary";
@@ -505,7 +505,7 @@ impl Metrics {
                     .set(d.map_or(f64::NAN, |d| d.as_secs_f64()));
             }
         }
-        let e2e = report::end_to_end(outcome);
+        let e2e = slo::end_to_end(outcome);
         if let Some(d) = e2e {
             e2e_family
                 .get_or_create(&p)
@@ -515,7 +515,7 @@ impl Metrics {
             self.last_stage_duration
                 .get_or_create(&stage_labels(name, Stage::EndToEnd))
                 .set(e2e.map_or(f64::NAN, |d| d.as_secs_f64()));
-            for breach in report::slo_breaches(probe, outcome) {
+            for breach in slo::slo_breaches(probe, outcome) {
                 self.slo_breaches
                     .get_or_create(&stage_labels(name, breach))
                     .inc();
@@ -617,7 +617,7 @@ pub fn count_samples(exposition: &str) -> usize {
 pub(crate) mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::probe::{Failure, StageTiming};
+    use crate::vocab::{Failure, StageTiming};
     use chrono::Utc;
 
     pub(crate) const TWO_PROBES: &str = r#"

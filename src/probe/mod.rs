@@ -11,24 +11,25 @@
 //! tracker   stage bookkeeping (the stage table), no I/O
 //!   attribution  why a stage did not complete: Reason + typed Cause
 //! run       the driver: write, nudge, follow, conclude
-//! outcome   what a run produces: Stage, Reason, Outcome
 //! ```
+//!
+//! What a run produces (Stage, Reason, Outcome) is [`crate::vocab`],
+//! re-exported here.
 //!
 //! Inside `probe`, top to bottom (each uses only those below it):
 //! `run` -> `events`, `poll` -> `tracker` -> `plan`, `store`, `cluster`,
-//! `canary` -> `outcome`.
+//! `canary` (and [`crate::vocab`], [`crate::config`] below them all).
 
 pub mod canary;
 pub mod cluster;
 pub mod events;
-pub mod outcome;
 pub mod plan;
 pub mod poll;
 pub mod run;
 pub mod store;
 pub mod tracker;
 
-pub use outcome::{
+pub use crate::vocab::{
     Failure, Outcome, Reason, RunProgress, RunResult, Stage, StageTiming, SyncTrigger,
 };
 

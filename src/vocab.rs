@@ -1,12 +1,18 @@
-//! What one probe run produces: milestones per stage, or the first stage that
-//! did not complete and why. The fixed enums here are the only label values
-//! the metrics ever see for `stage`, `reason` and `result`.
+//! The run vocabulary, below everything that speaks of runs (config,
+//! probe, metrics, report): what one probe run produces, milestones per
+//! stage or the first stage that did not complete and why. The fixed enums
+//! here are the only label values the metrics ever see for `stage`,
+//! `reason` and `result`; the chain's stage list and the run deadline's
+//! default are defined here and nowhere else.
 
 use std::fmt;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+
+/// A run's deadline when the probe sets none.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(300);
 
 /// A hop of the delivery chain. A probe whose chain lacks a hop never reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
