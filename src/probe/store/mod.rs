@@ -50,6 +50,20 @@ impl fmt::Display for Step {
     }
 }
 
+/// Why a credential could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialError {
+    /// The file could not be read.
+    #[error(transparent)]
+    File(#[from] std::io::Error),
+    /// The variable is unset or not Unicode.
+    #[error(transparent)]
+    Env(#[from] std::env::VarError),
+    /// The file or variable is empty (or only white space).
+    #[error("empty")]
+    Empty,
+}
+
 /// Why a store call failed. [`StoreError::reason`] gives the metric label.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -79,12 +93,13 @@ pub enum StoreError {
         source: ClientError,
     },
     /// A credential file or variable could not be read.
-    #[error("could not read the store credential from {from}: {message}")]
+    #[error("could not read the store credential from {from}: {source}")]
     Credential {
         /// `file /path` or `env NAME`.
         from: String,
         /// What went wrong.
-        message: String,
+        #[source]
+        source: CredentialError,
     },
     /// The request did not complete within the store timeout.
     #[error("{step} timed out after {after:?}")]
@@ -560,22 +575,22 @@ pub fn read_credential(source: &TokenSource) -> Result<String, StoreError> {
     let (from, raw) = match source {
         TokenSource::File(path) => (
             format!("file {}", path.display()),
-            std::fs::read_to_string(path).map_err(|e| e.to_string()),
+            std::fs::read_to_string(path).map_err(CredentialError::from),
         ),
         TokenSource::Env(name) => (
             format!("env {name}"),
-            std::env::var(name).map_err(|e| e.to_string()),
+            std::env::var(name).map_err(CredentialError::from),
         ),
     };
-    let raw = raw.map_err(|message| StoreError::Credential {
+    let raw = raw.map_err(|source| StoreError::Credential {
         from: from.clone(),
-        message,
+        source,
     })?;
     let value = raw.trim();
     if value.is_empty() {
         return Err(StoreError::Credential {
             from,
-            message: "empty".into(),
+            source: CredentialError::Empty,
         });
     }
     Ok(value.to_string())
