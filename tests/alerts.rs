@@ -326,7 +326,7 @@ fn inhibition_rules_pass_amtool_and_make_one_page_per_outage() {
     }
     let rules = ops::read(&ops::rule_files()[0]);
     assert!(
-        rules.contains("keep_firing_for: 30m"),
+        rules.contains("keep_firing_for: 35m"),
         "the page outlasts the others' windows"
     );
 }

@@ -310,7 +310,9 @@ fn the_error_budget_panel_says_what_window_it_covers() {
         assert!(exprs[0].contains("[30d]"), "{}", exprs[0]);
         // And a second query says how much of it the data covers.
         assert!(
-            exprs.iter().any(|e| e.contains("min_over_time(timestamp(")),
+            exprs
+                .iter()
+                .any(|e| e.contains("count_over_time(") && e.contains("[30d]")),
             "{exprs:?}"
         );
         assert!(p["description"].as_str().unwrap().contains("data covers"));

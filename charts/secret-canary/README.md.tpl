@@ -77,7 +77,7 @@ The alerts and their defaults, from the rule file:
 
 **One outage, one page.** `SecretCanaryProbeFailing` is the page of a
 probe whose runs keep failing: it fires before the probe's other alerts and
-keeps firing 30 minutes past the last failure, and these Alertmanager
+keeps firing 35 minutes past the last failure, and these Alertmanager
 inhibition rules hold the others back meanwhile. Add them to your
 Alertmanager configuration, or set `alertmanagerConfig.enabled` to have the
 chart create an AlertmanagerConfig with them. Keep the stage-level alerts'
