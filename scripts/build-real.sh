@@ -175,10 +175,12 @@ for c in $todo; do
   start=$(now)
   if "build_$c" "$tmp" >"$log" 2>&1; then
     secs=$(awk -v a="$start" -v b="$(now)" 'BEGIN{printf "%.0f", b-a}')
-    printf '%s\t%s\t%s\t%s\n' "$c" "$v" "$secs" "$(date -u +%FT%TZ)" >>"$cache/build-times.tsv"
-    printf 'component=%s\nversion=%s\nbuild_seconds=%s\ngo=%s\n' "$c" "$v" "$secs" "$(go env GOVERSION)" >"$tmp/BUILD"
+    # CPU seconds (user + system, from /usr/bin/time): comparable across loads.
+    cpu=$(awk -F': ' '/User time|System time/ {s += $2} END {printf "%.0f", s}' "$log")
+    printf '%s\t%s\t%s\t%s\t%s\n' "$c" "$v" "$secs" "$cpu" "$(date -u +%FT%TZ)" >>"$cache/build-times.tsv"
+    printf 'component=%s\nversion=%s\nbuild_seconds=%s\ncpu_seconds=%s\ngo=%s\n' "$c" "$v" "$secs" "$cpu" "$(go env GOVERSION)" >"$tmp/BUILD"
     mv "$tmp" "$final"
-    say "built $c $v in ${secs}s ($(du -sh "$final" | cut -f1)) -> $final"
+    say "built $c $v in ${secs}s (${cpu} CPU s; $(du -sh "$final" | cut -f1)) -> $final"
   else
     rm -rf "$tmp"
     cause=$(grep -E '(error|cannot|not available|refused|no such|undefined|missing|killed|404|403|410|timeout)' "$log" | grep -v '^\s*\(User\|System\|Elapsed\|Maximum\)' | head -n 3 || true)
