@@ -136,6 +136,8 @@ pub struct Pki {
     pub ca_key: PathBuf,
     /// The ServiceAccount token signing key.
     pub sa_key: PathBuf,
+    /// Its public half (what verifies the tokens).
+    pub sa_pub: PathBuf,
 }
 
 /// The running control plane. Stop it with [`RealCluster::stop`]; dropping
@@ -240,8 +242,19 @@ impl RealCluster {
         let api_url = format!("https://127.0.0.1:{}", ports.apiserver);
 
         // Credentials.
-        let ca = pki::Ca::create(&pki_dir)?;
-        let sa_key = pki::service_account_key(&pki_dir)?;
+        let ca = pki::Ca::create(&pki_dir, "ca")?;
+        // The aggregation layer's request-header authentication, as kubeadm
+        // sets it up: its own CA and one client allowed to assert users.
+        let front_proxy_ca = pki::Ca::create(&pki_dir, "front-proxy-ca")?;
+        let front_proxy_client = front_proxy_ca.issue(&pki::Leaf {
+            name: "front-proxy-client",
+            common_name: "front-proxy-client",
+            organizations: &[],
+            sans: &[],
+            server: false,
+            client: true,
+        })?;
+        let (sa_key, sa_pub) = pki::service_account_key(&pki_dir)?;
         let api_sans = pki::apiserver_sans(API_SERVICE_IP);
         let api_sans: Vec<&str> = api_sans.iter().map(String::as_str).collect();
         let loopback = ["127.0.0.1", "localhost"];
@@ -313,6 +326,7 @@ impl RealCluster {
             ca_cert: ca.files.cert.clone(),
             ca_key: ca.files.key.clone(),
             sa_key: sa_key.clone(),
+            sa_pub: sa_pub.clone(),
         };
 
         let p = |x: &Path| x.display().to_string();
@@ -366,19 +380,33 @@ impl RealCluster {
                 format!("--etcd-servers=http://127.0.0.1:{}", ports.etcd_client),
                 "--bind-address=127.0.0.1".into(),
                 "--advertise-address=127.0.0.1".into(),
+                // The `kubernetes` Service's endpoints may not be loopback
+                // (refused since v1.37): no reconciler; Pods of the node agent
+                // get KUBERNETES_SERVICE_HOST/PORT of the loopback address.
+                "--endpoint-reconciler-type=none".into(),
                 format!("--secure-port={}", ports.apiserver),
                 format!("--tls-cert-file={}", p(&api_serving.cert)),
                 format!("--tls-private-key-file={}", p(&api_serving.key)),
                 format!("--client-ca-file={}", p(&ca.files.cert)),
                 format!("--cert-dir={}", p(&pki_dir)),
                 format!("--service-account-issuer={SA_ISSUER}"),
-                format!("--service-account-key-file={}", p(&sa_key)),
+                format!("--service-account-key-file={}", p(&sa_pub)),
                 format!("--service-account-signing-key-file={}", p(&sa_key)),
                 format!("--service-cluster-ip-range={SERVICE_CIDR}"),
                 "--authorization-mode=Node,RBAC".into(),
                 // Admission: the upstream default plugin set (no flag).
                 format!("--kubelet-client-certificate={}", p(&kubelet_client.cert)),
                 format!("--kubelet-client-key={}", p(&kubelet_client.key)),
+                format!(
+                    "--requestheader-client-ca-file={}",
+                    p(&front_proxy_ca.files.cert)
+                ),
+                "--requestheader-allowed-names=front-proxy-client".into(),
+                "--requestheader-username-headers=X-Remote-User".into(),
+                "--requestheader-group-headers=X-Remote-Group".into(),
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-".into(),
+                format!("--proxy-client-cert-file={}", p(&front_proxy_client.cert)),
+                format!("--proxy-client-key-file={}", p(&front_proxy_client.key)),
                 format!("--audit-policy-file={}", p(&audit_policy)),
                 format!("--audit-log-path={}", p(&audit_log)),
                 "--audit-log-format=json".into(),
@@ -394,8 +422,29 @@ impl RealCluster {
                 &apiserver_args,
                 &logs.join("kube-apiserver.log"),
             )?);
-            // The controller-manager and the scheduler wait for the API server
-            // themselves: start them now, not after it is ready.
+            // Ready checks over TLS, trusting only our CA.
+            let ca_cert = reqwest::Certificate::from_pem(ca.cert_pem.as_bytes())
+                .map_err(|e| Error::Client(e.to_string()))?;
+            let admin_pem = format!("{}{}", read(&admin.cert)?, read(&admin.key)?);
+            let identity = reqwest::Identity::from_pem(admin_pem.as_bytes())
+                .map_err(|e| Error::Client(e.to_string()))?;
+            let https = reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .tls_certs_only([ca_cert])
+                .identity(identity)
+                .build()
+                .map_err(|e| Error::Client(e.to_string()))?;
+            // The controller-manager and the scheduler read the API server's
+            // authentication ConfigMap at start and exit if they cannot (a
+            // kubelet would restart them): start them once it is ready.
+            https_ready(
+                &procs,
+                &https,
+                "kube-apiserver",
+                format!("{api_url}/readyz"),
+                opts.ready_timeout,
+            )
+            .await?;
             let kcm_args = vec![
                 format!("--kubeconfig={}", p(&kcm_kubeconfig)),
                 format!("--authentication-kubeconfig={}", p(&kcm_kubeconfig)),
@@ -439,36 +488,17 @@ impl RealCluster {
                 &logs.join("kube-scheduler.log"),
             )?);
 
-            // Ready checks over TLS, trusting only our CA.
-            let ca_cert = reqwest::Certificate::from_pem(ca.cert_pem.as_bytes())
-                .map_err(|e| Error::Client(e.to_string()))?;
-            let admin_pem = format!("{}{}", read(&admin.cert)?, read(&admin.key)?);
-            let identity = reqwest::Identity::from_pem(admin_pem.as_bytes())
-                .map_err(|e| Error::Client(e.to_string()))?;
-            let https = reqwest::Client::builder()
-                .timeout(Duration::from_secs(5))
-                .tls_certs_only([ca_cert])
-                .identity(identity)
-                .build()
-                .map_err(|e| Error::Client(e.to_string()))?;
-            for (component, url) in [
-                ("kube-apiserver", format!("{api_url}/readyz")),
-                (
-                    "kube-controller-manager",
-                    format!("https://127.0.0.1:{}/healthz", ports.controller_manager),
-                ),
-                (
-                    "kube-scheduler",
-                    format!("https://127.0.0.1:{}/healthz", ports.scheduler),
-                ),
+            for (component, port) in [
+                ("kube-controller-manager", ports.controller_manager),
+                ("kube-scheduler", ports.scheduler),
             ] {
-                wait_ready(&procs, component, opts.ready_timeout, || async {
-                    match https.get(&url).send().await {
-                        Ok(r) if r.status().is_success() => Ok(()),
-                        Ok(r) => Err(format!("GET {url}: {}", r.status())),
-                        Err(e) => Err(format!("GET {url}: {e}")),
-                    }
-                })
+                https_ready(
+                    &procs,
+                    &https,
+                    component,
+                    format!("https://127.0.0.1:{port}/healthz"),
+                    opts.ready_timeout,
+                )
                 .await?;
             }
 
@@ -555,6 +585,24 @@ async fn stop_all(mut procs: Vec<Proc>) {
     while let Some(p) = procs.pop() {
         p.stop(Duration::from_secs(10)).await;
     }
+}
+
+/// Wait until `url` answers 2xx over TLS.
+async fn https_ready(
+    procs: &[Proc],
+    https: &reqwest::Client,
+    component: &str,
+    url: String,
+    limit: Duration,
+) -> Result<(), Error> {
+    wait_ready(procs, component, limit, || async {
+        match https.get(&url).send().await {
+            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) => Err(format!("GET {url}: {}", r.status())),
+            Err(e) => Err(format!("GET {url}: {e}")),
+        }
+    })
+    .await
 }
 
 /// Poll `check` every 100 ms until it passes, failing early when any

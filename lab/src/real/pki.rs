@@ -84,14 +84,14 @@ fn validity(p: &mut CertificateParams) {
 }
 
 impl Ca {
-    /// A fresh CA written to `dir/ca.crt` and `dir/ca.key`.
-    pub fn create(dir: &Path) -> Result<Ca, Error> {
+    /// A fresh CA written to `dir/<name>.crt` and `dir/<name>.key`.
+    pub fn create(dir: &Path, name: &str) -> Result<Ca, Error> {
         std::fs::create_dir_all(dir).map_err(|source| Error::Write {
             path: dir.display().to_string(),
             source,
         })?;
         let err = |source| Error::Cert {
-            name: "ca".into(),
+            name: name.into(),
             source,
         };
         let key = KeyPair::generate().map_err(err)?;
@@ -99,7 +99,7 @@ impl Ca {
         validity(&mut p);
         p.serial_number = Some(serial());
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, "secret-canary-lab-ca");
+        dn.push(DnType::CommonName, format!("secret-canary-lab-{name}"));
         p.distinguished_name = dn;
         p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         p.key_usages = vec![
@@ -109,8 +109,8 @@ impl Ca {
         ];
         let cert = p.self_signed(&key).map_err(err)?;
         let files = CertFiles {
-            cert: dir.join("ca.crt"),
-            key: dir.join("ca.key"),
+            cert: dir.join(format!("{name}.crt")),
+            key: dir.join(format!("{name}.key")),
         };
         write_private(&files.cert, &cert.pem())?;
         write_private(&files.key, &key.serialize_pem())?;
@@ -168,16 +168,19 @@ impl Ca {
     }
 }
 
-/// The ServiceAccount token signing key (`DIR/pki/sa.key`; the API server
-/// reads its public half from the same file).
-pub fn service_account_key(dir: &Path) -> Result<PathBuf, Error> {
+/// The ServiceAccount token signing key: `DIR/pki/sa.key` (PKCS#8, for
+/// `--service-account-signing-key-file` and the controller-manager) and its
+/// public half `DIR/pki/sa.pub` (for `--service-account-key-file`).
+pub fn service_account_key(dir: &Path) -> Result<(PathBuf, PathBuf), Error> {
     let key = KeyPair::generate().map_err(|source| Error::Cert {
         name: "sa".into(),
         source,
     })?;
     let path = dir.join("sa.key");
+    let public = dir.join("sa.pub");
     write_private(&path, &key.serialize_pem())?;
-    Ok(path)
+    write_private(&public, &key.public_key_pem())?;
+    Ok((path, public))
 }
 
 /// The names and addresses of the API server's serving certificate: loopback,
