@@ -132,7 +132,7 @@ build_kubernetes() { # out log
     ld+=" -X $p.gitVersion=$v -X $p.gitMajor=$major -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
   done
   for b in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
-    gobuild kubernetes k8s "$1" "$ld" "k8s.io/kubernetes/cmd/$b" "$b"
+    gobuild kubernetes k8s "$1" "$ld" "k8s.io/kubernetes/cmd/$b" "$b" || return
   done
 }
 build_etcd() {
@@ -141,7 +141,7 @@ build_etcd() {
 build_helm() {
   # As helm's Makefile: its version, and the Kubernetes version of its client-go.
   local kv km kn
-  kv=$(cd "$real_src/helm" && go list -m -f '{{.Version}}' k8s.io/client-go)
+  kv=$(cd "$real_src/helm" && go list -m -f '{{.Version}}' k8s.io/client-go) || return
   km=1
   kn=${kv#v0.}; kn=${kn%%.*}
   gobuild helm helm "$1" "-X helm.sh/helm/v3/internal/version.version=$HELM -X helm.sh/helm/v3/internal/version.gitTreeState=clean \
@@ -150,13 +150,13 @@ build_helm() {
     helm.sh/helm/v3/cmd/helm helm
 }
 build_eso() {
-  gobuild eso eso "$1" "" github.com/external-secrets/external-secrets external-secrets
+  gobuild eso eso "$1" "" github.com/external-secrets/external-secrets external-secrets || return
   # The CRDs of the same module version, from the module zip (config/crds/bases).
   local src
-  src=$(cd "$real_src/eso" && go list -m -f '{{.Dir}}' github.com/external-secrets/external-secrets)
+  src=$(cd "$real_src/eso" && go list -m -f '{{.Dir}}' github.com/external-secrets/external-secrets) || return
   echo "== CRDs from $src/config/crds/bases"
-  mkdir -p "$1/crds"
-  cp "$src"/config/crds/bases/*.yaml "$1/crds/"
+  mkdir -p "$1/crds" || return
+  cp "$src"/config/crds/bases/*.yaml "$1/crds/" || return
   rm -f "$1/crds/kustomization.yaml"
   chmod -R u+w "$1/crds"
 }
@@ -183,7 +183,8 @@ for c in $todo; do
     say "built $c $v in ${secs}s (${cpu} CPU s; $(du -sh "$final" | cut -f1)) -> $final"
   else
     rm -rf "$tmp"
-    cause=$(grep -E '(error|cannot|not available|refused|no such|undefined|missing|killed|404|403|410|timeout)' "$log" | grep -v '^\s*\(User\|System\|Elapsed\|Maximum\)' | head -n 3 || true)
+    # Go's own messages (not /usr/bin/time's report, whose lines start with a tab).
+    cause=$(grep -vE '^(	|== |	Command being timed)' "$log" | grep -vE '^go: downloading ' | tail -n 4 || true)
     [ -n "$cause" ] || cause=$(tail -n 3 "$log")
     say "FAILED to build $c $v. Cause:"
     printf '%s\n' "$cause" | sed 's/^/build-real:   /' >&2
