@@ -150,12 +150,19 @@ impl Proc {
             self.signal(libc::SIGKILL);
             let _ = tokio::time::timeout(Duration::from_secs(5), self.wait()).await;
         }
-        self.task.abort();
     }
 
     /// The last `n` lines of its log (for error messages).
     pub fn log_tail(&self, n: usize) -> String {
         log_tail(&self.log, n)
+    }
+}
+
+impl Drop for Proc {
+    /// Dropped without [`Proc::stop`] (an aborted start): the waiting task
+    /// goes, and with it the child (SIGKILL, `kill_on_drop`).
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
