@@ -119,7 +119,7 @@ timer=()
 gobuild() {
   local comp=$1 mod=$2 out=$3 ldflags=$4 pkg=$5 name=$6
   echo "== go build $pkg -> $name ($(date -u +%FT%TZ))"
-  (cd "$real_src/$mod" && "${timer[@]}" go build -mod=readonly -p "$jobs" -trimpath \
+  (cd "$real_src/$mod" && "${timer[@]}" go build -mod=readonly -buildvcs=false -p "$jobs" -trimpath \
     -ldflags "-s -w $ldflags" -o "$out/$name" "$pkg")
 }
 
