@@ -10,6 +10,10 @@
 #   - junitparser (reads `once --output junit` in the report tests) into ./.venv
 #   - cargo-nextest (crates.io) when missing
 #   - tmux (the pseudo-terminal of the `once` progress test), when root
+#   - the real cluster's components (etcd, kube-apiserver, ..., ESO, Helm), built
+#     from their Go modules by scripts/build-real.sh into a cache outside the
+#     checkout; started first and in the background, since a cold build takes
+#     a while; scripts/test.sh waits for it before the tests
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -19,6 +23,13 @@ say() { printf 'setup: %s\n' "$*" >&2; }
 if ! command -v cargo >/dev/null 2>&1; then
   say "cargo is missing: install a Rust toolchain (https://rustup.rs) and re-run"
   exit 1
+fi
+
+# --- the real cluster's Go builds: first, in the background (a no-op when cached)
+if command -v go >/dev/null 2>&1; then
+  "$root/scripts/build-real.sh" --background || say "warning: scripts/build-real.sh did not start"
+else
+  say "warning: no Go toolchain: the real cluster (up --cluster real) cannot be built; its tests will be skipped"
 fi
 
 # --- Python tools in a local, git-ignored virtualenv -------------------------

@@ -8,6 +8,7 @@
 //! faults       fault switches and latency knobs, flipped while the lab runs
 //! truth        ground-truth log of every step, scored against the prober
 //! openbao      the real store, as a child process
+//! real         `--cluster real`: the upstream control plane built from Go modules
 //! ```
 
 pub mod apiserver;
@@ -15,5 +16,6 @@ pub mod controllers;
 pub mod faults;
 pub mod lab;
 pub mod openbao;
+pub mod real;
 pub mod scenario;
 pub mod truth;

@@ -20,6 +20,14 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum ClusterKind {
+    /// The simulated cluster.
+    Sim,
+    /// The real upstream control plane.
+    Real,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Start OpenBao, the API server and the controllers; run until SIGTERM/SIGINT.
@@ -36,6 +44,12 @@ enum Command {
         /// The `secret-canary` binary for canary Pods (default: next to this binary).
         #[arg(long)]
         canary_bin: Option<PathBuf>,
+        /// `sim`: the lab's own API server and simulated controllers (Rust only,
+        /// starts in about 2 s). `real`: etcd, kube-apiserver,
+        /// kube-controller-manager and kube-scheduler built from their Go
+        /// modules by scripts/build-real.sh (RBAC, audit log, TLS).
+        #[arg(long, value_enum, default_value_t = ClusterKind::Sim)]
+        cluster: ClusterKind,
     },
     /// Switch a fault on or off in a running lab.
     Fault {
@@ -83,7 +97,15 @@ async fn main() -> ExitCode {
             scenario,
             api_port,
             canary_bin,
+            cluster: ClusterKind::Sim,
         } => up(dir, scenario, api_port, canary_bin).await,
+        Command::Up {
+            dir,
+            scenario,
+            api_port,
+            canary_bin: _,
+            cluster: ClusterKind::Real,
+        } => up_real(dir, scenario, api_port).await,
         Command::Fault { dir, name, state } => {
             admin(
                 &dir,
@@ -150,6 +172,43 @@ async fn up(
     Ok(())
 }
 
+async fn up_real(dir: PathBuf, scenario: Option<PathBuf>, api_port: u16) -> anyhow::Result<()> {
+    use secret_canary_lab::real::{lab::RealLab, RealOptions};
+    if scenario.is_some() {
+        anyhow::bail!("--scenario is not supported with --cluster real yet: the real cluster starts the control plane only (no node agent, ESO or scenario objects yet)");
+    }
+    let mut opts = RealOptions::new(&dir);
+    opts.api_port = api_port;
+    // Stop what was started on SIGTERM/SIGINT during the start too.
+    let lab = tokio::select! {
+        lab = RealLab::start(opts) => lab?,
+        _ = wait_for_signal() => anyhow::bail!("interrupted while starting (everything started was stopped)"),
+    };
+    println!(
+        "lab is up (real cluster, ready in {:.1} s)",
+        lab.cluster.ready_after.as_secs_f64()
+    );
+    println!("  kubeconfig   {}", lab.cluster.kubeconfig.display());
+    println!("  API server   {}", lab.cluster.api_url);
+    println!(
+        "  OpenBao      {}   (source {}/vault.env for address and token)",
+        lab.vault.addr,
+        lab.dir.display()
+    );
+    println!("  audit log    {}", lab.cluster.audit_log.display());
+    for p in &lab.cluster.procs {
+        println!("  {:<24} pid {:<8} log {}", p.name, p.pid, p.log.display());
+    }
+    println!("stop with Ctrl-C or SIGTERM");
+    let result = tokio::select! {
+        _ = wait_for_signal() => Ok(()),
+        e = lab.cluster.exited() => Err(anyhow::Error::from(e)),
+    };
+    println!("stopping the lab");
+    lab.stop().await;
+    result
+}
+
 async fn wait_for_signal() {
     #[cfg(unix)]
     {
@@ -185,6 +244,11 @@ async fn admin(
     let info_path = dir.join("lab.json");
     let text = std::fs::read_to_string(&info_path)
         .map_err(|e| anyhow::anyhow!("no running lab in {}: {e}", dir.display()))?;
+    if let Ok(real) = serde_json::from_str::<secret_canary_lab::real::lab::RealLabInfo>(&text) {
+        if real.cluster == "real" {
+            return real_admin(&real, path);
+        }
+    }
     let info: LabInfo =
         serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", info_path.display()))?;
     let client = reqwest::Client::builder()
@@ -207,6 +271,33 @@ async fn admin(
     }
     if !text.trim().is_empty() {
         println!("{text}");
+    }
+    Ok(())
+}
+
+/// `fault`, `knob` and `status` against a real-cluster lab: only `status`
+/// (the components and whether they run); faults there are made by real
+/// means and are not switches yet.
+fn real_admin(info: &secret_canary_lab::real::lab::RealLabInfo, path: &str) -> anyhow::Result<()> {
+    if path != "knobs" {
+        anyhow::bail!(
+            "the real cluster (--cluster real) has no fault switches or latency knobs: its faults are made by real means (stop a process, revoke a token, delete an object), and none is wired to `fault` yet. Supported here: `status`"
+        );
+    }
+    println!(
+        "cluster real   API server {}   kubeconfig {}",
+        info.api_url, info.kubeconfig
+    );
+    for c in &info.components {
+        // SAFETY: kill(2) with signal 0 only checks that the process exists.
+        let alive = unsafe { libc::kill(c.pid as i32, 0) } == 0;
+        println!(
+            "  {:<24} pid {:<8} {:<8} log {}",
+            c.name,
+            c.pid,
+            if alive { "running" } else { "gone" },
+            c.log
+        );
     }
     Ok(())
 }
