@@ -58,3 +58,69 @@ pub fn prober_config(
     text.push('\n');
     text
 }
+
+/// The offline tests' config: one probe per chain variant (ESO + Reloader +
+/// env, ESO + volume, Bank-Vaults + restart), with what the tests vary
+/// filled in. [`ThreeChains::yaml`] writes it.
+pub struct ThreeChains<'a> {
+    /// The store's address, for every probe.
+    pub address: &'a str,
+    /// The store auth of the two ESO probes (Bank-Vaults uses Kubernetes auth).
+    pub eso_auth: &'a str,
+    /// Each probe's cadence line: `interval: 30s` or `schedule: "..."`
+    /// (eso-env, eso-volume, bank-vaults).
+    pub cadence: [&'a str; 3],
+    /// eso-env's SLOs.
+    pub env_slo: &'a str,
+    /// eso-volume's SLOs, if any.
+    pub volume_slo: Option<&'a str>,
+    /// The Deployment (and canary app label) of the Bank-Vaults chain.
+    pub bv_deployment: &'a str,
+}
+
+impl ThreeChains<'_> {
+    /// The config as YAML.
+    pub fn yaml(&self) -> String {
+        let ThreeChains {
+            address,
+            eso_auth,
+            cadence: [env, volume, bv],
+            env_slo,
+            volume_slo,
+            bv_deployment,
+        } = self;
+        let volume_slo = volume_slo
+            .map(|s| format!("\n    slo: {s}"))
+            .unwrap_or_default();
+        format!(
+            r#"
+probes:
+  - name: eso-env
+    {env}
+    slo: {env_slo}
+    store: {{address: "{address}", path: canary/eso-env, auth: {eso_auth}}}
+    chain:
+      namespace: canary
+      external_secret: canary-env
+      secret: {{name: canary-env}}
+      rollout: {{deployment: canary-env, trigger: reloader}}
+      canary: {{selector: app=canary-env, source: env}}
+  - name: eso-volume
+    {volume}{volume_slo}
+    store: {{address: "{address}", path: canary/eso-volume, auth: {eso_auth}}}
+    chain:
+      namespace: canary
+      external_secret: canary-volume
+      secret: {{name: canary-volume}}
+      canary: {{selector: app=canary-volume, source: file}}
+  - name: bank-vaults
+    {bv}
+    store: {{address: "{address}", path: canary/bv, auth: {{kubernetes: {{role: canary}}}}}}
+    chain:
+      namespace: canary
+      rollout: {{deployment: {bv_deployment}, trigger: restart}}
+      canary: {{selector: app={bv_deployment}, source: env}}
+"#
+        )
+    }
+}

@@ -65,18 +65,15 @@ pub(super) async fn prepare(run: &PodRun, c: &Container) -> Result<Launch, PrepE
         e.value = rewrite(&e.value, &mounts, run.ip);
     }
     let lookup = |n: &str| env.iter().find(|e| e.name == n).map(|e| e.value.clone());
-    let command: Vec<String> = c
-        .command
-        .iter()
-        .flatten()
-        .map(|s| rewrite(&expand(s, lookup), &mounts, run.ip))
-        .collect();
-    let args: Vec<String> = c
-        .args
-        .iter()
-        .flatten()
-        .map(|s| rewrite(&expand(s, lookup), &mounts, run.ip))
-        .collect();
+    let expand_all = |words: &Option<Vec<String>>| -> Vec<String> {
+        words
+            .iter()
+            .flatten()
+            .map(|s| rewrite(&expand(s, lookup), &mounts, run.ip))
+            .collect()
+    };
+    let command = expand_all(&c.command);
+    let args = expand_all(&c.args);
     let image = c.image.clone().unwrap_or_default();
     let (program, args, canary) = match command.split_first() {
         Some((cmd0, rest)) if is_canary_program(cmd0) => (
@@ -230,10 +227,7 @@ pub(super) async fn run_container(
             );
             tracing::warn!(ns = %run.ns, pod = %run.name, container = %c.name, %msg, "kubelet: RunContainerError");
             run.update_container(idx, |s| {
-                s.state = CState::Waiting {
-                    reason: "RunContainerError".into(),
-                    message: Some(msg),
-                }
+                s.state = CState::waiting("RunContainerError", Some(msg))
             });
             return Some((128, started_at));
         }

@@ -1,6 +1,7 @@
 //! A container's environment: `env`, `envFrom`, the downward API and
 //! `$(VAR)` expansion, resolved as the kubelet does.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use k8s_openapi::api::core::v1::{Container, Pod};
@@ -104,144 +105,58 @@ pub(super) fn service_account(pod: &Pod) -> String {
         .unwrap_or_else(|| "default".into())
 }
 
+/// A container's environment, in the kubelet's order: the `envFrom`
+/// sources, then the `env` entries (each sees the earlier ones in `$(VAR)`).
 pub(super) async fn build_env(run: &PodRun, c: &Container) -> Result<Vec<EnvValue>, String> {
     let mut env: Vec<EnvValue> = Vec::new();
     for src in c.env_from.iter().flatten() {
         let prefix = src.prefix.clone().unwrap_or_default();
         if let Some(sr) = &src.secret_ref {
-            let name = sr.name.clone();
-            match run.kl.get_secret(&run.ns, &name).await? {
-                Some(s) => {
-                    for (k, v) in secret_data(&s) {
-                        let var = format!("{prefix}{k}");
-                        if valid_env_name(&var) {
-                            set_env(
-                                &mut env,
-                                EnvValue {
-                                    name: var,
-                                    value: String::from_utf8_lossy(&v).into_owned(),
-                                    secret: true,
-                                },
-                            );
-                        }
-                    }
-                }
-                None if sr.optional == Some(true) => {}
-                None => return Err(format!("secret \"{name}\" not found")),
-            }
+            let data = secret_strings(run, &sr.name).await?;
+            let data = whole(data, "secret", &sr.name, sr.optional)?;
+            add_all(&mut env, &prefix, data, true);
         }
         if let Some(cr) = &src.config_map_ref {
-            let name = cr.name.clone();
-            match run.kl.get_config_map(&run.ns, &name).await? {
-                Some(cm) => {
-                    for (k, v) in cm.data.unwrap_or_default() {
-                        let var = format!("{prefix}{k}");
-                        if valid_env_name(&var) {
-                            set_env(
-                                &mut env,
-                                EnvValue {
-                                    name: var,
-                                    value: v,
-                                    secret: false,
-                                },
-                            );
-                        }
-                    }
-                }
-                None if cr.optional == Some(true) => {}
-                None => return Err(format!("configmap \"{name}\" not found")),
-            }
+            let data = config_map_strings(run, &cr.name).await?;
+            let data = whole(data, "configmap", &cr.name, cr.optional)?;
+            add_all(&mut env, &prefix, data, false);
         }
     }
     for var in c.env.iter().flatten() {
-        if let Some(vf) = &var.value_from {
-            if let Some(sk) = &vf.secret_key_ref {
-                let optional = sk.optional == Some(true);
-                let name = sk.name.clone();
-                let value = match run.kl.get_secret(&run.ns, &name).await? {
-                    Some(s) => match secret_data(&s).get(&sk.key) {
-                        Some(v) => Some(String::from_utf8_lossy(v).into_owned()),
-                        None if optional => None,
-                        None => {
-                            return Err(format!(
-                                "couldn't find key {} in Secret {}/{}",
-                                sk.key, run.ns, name
-                            ))
-                        }
-                    },
-                    None if optional => None,
-                    None => return Err(format!("secret \"{name}\" not found")),
-                };
-                if let Some(value) = value {
-                    set_env(
-                        &mut env,
-                        EnvValue {
-                            name: var.name.clone(),
-                            value,
-                            secret: true,
-                        },
-                    );
+        let (value, secret) = match &var.value_from {
+            Some(vf) => {
+                if let Some(sk) = &vf.secret_key_ref {
+                    let data = secret_strings(run, &sk.name).await?;
+                    let key = (sk.key.as_str(), sk.optional == Some(true));
+                    (one_key(data, "Secret", &run.ns, &sk.name, key)?, true)
+                } else if let Some(ck) = &vf.config_map_key_ref {
+                    let data = config_map_strings(run, &ck.name).await?;
+                    let key = (ck.key.as_str(), ck.optional == Some(true));
+                    (one_key(data, "ConfigMap", &run.ns, &ck.name, key)?, false)
+                } else if let Some(fr) = &vf.field_ref {
+                    let value = field_ref(&run.pod, &fr.field_path, run.ip)
+                        .ok_or_else(|| format!("unsupported fieldRef {:?}", fr.field_path))?;
+                    (Some(value), false)
+                } else {
+                    // resourceFieldRef: the lab sets no limits, so there is nothing to report.
+                    (Some(String::new()), false)
                 }
-            } else if let Some(ck) = &vf.config_map_key_ref {
-                let optional = ck.optional == Some(true);
-                let name = ck.name.clone();
-                let value = match run.kl.get_config_map(&run.ns, &name).await? {
-                    Some(cm) => match cm.data.unwrap_or_default().remove(&ck.key) {
-                        Some(v) => Some(v),
-                        None if optional => None,
-                        None => {
-                            return Err(format!(
-                                "couldn't find key {} in ConfigMap {}/{}",
-                                ck.key, run.ns, name
-                            ))
-                        }
-                    },
-                    None if optional => None,
-                    None => return Err(format!("configmap \"{name}\" not found")),
-                };
-                if let Some(value) = value {
-                    set_env(
-                        &mut env,
-                        EnvValue {
-                            name: var.name.clone(),
-                            value,
-                            secret: false,
-                        },
-                    );
-                }
-            } else if let Some(fr) = &vf.field_ref {
-                let value = field_ref(&run.pod, &fr.field_path, run.ip)
-                    .ok_or_else(|| format!("unsupported fieldRef {:?}", fr.field_path))?;
-                set_env(
-                    &mut env,
-                    EnvValue {
-                        name: var.name.clone(),
-                        value,
-                        secret: false,
-                    },
-                );
-            } else {
-                // resourceFieldRef: the lab sets no limits, so there is nothing to report.
-                set_env(
-                    &mut env,
-                    EnvValue {
-                        name: var.name.clone(),
-                        value: String::new(),
-                        secret: false,
-                    },
-                );
             }
-        } else {
-            let raw = var.value.clone().unwrap_or_default();
-            let value = expand(&raw, |n| {
-                env.iter().find(|e| e.name == n).map(|e| e.value.clone())
-            });
+            None => {
+                let raw = var.value.clone().unwrap_or_default();
+                let value = expand(&raw, |n| {
+                    env.iter().find(|e| e.name == n).map(|e| e.value.clone())
+                });
+                (Some(value), false)
+            }
+        };
+        if let Some(value) = value {
             set_env(
                 &mut env,
                 EnvValue {
                     name: var.name.clone(),
                     value,
-                    secret: false,
+                    secret,
                 },
             );
         }
@@ -249,10 +164,84 @@ pub(super) async fn build_env(run: &PodRun, c: &Container) -> Result<Vec<EnvValu
     Ok(env)
 }
 
+/// A Secret's data as text, `None` when it does not exist.
+async fn secret_strings(
+    run: &PodRun,
+    name: &str,
+) -> Result<Option<BTreeMap<String, String>>, String> {
+    Ok(run.kl.get_secret(&run.ns, name).await?.map(|s| {
+        secret_data(&s)
+            .into_iter()
+            .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
+            .collect()
+    }))
+}
+
+/// A ConfigMap's data, `None` when it does not exist.
+async fn config_map_strings(
+    run: &PodRun,
+    name: &str,
+) -> Result<Option<BTreeMap<String, String>>, String> {
+    Ok(run
+        .kl
+        .get_config_map(&run.ns, name)
+        .await?
+        .map(|cm| cm.data.unwrap_or_default()))
+}
+
+/// An `envFrom` source's data; nothing when it is optional and missing.
+fn whole(
+    data: Option<BTreeMap<String, String>>,
+    kind: &str,
+    name: &str,
+    optional: Option<bool>,
+) -> Result<BTreeMap<String, String>, String> {
+    match data {
+        Some(d) => Ok(d),
+        None if optional == Some(true) => Ok(BTreeMap::new()),
+        None => Err(format!("{kind} \"{name}\" not found")),
+    }
+}
+
+/// Every key of an `envFrom` source that makes a valid variable name.
+fn add_all(env: &mut Vec<EnvValue>, prefix: &str, data: BTreeMap<String, String>, secret: bool) {
+    for (k, value) in data {
+        let name = format!("{prefix}{k}");
+        if valid_env_name(&name) {
+            set_env(
+                env,
+                EnvValue {
+                    name,
+                    value,
+                    secret,
+                },
+            );
+        }
+    }
+}
+
+/// One key of a `secretKeyRef` or `configMapKeyRef`, `(key, optional)`;
+/// `None` when it is optional and missing.
+fn one_key(
+    data: Option<BTreeMap<String, String>>,
+    kind: &str,
+    ns: &str,
+    name: &str,
+    (key, optional): (&str, bool),
+) -> Result<Option<String>, String> {
+    match data {
+        Some(mut d) => match d.remove(key) {
+            Some(v) => Ok(Some(v)),
+            None if optional => Ok(None),
+            None => Err(format!("couldn't find key {key} in {kind} {ns}/{name}")),
+        },
+        None if optional => Ok(None),
+        None => Err(format!("{} \"{name}\" not found", kind.to_lowercase())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
 
     #[test]

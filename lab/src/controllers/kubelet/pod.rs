@@ -15,7 +15,7 @@ use kube::ResourceExt;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::status::{status_writer, watch_reachability, CState, CStatus, StatusModel};
+use super::status::{status_writer, watch_reachability, CStatus, StatusModel};
 use super::supervise::supervise;
 use super::volumes::{mount_volumes, volume_sync};
 use super::{pod_dir, Kubelet, API_TIMEOUT, CANARY_DEFAULT_PORT};
@@ -141,20 +141,7 @@ pub(super) async fn run_pod(
         containers: spec
             .containers
             .iter()
-            .map(|c| CStatus {
-                name: c.name.clone(),
-                image: c.image.clone().unwrap_or_default(),
-                ready: false,
-                started: false,
-                ever_started: false,
-                restart_count: 0,
-                state: CState::Waiting {
-                    reason: "ContainerCreating".into(),
-                    message: None,
-                },
-                last_state: None,
-                pid: None,
-            })
+            .map(|c| CStatus::creating(&c.name, c.image.as_deref().unwrap_or_default()))
             .collect(),
         transitions: BTreeMap::new(),
         restart_policy: spec

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Container;
+use k8s_openapi::api::core::v1::{Container, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use tokio_util::sync::CancellationToken;
 
@@ -33,25 +33,13 @@ pub(super) async fn readiness(
 ) {
     let probe = c.readiness_probe.clone();
     let http_get = probe.as_ref().and_then(|p| p.http_get.clone());
-    let threshold = probe
-        .as_ref()
-        .and_then(|p| p.failure_threshold)
-        .unwrap_or(3)
-        .max(1) as u32;
-    let timeout = Duration::from_secs(
-        probe
-            .as_ref()
-            .and_then(|p| p.timeout_seconds)
-            .unwrap_or(1)
-            .max(1) as u64,
-    );
-    let initial = Duration::from_secs(
-        probe
-            .as_ref()
-            .and_then(|p| p.initial_delay_seconds)
-            .unwrap_or(0)
-            .max(0) as u64,
-    );
+    // A probe field, its default when unset, never below `min`.
+    let field = |f: fn(&Probe) -> Option<i32>, default: i32, min: i32| {
+        probe.as_ref().and_then(f).unwrap_or(default).max(min)
+    };
+    let threshold = field(|p| p.failure_threshold, 3, 1) as u32;
+    let timeout = Duration::from_secs(field(|p| p.timeout_seconds, 1, 1) as u64);
+    let initial = Duration::from_secs(field(|p| p.initial_delay_seconds, 0, 0) as u64);
     if !sleep_or_cancel(initial, &cancel).await {
         return;
     }

@@ -63,6 +63,14 @@ pub(super) fn ts(t: DateTime<Utc>) -> String {
 }
 
 impl CState {
+    /// A waiting state with a reason (and why).
+    pub(super) fn waiting(reason: &str, message: Option<String>) -> CState {
+        CState::Waiting {
+            reason: reason.into(),
+            message,
+        }
+    }
+
     pub(super) fn to_json(&self, container_id: Option<&str>) -> Value {
         match self {
             CState::Waiting { reason, message } => {
@@ -90,6 +98,23 @@ impl CState {
                 }
                 json!({"terminated": t})
             }
+        }
+    }
+}
+
+impl CStatus {
+    /// A container not started yet: `ContainerCreating`.
+    pub(super) fn creating(name: &str, image: &str) -> CStatus {
+        CStatus {
+            name: name.into(),
+            image: image.into(),
+            ready: false,
+            started: false,
+            ever_started: false,
+            restart_count: 0,
+            state: CState::waiting("ContainerCreating", None),
+            last_state: None,
+            pid: None,
         }
     }
 }
@@ -274,20 +299,7 @@ mod tests {
             start_time: Utc::now(),
             advertised_ip: Ipv4Addr::new(127, 1, 1, 2),
             initialized: false,
-            containers: vec![CStatus {
-                name: "c".into(),
-                image: "i".into(),
-                ready: false,
-                started: false,
-                ever_started: false,
-                restart_count: 0,
-                state: CState::Waiting {
-                    reason: "ContainerCreating".into(),
-                    message: None,
-                },
-                last_state: None,
-                pid: None,
-            }],
+            containers: vec![CStatus::creating("c", "i")],
             transitions: BTreeMap::new(),
             restart_policy: "Always".into(),
         };

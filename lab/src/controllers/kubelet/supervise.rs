@@ -32,10 +32,7 @@ pub(super) async fn supervise(run: Arc<PodRun>, idx: usize, cancel: Cancellation
             Err(PrepError::Config(msg)) => {
                 tracing::info!(ns = %run.ns, pod = %run.name, container = %c.name, %msg, "kubelet: CreateContainerConfigError");
                 run.update_container(idx, |s| {
-                    s.state = CState::Waiting {
-                        reason: "CreateContainerConfigError".into(),
-                        message: Some(msg),
-                    }
+                    s.state = CState::waiting("CreateContainerConfigError", Some(msg))
                 });
                 if !wait_config_retry(&run.ns, &mut changes, &cancel).await {
                     return;
@@ -45,10 +42,7 @@ pub(super) async fn supervise(run: Arc<PodRun>, idx: usize, cancel: Cancellation
             Err(PrepError::Run(msg)) => {
                 tracing::warn!(ns = %run.ns, pod = %run.name, container = %c.name, %msg, "kubelet: RunContainerError");
                 run.update_container(idx, |s| {
-                    s.state = CState::Waiting {
-                        reason: "RunContainerError".into(),
-                        message: Some(msg),
-                    }
+                    s.state = CState::waiting("RunContainerError", Some(msg))
                 });
                 (128, started_at)
             }

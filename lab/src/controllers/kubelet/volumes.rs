@@ -65,10 +65,10 @@ pub(super) async fn mount_volumes(run: &Arc<PodRun>, cancel: &CancellationToken)
                 for i in 0..run.spec.containers.len() {
                     let msg = msg.clone();
                     run.update_container(i, |c| {
-                        c.state = CState::Waiting {
-                            reason: "ContainerCreating".into(),
-                            message: Some(format!("MountVolume.SetUp failed: {msg}")),
-                        }
+                        c.state = CState::waiting(
+                            "ContainerCreating",
+                            Some(format!("MountVolume.SetUp failed: {msg}")),
+                        )
                     });
                 }
                 if !wait_config_retry(&run.ns, &mut changes, cancel).await {
