@@ -7,7 +7,9 @@ use std::ops::ControlFlow;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus, ReplicaSet, ReplicaSetSpec};
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentCondition, DeploymentStatus, ReplicaSet, ReplicaSetSpec,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::core::SelectorExt;
@@ -260,23 +262,10 @@ async fn create_new_rs(
             return Err(e);
         }
     };
-    let now = now_time();
     let mut conds = status_base.conditions.clone().unwrap_or_default();
-    if d.spec
-        .progress_deadline_seconds
-        .unwrap_or(DEFAULT_PROGRESS_DEADLINE)
-        > 0
-    {
-        set_condition(
-            &mut conds,
-            new_condition(
-                "Progressing",
-                true,
-                "NewReplicaSetCreated",
-                format!("Created new replica set \"{}\"", rs.name_any()),
-                &now,
-            ),
-        );
+    if has_progress_deadline(d) {
+        let message = format!("Created new replica set \"{}\"", rs.name_any());
+        set_progressing(&mut conds, "NewReplicaSetCreated", message);
     }
     status_base.conditions = Some(conds);
     obs.new_rs = Some(rs);
@@ -297,23 +286,10 @@ async fn adopt_new_rs(
         .conditions
         .as_deref()
         .is_some_and(|c| cond(c, "Progressing").is_some());
-    if !has_progressing
-        && d.spec
-            .progress_deadline_seconds
-            .unwrap_or(DEFAULT_PROGRESS_DEADLINE)
-            > 0
-    {
+    if !has_progressing && has_progress_deadline(d) {
         let mut conds = status_base.conditions.clone().unwrap_or_default();
-        set_condition(
-            &mut conds,
-            new_condition(
-                "Progressing",
-                true,
-                "FoundNewReplicaSet",
-                format!("Found new replica set \"{}\"", rs.name_any()),
-                &now_time(),
-            ),
-        );
+        let message = format!("Found new replica set \"{}\"", rs.name_any());
+        set_progressing(&mut conds, "FoundNewReplicaSet", message);
         status_base.conditions = Some(conds);
     }
     // A template rolled back to an older ReplicaSet makes it the newest revision.
@@ -330,6 +306,22 @@ async fn adopt_new_rs(
         .await?;
     }
     Ok(())
+}
+
+/// Does the Deployment have a progress deadline (the Progressing condition)?
+fn has_progress_deadline(d: &Deployment) -> bool {
+    d.spec
+        .progress_deadline_seconds
+        .unwrap_or(DEFAULT_PROGRESS_DEADLINE)
+        > 0
+}
+
+/// Set `Progressing=True` with `reason`, as of now.
+fn set_progressing(conds: &mut Vec<DeploymentCondition>, reason: &str, message: String) {
+    set_condition(
+        conds,
+        new_condition("Progressing", true, reason, message, &now_time()),
+    );
 }
 
 /// Step 5: the Deployment carries its newest revision, as `kubectl rollout
