@@ -2,6 +2,8 @@
 //! types, the real `promtool check metrics`, a bounded series count after
 //! 100 mixed outcomes, readiness, `/probes` and graceful shutdown.
 
+mod support;
+
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,36 +16,25 @@ use secret_canary::config::{Config, ProbeConfig};
 use secret_canary::http::{Exporter, ProbeBoard};
 use secret_canary::metrics::{self, Metrics};
 use secret_canary::probe::{Failure, Outcome, Reason, RunResult, Stage, StageTiming};
+use support::fixtures::ThreeChains;
 use tokio_util::sync::CancellationToken;
 
-const CONFIG: &str = r#"
-probes:
-  - name: eso-env
-    interval: 30s
-    slo: {eso_sync: 1s, end_to_end: 60s}
-    store: {address: "http://127.0.0.1:8200", path: canary/eso-env, auth: {token: {env: VAULT_TOKEN}}}
-    chain:
-      namespace: canary
-      external_secret: canary-env
-      secret: {name: canary-env}
-      rollout: {deployment: canary-env, trigger: reloader}
-      canary: {selector: app=canary-env, source: env}
-  - name: eso-volume
-    interval: 30s
-    store: {address: "http://127.0.0.1:8200", path: canary/eso-volume, auth: {token: {env: VAULT_TOKEN}}}
-    chain:
-      namespace: canary
-      external_secret: canary-volume
-      secret: {name: canary-volume}
-      canary: {selector: app=canary-volume, source: file}
-  - name: bank-vaults
-    schedule: "0 */5 * * * *"
-    store: {address: "http://127.0.0.1:8200", path: canary/bv, auth: {kubernetes: {role: canary}}}
-    chain:
-      namespace: canary
-      rollout: {deployment: canary-bv, trigger: restart}
-      canary: {selector: app=canary-bv, source: env}
-"#;
+/// The three chains, on the standard cadences, with SLOs on eso-env.
+fn config_yaml() -> String {
+    ThreeChains {
+        address: "http://127.0.0.1:8200",
+        eso_auth: "{token: {env: VAULT_TOKEN}}",
+        cadence: [
+            "interval: 30s",
+            "interval: 30s",
+            r#"schedule: "0 */5 * * * *""#,
+        ],
+        env_slo: "{eso_sync: 1s, end_to_end: 60s}",
+        volume_slo: None,
+        bv_deployment: "canary-bv",
+    }
+    .yaml()
+}
 
 /// A deterministic mix: successes, failures at every stage with every
 /// reason the stage can have, prober errors and aborted runs.
@@ -104,7 +95,7 @@ struct Running {
 
 async fn start(outcomes_per_probe: usize) -> Running {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let config = Config::from_yaml(CONFIG, "exporter.yaml").unwrap();
+    let config = Config::from_yaml(&config_yaml(), "exporter.yaml").unwrap();
     let mut registry = Registry::default();
     let metrics = Metrics::for_config(&mut registry, &config);
     let ready = Arc::new(AtomicBool::new(false));

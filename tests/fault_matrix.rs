@@ -11,10 +11,12 @@
 
 mod support;
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use futures::future::{FutureExt, LocalBoxFuture};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{
@@ -23,7 +25,7 @@ use kube::api::{
 use reqwest::Method;
 use secret_canary::config::{Config, ProbeConfig, StoreAuth};
 use secret_canary_lab::faults::{Fault, Knob, Latency};
-use support::prober::{resources, LoggedRun, ProberProcess, Resources};
+use support::prober::{resources, LoggedRun, Prober, Resources};
 use support::TestLab;
 
 /// One measured row of the matrix.
@@ -99,7 +101,7 @@ fn derive_config(
 /// The first run of `probe` started at or after `after`: it must end with
 /// one of `expected` (`stage/reason` or `success`).
 async fn expect_verdict(
-    p: &ProberProcess,
+    p: &Prober,
     probe: &str,
     after: DateTime<Utc>,
     expected: &[&str],
@@ -126,7 +128,7 @@ async fn expect_verdict(
 /// number of failed runs between `cleared` and that success, and the time
 /// from `cleared` to the success's end.
 async fn expect_recovery(
-    p: &ProberProcess,
+    p: &Prober,
     probe: &str,
     cleared: DateTime<Utc>,
     settled: DateTime<Utc>,
@@ -173,7 +175,7 @@ fn row(
     }
 }
 
-fn assert_alive(p: &mut ProberProcess) {
+fn assert_alive(p: &mut Prober) {
     assert!(p.is_running(), "the prober process exited");
     let (bad, total) = p.health();
     assert_eq!(bad, 0, "/healthz failed {bad} of {total} checks");
@@ -205,10 +207,7 @@ fn unseal_key(lab: &TestLab) -> String {
 }
 
 async fn start_lab(deployments: &[&str]) -> TestLab {
-    let lab = support::start_lab(None).await;
-    lab.wait_rolled_out("canary", deployments, Duration::from_secs(90))
-        .await;
-    lab
+    support::start_rolled_out(deployments, Duration::from_secs(90)).await
 }
 
 /// Store faults through the real OpenBao (sealed, token revoked, down),
@@ -225,160 +224,119 @@ async fn store_faults_sigterm_and_short_lived_tokens() {
             p.deadline = Some(Duration::from_secs(10));
         },
     );
-    let mut prober = ProberProcess::start(
+    let mut prober = Prober::start(
         &config,
         &lab.lab.dir.join("logs/prober-store.log"),
         Duration::from_secs(3),
     )
     .await;
     let probe = "volume";
-    let mut rows = Vec::new();
     let t = Utc::now();
     expect_verdict(&prober, probe, t, &["success"], Duration::from_secs(30)).await;
-
-    // OpenBao sealed through its API: the write gets 503.
-    lab.bao
-        .call(Method::PUT, "sys/seal", None)
-        .await
-        .expect("seal");
-    let injected = Utc::now();
-    let r = expect_verdict(
-        &prober,
-        probe,
-        injected,
-        &["store_write/store_error"],
-        Duration::from_secs(20),
-    )
-    .await;
-    lab.bao
-        .call(
-            Method::PUT,
-            "sys/unseal",
-            Some(serde_json::json!({ "key": unseal_key(&lab) })),
-        )
-        .await
-        .expect("unseal");
-    let cleared = Utc::now();
-    let rec = expect_recovery(&prober, probe, cleared, cleared, Duration::from_secs(30)).await;
-    rows.push(row(
-        "OpenBao sealed (sys/seal)",
-        probe,
-        "store_write/store_error",
-        injected,
-        &r,
-        rec,
-    ));
-    assert_alive(&mut prober);
-
-    // The prober's token revoked: 403; a fresh login re-reads the token file
-    // and gets the same revoked token until the file is rotated.
-    let token_file = lab.lab.dir.join("prober.token");
-    let old = std::fs::read_to_string(&token_file).unwrap();
-    lab.bao
-        .call(
-            Method::POST,
-            "auth/token/revoke",
-            Some(serde_json::json!({ "token": old.trim() })),
-        )
-        .await
-        .expect("revoke");
-    let injected = Utc::now();
-    let r = expect_verdict(
-        &prober,
-        probe,
-        injected,
-        &["store_write/auth_error"],
-        Duration::from_secs(20),
-    )
-    .await;
-    let fresh = lab
-        .bao
-        .create_token(&["write-canary"], "768h")
-        .await
-        .unwrap();
-    std::fs::write(&token_file, fresh).unwrap();
-    let cleared = Utc::now();
-    let rec = expect_recovery(&prober, probe, cleared, cleared, Duration::from_secs(30)).await;
-    rows.push(row(
-        "token revoked (403)",
-        probe,
-        "store_write/auth_error",
-        injected,
-        &r,
-        rec,
-    ));
-
-    // The prober's own problem, not the pipeline's: its credential file is
-    // gone when it must log in again (the token revoked meanwhile).
-    let current = std::fs::read_to_string(&token_file).unwrap();
-    std::fs::remove_file(&token_file).unwrap();
-    lab.bao
-        .call(
-            Method::POST,
-            "auth/token/revoke",
-            Some(serde_json::json!({ "token": current.trim() })),
-        )
-        .await
-        .expect("revoke");
-    let injected = Utc::now();
-    let r = expect_verdict(
-        &prober,
-        probe,
-        injected,
-        &["store_write/prober_error"],
-        Duration::from_secs(20),
-    )
-    .await;
-    let fresh = lab
-        .bao
-        .create_token(&["write-canary"], "768h")
-        .await
-        .unwrap();
-    std::fs::write(&token_file, fresh).unwrap();
-    let cleared = Utc::now();
-    let rec = expect_recovery(&prober, probe, cleared, cleared, Duration::from_secs(30)).await;
-    rows.push(row(
-        "prober misconfigured: token file missing at re-login",
-        probe,
-        "store_write/prober_error",
-        injected,
-        &r,
-        rec,
-    ));
-    assert_alive(&mut prober);
-
-    // OpenBao down: the process frozen (SIGSTOP), so requests hang until the
-    // store timeout (1.5 s here).
-    let bao_pid = lab.vault.pid().expect("OpenBao pid").to_string();
-    let kill = |sig: &str| {
-        assert!(std::process::Command::new("kill")
-            .args([sig, &bao_pid])
-            .status()
-            .unwrap()
-            .success())
-    };
-    kill("-STOP");
-    let injected = Utc::now();
-    let r = expect_verdict(
-        &prober,
-        probe,
-        injected,
-        &["store_write/store_error"],
-        Duration::from_secs(20),
-    )
-    .await;
-    kill("-CONT");
-    let cleared = Utc::now();
-    let rec = expect_recovery(&prober, probe, cleared, cleared, Duration::from_secs(40)).await;
-    rows.push(row(
-        "OpenBao down (process stopped)",
-        probe,
-        "store_write/store_error",
-        injected,
-        &r,
-        rec,
-    ));
-    assert_alive(&mut prober);
+    let mut rows = Vec::new();
+    {
+        let lab = &lab;
+        let token_file = &lab.lab.dir.join("prober.token");
+        let revoke = |token: String| async move {
+            lab.bao
+                .call(
+                    Method::POST,
+                    "auth/token/revoke",
+                    Some(serde_json::json!({ "token": token.trim() })),
+                )
+                .await
+                .expect("revoke");
+        };
+        let fresh_token = move || async move {
+            let fresh = lab
+                .bao
+                .create_token(&["write-canary"], "768h")
+                .await
+                .unwrap();
+            std::fs::write(token_file, fresh).unwrap();
+        };
+        // OpenBao down: the process frozen (SIGSTOP), so requests hang until
+        // the store timeout (1.5 s here).
+        let bao_pid = lab.vault.pid().expect("OpenBao pid").to_string();
+        let kill = move |sig: &'static str| {
+            let bao_pid = bao_pid.clone();
+            step(move || async move {
+                assert!(std::process::Command::new("kill")
+                    .args([sig, &bao_pid])
+                    .status()
+                    .unwrap()
+                    .success())
+            })
+        };
+        let store_row = |label, inject, expected, restore, recover_secs| FaultRow {
+            label,
+            probe,
+            inject,
+            expected,
+            verdict_within: Duration::from_secs(20),
+            restore,
+            settle: None,
+            recover_within: Duration::from_secs(recover_secs),
+        };
+        let table = [
+            // OpenBao sealed through its API: the write gets 503.
+            store_row(
+                "OpenBao sealed (sys/seal)",
+                step(move || async move {
+                    lab.bao
+                        .call(Method::PUT, "sys/seal", None)
+                        .await
+                        .expect("seal");
+                }),
+                "store_write/store_error",
+                step(move || async move {
+                    lab.bao
+                        .call(
+                            Method::PUT,
+                            "sys/unseal",
+                            Some(serde_json::json!({ "key": unseal_key(lab) })),
+                        )
+                        .await
+                        .expect("unseal");
+                }),
+                30,
+            ),
+            // The prober's token revoked: 403; a fresh login re-reads the
+            // token file and gets the same revoked token until the file is
+            // rotated.
+            store_row(
+                "token revoked (403)",
+                step(move || revoke(std::fs::read_to_string(token_file).unwrap())),
+                "store_write/auth_error",
+                step(fresh_token),
+                30,
+            ),
+            // The prober's own problem, not the pipeline's: its credential
+            // file is gone when it must log in again (the token revoked
+            // meanwhile).
+            store_row(
+                "prober misconfigured: token file missing at re-login",
+                step(move || {
+                    let current = std::fs::read_to_string(token_file).unwrap();
+                    std::fs::remove_file(token_file).unwrap();
+                    revoke(current)
+                }),
+                "store_write/prober_error",
+                step(fresh_token),
+                30,
+            ),
+            store_row(
+                "OpenBao down (process stopped)",
+                kill("-STOP"),
+                "store_write/store_error",
+                kill("-CONT"),
+                40,
+            ),
+        ];
+        for fr in table {
+            rows.push(run_row(&mut prober, fr).await);
+        }
+    }
 
     // SIGTERM mid-run: ESO stalled keeps a run waiting in eso_sync; the
     // process exits within its grace period (3 s) and logs the run aborted.
@@ -450,7 +408,7 @@ async fn store_faults_sigterm_and_short_lived_tokens() {
             };
         },
     );
-    let mut prober = ProberProcess::start(
+    let mut prober = Prober::start(
         &config,
         &lab.lab.dir.join("logs/prober-token.log"),
         Duration::from_secs(3),
@@ -493,96 +451,130 @@ async fn store_faults_sigterm_and_short_lived_tokens() {
     lab.stop().await;
 }
 
-/// A fault switched on, then its row measured: the first run started after
-/// it ends with `expected`; after `clear` and `settle`, the first run
-/// succeeds.
-struct Phase<'a> {
-    lab: &'a TestLab,
-    prober: &'a ProberProcess,
-    rows: Vec<Row>,
+/// An action of a row (inject, restore, settle), run once.
+type Step<'a> = Box<dyn FnOnce() -> LocalBoxFuture<'a, ()> + 'a>;
+
+fn step<'a, Fut: Future<Output = ()> + 'a>(f: impl FnOnce() -> Fut + 'a) -> Step<'a> {
+    Box::new(move || f().boxed_local())
 }
 
-impl Phase<'_> {
-    async fn lab_fault(
-        &mut self,
-        label: &str,
-        probe: &str,
-        fault: Fault,
-        expected: &str,
-        settle: &[&str],
-    ) {
-        self.lab.knobs.set_fault(fault, true);
-        let injected = Utc::now();
-        let r = expect_verdict(
-            self.prober,
-            probe,
-            injected,
-            &[expected],
-            Duration::from_secs(30),
-        )
-        .await;
-        self.lab.knobs.set_fault(fault, false);
-        let cleared = Utc::now();
-        self.settle(settle).await;
-        let rec = expect_recovery(
-            self.prober,
-            probe,
-            cleared,
-            Utc::now(),
-            Duration::from_secs(40),
-        )
-        .await;
-        self.rows
-            .push(row(label, probe, expected, injected, &r, rec));
-    }
+fn nothing<'a>() -> Step<'a> {
+    step(|| async {})
+}
 
-    /// Wait for Deployments to be rolled out again.
-    async fn settle(&self, deployments: &[&str]) {
-        if !deployments.is_empty() {
-            self.lab
-                .wait_rolled_out("canary", deployments, Duration::from_secs(60))
-                .await;
+/// One row of the matrix: `inject`, then the first run started after it
+/// must end with `expected` (within `verdict_within`); `restore`, then
+/// `settle` (if any), then the first run started after that must succeed
+/// (within `recover_within`).
+struct FaultRow<'a> {
+    label: &'a str,
+    probe: &'a str,
+    inject: Step<'a>,
+    expected: &'a str,
+    verdict_within: Duration,
+    restore: Step<'a>,
+    /// What the pipeline must get back to before the run that must
+    /// succeed; `None`: the first run after restoring.
+    settle: Option<Step<'a>>,
+    recover_within: Duration,
+}
+
+/// Run one [`FaultRow`] against the prober; checks the process is alive and
+/// `/healthz` never failed.
+async fn run_row(prober: &mut Prober, fr: FaultRow<'_>) -> Row {
+    (fr.inject)().await;
+    let injected = Utc::now();
+    let r = expect_verdict(
+        prober,
+        fr.probe,
+        injected,
+        &[fr.expected],
+        fr.verdict_within,
+    )
+    .await;
+    (fr.restore)().await;
+    let cleared = Utc::now();
+    let settled = match fr.settle {
+        Some(settle) => {
+            settle().await;
+            Utc::now()
         }
-    }
+        None => cleared,
+    };
+    let rec = expect_recovery(prober, fr.probe, cleared, settled, fr.recover_within).await;
+    assert_alive(prober);
+    row(fr.label, fr.probe, fr.expected, injected, &r, rec)
+}
 
-    /// A disruption applied while a run is in flight: that run must succeed,
-    /// and so must the next one.
-    async fn mid_run(
-        &mut self,
-        label: &str,
-        probe: &str,
-        disrupt: impl FnOnce(),
-        restore: impl FnOnce(),
-    ) {
-        let t = Utc::now();
-        let inflight = self
-            .prober
-            .wait_in_flight(probe, t, Duration::from_secs(10))
-            .await;
-        // Into the chain (store written, ESO syncing) before disrupting.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let injected = Utc::now();
-        disrupt();
-        let r = self
-            .prober
-            .wait_run(probe, inflight.started, Duration::from_secs(30))
-            .await;
-        assert_eq!(r.run_id, inflight.run_id);
-        eprintln!("[{probe}] {label}: {} ({:?})", r.verdict(), r.detail);
-        assert!(r.succeeded(), "{label}: run through the disruption: {r:?}");
-        restore();
-        let cleared = Utc::now();
-        let rec = expect_recovery(
-            self.prober,
-            probe,
-            cleared,
-            cleared,
-            Duration::from_secs(30),
-        )
-        .await;
-        self.rows
-            .push(row(label, probe, "success", injected, &r, rec));
+/// A lab fault switched on and off: the row of most pipeline faults.
+/// `settle`: Deployments that must be rolled out again before recovery.
+fn lab_fault<'a>(
+    lab: &'a TestLab,
+    label: &'a str,
+    probe: &'a str,
+    fault: Fault,
+    expected: &'a str,
+    settle: &'a [&'a str],
+) -> FaultRow<'a> {
+    FaultRow {
+        label,
+        probe,
+        inject: step(move || async move { lab.knobs.set_fault(fault, true) }),
+        expected,
+        verdict_within: Duration::from_secs(30),
+        restore: step(move || async move { lab.knobs.set_fault(fault, false) }),
+        settle: (!settle.is_empty()).then(|| {
+            step(move || async move {
+                lab.wait_rolled_out("canary", settle, Duration::from_secs(60))
+                    .await
+            })
+        }),
+        recover_within: Duration::from_secs(40),
     }
+}
+
+/// Where a [`MidRunRow`]'s recovery is measured from.
+enum RecoverFrom {
+    /// The disruption: the next run must succeed too.
+    Injection,
+    /// The end of `restore` (after the disrupted run).
+    Restore,
+}
+
+/// A disruption applied while a run is in flight, `into_run` after it was
+/// seen starting: that run must succeed, and so must the next one.
+struct MidRunRow<'a> {
+    label: &'a str,
+    probe: &'a str,
+    into_run: Duration,
+    disrupt: Step<'a>,
+    restore: Step<'a>,
+    recover_from: RecoverFrom,
+}
+
+async fn run_mid_run(prober: &mut Prober, mr: MidRunRow<'_>) -> Row {
+    let (label, probe) = (mr.label, mr.probe);
+    let inflight = prober
+        .wait_in_flight(probe, Utc::now(), Duration::from_secs(10))
+        .await;
+    // Into the chain (store written, ESO syncing) before disrupting.
+    tokio::time::sleep(mr.into_run).await;
+    let injected = Utc::now();
+    (mr.disrupt)().await;
+    let r = prober
+        .wait_run(probe, inflight.started, Duration::from_secs(30))
+        .await;
+    assert_eq!(r.run_id, inflight.run_id);
+    eprintln!("[{probe}] {label}: {} ({:?})", r.verdict(), r.detail);
+    assert!(r.succeeded(), "{label}: run through the disruption: {r:?}");
+    (mr.restore)().await;
+    let cleared = match mr.recover_from {
+        RecoverFrom::Injection => injected,
+        RecoverFrom::Restore => Utc::now(),
+    };
+    let rec = expect_recovery(prober, probe, cleared, cleared, Duration::from_secs(30)).await;
+    assert_alive(prober);
+    row(label, probe, "success", injected, &r, rec)
 }
 
 /// ESO, Reloader, rollout, stale canary and API server faults on the
@@ -605,7 +597,7 @@ async fn pipeline_and_api_faults_on_the_reloader_chain() {
             p.deadline = Some(Duration::from_secs(6));
         },
     );
-    let mut prober = ProberProcess::start(
+    let mut prober = Prober::start(
         &config,
         &lab.lab.dir.join("logs/prober-env.log"),
         Duration::from_secs(3),
@@ -620,121 +612,117 @@ async fn pipeline_and_api_faults_on_the_reloader_chain() {
         Duration::from_secs(30),
     )
     .await;
-    let mut ph = Phase {
-        lab: &lab,
-        prober: &prober,
-        rows: Vec::new(),
+    let rows = {
+        let lab = &lab;
+        let faults = [
+            lab_fault(
+                lab,
+                "ESO stalled",
+                probe,
+                Fault::EsoStall,
+                "eso_sync/timeout",
+                &[],
+            ),
+            lab_fault(
+                lab,
+                "ESO SecretSyncedError",
+                probe,
+                Fault::EsoError,
+                "eso_sync/sync_error",
+                &[],
+            ),
+            lab_fault(
+                lab,
+                "Reloader absent",
+                probe,
+                Fault::ReloaderAbsent,
+                "reloader_trigger/timeout",
+                &[],
+            ),
+            lab_fault(
+                lab,
+                "rollout stuck (ProgressDeadlineExceeded)",
+                probe,
+                Fault::RolloutStuck,
+                "rollout/rollout_stuck",
+                &["canary-env"],
+            ),
+            lab_fault(
+                lab,
+                "canary serves a stale value",
+                probe,
+                Fault::CanaryStale,
+                "canary_observe/value_mismatch",
+                &["canary-env"],
+            ),
+        ];
+        let mid_run = [
+            MidRunRow {
+                label: "watch stream dropped mid-run",
+                probe,
+                into_run: Duration::from_millis(200),
+                disrupt: step(move || async move { lab.knobs.set_fault(Fault::WatchDrop, true) }),
+                restore: step(move || async move { lab.knobs.set_fault(Fault::WatchDrop, false) }),
+                recover_from: RecoverFrom::Restore,
+            },
+            MidRunRow {
+                label: "410 Gone mid-run",
+                probe,
+                into_run: Duration::from_millis(200),
+                // Every watch is cut and each resume from its resourceVersion gets
+                // an in-stream 410 Expired (as after an etcd compaction), once.
+                disrupt: step(move || async move {
+                    let knobs = lab.knobs.clone();
+                    knobs.set_fault(Fault::WatchExpire, true);
+                    lab.server.reset_watches();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        knobs.set_fault(Fault::WatchExpire, false);
+                    });
+                }),
+                restore: nothing(),
+                recover_from: RecoverFrom::Restore,
+            },
+            MidRunRow {
+                label: "lab API server restarted (all watches reset)",
+                probe,
+                into_run: Duration::from_millis(200),
+                disrupt: step(move || async move { lab.server.reset_watches() }),
+                restore: nothing(),
+                recover_from: RecoverFrom::Restore,
+            },
+        ];
+        // The API server answers 500 to everything and has cut the watches: the
+        // prober's watchers cannot resume, ESO cannot write.
+        let api_outage = FaultRow {
+            label: "API server answers 500 (watches cut)",
+            probe,
+            inject: step(move || async move {
+                lab.knobs.set_fault(Fault::ApiErrors, true);
+                lab.server.reset_watches();
+            }),
+            expected: "eso_sync/api_error",
+            verdict_within: Duration::from_secs(30),
+            restore: step(move || async move { lab.knobs.set_fault(Fault::ApiErrors, false) }),
+            // kube-rs watchers back off (growing delays) through a long API
+            // outage; give them time to re-establish before the run that must
+            // succeed. The recovery time is still measured from the restore.
+            // (Next: a watcher error seen before a run starts should not fail it
+            // if the watch recovers.)
+            settle: Some(step(|| tokio::time::sleep(Duration::from_secs(10)))),
+            recover_within: Duration::from_secs(60),
+        };
+
+        let mut rows = Vec::new();
+        for fr in faults {
+            rows.push(run_row(&mut prober, fr).await);
+        }
+        for mr in mid_run {
+            rows.push(run_mid_run(&mut prober, mr).await);
+        }
+        rows.push(run_row(&mut prober, api_outage).await);
+        rows
     };
-
-    ph.lab_fault(
-        "ESO stalled",
-        probe,
-        Fault::EsoStall,
-        "eso_sync/timeout",
-        &[],
-    )
-    .await;
-    ph.lab_fault(
-        "ESO SecretSyncedError",
-        probe,
-        Fault::EsoError,
-        "eso_sync/sync_error",
-        &[],
-    )
-    .await;
-    ph.lab_fault(
-        "Reloader absent",
-        probe,
-        Fault::ReloaderAbsent,
-        "reloader_trigger/timeout",
-        &[],
-    )
-    .await;
-    ph.lab_fault(
-        "rollout stuck (ProgressDeadlineExceeded)",
-        probe,
-        Fault::RolloutStuck,
-        "rollout/rollout_stuck",
-        &["canary-env"],
-    )
-    .await;
-    ph.lab_fault(
-        "canary serves a stale value",
-        probe,
-        Fault::CanaryStale,
-        "canary_observe/value_mismatch",
-        &["canary-env"],
-    )
-    .await;
-
-    let (knobs, server) = (lab.knobs.clone(), lab.server.clone());
-    let (k2, s2) = (knobs.clone(), server.clone());
-    ph.mid_run(
-        "watch stream dropped mid-run",
-        probe,
-        || k2.set_fault(Fault::WatchDrop, true),
-        || knobs.set_fault(Fault::WatchDrop, false),
-    )
-    .await;
-    let k3 = lab.knobs.clone();
-    ph.mid_run(
-        "410 Gone mid-run",
-        probe,
-        // Every watch is cut and each resume from its resourceVersion gets
-        // an in-stream 410 Expired (as after an etcd compaction), once.
-        move || {
-            k3.set_fault(Fault::WatchExpire, true);
-            s2.reset_watches();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                k3.set_fault(Fault::WatchExpire, false);
-            });
-        },
-        || {},
-    )
-    .await;
-    let s3 = lab.server.clone();
-    ph.mid_run(
-        "lab API server restarted (all watches reset)",
-        probe,
-        move || s3.reset_watches(),
-        || {},
-    )
-    .await;
-
-    // The API server answers 500 to everything and has cut the watches: the
-    // prober's watchers cannot resume, ESO cannot write.
-    lab.knobs.set_fault(Fault::ApiErrors, true);
-    lab.server.reset_watches();
-    let injected = Utc::now();
-    let r = expect_verdict(
-        &prober,
-        probe,
-        injected,
-        &["eso_sync/api_error"],
-        Duration::from_secs(30),
-    )
-    .await;
-    lab.knobs.set_fault(Fault::ApiErrors, false);
-    let cleared = Utc::now();
-    // kube-rs watchers back off (growing delays) through a long API outage;
-    // give them time to re-establish before the run that must succeed. The
-    // recovery time is still measured from `cleared`. (Next: a watcher error
-    // seen before a run starts should not fail it if the watch recovers.)
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    let settled = Utc::now();
-    let rec = expect_recovery(&prober, probe, cleared, settled, Duration::from_secs(60)).await;
-    ph.rows.push(row(
-        "API server answers 500 (watches cut)",
-        probe,
-        "eso_sync/api_error",
-        injected,
-        &r,
-        rec,
-    ));
-
-    let rows = std::mem::take(&mut ph.rows);
-    assert_alive(&mut prober);
     assert!(prober.stop().await.is_some_and(|s| s.success()));
     print_rows(
         "ESO, Reloader, rollout, canary and API faults (env chain)",
@@ -759,7 +747,7 @@ async fn canary_secret_and_api_faults_on_volume_and_restart_chains() {
         &[("eso-volume", "volume"), ("bankvaults-restart", "bv")],
         |p| p.deadline = Some(Duration::from_secs(6)),
     );
-    let mut prober = ProberProcess::start(
+    let mut prober = Prober::start(
         &config,
         &lab.lab.dir.join("logs/prober-canary.log"),
         Duration::from_secs(3),
@@ -775,195 +763,133 @@ async fn canary_secret_and_api_faults_on_volume_and_restart_chains() {
     )
     .await;
     expect_verdict(&prober, "bv", now, &["success"], Duration::from_secs(30)).await;
-    let mut ph = Phase {
-        lab: &lab,
-        prober: &prober,
-        rows: Vec::new(),
+    let rows = {
+        let lab = &lab;
+        let secrets: Api<Secret> = Api::namespaced(lab.client(), "canary");
+        let es = external_secrets(lab);
+        let (secrets, es) = (&secrets, &es);
+        let policy = |p: &str| serde_json::json!({"spec": {"target": {"creationPolicy": p}}});
+        let faults = [
+            lab_fault(
+                lab,
+                "canary unreachable",
+                "volume",
+                Fault::CanaryUnreachable,
+                "canary_observe/canary_unreachable",
+                &["canary-volume", "canary-bankvaults"],
+            ),
+            lab_fault(
+                lab,
+                "canary crash-looping",
+                "bv",
+                Fault::CanaryCrash,
+                "rollout/canary_crashing",
+                &["canary-bankvaults"],
+            ),
+        ];
+        // The target Secret deleted mid-run while ESO is healthy: ESO (Owner
+        // policy) recreates it with the current value, so the run succeeds.
+        let deleted = MidRunRow {
+            label: "target Secret deleted (ESO recreates it)",
+            probe: "volume",
+            into_run: Duration::from_millis(100),
+            disrupt: step(move || async move {
+                secrets
+                    .delete("canary-volume", &DeleteParams::default())
+                    .await
+                    .unwrap();
+            }),
+            restore: nothing(),
+            recover_from: RecoverFrom::Injection,
+        };
+        let after = [
+            // Deleted and not recreated: ESO syncs (Ready=True) but writes no
+            // Secret (`creationPolicy: None`).
+            FaultRow {
+                label: "target Secret deleted, not recreated (creationPolicy None)",
+                probe: "volume",
+                inject: step(move || async move {
+                    es.patch(
+                        "canary-volume",
+                        &PatchParams::default(),
+                        &Patch::Merge(&policy("None")),
+                    )
+                    .await
+                    .unwrap();
+                    let patched_at = Utc::now();
+                    secrets
+                        .delete("canary-volume", &DeleteParams::default())
+                        .await
+                        .unwrap();
+                    // Let ESO take the new policy in (a sync that started after
+                    // the patch) before the measured run, so a loaded machine
+                    // cannot blur the row.
+                    support::wait_for(
+                        Duration::from_secs(30),
+                        "ESO synced under creationPolicy None",
+                        || async move { synced_after(es, patched_at).await },
+                    )
+                    .await;
+                }),
+                expected: "secret_update/not_found",
+                verdict_within: Duration::from_secs(30),
+                restore: step(move || async move {
+                    es.patch(
+                        "canary-volume",
+                        &PatchParams::default(),
+                        &Patch::Merge(&policy("Owner")),
+                    )
+                    .await
+                    .unwrap();
+                }),
+                settle: Some(step(move || async move {
+                    support::wait_for(Duration::from_secs(30), "Secret recreated", || async move {
+                        matches!(secrets.get_opt("canary-volume").await, Ok(Some(_)))
+                    })
+                    .await
+                })),
+                recover_within: Duration::from_secs(30),
+            },
+            // 500s from the API server: the prober's own restart patch fails.
+            FaultRow {
+                label: "API server answers 500 (restart patch)",
+                probe: "bv",
+                inject: step(move || async move { lab.knobs.set_fault(Fault::ApiErrors, true) }),
+                expected: "reloader_trigger/api_error",
+                verdict_within: Duration::from_secs(30),
+                restore: step(move || async move { lab.knobs.set_fault(Fault::ApiErrors, false) }),
+                settle: None,
+                recover_within: Duration::from_secs(40),
+            },
+            // A slow API server (every request +300 ms, watches re-opened
+            // through it): slower stages, no failure.
+            FaultRow {
+                label: "API server slow (+300 ms per request)",
+                probe: "volume",
+                inject: step(move || async move {
+                    lab.knobs
+                        .set_latency(Knob::ApiLatency, Latency::Fixed(Duration::from_millis(300)));
+                    lab.knobs.set_fault(Fault::ApiSlow, true);
+                    lab.server.reset_watches();
+                }),
+                expected: "success",
+                verdict_within: Duration::from_secs(30),
+                restore: step(move || async move { lab.knobs.set_fault(Fault::ApiSlow, false) }),
+                settle: None,
+                recover_within: Duration::from_secs(30),
+            },
+        ];
+
+        let mut rows = Vec::new();
+        for fr in faults {
+            rows.push(run_row(&mut prober, fr).await);
+        }
+        rows.push(run_mid_run(&mut prober, deleted).await);
+        for fr in after {
+            rows.push(run_row(&mut prober, fr).await);
+        }
+        rows
     };
-
-    ph.lab_fault(
-        "canary unreachable",
-        "volume",
-        Fault::CanaryUnreachable,
-        "canary_observe/canary_unreachable",
-        &["canary-volume", "canary-bankvaults"],
-    )
-    .await;
-    ph.lab_fault(
-        "canary crash-looping",
-        "bv",
-        Fault::CanaryCrash,
-        "rollout/canary_crashing",
-        &["canary-bankvaults"],
-    )
-    .await;
-
-    // The target Secret deleted mid-run while ESO is healthy: ESO (Owner
-    // policy) recreates it with the current value, so the run succeeds.
-    let secrets: Api<Secret> = Api::namespaced(lab.client(), "canary");
-    let t = Utc::now();
-    let inflight = prober
-        .wait_in_flight("volume", t, Duration::from_secs(10))
-        .await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let injected = Utc::now();
-    secrets
-        .delete("canary-volume", &DeleteParams::default())
-        .await
-        .unwrap();
-    let r = prober
-        .wait_run("volume", inflight.started, Duration::from_secs(30))
-        .await;
-    assert!(r.succeeded(), "Secret deleted, ESO recreates it: {r:?}");
-    let rec = expect_recovery(
-        &prober,
-        "volume",
-        injected,
-        injected,
-        Duration::from_secs(30),
-    )
-    .await;
-    ph.rows.push(row(
-        "target Secret deleted (ESO recreates it)",
-        "volume",
-        "success",
-        injected,
-        &r,
-        rec,
-    ));
-
-    // Deleted and not recreated: ESO syncs (Ready=True) but writes no
-    // Secret (`creationPolicy: None`).
-    let es = external_secrets(&lab);
-    let policy = |p: &str| serde_json::json!({"spec": {"target": {"creationPolicy": p}}});
-    es.patch(
-        "canary-volume",
-        &PatchParams::default(),
-        &Patch::Merge(&policy("None")),
-    )
-    .await
-    .unwrap();
-    let patched_at = Utc::now();
-    secrets
-        .delete("canary-volume", &DeleteParams::default())
-        .await
-        .unwrap();
-    // Let ESO take the new policy in (a sync that started after the patch)
-    // before the measured run, so a loaded machine cannot blur the row.
-    support::wait_for(
-        Duration::from_secs(30),
-        "ESO synced under creationPolicy None",
-        || {
-            let es = es.clone();
-            async move {
-                let Ok(o) = es.get("canary-volume").await else {
-                    return false;
-                };
-                let st = &o.data["status"];
-                let after_patch = st["refreshTime"]
-                    .as_str()
-                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-                    .is_some_and(|t| t.timestamp() > patched_at.timestamp());
-                let ready = st["conditions"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .any(|c| c["type"] == "Ready" && c["status"] == "True");
-                after_patch && ready
-            }
-        },
-    )
-    .await;
-    let injected = Utc::now();
-    let r = expect_verdict(
-        &prober,
-        "volume",
-        injected,
-        &["secret_update/not_found"],
-        Duration::from_secs(30),
-    )
-    .await;
-    es.patch(
-        "canary-volume",
-        &PatchParams::default(),
-        &Patch::Merge(&policy("Owner")),
-    )
-    .await
-    .unwrap();
-    let cleared = Utc::now();
-    support::wait_for(Duration::from_secs(30), "Secret recreated", || {
-        let s = secrets.clone();
-        async move { matches!(s.get_opt("canary-volume").await, Ok(Some(_))) }
-    })
-    .await;
-    let rec = expect_recovery(
-        &prober,
-        "volume",
-        cleared,
-        Utc::now(),
-        Duration::from_secs(30),
-    )
-    .await;
-    ph.rows.push(row(
-        "target Secret deleted, not recreated (creationPolicy None)",
-        "volume",
-        "secret_update/not_found",
-        injected,
-        &r,
-        rec,
-    ));
-
-    // 500s from the API server: the prober's own restart patch fails.
-    lab.knobs.set_fault(Fault::ApiErrors, true);
-    let injected = Utc::now();
-    let r = expect_verdict(
-        &prober,
-        "bv",
-        injected,
-        &["reloader_trigger/api_error"],
-        Duration::from_secs(30),
-    )
-    .await;
-    lab.knobs.set_fault(Fault::ApiErrors, false);
-    let cleared = Utc::now();
-    let rec = expect_recovery(&prober, "bv", cleared, cleared, Duration::from_secs(40)).await;
-    ph.rows.push(row(
-        "API server answers 500 (restart patch)",
-        "bv",
-        "reloader_trigger/api_error",
-        injected,
-        &r,
-        rec,
-    ));
-
-    // A slow API server (every request +300 ms, watches re-opened through
-    // it): slower stages, no failure.
-    lab.knobs
-        .set_latency(Knob::ApiLatency, Latency::Fixed(Duration::from_millis(300)));
-    lab.knobs.set_fault(Fault::ApiSlow, true);
-    lab.server.reset_watches();
-    let injected = Utc::now();
-    let r = expect_verdict(
-        &prober,
-        "volume",
-        injected,
-        &["success"],
-        Duration::from_secs(30),
-    )
-    .await;
-    lab.knobs.set_fault(Fault::ApiSlow, false);
-    let cleared = Utc::now();
-    let rec = expect_recovery(&prober, "volume", cleared, cleared, Duration::from_secs(30)).await;
-    ph.rows.push(row(
-        "API server slow (+300 ms per request)",
-        "volume",
-        "success",
-        injected,
-        &r,
-        rec,
-    ));
-
-    let rows = std::mem::take(&mut ph.rows);
     // Every probe is healthy at the end.
     let now = Utc::now();
     expect_verdict(&prober, "bv", now, &["success"], Duration::from_secs(30)).await;
@@ -974,6 +900,25 @@ async fn canary_secret_and_api_faults_on_volume_and_restart_chains() {
         &rows,
     );
     lab.stop().await;
+}
+
+/// The ExternalSecret `canary-volume` is Ready from a sync that started
+/// after `after`.
+async fn synced_after(es: &Api<DynamicObject>, after: DateTime<Utc>) -> bool {
+    let Ok(o) = es.get("canary-volume").await else {
+        return false;
+    };
+    let st = &o.data["status"];
+    let after_patch = st["refreshTime"]
+        .as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .is_some_and(|t| t.timestamp() > after.timestamp());
+    let ready = st["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "Ready" && c["status"] == "True");
+    after_patch && ready
 }
 
 /// Mean of a quarter of the samples.
@@ -1015,7 +960,7 @@ async fn leak_flat_over_200_faulty_runs() {
         ],
         |p| p.deadline = Some(Duration::from_secs(3)),
     );
-    let mut prober = ProberProcess::start(
+    let mut prober = Prober::start(
         &config,
         &lab.lab.dir.join("logs/prober-leak.log"),
         Duration::from_secs(3),

@@ -26,13 +26,8 @@ enum Seen {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotation_travels_the_whole_env_chain_in_agreement_with_ground_truth() {
-    let lab = support::start_lab(None).await;
-    lab.wait_rolled_out(
-        "canary",
-        &["canary-env", "canary-volume", "canary-bankvaults"],
-        Duration::from_secs(60),
-    )
-    .await;
+    let lab =
+        support::start_rolled_out(&support::CANARY_DEPLOYMENTS, Duration::from_secs(60)).await;
     let client = lab.client();
     let secrets: Api<Secret> = Api::namespaced(client.clone(), "canary");
     let deploys: Api<Deployment> = Api::namespaced(client.clone(), "canary");

@@ -33,13 +33,8 @@ async fn run(mut c: Command) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_lists_watches_and_rolls_the_lab() {
-    let lab = support::start_lab(None).await;
-    lab.wait_rolled_out(
-        "canary",
-        &["canary-env", "canary-volume", "canary-bankvaults"],
-        Duration::from_secs(60),
-    )
-    .await;
+    let lab =
+        support::start_rolled_out(&support::CANARY_DEPLOYMENTS, Duration::from_secs(60)).await;
 
     // The whole scenario in one listing.
     let mut c = kubectl(&lab);

@@ -4,7 +4,6 @@
 //! hands over within the lease duration; a SIGTERM hands over at once; the
 //! two never lead nor run probes at the same time.
 
-mod procs;
 mod support;
 
 use std::sync::{Arc, Mutex};
@@ -12,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
-use procs::{sample, sum, Prober};
+use support::prober::{sample, sum, Prober};
 
 const LEASE_SECS: u64 = 4;
 
@@ -38,9 +37,9 @@ fn flags(identity: &str) -> Vec<String> {
 }
 
 fn start(config: &std::path::Path, dir: &std::path::Path, identity: &str) -> Prober {
-    let f = flags(identity);
-    let args: Vec<&str> = f.iter().map(String::as_str).collect();
-    Prober::start(config, &dir.join(format!("{identity}.log")), &args)
+    Prober::command(config, &dir.join(format!("{identity}.log")))
+        .args(&flags(identity))
+        .spawn()
 }
 
 /// One scrape of a replica: (leader gauge, runs in progress, runs ended).
@@ -95,7 +94,7 @@ async fn only_the_lease_holder_probes_and_a_follower_takes_over() {
     let config = dir.join("ha.yaml");
     std::fs::write(
         &config,
-        procs::prober_config(lab.prober_config.as_deref().unwrap(), "2s", None, ""),
+        support::fixtures::prober_config(lab.prober_config.as_deref().unwrap(), "2s", None, ""),
     )
     .unwrap();
 

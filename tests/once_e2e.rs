@@ -110,9 +110,7 @@ async fn set_refresh_interval(lab: &support::TestLab, name: &str, interval: &str
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn force_sync_makes_eso_sync_finish_long_before_the_refresh_interval() {
-    let lab = support::start_lab(None).await;
-    lab.wait_rolled_out("canary", &["canary-volume"], Duration::from_secs(60))
-        .await;
+    let lab = support::start_rolled_out(&["canary-volume"], Duration::from_secs(60)).await;
     set_refresh_interval(&lab, "canary-volume", "1h").await;
     // Short deadlines, so the natural run shows the wait rather than lasting an hour.
     let config = with_deadline(&lab, "6s");
@@ -172,9 +170,7 @@ async fn force_sync_makes_eso_sync_finish_long_before_the_refresh_interval() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compare_fails_when_a_knob_slows_a_stage_past_the_threshold() {
-    let lab = support::start_lab(None).await;
-    lab.wait_rolled_out("canary", &["canary-volume"], Duration::from_secs(60))
-        .await;
+    let lab = support::start_rolled_out(&["canary-volume"], Duration::from_secs(60)).await;
     // No natural syncs: every run's eso_sync is the forced one.
     set_refresh_interval(&lab, "canary-volume", "1h").await;
     // A stuck run ends (and reports where) well before the test gives up.
@@ -289,9 +285,7 @@ fn shell_quote(p: &Path) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn progress_redraws_in_a_real_terminal_while_a_run_is_in_flight() {
-    let lab = support::start_lab(None).await;
-    lab.wait_rolled_out("canary", &["canary-volume"], Duration::from_secs(60))
-        .await;
+    let lab = support::start_rolled_out(&["canary-volume"], Duration::from_secs(60)).await;
     // Keep the run in flight for a few seconds.
     lab.knobs
         .set_latency(Knob::EsoLatency, "3s".parse::<Latency>().unwrap());

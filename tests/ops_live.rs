@@ -181,13 +181,8 @@ async fn query(http: &reqwest::Client, prom: &str, expr: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_alertmanager_and_dashboards_work_live_against_the_lab() {
-    let lab = support::start_lab(None).await;
-    lab.wait_rolled_out(
-        "canary",
-        &["canary-env", "canary-volume", "canary-bankvaults"],
-        Duration::from_secs(60),
-    )
-    .await;
+    let lab =
+        support::start_rolled_out(&support::CANARY_DEPLOYMENTS, Duration::from_secs(60)).await;
     let dir = lab.dir.path().to_path_buf();
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
@@ -201,7 +196,7 @@ async fn prometheus_alertmanager_and_dashboards_work_live_against_the_lab() {
         .replace("deadline: 60s", "deadline: 6s");
     let config_path = dir.join("prober-live.yaml");
     std::fs::write(&config_path, config).unwrap();
-    let prober = support::prober::ProberProcess::start(
+    let prober = support::prober::Prober::start(
         &config_path,
         &dir.join("prober-live.log"),
         Duration::from_secs(5),

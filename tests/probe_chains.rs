@@ -98,13 +98,8 @@ async fn run_probe(lab: &support::TestLab, config: &Config, name: &str) -> Outco
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_chain_variant_matches_the_ground_truth() {
-    let lab = support::start_lab(None).await;
-    lab.wait_rolled_out(
-        "canary",
-        &["canary-env", "canary-volume", "canary-bankvaults"],
-        Duration::from_secs(90),
-    )
-    .await;
+    let lab =
+        support::start_rolled_out(&support::CANARY_DEPLOYMENTS, Duration::from_secs(90)).await;
     let config = Config::load(
         lab.prober_config
             .as_ref()

@@ -49,13 +49,8 @@ fn failed(o: &Outcome, stage: Stage, reason: Reason) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_are_attributed_and_runs_recover() {
-    let lab = support::start_lab(None).await;
-    lab.wait_rolled_out(
-        "canary",
-        &["canary-env", "canary-volume", "canary-bankvaults"],
-        Duration::from_secs(90),
-    )
-    .await;
+    let lab =
+        support::start_rolled_out(&support::CANARY_DEPLOYMENTS, Duration::from_secs(90)).await;
     let config = Config::load(lab.prober_config.as_ref().unwrap()).unwrap();
 
     // Watch streams cut over and over: the watchers resume and the run succeeds.

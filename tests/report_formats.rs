@@ -5,6 +5,8 @@
 //! `UPDATE_SNAPSHOTS=1 cargo test --test report_formats` rewrites the files
 //! in `tests/snapshots/`; review the diff before committing it.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -12,39 +14,23 @@ use chrono::{DateTime, Utc};
 use secret_canary::config::Config;
 use secret_canary::probe::{Failure, Outcome, Reason, RunResult, Stage, StageTiming, SyncTrigger};
 use secret_canary::report::{self, Baseline, Format, Thresholds};
+use support::fixtures::ThreeChains;
 
-const CONFIG: &str = r#"
-probes:
-  - name: eso-env
-    interval: 1m
-    slo: {eso_sync: 5s, end_to_end: 30s}
-    store: {address: "https://vault.example:8200", path: canary/eso-env, auth: {kubernetes: {role: canary}}}
-    chain:
-      namespace: canary
-      external_secret: canary-env
-      secret: {name: canary-env}
-      rollout: {deployment: canary-env, trigger: reloader}
-      canary: {selector: app=canary-env, source: env}
-  - name: eso-volume
-    interval: 1m
-    slo: {secret_update: 1s}
-    store: {address: "https://vault.example:8200", path: canary/eso-volume, auth: {kubernetes: {role: canary}}}
-    chain:
-      namespace: canary
-      external_secret: canary-volume
-      secret: {name: canary-volume}
-      canary: {selector: app=canary-volume, source: file}
-  - name: bank-vaults
-    interval: 1m
-    store: {address: "https://vault.example:8200", path: canary/bv, auth: {kubernetes: {role: canary}}}
-    chain:
-      namespace: canary
-      rollout: {deployment: canary-bankvaults, trigger: restart}
-      canary: {selector: app=canary-bankvaults, source: env}
-"#;
+/// The three chains, every minute, with SLOs on eso-env and eso-volume.
+fn config_yaml() -> String {
+    ThreeChains {
+        address: "https://vault.example:8200",
+        eso_auth: "{kubernetes: {role: canary}}",
+        cadence: ["interval: 1m"; 3],
+        env_slo: "{eso_sync: 5s, end_to_end: 30s}",
+        volume_slo: Some("{secret_update: 1s}"),
+        bv_deployment: "canary-bankvaults",
+    }
+    .yaml()
+}
 
 fn config() -> Config {
-    Config::from_yaml(CONFIG, "t.yaml").unwrap()
+    Config::from_yaml(&config_yaml(), "t.yaml").unwrap()
 }
 
 fn t(ms: i64) -> DateTime<Utc> {

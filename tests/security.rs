@@ -4,7 +4,6 @@
 //! OpenBao; KV v2 `max_versions` prunes old test values; the optional bearer
 //! token guards `/metrics` and `/probes`.
 
-mod procs;
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -14,10 +13,10 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams};
-use procs::{sample, Prober};
 use secret_canary_lab::openbao::{BaoAdmin, OpenBao};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+use support::prober::{sample, Prober};
 
 const POLICY: &str = include_str!("../docs/vault-policy.hcl");
 const PATHS: [&str; 3] = ["canary/eso-env", "canary/eso-volume", "canary/bankvaults"];
@@ -163,7 +162,7 @@ async fn canary_answers(client: &kube::Client) -> String {
 }
 
 fn once_output(config: &Path, format: &str) -> String {
-    let out = std::process::Command::new(procs::bin())
+    let out = std::process::Command::new(support::canary_bin())
         .args(["once", "--log-level", "trace", "-o", format, "--config"])
         .arg(config)
         .env_remove("RUST_LOG")
@@ -189,7 +188,7 @@ async fn nothing_the_prober_wrote_leaks_and_old_versions_are_pruned() {
     let config = dir.join("leak.yaml");
     std::fs::write(
         &config,
-        procs::prober_config(
+        support::fixtures::prober_config(
             lab.prober_config.as_deref().unwrap(),
             "2s",
             Some(&token_file),
@@ -218,7 +217,9 @@ async fn nothing_the_prober_wrote_leaks_and_old_versions_are_pruned() {
     };
 
     let log = dir.join("prober-trace.log");
-    let mut prober = Prober::start(&config, &log, &["--log-level", "trace"]);
+    let mut prober = Prober::command(&config, &log)
+        .args(&["--log-level", "trace"])
+        .spawn();
     prober.wait_healthy(Duration::from_secs(30)).await;
     let mut exported = String::new();
     let start = Instant::now();
@@ -520,11 +521,9 @@ async fn a_bearer_token_guards_metrics_and_probes_but_not_health() {
     let token_file = dir.path().join("metrics.token");
     write_private(&token_file, "s3cr3t-scrape-token\n");
 
-    let mut p = Prober::start(
-        &cfg,
-        &dir.path().join("a.log"),
-        &["--metrics-token-file", token_file.to_str().unwrap()],
-    );
+    let mut p = Prober::command(&cfg, &dir.path().join("a.log"))
+        .args(&["--metrics-token-file", token_file.to_str().unwrap()])
+        .spawn();
     p.wait_healthy(Duration::from_secs(20)).await;
     for path in ["/metrics", "/probes"] {
         assert_eq!(p.get(path, None).await.0, 401, "{path} without a token");
@@ -558,7 +557,7 @@ async fn a_bearer_token_guards_metrics_and_probes_but_not_health() {
     p.stop().await;
 
     // Off by default.
-    let mut p = Prober::start(&cfg, &dir.path().join("b.log"), &[]);
+    let mut p = Prober::command(&cfg, &dir.path().join("b.log")).spawn();
     p.wait_healthy(Duration::from_secs(20)).await;
     assert_eq!(p.get("/metrics", None).await.0, 200);
     assert_eq!(p.get("/probes", None).await.0, 200);
@@ -567,7 +566,7 @@ async fn a_bearer_token_guards_metrics_and_probes_but_not_health() {
     // An empty or missing token file is a usage error.
     write_private(&token_file, "  \n");
     for file in [token_file.clone(), dir.path().join("missing")] {
-        let out = std::process::Command::new(procs::bin())
+        let out = std::process::Command::new(support::canary_bin())
             .args(["run", "--listen", "127.0.0.1:0", "--config"])
             .arg(&cfg)
             .arg("--metrics-token-file")

@@ -1,6 +1,8 @@
-//! Shared helpers of the end-to-end tests: start a lab (real OpenBao, the
+//! The end-to-end tests' one harness: start a lab (real OpenBao, the
 //! loopback API server, every controller, the reference scenario) in a
-//! temporary directory, wait for conditions with deadlines, run the prober.
+//! temporary directory, wait for conditions with deadlines, run the prober
+//! ([`prober::Prober`], the only wrapper of the binary's `run`), and the
+//! shared fixtures ([`fixtures`]).
 #![allow(dead_code)]
 
 use std::future::Future;
@@ -51,6 +53,17 @@ pub async fn start_lab(scenario: Option<PathBuf>) -> TestLab {
     opts.scenario = scenario;
     let lab = Lab::start(opts).await.expect("lab starts");
     TestLab { lab, dir }
+}
+
+/// The reference scenario's canary Deployments (namespace `canary`).
+pub const CANARY_DEPLOYMENTS: [&str; 3] = ["canary-env", "canary-volume", "canary-bankvaults"];
+
+/// Start a lab with the reference scenario and wait until `deployments`
+/// (in `canary`) are rolled out, within `limit`.
+pub async fn start_rolled_out(deployments: &[&str], limit: Duration) -> TestLab {
+    let lab = start_lab(None).await;
+    lab.wait_rolled_out("canary", deployments, limit).await;
+    lab
 }
 
 impl TestLab {
@@ -115,4 +128,5 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+pub mod fixtures;
 pub mod prober;

@@ -1,8 +1,12 @@
-//! The real `secret-canary run` binary as a child process of a test: started
-//! on a free port against a lab's config, with JSON logs in a file. The test
-//! reads every run from the log (start, result, stage, reason), scrapes
-//! `/healthz`, `/probes` and `/metrics`, samples the process's resources and
-//! sends it SIGTERM.
+//! The real `secret-canary run` binary as a child process of a test, the one
+//! wrapper every test starts it through: on a free port against a config,
+//! its logs in a file. [`Prober::command`] sets the flags; `spawn` returns at
+//! once (the test waits with [`Prober::wait_healthy`]), `start` waits until
+//! `/healthz` answers and keeps checking it. With JSON logs the test reads
+//! every run from the log (start, result, stage, reason); it can scrape
+//! `/healthz`, `/probes` and `/metrics` (with a bearer token), sample the
+//! process's resources and signal it. Parsers of the exposition text:
+//! [`sample`], [`sum`].
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
@@ -82,8 +86,8 @@ struct LogState {
     order: Vec<String>,
 }
 
-/// A running `secret-canary run`.
-pub struct ProberProcess {
+/// A running `secret-canary run`, killed on drop.
+pub struct Prober {
     child: Child,
     pub addr: SocketAddr,
     pub log: PathBuf,
@@ -97,52 +101,80 @@ pub struct ProberProcess {
     watch_stop: CancellationToken,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+/// How to start a [`Prober`]: `secret-canary run --config CONFIG --listen
+/// 127.0.0.1:PORT [--grace G] [--log-format json --log-level info] ARGS...`,
+/// stdout and stderr appended to the log file.
+pub struct ProberCommand {
+    config: PathBuf,
+    log: PathBuf,
+    args: Vec<String>,
 }
 
-impl ProberProcess {
-    /// Start `secret-canary run --config CONFIG` on a free port with JSON
-    /// logs (info) in `log`; waits until `/healthz` answers, then keeps
-    /// checking it every 250 ms until the process is stopped.
-    pub async fn start(config: &Path, log: &Path, grace: Duration) -> ProberProcess {
+impl ProberCommand {
+    /// Add flags.
+    pub fn args<S: AsRef<str>>(mut self, args: &[S]) -> Self {
+        self.args
+            .extend(args.iter().map(|a| a.as_ref().to_string()));
+        self
+    }
+
+    /// JSON logs at info, so [`Prober::runs`] can read every run.
+    pub fn json_logs(self) -> Self {
+        self.args(&["--log-format", "json", "--log-level", "info"])
+    }
+
+    /// `--grace`: how long a SIGTERM waits for runs in flight.
+    pub fn grace(self, grace: Duration) -> Self {
+        self.args(&["--grace", &format!("{}ms", grace.as_millis())])
+    }
+
+    /// Start the process and return at once.
+    pub fn spawn(&self) -> Prober {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .expect("http client");
+        let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("prober log file");
+        let err = out.try_clone().expect("prober log file");
+        let child = Command::new(super::canary_bin())
+            .arg("run")
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--listen")
+            .arg(addr.to_string())
+            .args(&self.args)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .expect("spawn secret-canary run");
+        Prober {
+            child,
+            addr,
+            log: self.log.clone(),
+            config: self.config.clone(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .no_proxy()
+                .build()
+                .expect("http client"),
+            state: Mutex::new(LogState::default()),
+            unhealthy: Arc::new(AtomicU64::new(0)),
+            health_checks: Arc::new(AtomicU64::new(0)),
+            watch_stop: CancellationToken::new(),
+        }
+    }
+
+    /// Start the process with a fresh log, wait until `/healthz` answers
+    /// (another port if it exits first, three tries), then keep checking
+    /// `/healthz` every 250 ms until it is stopped ([`Prober::health`]).
+    pub async fn start(&self) -> Prober {
         for _attempt in 0..3 {
-            let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-            let file = std::fs::File::create(log).expect("prober log file");
-            let child = Command::new(env!("CARGO_BIN_EXE_secret-canary"))
-                .arg("run")
-                .arg("--config")
-                .arg(config)
-                .arg("--listen")
-                .arg(addr.to_string())
-                .arg("--grace")
-                .arg(format!("{}ms", grace.as_millis()))
-                .args(["--log-format", "json", "--log-level", "info"])
-                .env_remove("RUST_LOG")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::from(file))
-                .spawn()
-                .expect("spawn secret-canary run");
-            let mut p = ProberProcess {
-                child,
-                addr,
-                log: log.to_path_buf(),
-                config: config.to_path_buf(),
-                http: http.clone(),
-                state: Mutex::new(LogState::default()),
-                unhealthy: Arc::new(AtomicU64::new(0)),
-                health_checks: Arc::new(AtomicU64::new(0)),
-                watch_stop: CancellationToken::new(),
-            };
+            std::fs::File::create(&self.log).expect("prober log file");
+            let mut p = self.spawn();
             let start = Instant::now();
             while start.elapsed() < Duration::from_secs(20) {
                 if p.child.try_wait().ok().flatten().is_some() {
@@ -159,8 +191,36 @@ impl ProberProcess {
         }
         panic!(
             "secret-canary run did not come up; log: {}",
-            std::fs::read_to_string(log).unwrap_or_default()
+            std::fs::read_to_string(&self.log).unwrap_or_default()
         );
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+impl Prober {
+    /// `secret-canary run --config CONFIG`, logging to `log`; see
+    /// [`ProberCommand`] for the rest.
+    pub fn command(config: &Path, log: &Path) -> ProberCommand {
+        ProberCommand {
+            config: config.to_path_buf(),
+            log: log.to_path_buf(),
+            args: Vec::new(),
+        }
+    }
+
+    /// The fault matrix's prober: JSON logs, `--grace`, started and watched.
+    pub async fn start(config: &Path, log: &Path, grace: Duration) -> Prober {
+        Prober::command(config, log)
+            .grace(grace)
+            .json_logs()
+            .start()
+            .await
     }
 
     fn watch_health(&self) {
@@ -213,6 +273,47 @@ impl ProberProcess {
             self.http.get(format!("http://{}/healthz", self.addr)).send().await,
             Ok(r) if r.status().is_success()
         )
+    }
+
+    /// GET `path` with an optional bearer token: (status, body); status 0
+    /// when there was no answer.
+    pub async fn get(&self, path: &str, token: Option<&str>) -> (u16, String) {
+        let mut r = self.http.get(format!("http://{}{path}", self.addr));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        match r.send().await {
+            Ok(resp) => {
+                let code = resp.status().as_u16();
+                (code, resp.text().await.unwrap_or_default())
+            }
+            Err(_) => (0, String::new()),
+        }
+    }
+
+    /// Wait until `/healthz` answers 200; panics (with the log) when the
+    /// process exits or `limit` passes first.
+    pub async fn wait_healthy(&mut self, limit: Duration) {
+        let start = Instant::now();
+        loop {
+            if self.get("/healthz", None).await.0 == 200 {
+                return;
+            }
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!("prober exited with {st}: {}", self.log_text());
+            }
+            assert!(
+                start.elapsed() < limit,
+                "prober not healthy within {limit:?}: {}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Everything the process logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// `/probes` as JSON.
@@ -347,19 +448,26 @@ impl ProberProcess {
         None
     }
 
-    /// SIGTERM and wait (kill after 15 s).
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        self.watch_stop.cancel();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait (kill after 20 s).
     pub async fn stop(mut self) -> Option<ExitStatus> {
         self.watch_stop.cancel();
         self.signal("TERM");
-        let s = self.wait_exit(Duration::from_secs(15)).await;
+        let s = self.wait_exit(Duration::from_secs(20)).await;
         if s.is_none() {
-            let _ = self.child.kill();
+            self.kill();
         }
         s
     }
 }
 
-impl Drop for ProberProcess {
+impl Drop for Prober {
     fn drop(&mut self) {
         self.watch_stop.cancel();
         if matches!(self.child.try_wait(), Ok(None)) {
@@ -421,4 +529,47 @@ fn apply_line(st: &mut LogState, line: &str) {
         }
         _ => {}
     }
+}
+
+/// The value of the first sample of `name` whose labels contain every
+/// `k="v"` of `labels`.
+pub fn sample(exposition: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    exposition.lines().find_map(|l| {
+        if l.starts_with('#') {
+            return None;
+        }
+        let rest = l.strip_prefix(name)?;
+        let (labelset, value) = match rest.strip_prefix('{') {
+            Some(r) => {
+                let (ls, v) = r.split_once('}')?;
+                (ls, v)
+            }
+            None if rest.starts_with(' ') => ("", rest),
+            None => return None,
+        };
+        if !labels
+            .iter()
+            .all(|(k, v)| labelset.contains(&format!("{k}=\"{v}\"")))
+        {
+            return None;
+        }
+        value.split_whitespace().next()?.parse().ok()
+    })
+}
+
+/// Sum of every sample of `name` whose labels contain `labels`.
+pub fn sum(exposition: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    exposition
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let r = rest.strip_prefix('{')?;
+            let (ls, v) = r.split_once('}')?;
+            labels
+                .iter()
+                .all(|(k, val)| ls.contains(&format!("{k}=\"{val}\"")))
+                .then(|| v.split_whitespace().next()?.parse::<f64>().ok())?
+        })
+        .sum()
 }
