@@ -526,7 +526,7 @@ async fn one_outage(outage: Outage) -> (Notes, std::collections::BTreeSet<String
     }
     let config_path = dir.join("prober-outage.yaml");
     std::fs::write(&config_path, serde_yaml::to_string(&config).unwrap()).unwrap();
-    let prober = support::prober::ProberProcess::start(
+    let prober = support::prober::Prober::start(
         &config_path,
         &dir.join("prober-outage.log"),
         Duration::from_secs(5),

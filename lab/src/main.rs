@@ -291,8 +291,11 @@ fn real_admin(info: &secret_canary_lab::real::lab::RealLabInfo, path: &str) -> a
         info.api_url, info.kubeconfig
     );
     for c in &info.components {
-        // SAFETY: kill(2) with signal 0 only checks that the process exists.
-        let alive = unsafe { libc::kill(c.pid as i32, 0) } == 0;
+        // Signal 0 only checks that the process exists.
+        let alive = i32::try_from(c.pid)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+            .is_some_and(|p| rustix::process::test_kill_process(p).is_ok());
         println!(
             "  {:<24} pid {:<8} {:<8} log {}",
             c.name,
