@@ -705,6 +705,21 @@ impl Cluster {
             && self.pods.borrow().synced
     }
 
+    /// Until every watcher completed its initial list (returns at once if
+    /// they have; a stopped watcher never completes it).
+    pub async fn wait_ready(&self) {
+        async fn synced<T>(rx: Option<&watch::Receiver<View<T>>>) {
+            let Some(rx) = rx else { return };
+            if rx.clone().wait_for(|v| v.synced).await.is_err() {
+                std::future::pending::<()>().await
+            }
+        }
+        synced(self.external_secret.as_ref()).await;
+        synced(self.secret.as_ref()).await;
+        synced(self.deployments.as_ref()).await;
+        synced(Some(&self.pods)).await;
+    }
+
     /// Restart the Deployment as `kubectl rollout restart` does: a strategic
     /// merge patch of the pod template's `restartedAt` annotation.
     pub async fn restart(&self, now: DateTime<Utc>, timeout: Duration) -> Result<(), ClusterError> {

@@ -39,6 +39,23 @@ impl Stage {
         Stage::CanaryObserve,
     ];
 
+    /// The stages of a chain, in chain order (without `end_to_end`): every
+    /// chain writes and observes; the other hops depend on what it has.
+    /// The one definition of "which stages a probe reports", shared by the
+    /// config, the engine, the metrics and the report.
+    pub fn chain(eso: bool, secret: bool, rolls: bool) -> Vec<Stage> {
+        Stage::CHAIN
+            .into_iter()
+            .filter(|s| match s {
+                Stage::StoreWrite | Stage::CanaryObserve => true,
+                Stage::EsoSync => eso,
+                Stage::SecretUpdate => secret,
+                Stage::ReloaderTrigger | Stage::Rollout => rolls,
+                Stage::EndToEnd => false,
+            })
+            .collect()
+    }
+
     /// The snake_case label value.
     pub fn as_str(self) -> &'static str {
         match self {
