@@ -1248,11 +1248,51 @@ async fn fault_switches_change_behaviour() {
         .create(&PostParams::default(), &pod("plain", json!({}), "x"))
         .await
         .unwrap();
-    assert_eq!(plain.status.unwrap().phase.as_deref(), Some("Pending"));
+    assert_eq!(
+        plain.status.as_ref().unwrap().phase.as_deref(),
+        Some("Pending")
+    );
     lab.knobs.set_fault(Fault::WebhookDown, false);
     pods.create(&PostParams::default(), &annotated)
         .await
         .unwrap();
+
+    // The webhook up: a Pod with a `vault:` value (no annotation needed) is
+    // mutated to start through vault-env; a plain one is left alone.
+    let vault_cmd = |p: &Pod| {
+        let c = &p.spec.as_ref().unwrap().containers[0];
+        (c.command.clone(), c.args.clone())
+    };
+    let mut with_cmd = pod("v4", json!({}), "vault:secret/data/x#k");
+    with_cmd.spec.as_mut().unwrap().containers[0].command = Some(vec!["/app".into()]);
+    let mutated = pods
+        .create(&PostParams::default(), &with_cmd)
+        .await
+        .unwrap();
+    assert_eq!(
+        vault_cmd(&mutated),
+        (
+            Some(vec!["/vault/vault-env".to_string()]),
+            Some(vec!["/app".to_string()])
+        )
+    );
+    assert_eq!(vault_cmd(&plain), (None, None));
+    // webhook-fail-open (failurePolicy Ignore): admitted unmutated.
+    lab.knobs.set_fault(Fault::WebhookFailOpen, true);
+    let mut open = with_cmd.clone();
+    open.metadata.name = Some("v5".into());
+    let unmutated = pods.create(&PostParams::default(), &open).await.unwrap();
+    assert_eq!(
+        vault_cmd(&unmutated),
+        (Some(vec!["/app".to_string()]), None)
+    );
+    assert_eq!(
+        unmutated.spec.unwrap().containers[0].env.as_ref().unwrap()[0]
+            .value
+            .as_deref(),
+        Some("vault:secret/data/x#k")
+    );
+    lab.knobs.set_fault(Fault::WebhookFailOpen, false);
 }
 
 #[tokio::test]

@@ -18,7 +18,7 @@ use secret_canary_lab::controllers::eso::{
 };
 use secret_canary_lab::controllers::reloader::{self, ReloadStrategy, ReloaderOptions};
 use secret_canary_lab::controllers::{deployment, replicaset, Context};
-use secret_canary_lab::faults::{Fault, Knobs};
+use secret_canary_lab::faults::{Fault, Knob, Knobs, Latency};
 use secret_canary_lab::openbao::{BaoAdmin, OpenBao};
 use secret_canary_lab::truth::{self, step, Truth};
 use serde_json::{json, Value};
@@ -391,6 +391,77 @@ async fn eso_force_sync_annotation_syncs_at_once() {
         written.ts - t0 < chrono::Duration::seconds(3),
         "force-sync took {:?}",
         written.ts - t0
+    );
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eso_clock_skew_moves_refresh_time_and_refresh_decisions_not_truth() {
+    let env = Env::new(true).await;
+    let bao = env.bao_admin();
+    bao.kv_put("app", &json!({"value": "v1"})).await.unwrap();
+    env.token_store().await;
+    // ESO's clock 10 minutes behind.
+    env.ctx
+        .knobs
+        .set_latency(Knob::EsoClockSkew, "-10m".parse::<Latency>().unwrap());
+    spawn(&env, eso::run);
+    create_es(&env, "es", "1h", "app").await;
+    let (_, _, st) = wait_for("Ready", Duration::from_secs(10), || async {
+        es_ready(&env, "es").await.filter(|(s, _, _)| s == "True")
+    })
+    .await;
+    let refresh: DateTime<Utc> = st["refreshTime"].as_str().unwrap().parse().unwrap();
+    let behind = Utc::now() - refresh;
+    assert!(
+        behind > chrono::Duration::seconds(595) && behind < chrono::Duration::seconds(605),
+        "refreshTime {refresh} is {behind:?} behind the true clock"
+    );
+    // Ground truth stays on the true clock.
+    let synced = env
+        .truth()
+        .first_with_digest(step::ESO_STATUS_SYNCED, &truth::digest(b"v1"))
+        .unwrap();
+    assert!(
+        (Utc::now() - synced.ts).num_seconds().abs() < 5,
+        "{synced:?}"
+    );
+
+    // ESO's clock jumps 2 h ahead: with a 1 h interval its refreshTime is
+    // now stale by its own clock, so it refreshes (the knob switch makes it
+    // reconcile at once) and writes a refreshTime 2 h ahead.
+    bao.kv_put("app", &json!({"value": "v2"})).await.unwrap();
+    env.ctx
+        .knobs
+        .set_latency(Knob::EsoClockSkew, "2h".parse::<Latency>().unwrap());
+    wait_for(
+        "refresh by the skewed clock",
+        Duration::from_secs(10),
+        || async {
+            (secret_value(&env, "es-synced", "value").await.as_deref() == Some("v2")).then_some(())
+        },
+    )
+    .await;
+    let (_, _, st) = wait_for(
+        "status after the refresh",
+        Duration::from_secs(10),
+        || async {
+            es_ready(&env, "es").await.filter(|(_, _, st)| {
+                st["refreshTime"].as_str()
+                    != Some(
+                        refresh
+                            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                            .as_str(),
+                    )
+            })
+        },
+    )
+    .await;
+    let refresh2: DateTime<Utc> = st["refreshTime"].as_str().unwrap().parse().unwrap();
+    let ahead = refresh2 - Utc::now();
+    assert!(
+        ahead > chrono::Duration::seconds(7190) && ahead < chrono::Duration::seconds(7205),
+        "refreshTime {refresh2} is {ahead:?} ahead"
     );
     env.stop().await;
 }

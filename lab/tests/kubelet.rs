@@ -694,7 +694,7 @@ async fn setup_kubernetes_auth(bao: &OpenBao, api_server: &str, reviewer: &str) 
         Method::POST,
         "auth/kubernetes/role/canary",
         json!({
-            "bound_service_account_names": ["default"],
+            "bound_service_account_names": ["default", "canary"],
             "bound_service_account_namespaces": [NS],
             "token_policies": ["canary-read"],
             "ttl": "1h"
@@ -798,5 +798,40 @@ async fn bank_vaults_resolves_vault_references_from_openbao() {
         digest_at(ip, 8080, "").await.unwrap()["digest"],
         truth::digest(b"vault:secret/data/canary/app#value")
     );
+
+    // No annotation at all: the webhook still mutates a Pod with a `vault:`
+    // value, and the role defaults to the ServiceAccount's name.
+    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(lab.client.clone(), NS);
+    sas.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "canary"}})).unwrap(),
+    )
+    .await
+    .unwrap();
+    let mut bare = vault_pod("bv-bare", "vault:secret/data/canary/app#value");
+    bare["metadata"]["annotations"] = json!({});
+    bare["spec"]["serviceAccountName"] = json!("canary");
+    lab.create_pod(bare).await;
+    let pod = lab.wait_ready("bv-bare").await;
+    let ip = pod["status"]["podIP"].as_str().unwrap();
+    assert_eq!(digest_at(ip, 8080, "").await.unwrap()["digest"], want);
+
+    // The webhook failing open (failurePolicy Ignore): the Pod starts
+    // unmutated and serves the literal reference.
+    lab.knobs.set_fault(Fault::WebhookFailOpen, true);
+    lab.create_pod(vault_pod("bv-open", "vault:secret/data/canary/app#value"))
+        .await;
+    lab.knobs.set_fault(Fault::WebhookFailOpen, false);
+    let pod = lab.wait_ready("bv-open").await;
+    let ip = pod["status"]["podIP"].as_str().unwrap();
+    assert_eq!(
+        digest_at(ip, 8080, "").await.unwrap()["digest"],
+        truth::digest(b"vault:secret/data/canary/app#value")
+    );
+    assert!(lab
+        .truth
+        .find(step::VAULT_ENV_RESOLVED, NS, "bv-open")
+        .is_empty());
     lab.stop().await;
 }

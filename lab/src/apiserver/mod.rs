@@ -20,6 +20,7 @@ mod selectors;
 mod status;
 mod store;
 mod watch;
+mod webhooks;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -963,6 +964,7 @@ fn create_request(
             "failed calling webhook \"pods.vault-secrets-webhook.admission.banzaicloud.com\": failed to call webhook: connection refused",
         ));
     }
+    let body = webhooks::admit(shared, def, body);
     let obj = objects::prepare_create(def, ns, body)?;
     if query.contains_key("dryRun") {
         return Ok(value_response(StatusCode::CREATED, &obj));

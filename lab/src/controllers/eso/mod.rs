@@ -188,6 +188,13 @@ fn secret_to_es(store: &Store<ExternalSecret>, s: &Secret) -> Vec<ObjectRef<Exte
     out
 }
 
+impl State {
+    /// Now by ESO's clock: the true clock plus the `eso-clock-skew` knob.
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        chrono::Utc::now() + self.ctx.knobs.offset(crate::faults::Knob::EsoClockSkew)
+    }
+}
+
 fn error_policy(es: Arc<ExternalSecret>, _err: &Error, st: Arc<State>) -> Action {
     let key = (es.namespace().unwrap_or_default(), es.name_any());
     Action::requeue(st.backoff.next(key, &synced_resource_version(&es.metadata)))

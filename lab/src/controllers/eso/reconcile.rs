@@ -33,7 +33,9 @@ pub(super) async fn reconcile(es: Arc<ExternalSecret>, st: Arc<State>) -> Result
     if let Some(wait) = st.backoff.remaining(&key, &version) {
         return Ok(Action::requeue(wait));
     }
-    let start = Utc::now();
+    // ESO's own clock (skewed by the `eso-clock-skew` knob): refreshTime
+    // and the refresh decisions use it; ground truth stays on the true clock.
+    let start = st.now();
     let spec = match EsSpec::parse(&es.spec, &name) {
         Ok(s) => s,
         Err(e) => {
@@ -126,5 +128,5 @@ pub(super) async fn reconcile(es: Arc<ExternalSecret>, st: Arc<State>) -> Result
     let written = DateTime::parse_from_rfc3339(&refresh_time)
         .ok()
         .map(|t| t.with_timezone(&Utc));
-    Ok(Action::requeue(requeue_after(&spec, written, Utc::now())))
+    Ok(Action::requeue(requeue_after(&spec, written, st.now())))
 }

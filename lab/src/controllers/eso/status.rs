@@ -56,7 +56,7 @@ pub(super) async fn write_error_status(
 ) -> Result<(), Error> {
     let ns = es.namespace().unwrap_or_default();
     let name = es.name_any();
-    let conditions = ready_conditions(&es.status, false, "SecretSyncedError", message, Utc::now());
+    let conditions = ready_conditions(&es.status, false, "SecretSyncedError", message, st.now());
     let patch = json!({"status": {"conditions": conditions}});
     let api: Api<ExternalSecret> = Api::namespaced(st.ctx.client.clone(), &ns);
     kube_call(

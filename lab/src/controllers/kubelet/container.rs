@@ -45,7 +45,7 @@ pub(super) fn is_canary_program(cmd0: &str) -> bool {
         .is_some_and(|f| f == "secret-canary")
 }
 
-pub(super) fn image_is_canary(image: &str) -> bool {
+pub(crate) fn image_is_canary(image: &str) -> bool {
     let last = image.rsplit('/').next().unwrap_or(image);
     let repo = last.split(['@', ':']).next().unwrap_or(last);
     repo == "secret-canary"
@@ -53,13 +53,26 @@ pub(super) fn image_is_canary(image: &str) -> bool {
 
 pub(super) async fn prepare(run: &PodRun, c: &Container) -> Result<Launch, PrepError> {
     let mut env = build_env(run, c).await.map_err(PrepError::Config)?;
-    if let Some(cfg) = VaultConfig::from_pod(&run.pod, &run.kl.ctx.vault_addr) {
+    // A container the Bank-Vaults webhook mutated runs vault-env first, which
+    // resolves the `vault:` values and execs the original entrypoint (its
+    // args). Unmutated containers see `vault:` values as literal strings.
+    let mutated = c
+        .command
+        .as_ref()
+        .and_then(|c| c.first())
+        .map(String::as_str)
+        == Some(bankvaults::VAULT_ENV);
+    let mut c = c.clone();
+    if mutated {
+        let cfg = VaultConfig::from_pod(&run.pod, &run.kl.ctx.vault_addr);
         if bankvaults::has_references(&env) {
             bankvaults::resolve(&run.kl.ctx, &run.pod, &cfg, &mut env)
                 .await
                 .map_err(|e| PrepError::Entrypoint(format!("vault-env: {e}")))?;
         }
+        c.command = c.args.take();
     }
+    let c = &c;
     let mounts = container_mounts(run, c).map_err(PrepError::Run)?;
     for e in env.iter_mut().filter(|e| !e.secret) {
         e.value = rewrite(&e.value, &mounts, run.ip);

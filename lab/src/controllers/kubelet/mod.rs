@@ -58,6 +58,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 pub use atomic_writer::write_atomic;
+pub(crate) use container::image_is_canary;
 pub use env::{expand, field_ref, NODE_NAME};
 pub use ip_pool::IpPool;
 pub use mounts::rewrite;
