@@ -269,8 +269,10 @@ pub enum Knob {
     ReadinessPeriod,
     /// API server: added to every response while `api-slow` is on.
     ApiLatency,
-    /// Kubelet: the first restart back-off of a crashed container; it doubles
-    /// per restart up to 30 times this (the real kubelet: 10 s up to 5 min).
+    /// Kubelet: the crash back-off. As the real kubelet: the first restart
+    /// of a crashed container is immediate, the next waits this long
+    /// (CrashLoopBackOff), doubling per crash up to 30 times this (10 s up to
+    /// 5 min); a run longer than twice the cap starts over.
     CrashBackoff,
     /// ESO: how far the simulated ESO's clock is off the true clock (signed:
     /// `2s` ahead, `-1500ms` behind). Its `refreshTime` and its refresh

@@ -456,6 +456,53 @@ async fn crash_fault_restarts_into_crash_loop_back_off_and_recovers() {
 }
 
 #[tokio::test]
+async fn crash_back_off_has_upstream_timings() {
+    let Some(lab) = TestLab::start("crash-upstream", false).await else {
+        return;
+    };
+    // The default, as the kubelet: restart at once, then 10 s, 20 s, ... 5 min.
+    lab.knobs
+        .set_latency(Knob::CrashBackoff, Knob::CrashBackoff.default_latency());
+    assert_eq!(
+        Knob::CrashBackoff.default_latency(),
+        Latency::Fixed(Duration::from_secs(10))
+    );
+    lab.put_secret("crashu-secret", &[("value", &value("crashu"))])
+        .await;
+    lab.knobs.set_fault(Fault::CanaryCrash, true);
+    let t0 = Instant::now();
+    lab.create_pod(env_pod("crashu-pod", "crashu-secret")).await;
+    let pod = lab
+        .wait_pod(
+            "crashu-pod",
+            Duration::from_secs(5),
+            "CrashLoopBackOff after the immediate first restart",
+            |p| {
+                let c = container(p, 0);
+                c["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+                    && c["restartCount"].as_i64() == Some(2)
+            },
+        )
+        .await;
+    let c = container(&pod, 0);
+    let msg = c["state"]["waiting"]["message"].as_str().unwrap();
+    assert!(
+        msg.starts_with("back-off 10s restarting failed container=canary pod=crashu-pod_default("),
+        "{msg}"
+    );
+    assert_eq!(c["lastState"]["terminated"]["exitCode"], 1);
+    // Still backing off a few seconds later: no third start before 10 s.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let pod = lab
+        .wait_pod("crashu-pod", Duration::from_secs(1), "pod", |_| true)
+        .await;
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    assert_eq!(container(&pod, 0)["restartCount"], 2);
+    lab.knobs.set_fault(Fault::CanaryCrash, false);
+    lab.stop().await;
+}
+
+#[tokio::test]
 async fn stale_fault_serves_the_old_value_until_it_clears() {
     let Some(lab) = TestLab::start("stale", false).await else {
         return;
