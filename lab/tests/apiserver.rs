@@ -1866,3 +1866,69 @@ async fn kubectl_works_unchanged() {
         "the ReplicaSet should be garbage-collected"
     );
 }
+
+#[tokio::test]
+async fn graceful_deletion_waits_for_finalizers_and_the_kubelet() {
+    let lab = lab().await;
+    // Any kind: finalizers hold the object with a deletionTimestamp.
+    let secrets: Api<Secret> = Api::namespaced(lab.client.clone(), "default");
+    let mut s = secret("held", "1");
+    s.metadata.finalizers = Some(vec!["example.com/hold".into()]);
+    secrets.create(&PostParams::default(), &s).await.unwrap();
+    let r = secrets
+        .delete("held", &DeleteParams::default())
+        .await
+        .unwrap();
+    assert!(r.is_left(), "kept, not gone");
+    let held = secrets.get("held").await.unwrap();
+    assert!(held.metadata.deletion_timestamp.is_some());
+    assert_eq!(held.metadata.deletion_grace_period_seconds, Some(0));
+    // An update keeps the deletionTimestamp; removing the last finalizer deletes.
+    let patch = json!({"metadata": {"labels": {"x": "y"}}});
+    let still = secrets
+        .patch("held", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    assert_eq!(
+        still.metadata.deletion_timestamp,
+        held.metadata.deletion_timestamp
+    );
+    let patch = json!({"metadata": {"finalizers": null}});
+    secrets
+        .patch("held", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    assert!(secrets.get_opt("held").await.unwrap().is_none());
+
+    // A Pod a kubelet runs (status.hostIP) stays Terminating until the
+    // kubelet confirms with grace 0; one on no node goes at once.
+    let pods: Api<Pod> = Api::namespaced(lab.client.clone(), "default");
+    pods.create(&PostParams::default(), &pod("running", json!({}), "x"))
+        .await
+        .unwrap();
+    let st = json!({"status": {"hostIP": "127.0.0.1", "phase": "Running"}});
+    pods.patch_status("running", &PatchParams::default(), &Patch::Merge(&st))
+        .await
+        .unwrap();
+    pods.delete("running", &DeleteParams::default())
+        .await
+        .unwrap();
+    let p = pods.get("running").await.unwrap();
+    assert_eq!(p.metadata.deletion_grace_period_seconds, Some(30));
+    let ts = p.metadata.deletion_timestamp.clone().unwrap().0;
+    let left = ts.as_second() - chrono::Utc::now().timestamp();
+    assert!((28..=31).contains(&left), "deletionTimestamp {left}s ahead");
+    let dp0 = DeleteParams {
+        grace_period_seconds: Some(0),
+        ..Default::default()
+    };
+    pods.delete("running", &dp0).await.unwrap();
+    assert!(pods.get_opt("running").await.unwrap().is_none());
+    pods.create(&PostParams::default(), &pod("unscheduled", json!({}), "x"))
+        .await
+        .unwrap();
+    pods.delete("unscheduled", &DeleteParams::default())
+        .await
+        .unwrap();
+    assert!(pods.get_opt("unscheduled").await.unwrap().is_none());
+}

@@ -503,6 +503,49 @@ async fn crash_back_off_has_upstream_timings() {
 }
 
 #[tokio::test]
+async fn deleted_pod_stays_terminating_ready_and_serving_for_its_pre_stop() {
+    let Some(lab) = TestLab::start("graceful", false).await else {
+        return;
+    };
+    let v = value("graceful");
+    lab.put_secret("graceful-secret", &[("value", &v)]).await;
+    let mut p = env_pod("graceful-pod", "graceful-secret");
+    p["spec"]["terminationGracePeriodSeconds"] = json!(3);
+    p["spec"]["containers"][0]["lifecycle"] = json!({"preStop": {"sleep": {"seconds": 2}}});
+    lab.create_pod(p).await;
+    let pod = lab.wait_ready("graceful-pod").await;
+    let ip = pod["status"]["podIP"].as_str().unwrap().to_string();
+    let t0 = Instant::now();
+    lab.delete_pod("graceful-pod").await;
+    // Terminating: still there, still Ready, still serving the value.
+    let p = lab.pods().get("graceful-pod").await.unwrap();
+    assert!(p.metadata.deletion_timestamp.is_some());
+    assert_eq!(p.metadata.deletion_grace_period_seconds, Some(3));
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let p = lab.pods().get("graceful-pod").await.unwrap();
+    let pv = serde_json::to_value(&p).unwrap();
+    assert!(is_ready(&pv), "Ready while terminating");
+    assert_eq!(
+        digest_at(&ip, 8080, "").await.unwrap()["digest"],
+        truth::digest(v.as_bytes())
+    );
+    // Gone once the kubelet stopped it (pre-stop 2 s, then SIGTERM).
+    loop {
+        if lab.pods().get_opt("graceful-pod").await.unwrap().is_none() {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "never removed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        t0.elapsed() >= Duration::from_millis(1900),
+        "{:?}",
+        t0.elapsed()
+    );
+    lab.stop().await;
+}
+
+#[tokio::test]
 async fn stale_fault_serves_the_old_value_until_it_clears() {
     let Some(lab) = TestLab::start("stale", false).await else {
         return;

@@ -13,6 +13,7 @@
 
 mod admin;
 mod auth;
+mod deletion;
 mod objects;
 mod patch;
 mod resources;
@@ -782,8 +783,13 @@ async fn resource_request(
                 check(&old)?;
                 return Ok(json_response(StatusCode::OK, watch::object_json(&old)));
             }
-            let gone = shared.store.delete(&key, check, orphan)?;
-            Ok(json_response(StatusCode::OK, watch::object_json(&gone)))
+            let (obj, gone) = deletion::delete(shared, &key, check, orphan, &opts, &query)?;
+            let code = if gone {
+                StatusCode::OK
+            } else {
+                StatusCode::ACCEPTED
+            };
+            Ok(json_response(code, watch::object_json(&obj)))
         }
         (&Method::DELETE, None) => {
             let selectors = Selectors {
@@ -806,7 +812,9 @@ async fn resource_request(
                     .unwrap_or("")
                     .to_string();
                 let key = (rp.resource, ns.clone().unwrap_or_default(), name);
-                if let Ok(o) = shared.store.delete(&key, |_| Ok(()), false) {
+                if let Ok((o, _)) =
+                    deletion::delete(shared, &key, |_| Ok(()), false, &json!({}), &query)
+                {
                     gone.push(o);
                 }
             }

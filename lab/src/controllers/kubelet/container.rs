@@ -202,6 +202,16 @@ pub(super) fn exit_code(status: Option<std::process::ExitStatus>) -> i32 {
     }
 }
 
+/// The `lifecycle.preStop.sleep.seconds` hook of a container, if any.
+pub(super) fn pre_stop_sleep(c: &Container) -> Duration {
+    c.lifecycle
+        .as_ref()
+        .and_then(|l| l.pre_stop.as_ref())
+        .and_then(|h| h.sleep.as_ref())
+        .map(|s| Duration::from_secs(u64::try_from(s.seconds).unwrap_or(0)))
+        .unwrap_or_default()
+}
+
 pub(super) fn grace_period(spec: &PodSpec) -> Duration {
     let secs = spec.termination_grace_period_seconds.unwrap_or(30).max(0);
     Duration::from_secs(u64::try_from(secs).unwrap_or(30)).min(GRACE_CAP)
@@ -289,7 +299,19 @@ pub(super) async fn run_container(
             Some((exit_code(status.ok()), started_at))
         }
         _ = cancel.cancelled() => {
-            let status = terminate(&mut child, grace_period(&run.spec)).await;
+            // A `preStop: sleep` hook keeps the process serving (and Ready)
+            // for part of the grace period before SIGTERM, as the kubelet.
+            let grace = grace_period(&run.spec);
+            let pre_stop = pre_stop_sleep(c).min(grace);
+            let exited = if pre_stop.is_zero() {
+                None
+            } else {
+                tokio::time::timeout(pre_stop, child.wait()).await.ok()
+            };
+            let status = match exited {
+                Some(s) => s.ok(),
+                None => terminate(&mut child, grace - pre_stop).await,
+            };
             tracing::info!(ns = %run.ns, pod = %run.name, container = %c.name, code = exit_code(status), "kubelet: container stopped");
             None
         }

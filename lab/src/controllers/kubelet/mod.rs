@@ -241,7 +241,13 @@ impl Kubelet {
             .as_ref()
             .and_then(|s| s.phase.as_deref())
             .is_some_and(|p| p == "Succeeded" || p == "Failed");
-        if deleting || finished {
+        if deleting {
+            // Nothing runs it here (e.g. deleted while the kubelet was
+            // down): confirm the deletion at once, as the kubelet does.
+            tasks.spawn(pod::confirm_deletion(self.clone(), pod));
+            return;
+        }
+        if finished {
             return;
         }
         let pod_cancel = cancel.child_token();
