@@ -1932,3 +1932,26 @@ async fn graceful_deletion_waits_for_finalizers_and_the_kubelet() {
         .unwrap();
     assert!(pods.get_opt("unscheduled").await.unwrap().is_none());
 }
+
+#[tokio::test]
+async fn bookmarks_come_once_a_minute_and_before_the_timeout() {
+    assert_eq!(
+        ApiServerOptions::default().bookmark_interval,
+        Duration::from_secs(60)
+    );
+    let lab = lab().await;
+    let started = Instant::now();
+    let resp = lab
+        .req(
+            reqwest::Method::GET,
+            "/api/v1/secrets?watch=true&allowWatchBookmarks=true&timeoutSeconds=7",
+        )
+        .send()
+        .await
+        .unwrap();
+    let body = timeout(resp.text()).await.unwrap();
+    let bookmarks = body.lines().filter(|l| l.contains("\"BOOKMARK\"")).count();
+    // A 7 s watch: no heartbeat within it, one bookmark 2 s before the end.
+    assert_eq!(bookmarks, 1, "{body}");
+    assert!(started.elapsed() >= Duration::from_millis(6900));
+}

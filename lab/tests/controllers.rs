@@ -930,6 +930,42 @@ async fn reloader_annotations_strategy_and_per_deployment_override() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloader_has_one_worker_changes_queue() {
+    let env = Env::new(false).await;
+    create_secret(&env, "s-one", "v1").await;
+    create_secret(&env, "s-two", "v1").await;
+    let api: Api<Deployment> = env.api();
+    for (d, s) in [("d-one", "s-one"), ("d-two", "s-two")] {
+        api.create(
+            &PostParams::default(),
+            &deployment(d, json!({"reloader.stakater.com/auto": "true"}), Some(s)),
+        )
+        .await
+        .unwrap();
+    }
+    env.ctx.knobs.set_latency(
+        Knob::ReloaderLatency,
+        Latency::Fixed(Duration::from_millis(800)),
+    );
+    spawn(&env, reloader::run);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    set_secret(&env, "s-one", "v2").await;
+    set_secret(&env, "s-two", "v2").await;
+    let var = |s: &str| format!("STAKATER_{}_SECRET", s.to_uppercase().replace('-', "_"));
+    for (d, s) in [("d-one", "s-one"), ("d-two", "s-two")] {
+        let v = var(s);
+        wait_for(d, Duration::from_secs(10), || env_value(&env, d, &v)).await;
+    }
+    let a = env.truth().find(step::RELOADER_PATCHED, NS, "d-one")[0].ts;
+    let b = env.truth().find(step::RELOADER_PATCHED, NS, "d-two")[0].ts;
+    assert!(
+        (b - a).num_milliseconds() >= 700,
+        "the second change did not wait for the first: {a} {b}"
+    );
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reloader_absent_suppresses_and_does_not_replay() {
     let env = Env::new(false).await;
     create_secret(&env, "app-secret", "v1").await;

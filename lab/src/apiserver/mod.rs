@@ -52,7 +52,9 @@ pub struct ApiServerOptions {
     /// Events kept for watches that resume from a resourceVersion; older
     /// ones get 410 Expired.
     pub history_len: usize,
-    /// How often a watch with `allowWatchBookmarks=true` gets a BOOKMARK.
+    /// How often a watch with `allowWatchBookmarks=true` gets a BOOKMARK
+    /// (about once a minute upstream, the default; one more comes 2 s
+    /// before the watch's timeout).
     pub bookmark_interval: Duration,
     /// Request bodies above this get 413.
     pub max_body_bytes: usize,
@@ -64,7 +66,7 @@ impl Default for ApiServerOptions {
     fn default() -> Self {
         ApiServerOptions {
             history_len: 4096,
-            bookmark_interval: Duration::from_secs(3),
+            bookmark_interval: Duration::from_secs(60),
             max_body_bytes: 3 * 1024 * 1024,
             default_watch_timeout: Duration::from_secs(1800),
         }
