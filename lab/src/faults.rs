@@ -33,8 +33,13 @@ pub enum Fault {
     /// The kubelet keeps serving the old Secret value: env resolved from a stale
     /// cache, Secret volumes not refreshed.
     CanaryStale,
-    /// The Bank-Vaults mutating webhook is down: Pod creation is rejected.
+    /// The Bank-Vaults mutating webhook is down and its `failurePolicy` is
+    /// `Fail`: Pod creation is rejected.
     WebhookDown,
+    /// The Bank-Vaults mutating webhook is down and its `failurePolicy` is
+    /// `Ignore` (the chart's default): Pods are admitted unmutated and start
+    /// with the literal `vault:...` reference as their env value.
+    WebhookFailOpen,
     /// vault-env cannot reach the store at Pod start (the container fails).
     StoreUnreachable,
     /// The API server answers 500 to a share of requests (not to the admin API).
@@ -51,7 +56,7 @@ pub enum Fault {
 
 impl Fault {
     /// Every fault, in a fixed order.
-    pub const ALL: [Fault; 14] = [
+    pub const ALL: [Fault; 15] = [
         Fault::EsoStall,
         Fault::EsoError,
         Fault::ReloaderAbsent,
@@ -60,6 +65,7 @@ impl Fault {
         Fault::CanaryUnreachable,
         Fault::CanaryStale,
         Fault::WebhookDown,
+        Fault::WebhookFailOpen,
         Fault::StoreUnreachable,
         Fault::ApiErrors,
         Fault::ApiSlow,
@@ -79,6 +85,7 @@ impl Fault {
             Fault::CanaryUnreachable => "canary-unreachable",
             Fault::CanaryStale => "canary-stale",
             Fault::WebhookDown => "webhook-down",
+            Fault::WebhookFailOpen => "webhook-fail-open",
             Fault::StoreUnreachable => "store-unreachable",
             Fault::ApiErrors => "api-errors",
             Fault::ApiSlow => "api-slow",
@@ -123,7 +130,8 @@ impl FromStr for Fault {
     }
 }
 
-/// A delay a simulated controller waits before (or while) doing its step.
+/// A delay a simulated controller waits before (or while) doing its step,
+/// or (for the signed knobs, see [`Knob::signed`]) an offset.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum Latency {
@@ -136,16 +144,20 @@ pub enum Latency {
         /// The longest delay.
         max: Duration,
     },
+    /// A negative offset (`-1500ms`): only signed knobs accept it; as a
+    /// delay it counts as zero.
+    Negative(Duration),
 }
 
 impl Latency {
     /// No delay.
     pub const ZERO: Latency = Latency::Fixed(Duration::ZERO);
 
-    /// Draw one delay.
+    /// Draw one delay (a [`Latency::Negative`] is no delay).
     pub fn sample(&self) -> Duration {
         match *self {
             Latency::Fixed(d) => d,
+            Latency::Negative(_) => Duration::ZERO,
             Latency::Uniform { min, max } => {
                 if max <= min {
                     return min;
@@ -155,11 +167,19 @@ impl Latency {
             }
         }
     }
+
+    /// Draw one signed offset: negative for [`Latency::Negative`].
+    pub fn sample_signed(&self) -> chrono::Duration {
+        match *self {
+            Latency::Negative(d) => -chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX),
+            _ => chrono::Duration::from_std(self.sample()).unwrap_or(chrono::Duration::MAX),
+        }
+    }
 }
 
 /// Bad latency text.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid latency {given:?}: expected a duration such as `250ms` or a range such as `100ms..2s` ({reason})")]
+#[error("invalid latency {given:?}: expected a duration such as `250ms`, a range such as `100ms..2s`, or for a signed knob a negative duration such as `-1500ms` ({reason})")]
 pub struct BadLatency {
     given: String,
     reason: String,
@@ -173,6 +193,18 @@ impl FromStr for Latency {
             reason,
         };
         let parse = |t: &str| humantime::parse_duration(t.trim()).map_err(|e| bad(e.to_string()));
+        if let Some(rest) = s.trim().strip_prefix('-') {
+            if rest.contains("..") {
+                return Err(bad("a range cannot be negative".into()));
+            }
+            let d = parse(rest)?;
+            return Ok(if d.is_zero() {
+                Latency::ZERO
+            } else {
+                Latency::Negative(d)
+            });
+        }
+        let s = s.trim().strip_prefix('+').unwrap_or(s.trim());
         match s.split_once("..") {
             Some((a, b)) => {
                 let (min, max) = (parse(a)?, parse(b)?);
@@ -203,6 +235,7 @@ impl fmt::Display for Latency {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Latency::Fixed(d) => write!(f, "{}", humantime::format_duration(*d)),
+            Latency::Negative(d) => write!(f, "-{}", humantime::format_duration(*d)),
             Latency::Uniform { min, max } => write!(
                 f,
                 "{}..{}",
@@ -236,14 +269,20 @@ pub enum Knob {
     ReadinessPeriod,
     /// API server: added to every response while `api-slow` is on.
     ApiLatency,
-    /// Kubelet: the first restart back-off of a crashed container; it doubles
-    /// per restart up to 30 times this (the real kubelet: 10 s up to 5 min).
+    /// Kubelet: the crash back-off. As the real kubelet: the first restart
+    /// of a crashed container is immediate, the next waits this long
+    /// (CrashLoopBackOff), doubling per crash up to 30 times this (10 s up to
+    /// 5 min); a run longer than twice the cap starts over.
     CrashBackoff,
+    /// ESO: how far the simulated ESO's clock is off the true clock (signed:
+    /// `2s` ahead, `-1500ms` behind). Its `refreshTime` and its refresh
+    /// decisions use the skewed clock; ground truth stays on the true clock.
+    EsoClockSkew,
 }
 
 impl Knob {
     /// Every knob, in a fixed order.
-    pub const ALL: [Knob; 10] = [
+    pub const ALL: [Knob; 11] = [
         Knob::EsoLatency,
         Knob::EsoStatusLatency,
         Knob::ReloaderLatency,
@@ -254,6 +293,7 @@ impl Knob {
         Knob::ReadinessPeriod,
         Knob::ApiLatency,
         Knob::CrashBackoff,
+        Knob::EsoClockSkew,
     ];
 
     /// The kebab-case name.
@@ -269,6 +309,7 @@ impl Knob {
             Knob::ReadinessPeriod => "readiness-period",
             Knob::ApiLatency => "api-latency",
             Knob::CrashBackoff => "crash-backoff",
+            Knob::EsoClockSkew => "eso-clock-skew",
         }
     }
 
@@ -287,7 +328,24 @@ impl Knob {
             Knob::ReadinessPeriod => ms(50),
             Knob::ApiLatency => ms(2000),
             Knob::CrashBackoff => ms(10_000),
+            Knob::EsoClockSkew => Latency::ZERO,
         }
+    }
+
+    /// Does this knob take a signed value (an offset, not a delay)?
+    pub fn signed(self) -> bool {
+        matches!(self, Knob::EsoClockSkew)
+    }
+
+    /// Can this knob take `value`? Only signed knobs take negative values.
+    pub fn check(self, value: &Latency) -> Result<(), BadLatency> {
+        if matches!(value, Latency::Negative(_)) && !self.signed() {
+            return Err(BadLatency {
+                given: value.to_string(),
+                reason: format!("knob {} is a delay and cannot be negative", self.name()),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -372,6 +430,11 @@ impl Knobs {
         self.latency(knob).sample()
     }
 
+    /// One draw of a signed knob (an offset such as `eso-clock-skew`).
+    pub fn offset(&self, knob: Knob) -> chrono::Duration {
+        self.latency(knob).sample_signed()
+    }
+
     /// Sleep for one draw of a knob.
     pub async fn delay(&self, knob: Knob) {
         let d = self.sample(knob);
@@ -437,6 +500,29 @@ mod tests {
         );
         assert!("2s..1s".parse::<Latency>().is_err());
         assert!("fast".parse::<Latency>().is_err());
+    }
+
+    #[test]
+    fn signed_latency_for_the_clock_skew_knob() {
+        let neg: Latency = "-1500ms".parse().unwrap();
+        assert_eq!(neg, Latency::Negative(Duration::from_millis(1500)));
+        assert_eq!(neg.sample(), Duration::ZERO);
+        assert_eq!(neg.sample_signed(), chrono::Duration::milliseconds(-1500));
+        assert_eq!(neg.to_string().parse::<Latency>().unwrap(), neg);
+        let pos: Latency = "2s".parse().unwrap();
+        assert_eq!(pos.sample_signed(), chrono::Duration::seconds(2));
+        assert_eq!("+2s".parse::<Latency>().unwrap(), pos);
+        assert!("-1s..2s".parse::<Latency>().is_err());
+        assert!(Knob::EsoClockSkew.check(&neg).is_ok());
+        assert!(Knob::EsoLatency.check(&neg).is_err());
+        assert!(Knob::EsoLatency.check(&pos).is_ok());
+        let k = Knobs::default();
+        assert_eq!(k.offset(Knob::EsoClockSkew), chrono::Duration::zero());
+        k.set_latency(Knob::EsoClockSkew, neg);
+        assert_eq!(
+            k.offset(Knob::EsoClockSkew),
+            chrono::Duration::milliseconds(-1500)
+        );
     }
 
     #[test]

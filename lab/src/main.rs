@@ -64,14 +64,16 @@ enum Command {
         #[arg(value_parser = ["on", "off"])]
         state: String,
     },
-    /// Set a latency knob in a running lab (`250ms` or a range `100ms..2s`).
+    /// Set a latency knob in a running lab (`250ms` or a range `100ms..2s`;
+    /// `eso-clock-skew` takes a signed offset such as `-1500ms` or `2s`).
     Knob {
         /// The running lab's directory.
         #[arg(long)]
         dir: PathBuf,
         /// Knob name (eso-latency, reloader-latency, volume-sync-latency, ...).
         name: Knob,
-        /// The latency.
+        /// The latency (or offset).
+        #[arg(allow_hyphen_values = true)]
         value: Latency,
     },
     /// Print a running lab's faults and knobs.

@@ -1248,11 +1248,51 @@ async fn fault_switches_change_behaviour() {
         .create(&PostParams::default(), &pod("plain", json!({}), "x"))
         .await
         .unwrap();
-    assert_eq!(plain.status.unwrap().phase.as_deref(), Some("Pending"));
+    assert_eq!(
+        plain.status.as_ref().unwrap().phase.as_deref(),
+        Some("Pending")
+    );
     lab.knobs.set_fault(Fault::WebhookDown, false);
     pods.create(&PostParams::default(), &annotated)
         .await
         .unwrap();
+
+    // The webhook up: a Pod with a `vault:` value (no annotation needed) is
+    // mutated to start through vault-env; a plain one is left alone.
+    let vault_cmd = |p: &Pod| {
+        let c = &p.spec.as_ref().unwrap().containers[0];
+        (c.command.clone(), c.args.clone())
+    };
+    let mut with_cmd = pod("v4", json!({}), "vault:secret/data/x#k");
+    with_cmd.spec.as_mut().unwrap().containers[0].command = Some(vec!["/app".into()]);
+    let mutated = pods
+        .create(&PostParams::default(), &with_cmd)
+        .await
+        .unwrap();
+    assert_eq!(
+        vault_cmd(&mutated),
+        (
+            Some(vec!["/vault/vault-env".to_string()]),
+            Some(vec!["/app".to_string()])
+        )
+    );
+    assert_eq!(vault_cmd(&plain), (None, None));
+    // webhook-fail-open (failurePolicy Ignore): admitted unmutated.
+    lab.knobs.set_fault(Fault::WebhookFailOpen, true);
+    let mut open = with_cmd.clone();
+    open.metadata.name = Some("v5".into());
+    let unmutated = pods.create(&PostParams::default(), &open).await.unwrap();
+    assert_eq!(
+        vault_cmd(&unmutated),
+        (Some(vec!["/app".to_string()]), None)
+    );
+    assert_eq!(
+        unmutated.spec.unwrap().containers[0].env.as_ref().unwrap()[0]
+            .value
+            .as_deref(),
+        Some("vault:secret/data/x#k")
+    );
+    lab.knobs.set_fault(Fault::WebhookFailOpen, false);
 }
 
 #[tokio::test]
@@ -1825,4 +1865,93 @@ async fn kubectl_works_unchanged() {
         404,
         "the ReplicaSet should be garbage-collected"
     );
+}
+
+#[tokio::test]
+async fn graceful_deletion_waits_for_finalizers_and_the_kubelet() {
+    let lab = lab().await;
+    // Any kind: finalizers hold the object with a deletionTimestamp.
+    let secrets: Api<Secret> = Api::namespaced(lab.client.clone(), "default");
+    let mut s = secret("held", "1");
+    s.metadata.finalizers = Some(vec!["example.com/hold".into()]);
+    secrets.create(&PostParams::default(), &s).await.unwrap();
+    let r = secrets
+        .delete("held", &DeleteParams::default())
+        .await
+        .unwrap();
+    assert!(r.is_left(), "kept, not gone");
+    let held = secrets.get("held").await.unwrap();
+    assert!(held.metadata.deletion_timestamp.is_some());
+    assert_eq!(held.metadata.deletion_grace_period_seconds, Some(0));
+    // An update keeps the deletionTimestamp; removing the last finalizer deletes.
+    let patch = json!({"metadata": {"labels": {"x": "y"}}});
+    let still = secrets
+        .patch("held", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    assert_eq!(
+        still.metadata.deletion_timestamp,
+        held.metadata.deletion_timestamp
+    );
+    let patch = json!({"metadata": {"finalizers": null}});
+    secrets
+        .patch("held", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    assert!(secrets.get_opt("held").await.unwrap().is_none());
+
+    // A Pod a kubelet runs (status.hostIP) stays Terminating until the
+    // kubelet confirms with grace 0; one on no node goes at once.
+    let pods: Api<Pod> = Api::namespaced(lab.client.clone(), "default");
+    pods.create(&PostParams::default(), &pod("running", json!({}), "x"))
+        .await
+        .unwrap();
+    let st = json!({"status": {"hostIP": "127.0.0.1", "phase": "Running"}});
+    pods.patch_status("running", &PatchParams::default(), &Patch::Merge(&st))
+        .await
+        .unwrap();
+    pods.delete("running", &DeleteParams::default())
+        .await
+        .unwrap();
+    let p = pods.get("running").await.unwrap();
+    assert_eq!(p.metadata.deletion_grace_period_seconds, Some(30));
+    let ts = p.metadata.deletion_timestamp.clone().unwrap().0;
+    let left = ts.as_second() - chrono::Utc::now().timestamp();
+    assert!((28..=31).contains(&left), "deletionTimestamp {left}s ahead");
+    let dp0 = DeleteParams {
+        grace_period_seconds: Some(0),
+        ..Default::default()
+    };
+    pods.delete("running", &dp0).await.unwrap();
+    assert!(pods.get_opt("running").await.unwrap().is_none());
+    pods.create(&PostParams::default(), &pod("unscheduled", json!({}), "x"))
+        .await
+        .unwrap();
+    pods.delete("unscheduled", &DeleteParams::default())
+        .await
+        .unwrap();
+    assert!(pods.get_opt("unscheduled").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn bookmarks_come_once_a_minute_and_before_the_timeout() {
+    assert_eq!(
+        ApiServerOptions::default().bookmark_interval,
+        Duration::from_secs(60)
+    );
+    let lab = lab().await;
+    let started = Instant::now();
+    let resp = lab
+        .req(
+            reqwest::Method::GET,
+            "/api/v1/secrets?watch=true&allowWatchBookmarks=true&timeoutSeconds=7",
+        )
+        .send()
+        .await
+        .unwrap();
+    let body = timeout(resp.text()).await.unwrap();
+    let bookmarks = body.lines().filter(|l| l.contains("\"BOOKMARK\"")).count();
+    // A 7 s watch: no heartbeat within it, one bookmark 2 s before the end.
+    assert_eq!(bookmarks, 1, "{body}");
+    assert!(started.elapsed() >= Duration::from_millis(6900));
 }

@@ -18,7 +18,7 @@ use secret_canary_lab::controllers::eso::{
 };
 use secret_canary_lab::controllers::reloader::{self, ReloadStrategy, ReloaderOptions};
 use secret_canary_lab::controllers::{deployment, replicaset, Context};
-use secret_canary_lab::faults::{Fault, Knobs};
+use secret_canary_lab::faults::{Fault, Knob, Knobs, Latency};
 use secret_canary_lab::openbao::{BaoAdmin, OpenBao};
 use secret_canary_lab::truth::{self, step, Truth};
 use serde_json::{json, Value};
@@ -396,6 +396,202 @@ async fn eso_force_sync_annotation_syncs_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eso_clock_skew_moves_refresh_time_and_refresh_decisions_not_truth() {
+    let env = Env::new(true).await;
+    let bao = env.bao_admin();
+    bao.kv_put("app", &json!({"value": "v1"})).await.unwrap();
+    env.token_store().await;
+    // ESO's clock 10 minutes behind.
+    env.ctx
+        .knobs
+        .set_latency(Knob::EsoClockSkew, "-10m".parse::<Latency>().unwrap());
+    spawn(&env, eso::run);
+    create_es(&env, "es", "1h", "app").await;
+    let (_, _, st) = wait_for("Ready", Duration::from_secs(10), || async {
+        es_ready(&env, "es").await.filter(|(s, _, _)| s == "True")
+    })
+    .await;
+    let refresh: DateTime<Utc> = st["refreshTime"].as_str().unwrap().parse().unwrap();
+    let behind = Utc::now() - refresh;
+    assert!(
+        behind > chrono::Duration::seconds(595) && behind < chrono::Duration::seconds(605),
+        "refreshTime {refresh} is {behind:?} behind the true clock"
+    );
+    // Ground truth stays on the true clock.
+    let synced = env
+        .truth()
+        .first_with_digest(step::ESO_STATUS_SYNCED, &truth::digest(b"v1"))
+        .unwrap();
+    assert!(
+        (Utc::now() - synced.ts).num_seconds().abs() < 5,
+        "{synced:?}"
+    );
+
+    // ESO's clock jumps 2 h ahead: with a 1 h interval its refreshTime is
+    // now stale by its own clock, so it refreshes (the knob switch makes it
+    // reconcile at once) and writes a refreshTime 2 h ahead.
+    bao.kv_put("app", &json!({"value": "v2"})).await.unwrap();
+    env.ctx
+        .knobs
+        .set_latency(Knob::EsoClockSkew, "2h".parse::<Latency>().unwrap());
+    wait_for(
+        "refresh by the skewed clock",
+        Duration::from_secs(10),
+        || async {
+            (secret_value(&env, "es-synced", "value").await.as_deref() == Some("v2")).then_some(())
+        },
+    )
+    .await;
+    let (_, _, st) = wait_for(
+        "status after the refresh",
+        Duration::from_secs(10),
+        || async {
+            es_ready(&env, "es").await.filter(|(_, _, st)| {
+                st["refreshTime"].as_str()
+                    != Some(
+                        refresh
+                            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                            .as_str(),
+                    )
+            })
+        },
+    )
+    .await;
+    let refresh2: DateTime<Utc> = st["refreshTime"].as_str().unwrap().parse().unwrap();
+    let ahead = refresh2 - Utc::now();
+    assert!(
+        ahead > chrono::Duration::seconds(7190) && ahead < chrono::Duration::seconds(7205),
+        "refreshTime {refresh2} is {ahead:?} ahead"
+    );
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eso_finalizer_merge_without_secret_and_one_worker() {
+    let env = Env::new(true).await;
+    let bao = env.bao_admin();
+    bao.kv_put("app", &json!({"value": "v1"})).await.unwrap();
+    env.token_store().await;
+    spawn(&env, eso::run);
+    create_es(&env, "es", "1h", "app").await;
+    wait_for("Ready", Duration::from_secs(10), || async {
+        es_ready(&env, "es").await.filter(|(s, _, _)| s == "True")
+    })
+    .await;
+    // The finalizer ESO adds to every ExternalSecret; deleting waits for
+    // ESO to remove it.
+    let api: Api<ExternalSecret> = env.api();
+    let es = api.get("es").await.unwrap();
+    assert_eq!(
+        es.metadata.finalizers.as_deref(),
+        Some(&[eso::FINALIZER.to_string()][..])
+    );
+    api.delete("es", &DeleteParams::default()).await.unwrap();
+    wait_for("ExternalSecret gone", Duration::from_secs(10), || async {
+        api.get_opt("es").await.unwrap().is_none().then_some(())
+    })
+    .await;
+
+    // creationPolicy Merge without a Secret: Ready=True/SecretMissing with a
+    // refreshTime, and no Secret created.
+    let merge: ExternalSecret = serde_json::from_value(json!({
+        "apiVersion": "external-secrets.io/v1", "kind": "ExternalSecret",
+        "metadata": {"name": "merge"},
+        "spec": {
+            "refreshInterval": "1h",
+            "secretStoreRef": {"name": "vault", "kind": "SecretStore"},
+            "target": {"name": "merge-target", "creationPolicy": "Merge"},
+            "data": [{"secretKey": "value", "remoteRef": {"key": "app", "property": "value"}}]
+        }
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &merge).await.unwrap();
+    let (status, reason, st) = wait_for("SecretMissing", Duration::from_secs(10), || {
+        es_ready(&env, "merge")
+    })
+    .await;
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("True", "SecretMissing")
+    );
+    assert!(st["refreshTime"].is_string(), "{st}");
+    assert!(secret_value(&env, "merge-target", "value").await.is_none());
+
+    // One reconcile worker: two ExternalSecrets sync one after another.
+    env.ctx
+        .knobs
+        .set_latency(Knob::EsoLatency, Latency::Fixed(Duration::from_millis(800)));
+    bao.kv_put("one", &json!({"value": "o1"})).await.unwrap();
+    bao.kv_put("two", &json!({"value": "t1"})).await.unwrap();
+    create_es(&env, "one", "1h", "one").await;
+    create_es(&env, "two", "1h", "two").await;
+    for n in ["one-synced", "two-synced"] {
+        wait_for(n, Duration::from_secs(10), || {
+            secret_value(&env, n, "value")
+        })
+        .await;
+    }
+    let a = env.truth().find(step::ESO_STORE_READ, NS, "one")[0].ts;
+    let b = env.truth().find(step::ESO_STORE_READ, NS, "two")[0].ts;
+    assert!(
+        (a - b).num_milliseconds().abs() >= 700,
+        "the two syncs overlapped: reads {a} and {b}"
+    );
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eso_status_update_conflict_requeues_without_writing() {
+    let env = Env::new(true).await;
+    env.bao_admin()
+        .kv_put("app", &json!({"value": "v1"}))
+        .await
+        .unwrap();
+    env.token_store().await;
+    // Time between the Secret write and the status write to change the ES in.
+    env.ctx.knobs.set_latency(
+        Knob::EsoStatusLatency,
+        Latency::Fixed(Duration::from_millis(1500)),
+    );
+    spawn(&env, eso::run);
+    create_es(&env, "es", "1h", "app").await;
+    wait_for("Secret written", Duration::from_secs(10), || {
+        secret_value(&env, "es-synced", "value")
+    })
+    .await;
+    // A change that leaves ESO's metadata hash alone (a finalizer) but moves
+    // the resourceVersion the status update carries.
+    let api: Api<ExternalSecret> = env.api();
+    let mut es = api.get("es").await.unwrap();
+    assert!(
+        es.status.get("refreshTime").is_none(),
+        "status written too early"
+    );
+    es.metadata
+        .finalizers
+        .get_or_insert_with(Vec::new)
+        .push("example.com/hold".into());
+    api.replace("es", &PostParams::default(), &es)
+        .await
+        .unwrap();
+    env.ctx.knobs.set_latency(
+        Knob::EsoStatusLatency,
+        Latency::Fixed(Duration::from_millis(5)),
+    );
+    wait_for("Ready", Duration::from_secs(10), || async {
+        es_ready(&env, "es").await.filter(|(s, _, _)| s == "True")
+    })
+    .await;
+    // The conflicting update wrote nothing; the requeued pass synced again.
+    let synced = env.truth().find(step::ESO_STATUS_SYNCED, NS, "es").len();
+    let reads = env.truth().find(step::ESO_STORE_READ, NS, "es").len();
+    assert_eq!(synced, 1);
+    assert!(reads >= 2, "{reads} reads");
+    assert_eq!(env.server.request_counts().verb("patch"), 0);
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eso_stall_stops_syncs_and_resumes() {
     let env = Env::new(true).await;
     let bao = env.bao_admin();
@@ -463,10 +659,15 @@ async fn eso_error_reports_synced_error_and_recovers() {
         st.get("refreshTime").is_none(),
         "refreshTime must stay unset on error: {st}"
     );
-    assert!(!env
-        .truth()
-        .find(step::ESO_STATUS_ERROR, NS, "es")
-        .is_empty());
+    // Recorded right after the write returns: the condition may show first.
+    wait_for("error status truth", Duration::from_secs(2), || async {
+        (!env
+            .truth()
+            .find(step::ESO_STATUS_ERROR, NS, "es")
+            .is_empty())
+        .then_some(())
+    })
+    .await;
     assert!(secret_value(&env, "es-synced", "value").await.is_none());
 
     env.ctx.knobs.set_fault(Fault::EsoError, false);
@@ -725,6 +926,42 @@ async fn reloader_annotations_strategy_and_per_deployment_override() {
     })
     .await;
     assert_eq!(v, reloader_sha("v3"));
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloader_has_one_worker_changes_queue() {
+    let env = Env::new(false).await;
+    create_secret(&env, "s-one", "v1").await;
+    create_secret(&env, "s-two", "v1").await;
+    let api: Api<Deployment> = env.api();
+    for (d, s) in [("d-one", "s-one"), ("d-two", "s-two")] {
+        api.create(
+            &PostParams::default(),
+            &deployment(d, json!({"reloader.stakater.com/auto": "true"}), Some(s)),
+        )
+        .await
+        .unwrap();
+    }
+    env.ctx.knobs.set_latency(
+        Knob::ReloaderLatency,
+        Latency::Fixed(Duration::from_millis(800)),
+    );
+    spawn(&env, reloader::run);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    set_secret(&env, "s-one", "v2").await;
+    set_secret(&env, "s-two", "v2").await;
+    let var = |s: &str| format!("STAKATER_{}_SECRET", s.to_uppercase().replace('-', "_"));
+    for (d, s) in [("d-one", "s-one"), ("d-two", "s-two")] {
+        let v = var(s);
+        wait_for(d, Duration::from_secs(10), || env_value(&env, d, &v)).await;
+    }
+    let a = env.truth().find(step::RELOADER_PATCHED, NS, "d-one")[0].ts;
+    let b = env.truth().find(step::RELOADER_PATCHED, NS, "d-two")[0].ts;
+    assert!(
+        (b - a).num_milliseconds() >= 700,
+        "the second change did not wait for the first: {a} {b}"
+    );
     env.stop().await;
 }
 

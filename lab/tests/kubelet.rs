@@ -456,6 +456,96 @@ async fn crash_fault_restarts_into_crash_loop_back_off_and_recovers() {
 }
 
 #[tokio::test]
+async fn crash_back_off_has_upstream_timings() {
+    let Some(lab) = TestLab::start("crash-upstream", false).await else {
+        return;
+    };
+    // The default, as the kubelet: restart at once, then 10 s, 20 s, ... 5 min.
+    lab.knobs
+        .set_latency(Knob::CrashBackoff, Knob::CrashBackoff.default_latency());
+    assert_eq!(
+        Knob::CrashBackoff.default_latency(),
+        Latency::Fixed(Duration::from_secs(10))
+    );
+    lab.put_secret("crashu-secret", &[("value", &value("crashu"))])
+        .await;
+    lab.knobs.set_fault(Fault::CanaryCrash, true);
+    let t0 = Instant::now();
+    lab.create_pod(env_pod("crashu-pod", "crashu-secret")).await;
+    let pod = lab
+        .wait_pod(
+            "crashu-pod",
+            Duration::from_secs(5),
+            "CrashLoopBackOff after the immediate first restart",
+            |p| {
+                let c = container(p, 0);
+                c["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+                    && c["restartCount"].as_i64() == Some(2)
+            },
+        )
+        .await;
+    let c = container(&pod, 0);
+    let msg = c["state"]["waiting"]["message"].as_str().unwrap();
+    assert!(
+        msg.starts_with("back-off 10s restarting failed container=canary pod=crashu-pod_default("),
+        "{msg}"
+    );
+    assert_eq!(c["lastState"]["terminated"]["exitCode"], 1);
+    // Still backing off a few seconds later: no third start before 10 s.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let pod = lab
+        .wait_pod("crashu-pod", Duration::from_secs(1), "pod", |_| true)
+        .await;
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    assert_eq!(container(&pod, 0)["restartCount"], 2);
+    lab.knobs.set_fault(Fault::CanaryCrash, false);
+    lab.stop().await;
+}
+
+#[tokio::test]
+async fn deleted_pod_stays_terminating_ready_and_serving_for_its_pre_stop() {
+    let Some(lab) = TestLab::start("graceful", false).await else {
+        return;
+    };
+    let v = value("graceful");
+    lab.put_secret("graceful-secret", &[("value", &v)]).await;
+    let mut p = env_pod("graceful-pod", "graceful-secret");
+    p["spec"]["terminationGracePeriodSeconds"] = json!(3);
+    p["spec"]["containers"][0]["lifecycle"] = json!({"preStop": {"sleep": {"seconds": 2}}});
+    lab.create_pod(p).await;
+    let pod = lab.wait_ready("graceful-pod").await;
+    let ip = pod["status"]["podIP"].as_str().unwrap().to_string();
+    let t0 = Instant::now();
+    lab.delete_pod("graceful-pod").await;
+    // Terminating: still there, still Ready, still serving the value.
+    let p = lab.pods().get("graceful-pod").await.unwrap();
+    assert!(p.metadata.deletion_timestamp.is_some());
+    assert_eq!(p.metadata.deletion_grace_period_seconds, Some(3));
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let p = lab.pods().get("graceful-pod").await.unwrap();
+    let pv = serde_json::to_value(&p).unwrap();
+    assert!(is_ready(&pv), "Ready while terminating");
+    assert_eq!(
+        digest_at(&ip, 8080, "").await.unwrap()["digest"],
+        truth::digest(v.as_bytes())
+    );
+    // Gone once the kubelet stopped it (pre-stop 2 s, then SIGTERM).
+    loop {
+        if lab.pods().get_opt("graceful-pod").await.unwrap().is_none() {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "never removed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        t0.elapsed() >= Duration::from_millis(1900),
+        "{:?}",
+        t0.elapsed()
+    );
+    lab.stop().await;
+}
+
+#[tokio::test]
 async fn stale_fault_serves_the_old_value_until_it_clears() {
     let Some(lab) = TestLab::start("stale", false).await else {
         return;
@@ -694,7 +784,7 @@ async fn setup_kubernetes_auth(bao: &OpenBao, api_server: &str, reviewer: &str) 
         Method::POST,
         "auth/kubernetes/role/canary",
         json!({
-            "bound_service_account_names": ["default"],
+            "bound_service_account_names": ["default", "canary"],
             "bound_service_account_namespaces": [NS],
             "token_policies": ["canary-read"],
             "ttl": "1h"
@@ -798,5 +888,40 @@ async fn bank_vaults_resolves_vault_references_from_openbao() {
         digest_at(ip, 8080, "").await.unwrap()["digest"],
         truth::digest(b"vault:secret/data/canary/app#value")
     );
+
+    // No annotation at all: the webhook still mutates a Pod with a `vault:`
+    // value, and the role defaults to the ServiceAccount's name.
+    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(lab.client.clone(), NS);
+    sas.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "canary"}})).unwrap(),
+    )
+    .await
+    .unwrap();
+    let mut bare = vault_pod("bv-bare", "vault:secret/data/canary/app#value");
+    bare["metadata"]["annotations"] = json!({});
+    bare["spec"]["serviceAccountName"] = json!("canary");
+    lab.create_pod(bare).await;
+    let pod = lab.wait_ready("bv-bare").await;
+    let ip = pod["status"]["podIP"].as_str().unwrap();
+    assert_eq!(digest_at(ip, 8080, "").await.unwrap()["digest"], want);
+
+    // The webhook failing open (failurePolicy Ignore): the Pod starts
+    // unmutated and serves the literal reference.
+    lab.knobs.set_fault(Fault::WebhookFailOpen, true);
+    lab.create_pod(vault_pod("bv-open", "vault:secret/data/canary/app#value"))
+        .await;
+    lab.knobs.set_fault(Fault::WebhookFailOpen, false);
+    let pod = lab.wait_ready("bv-open").await;
+    let ip = pod["status"]["podIP"].as_str().unwrap();
+    assert_eq!(
+        digest_at(ip, 8080, "").await.unwrap()["digest"],
+        truth::digest(b"vault:secret/data/canary/app#value")
+    );
+    assert!(lab
+        .truth
+        .find(step::VAULT_ENV_RESOLVED, NS, "bv-open")
+        .is_empty());
     lab.stop().await;
 }

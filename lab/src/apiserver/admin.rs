@@ -50,6 +50,7 @@ async fn serve(shared: &Shared, identity: &Identity, req: Request) -> ApiResult<
         (&Method::PUT, ["lab", "knobs", name]) => {
             let knob: Knob = name.parse().map_err(|e: crate::faults::UnknownName| ApiError::bad_request(e.to_string()))?;
             let latency: Latency = text.parse().map_err(|e: crate::faults::BadLatency| ApiError::bad_request(e.to_string()))?;
+            knob.check(&latency).map_err(|e| ApiError::bad_request(e.to_string()))?;
             shared.knobs.set_latency(knob, latency);
             Ok(snapshot(shared))
         }

@@ -16,6 +16,7 @@
 
 mod admin;
 mod auth;
+mod deletion;
 mod objects;
 mod patch;
 mod resources;
@@ -24,6 +25,7 @@ mod selectors;
 mod status;
 mod store;
 mod watch;
+mod webhooks;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -46,7 +48,9 @@ pub struct ApiServerOptions {
     /// Events kept for watches that resume from a resourceVersion; older
     /// ones get 410 Expired.
     pub history_len: usize,
-    /// How often a watch with `allowWatchBookmarks=true` gets a BOOKMARK.
+    /// How often a watch with `allowWatchBookmarks=true` gets a BOOKMARK
+    /// (about once a minute upstream, the default; one more comes 2 s
+    /// before the watch's timeout).
     pub bookmark_interval: Duration,
     /// Request bodies above this get 413.
     pub max_body_bytes: usize,
@@ -58,7 +62,7 @@ impl Default for ApiServerOptions {
     fn default() -> Self {
         ApiServerOptions {
             history_len: 4096,
-            bookmark_interval: Duration::from_secs(3),
+            bookmark_interval: Duration::from_secs(60),
             max_body_bytes: 3 * 1024 * 1024,
             default_watch_timeout: Duration::from_secs(1800),
         }

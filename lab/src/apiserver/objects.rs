@@ -131,6 +131,7 @@ fn strip_server_fields(meta: &mut Map<String, Value>) {
         "uid",
         "creationTimestamp",
         "deletionTimestamp",
+        "deletionGracePeriodSeconds",
         "managedFields",
         "selfLink",
         "generation",
@@ -237,7 +238,14 @@ pub fn prepare_update(
         old.get("metadata").and_then(Value::as_object),
     ) {
         strip_server_fields(meta);
-        for f in ["resourceVersion", "uid", "creationTimestamp", "generation"] {
+        for f in [
+            "resourceVersion",
+            "uid",
+            "creationTimestamp",
+            "generation",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+        ] {
             if let Some(v) = old_meta.get(f) {
                 meta.insert(f.into(), v.clone());
             }

@@ -22,7 +22,10 @@ use super::selectors::{FieldSelector, LabelSelector, Selectors};
 use super::status::{ApiError, ApiResult};
 use crate::faults::{Fault, Knob};
 
-use super::{admin, auth, ensure_default_sa, objects, patch, resources, watch, ServeState, Shared};
+use super::{
+    admin, auth, deletion, ensure_default_sa, objects, patch, resources, watch, webhooks,
+    ServeState, Shared,
+};
 
 #[derive(Debug)]
 pub(super) struct ResourcePath {
@@ -427,8 +430,13 @@ pub(super) async fn resource_request(
                 check(&old)?;
                 return Ok(json_response(StatusCode::OK, watch::object_json(&old)));
             }
-            let gone = shared.store.delete(&key, check, orphan)?;
-            Ok(json_response(StatusCode::OK, watch::object_json(&gone)))
+            let (obj, gone) = deletion::delete(shared, &key, check, orphan, &opts, &query)?;
+            let code = if gone {
+                StatusCode::OK
+            } else {
+                StatusCode::ACCEPTED
+            };
+            Ok(json_response(code, watch::object_json(&obj)))
         }
         (&Method::DELETE, None) => {
             let selectors = Selectors {
@@ -451,7 +459,9 @@ pub(super) async fn resource_request(
                     .unwrap_or("")
                     .to_string();
                 let key = (rp.resource, ns.clone().unwrap_or_default(), name);
-                if let Ok(o) = shared.store.delete(&key, |_| Ok(()), false) {
+                if let Ok((o, _)) =
+                    deletion::delete(shared, &key, |_| Ok(()), false, &json!({}), &query)
+                {
                     gone.push(o);
                 }
             }
@@ -609,6 +619,7 @@ pub(super) fn create_request(
             "failed calling webhook \"pods.vault-secrets-webhook.admission.banzaicloud.com\": failed to call webhook: connection refused",
         ));
     }
+    let body = webhooks::admit(shared, def, body);
     let obj = objects::prepare_create(def, ns, body)?;
     if query.contains_key("dryRun") {
         return Ok(value_response(StatusCode::CREATED, &obj));

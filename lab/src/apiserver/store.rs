@@ -85,6 +85,34 @@ pub struct Store {
     history_cap: usize,
 }
 
+/// What a DELETE does to an object.
+#[derive(Debug)]
+pub enum Deletion {
+    /// Remove it now.
+    Now,
+    /// Keep it as this (with `deletionTimestamp` set): finalizers remain, or
+    /// a Pod's kubelet has not confirmed yet.
+    Keep(Value),
+}
+
+/// Is this object being deleted with nothing left to wait for (no
+/// finalizers, no grace period)?
+pub fn finalized(v: &Value) -> bool {
+    let meta = v.get("metadata");
+    let marked = meta
+        .and_then(|m| m.get("deletionTimestamp"))
+        .is_some_and(|t| !t.is_null());
+    let finalizers = meta
+        .and_then(|m| m.get("finalizers"))
+        .and_then(Value::as_array)
+        .is_some_and(|f| !f.is_empty());
+    let grace = meta
+        .and_then(|m| m.get("deletionGracePeriodSeconds"))
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
+    marked && !finalizers && grace <= 0
+}
+
 /// A watch from an RV the history no longer covers.
 #[derive(Debug, Clone, Copy)]
 pub struct TooOld {
@@ -324,18 +352,27 @@ impl Store {
         if new == *old {
             return Ok(old);
         }
+        if finalized(&new) {
+            // The last finalizer of an object being deleted went: the update
+            // is the deletion (one DELETED event, as the real registry does).
+            let gone = self.commit(&mut inner, EventType::Deleted, key, new, Some(old.clone()));
+            self.cascade(&mut inner, key, &old);
+            return Ok(gone);
+        }
         Ok(self.commit(&mut inner, EventType::Modified, key, new, Some(old)))
     }
 
-    /// Delete one object; `check` may refuse (preconditions). Unless
-    /// `orphan`, objects owned by it (ownerReferences, recursively) and, for
-    /// a Namespace, everything in it go too.
-    pub fn delete(
+    /// A DELETE: `decide` (given the current object) says whether it goes
+    /// now or is kept, marked as being deleted ([`Deletion`]). Returns the
+    /// object and whether it is gone. Unless `orphan`, an object deleted now
+    /// takes with it the objects it owns (ownerReferences, recursively) and,
+    /// for a Namespace, everything in it.
+    pub fn delete_with(
         &self,
         key: &Key,
-        check: impl FnOnce(&Value) -> Result<(), ApiError>,
+        decide: impl FnOnce(&Value) -> Result<Deletion, ApiError>,
         orphan: bool,
-    ) -> Result<Arc<Value>, ApiError> {
+    ) -> Result<(Arc<Value>, bool), ApiError> {
         let def = resources::def(key.0);
         let mut inner = self.inner.lock();
         let old = inner
@@ -343,18 +380,26 @@ impl Store {
             .get(key)
             .cloned()
             .ok_or_else(|| ApiError::not_found(def, &key.2))?;
-        check(&old)?;
-        let gone = self.commit(
-            &mut inner,
-            EventType::Deleted,
-            key,
-            (*old).clone(),
-            Some(old.clone()),
-        );
-        if !orphan {
-            self.cascade(&mut inner, key, &old);
+        match decide(&old)? {
+            Deletion::Now => {
+                let gone = self.commit(
+                    &mut inner,
+                    EventType::Deleted,
+                    key,
+                    (*old).clone(),
+                    Some(old.clone()),
+                );
+                if !orphan {
+                    self.cascade(&mut inner, key, &old);
+                }
+                Ok((gone, true))
+            }
+            Deletion::Keep(new) if new == *old => Ok((old, false)),
+            Deletion::Keep(new) => Ok((
+                self.commit(&mut inner, EventType::Modified, key, new, Some(old)),
+                false,
+            )),
         }
-        Ok(gone)
     }
 
     fn cascade(&self, inner: &mut Inner, key: &Key, old: &Value) {
@@ -474,9 +519,9 @@ mod tests {
         );
         assert_eq!(p2.items.len(), 1);
         assert!(p2.next.is_none());
-        s.delete(
+        s.delete_with(
             &(resources::SECRETS, "a".into(), "owner".into()),
-            |_| Ok(()),
+            |_| Ok(Deletion::Now),
             false,
         )
         .unwrap();

@@ -143,8 +143,7 @@ pub fn stream(
         let deadline = Instant::now() + req.timeout;
         let mut drop_at: Option<Instant> = None;
         let period = shared.options.bookmark_interval;
-        let mut ticker = tokio::time::interval_at(Instant::now() + period, period);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_bookmark = next_bookmark_at(Instant::now(), period, deadline);
         loop {
             rv_rx.borrow_and_update();
             match store.events_after(last) {
@@ -172,7 +171,7 @@ pub fn stream(
                 _ = sleep_until_opt(drop_at) => Wake::Cut,
                 _ = tokio::time::sleep_until(deadline) => Wake::Stop,
                 r = rv_rx.changed() => if r.is_ok() { Wake::Changed } else { Wake::Stop },
-                _ = ticker.tick(), if req.bookmarks => Wake::Bookmark,
+                _ = sleep_until_opt(next_bookmark), if req.bookmarks && next_bookmark.is_some() => Wake::Bookmark,
                 // Re-check the drop fault now and then.
                 _ = tokio::time::sleep(Duration::from_millis(250)), if drop_at.is_none() => Wake::Changed,
             };
@@ -183,10 +182,25 @@ pub fn stream(
                     break;
                 }
                 Wake::Changed => {}
-                Wake::Bookmark => yield Ok(bookmark(def, last, false)),
+                Wake::Bookmark => {
+                    next_bookmark = next_bookmark_at(Instant::now(), period, deadline);
+                    yield Ok(bookmark(def, last, false));
+                }
             }
         }
     }
+}
+
+/// When the next BOOKMARK is due, as the real API server schedules them:
+/// every `period` (a minute upstream), and once 2 s before the watch's
+/// deadline; `None` when the deadline is closer than that.
+fn next_bookmark_at(now: Instant, period: Duration, deadline: Instant) -> Option<Instant> {
+    let heartbeat = now + period;
+    let before_deadline = deadline.checked_sub(Duration::from_secs(2))?;
+    if before_deadline <= now {
+        return None;
+    }
+    Some(heartbeat.min(before_deadline))
 }
 
 /// Parse a watch/list `resourceVersion`: `None` for "" and "0".

@@ -1,8 +1,18 @@
-//! Bank-Vaults style `vault:` resolution at container start, as vault-env
-//! does it inside a mutated container: log in to OpenBao with Kubernetes auth
-//! as the Pod's ServiceAccount, read each `vault:<path>#<key>[#<version>]`
-//! reference and substitute it. Called by the kubelet; failures make the
+//! Bank-Vaults: the mutating webhook ([`mutate_pod`], called by the lab API
+//! server on Pod CREATE) and `vault:` resolution at container start, as
+//! vault-env does it inside a mutated container: log in to OpenBao with
+//! Kubernetes auth as the Pod's ServiceAccount, read each
+//! `vault:<path>#<key>[#<version>]` reference and substitute it. Called by
+//! the kubelet for containers the webhook mutated; failures make the
 //! container exit 1, as vault-env does.
+//!
+//! The webhook mutates any container whose env has a `vault:` value
+//! (annotations optional; `mutate: skip` opts out): its command becomes
+//! `/vault/vault-env` with the original entrypoint as args. A container the
+//! webhook did not mutate (skipped, or admitted while the webhook failed
+//! open) starts with the literal `vault:...` string. Lab simplification: no
+//! `copy-vault-env` init container and no `/vault/` volume are added; the
+//! lab kubelet runs vault-env's logic itself.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -22,6 +32,90 @@ pub const ANNOTATION_PREFIX: &str = "vault.security.banzaicloud.io/";
 
 /// What marks an env value as a reference to resolve.
 pub const REFERENCE_PREFIX: &str = "vault:";
+
+/// The command the webhook gives a mutated container.
+pub const VAULT_ENV: &str = "/vault/vault-env";
+
+/// Does a container (JSON) have an env value the webhook resolves?
+fn has_vault_env(c: &Value) -> bool {
+    c.get("env")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .any(|e| {
+            e.get("value")
+                .and_then(Value::as_str)
+                .is_some_and(|v| v.starts_with(REFERENCE_PREFIX))
+        })
+}
+
+/// The webhook's mutation of a Pod being created (JSON, as admitted): every
+/// container with a `vault:` env value gets command `/vault/vault-env` and
+/// its original entrypoint (command, else the image's: the lab knows
+/// `secret-canary`'s) followed by its args as args. `mutate: skip` opts the
+/// Pod out. Returns whether anything changed.
+pub fn mutate_pod(pod: &mut Value) -> bool {
+    let skip = pod
+        .pointer(&format!(
+            "/metadata/annotations/{}",
+            json_pointer_escape(&format!("{ANNOTATION_PREFIX}mutate"))
+        ))
+        .and_then(Value::as_str)
+        == Some("skip");
+    if skip {
+        return false;
+    }
+    let mut changed = false;
+    for field in ["initContainers", "containers"] {
+        let Some(cs) = pod
+            .pointer_mut(&format!("/spec/{field}"))
+            .and_then(Value::as_array_mut)
+        else {
+            continue;
+        };
+        for c in cs.iter_mut().filter(|c| has_vault_env(c)) {
+            let strings = |v: Option<&Value>| -> Vec<String> {
+                v.and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|s| s.as_str().map(str::to_string))
+                    .collect()
+            };
+            let command = strings(c.get("command"));
+            if command.first().map(String::as_str) == Some(VAULT_ENV) {
+                continue;
+            }
+            let entrypoint = if !command.is_empty() {
+                command
+            } else {
+                let image = c.get("image").and_then(Value::as_str).unwrap_or("");
+                if !crate::controllers::kubelet::image_is_canary(image) {
+                    // The real webhook asks the registry; the lab cannot.
+                    tracing::warn!(
+                        image,
+                        "bank-vaults webhook: unknown image entrypoint; container left unmutated"
+                    );
+                    continue;
+                }
+                vec!["secret-canary".to_string()]
+            };
+            let args: Vec<String> = entrypoint
+                .into_iter()
+                .chain(strings(c.get("args")))
+                .collect();
+            if let Some(m) = c.as_object_mut() {
+                m.insert("command".into(), serde_json::json!([VAULT_ENV]));
+                m.insert("args".into(), serde_json::json!(args));
+                changed = true;
+            }
+        }
+    }
+    changed
+}
+
+fn json_pointer_escape(s: &str) -> String {
+    s.replace('~', "~0").replace('/', "~1")
+}
 
 /// Why resolution failed. Messages name paths and keys, never values.
 #[derive(Debug, thiserror::Error)]
@@ -131,7 +225,7 @@ impl Error {
 pub struct VaultConfig {
     /// `vault-addr` (default: the lab's OpenBao).
     pub addr: String,
-    /// `vault-role` (default `default`, as the webhook's `VAULT_ROLE` default).
+    /// `vault-role` (default: the Pod's ServiceAccount name, as the webhook does).
     pub role: String,
     /// `vault-path`: the Kubernetes auth mount (default `kubernetes`).
     pub auth_path: String,
@@ -142,27 +236,20 @@ pub struct VaultConfig {
 }
 
 impl VaultConfig {
-    /// The settings for `pod`, or `None` when the webhook would leave it
-    /// alone (no Bank-Vaults annotation, or `mutate: skip`).
-    pub fn from_pod(pod: &Pod, default_addr: &str) -> Option<VaultConfig> {
+    /// The settings for a mutated `pod`, from its annotations (all optional).
+    pub fn from_pod(pod: &Pod, default_addr: &str) -> VaultConfig {
         let ann = pod.annotations();
         let get = |k: &str| {
             ann.get(&format!("{ANNOTATION_PREFIX}{k}"))
                 .map(|s| s.trim().to_string())
         };
-        if !ann.keys().any(|k| k.starts_with(ANNOTATION_PREFIX)) {
-            return None;
-        }
-        if get("mutate").as_deref() == Some("skip") {
-            return None;
-        }
-        Some(VaultConfig {
+        VaultConfig {
             addr: get("vault-addr")
                 .filter(|s| !s.is_empty())
                 .unwrap_or_else(|| default_addr.to_string()),
             role: get("vault-role")
                 .filter(|s| !s.is_empty())
-                .unwrap_or_else(|| "default".to_string()),
+                .unwrap_or_else(|| service_account_of(pod)),
             auth_path: get("vault-path")
                 .map(|s| s.trim_matches('/').to_string())
                 .filter(|s| !s.is_empty())
@@ -172,8 +259,17 @@ impl VaultConfig {
             timeout: get("vault-client-timeout")
                 .and_then(|s| humantime::parse_duration(&s).ok())
                 .unwrap_or(Duration::from_secs(10)),
-        })
+        }
     }
+}
+
+/// The Pod's ServiceAccount name (`default` when unset).
+fn service_account_of(pod: &Pod) -> String {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.service_account_name.clone())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "default".into())
 }
 
 /// One `vault:<path>#<key>[#<version>]` reference.
@@ -255,12 +351,7 @@ pub async fn resolve(
         });
     }
     let namespace = pod.namespace().unwrap_or_else(|| "default".into());
-    let sa = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.service_account_name.clone())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "default".into());
+    let sa = service_account_of(pod);
     let jwt = service_account_token(&ctx.client, &namespace, &sa).await?;
     let http = reqwest::Client::builder()
         .timeout(cfg.timeout)
@@ -468,31 +559,65 @@ mod tests {
 
     #[test]
     fn config_from_annotations() {
-        assert_eq!(
-            VaultConfig::from_pod(&pod(&[("other", "x")]), "http://b"),
-            None
-        );
-        let skip = format!("{ANNOTATION_PREFIX}mutate");
-        assert_eq!(
-            VaultConfig::from_pod(&pod(&[(&skip, "skip")]), "http://b"),
-            None
-        );
+        // No annotation: defaults, the role is the ServiceAccount's name.
+        let mut p = pod(&[("other", "x")]);
+        p.spec = Some(k8s_openapi::api::core::v1::PodSpec {
+            service_account_name: Some("app".into()),
+            ..Default::default()
+        });
+        let c = VaultConfig::from_pod(&p, "http://b");
+        assert_eq!((c.addr.as_str(), c.role.as_str()), ("http://b", "app"));
+        assert_eq!(VaultConfig::from_pod(&pod(&[]), "http://b").role, "default");
         let role = format!("{ANNOTATION_PREFIX}vault-role");
         let ign = format!("{ANNOTATION_PREFIX}vault-ignore-missing-secrets");
         let path = format!("{ANNOTATION_PREFIX}vault-path");
         let c = VaultConfig::from_pod(
             &pod(&[(&role, "canary"), (&ign, "true"), (&path, "/k8s/")]),
             "http://b",
-        )
-        .unwrap();
+        );
         assert_eq!(c.addr, "http://b");
         assert_eq!(c.role, "canary");
         assert_eq!(c.auth_path, "k8s");
         assert!(c.ignore_missing);
         assert_eq!(c.timeout, Duration::from_secs(10));
-        let c = VaultConfig::from_pod(&pod(&[(&role, "r")]), "http://b").unwrap();
+        let c = VaultConfig::from_pod(&pod(&[(&role, "r")]), "http://b");
         assert_eq!(c.auth_path, "kubernetes");
         assert!(!c.ignore_missing);
+    }
+
+    #[test]
+    fn webhook_mutates_containers_with_vault_values() {
+        let mut p = serde_json::json!({
+            "metadata": {"name": "p"},
+            "spec": {"containers": [
+                {"name": "plain", "image": "nginx", "env": [{"name": "A", "value": "x"}]},
+                {"name": "app", "image": "app", "command": ["/app"], "args": ["--x"],
+                 "env": [{"name": "S", "value": "vault:secret/data/a#k"}]},
+                {"name": "canary", "image": "ghcr.io/x/secret-canary:1", "args": ["canary"],
+                 "env": [{"name": "S", "value": "vault:secret/data/a#k"}]}
+            ]}
+        });
+        let orig = p.clone();
+        assert!(mutate_pod(&mut p));
+        let cs = &p["spec"]["containers"];
+        assert_eq!(cs[0], orig["spec"]["containers"][0]);
+        assert_eq!(cs[1]["command"], serde_json::json!([VAULT_ENV]));
+        assert_eq!(cs[1]["args"], serde_json::json!(["/app", "--x"]));
+        assert_eq!(cs[2]["command"], serde_json::json!([VAULT_ENV]));
+        assert_eq!(
+            cs[2]["args"],
+            serde_json::json!(["secret-canary", "canary"])
+        );
+        // Idempotent; `mutate: skip` opts out.
+        let again = p.clone();
+        assert!(!mutate_pod(&mut p));
+        assert_eq!(p, again);
+        let mut skipped = orig.clone();
+        skipped["metadata"]["annotations"] =
+            serde_json::json!({"vault.security.banzaicloud.io/mutate": "skip"});
+        let before = skipped.clone();
+        assert!(!mutate_pod(&mut skipped));
+        assert_eq!(skipped, before);
     }
 
     #[test]

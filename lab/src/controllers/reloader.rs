@@ -22,7 +22,6 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::ResourceExt;
 use serde_json::{json, Value};
 use sha1::{Digest, Sha1};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::api::{kube_call, KubeError};
@@ -115,52 +114,78 @@ pub fn env_var_name(secret: &str) -> String {
     out
 }
 
-/// Names of the containers (init containers included) that reference the
-/// Secret; a Secret only used by a volume counts for every container.
+/// Names of the pod-template volumes that hold the Secret (directly or
+/// projected).
+fn secret_volumes(spec: &k8s_openapi::api::core::v1::PodSpec, secret: &str) -> Vec<String> {
+    spec.volumes
+        .iter()
+        .flatten()
+        .filter(|v| {
+            v.secret.as_ref().and_then(|s| s.secret_name.as_deref()) == Some(secret)
+                || v.projected
+                    .as_ref()
+                    .and_then(|p| p.sources.as_ref())
+                    .is_some_and(|srcs| {
+                        srcs.iter()
+                            .any(|s| s.secret.as_ref().is_some_and(|s| s.name == secret))
+                    })
+        })
+        .map(|v| v.name.clone())
+        .collect()
+}
+
+fn mounts(c: &k8s_openapi::api::core::v1::Container, volumes: &[String]) -> bool {
+    c.volume_mounts
+        .iter()
+        .flatten()
+        .any(|m| volumes.contains(&m.name))
+}
+
+fn env_references(c: &k8s_openapi::api::core::v1::Container, secret: &str) -> bool {
+    let env = c.env.iter().flatten().any(|e| {
+        e.value_from
+            .as_ref()
+            .and_then(|v| v.secret_key_ref.as_ref())
+            .is_some_and(|r| r.name == secret)
+    });
+    let env_from = c
+        .env_from
+        .iter()
+        .flatten()
+        .any(|e| e.secret_ref.as_ref().is_some_and(|r| r.name == secret));
+    env || env_from
+}
+
+/// Names of the containers (init containers included) that use the Secret:
+/// mount a volume holding it (a volume no container mounts does not count),
+/// or reference it from env/envFrom.
 pub fn referencing_containers(template: &PodTemplateSpec, secret: &str) -> Vec<String> {
     let Some(spec) = &template.spec else {
         return Vec::new();
     };
-    let mut out = Vec::new();
-    let all = spec
-        .init_containers
+    let volumes = secret_volumes(spec, secret);
+    spec.init_containers
         .iter()
         .flatten()
-        .chain(spec.containers.iter());
-    for c in all.clone() {
-        let env = c.env.iter().flatten().any(|e| {
-            e.value_from
-                .as_ref()
-                .and_then(|v| v.secret_key_ref.as_ref())
-                .is_some_and(|r| r.name == secret)
-        });
-        let env_from = c
-            .env_from
-            .iter()
-            .flatten()
-            .any(|e| e.secret_ref.as_ref().is_some_and(|r| r.name == secret));
-        if env || env_from {
-            out.push(c.name.clone());
-        }
-    }
-    let volume = spec.volumes.iter().flatten().any(|v| {
-        v.secret.as_ref().and_then(|s| s.secret_name.as_deref()) == Some(secret)
-            || v.projected
-                .as_ref()
-                .and_then(|p| p.sources.as_ref())
-                .is_some_and(|srcs| {
-                    srcs.iter()
-                        .any(|s| s.secret.as_ref().is_some_and(|s| s.name == secret))
-                })
-    });
-    if volume {
-        for c in all {
-            if !out.contains(&c.name) {
-                out.push(c.name.clone());
-            }
-        }
-    }
-    out
+        .chain(spec.containers.iter())
+        .filter(|c| mounts(c, &volumes) || env_references(c, secret))
+        .map(|c| c.name.clone())
+        .collect()
+}
+
+/// The one container the env-vars strategy puts `STAKATER_<NAME>_SECRET`
+/// on, as Reloader's `getContainerUsingResource`: the first container that
+/// mounts the Secret, else the first that references it in env, else
+/// (also when only an init container uses it) `containers[0]`.
+pub fn target_container(template: &PodTemplateSpec, secret: &str) -> Option<String> {
+    let spec = template.spec.as_ref()?;
+    let volumes = secret_volumes(spec, secret);
+    spec.containers
+        .iter()
+        .find(|c| mounts(c, &volumes))
+        .or_else(|| spec.containers.iter().find(|c| env_references(c, secret)))
+        .or_else(|| spec.containers.first())
+        .map(|c| c.name.clone())
 }
 
 /// Does this Deployment want a reload when `secret` changes?
@@ -327,22 +352,19 @@ pub fn reload_patch(
     match strategy {
         ReloadStrategy::EnvVars => {
             let name = env_var_name(secret);
-            let containers: Vec<Value> = spec
+            let target = target_container(&spec.template, secret)?;
+            let present = spec
                 .template
                 .spec
                 .iter()
                 .flat_map(|s| s.containers.iter())
-                .filter(|c| {
-                    !c.env
-                        .iter()
-                        .flatten()
-                        .any(|e| e.name == name && e.value.as_deref() == Some(sha))
-                })
-                .map(|c| json!({"name": c.name, "env": [{"name": name, "value": sha}]}))
-                .collect();
-            if containers.is_empty() {
+                .filter(|c| c.name == target)
+                .flat_map(|c| c.env.iter().flatten())
+                .any(|e| e.name == name && e.value.as_deref() == Some(sha));
+            if present {
                 return None;
             }
+            let containers = vec![json!({"name": target, "env": [{"name": name, "value": sha}]})];
             Some(json!({"spec": {"template": {"spec": {"containers": containers}}}}))
         }
         ReloadStrategy::Annotations => {
@@ -405,13 +427,25 @@ pub async fn run_with(
     let mut seen: HashMap<(String, String), String> = HashMap::new();
     // The newest change per Secret, so a slow older reload never undoes a newer one.
     let latest: Arc<Mutex<HashMap<(String, String), String>>> = Arc::default();
-    let mut tasks = JoinSet::new();
+    // One worker, as Reloader's: changes queue behind each other.
+    let (queue, mut work) = tokio::sync::mpsc::unbounded_channel::<Change>();
+    let worker = {
+        let (ctx, opts, latest, cancel) =
+            (ctx.clone(), opts.clone(), latest.clone(), cancel.clone());
+        tokio::spawn(async move {
+            while let Some(change) = work.recv().await {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = reload(&ctx, &opts, &latest, &change) => {}
+                }
+            }
+        })
+    };
     loop {
         let ev = tokio::select! {
             _ = cancel.cancelled() => break,
             ev = stream.next() => ev,
         };
-        while tasks.try_join_next().is_some() {}
         let secret = match ev {
             None => break,
             Some(Err(e)) => {
@@ -451,17 +485,11 @@ pub async fn run_with(
             digests: data.values().map(|v| truth::digest(&v.0)).collect(),
         };
         tracing::info!(namespace = %change.namespace, secret = %change.name, "Reloader saw a Secret data change");
-        let (ctx, opts, latest, cancel) =
-            (ctx.clone(), opts.clone(), latest.clone(), cancel.clone());
-        tasks.spawn(async move {
-            tokio::select! {
-                _ = cancel.cancelled() => {}
-                _ = reload(&ctx, &opts, &latest, &change) => {}
-            }
-        });
+        let _ = queue.send(change);
     }
-    tasks.abort_all();
-    while tasks.join_next().await.is_some() {}
+    drop(queue);
+    worker.abort();
+    let _ = worker.await;
     Ok(())
 }
 
@@ -657,18 +685,94 @@ mod tests {
             }),
             ..Default::default()
         };
-        let d = deployment(
+        // A volume counts only for the containers that mount it.
+        let unmounted = deployment(
             &auto,
             vec![Container {
                 name: "a".into(),
                 ..Default::default()
             }],
+            vec![vol.clone()],
+        );
+        assert!(!opted_in(&unmounted, "s"));
+        assert!(referencing_containers(&unmounted.spec.template, "s").is_empty());
+        let mount = |name: &str, vol: &str| Container {
+            name: name.into(),
+            volume_mounts: Some(vec![k8s_openapi::api::core::v1::VolumeMount {
+                name: vol.into(),
+                mount_path: "/s".into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        };
+        let d = deployment(
+            &auto,
+            vec![
+                Container {
+                    name: "a".into(),
+                    ..Default::default()
+                },
+                mount("b", "v"),
+            ],
             vec![vol],
         );
         assert!(opted_in(&d, "s"));
         assert_eq!(
             referencing_containers(&d.spec.template, "s"),
-            vec!["a".to_string()]
+            vec!["b".to_string()]
+        );
+        assert_eq!(
+            target_container(&d.spec.template, "s").as_deref(),
+            Some("b")
+        );
+    }
+
+    #[test]
+    fn env_var_goes_to_exactly_one_container() {
+        // The one that references the Secret, not every container.
+        let d = deployment(
+            &[(AUTO_ANNOTATION, "true")],
+            vec![
+                Container {
+                    name: "sidecar".into(),
+                    ..Default::default()
+                },
+                env_ref("app", "s"),
+                env_ref("other", "s"),
+            ],
+            vec![],
+        );
+        let p = reload_patch(&d, ReloadStrategy::EnvVars, "ns", "s", "abc").unwrap();
+        assert_eq!(
+            p["spec"]["template"]["spec"]["containers"],
+            json!([{"name": "app", "env": [{"name": "STAKATER_S_SECRET", "value": "abc"}]}])
+        );
+        // Named in `secret.reloader.stakater.com/reload` but not used: containers[0].
+        let named = deployment(
+            &[(SECRET_RELOAD_ANNOTATION, "s")],
+            vec![
+                Container {
+                    name: "first".into(),
+                    ..Default::default()
+                },
+                Container {
+                    name: "second".into(),
+                    ..Default::default()
+                },
+            ],
+            vec![],
+        );
+        let p = reload_patch(&named, ReloadStrategy::EnvVars, "ns", "s", "abc").unwrap();
+        assert_eq!(
+            p["spec"]["template"]["spec"]["containers"][0]["name"],
+            "first"
+        );
+        assert_eq!(
+            p["spec"]["template"]["spec"]["containers"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
         );
     }
 

@@ -58,6 +58,8 @@ use reconcile::reconcile;
 pub const MANAGED_LABEL: &str = "reconcile.external-secrets.io/managed";
 /// Annotation holding a hash of the managed Secret's data, to notice edits.
 pub const DATA_HASH_ANNOTATION: &str = "reconcile.external-secrets.io/data-hash";
+/// The finalizer ESO puts on every ExternalSecret.
+pub const FINALIZER: &str = "externalsecrets.external-secrets.io/externalsecret-cleanup";
 /// The API group and version served for ExternalSecret and SecretStore.
 pub const API_VERSION: &str = "external-secrets.io/v1";
 
@@ -108,7 +110,8 @@ struct State {
     backoff: Backoffs,
 }
 
-/// Run the ESO controller until `cancel` fires.
+/// Run the ESO controller until `cancel` fires. One reconcile worker, as
+/// ESO's default `--concurrent=1`.
 pub async fn run(ctx: Context, cancel: CancellationToken) -> Result<(), Error> {
     let http = reqwest::Client::builder()
         .timeout(VAULT_TIMEOUT)
@@ -139,6 +142,8 @@ pub async fn run(ctx: Context, cancel: CancellationToken) -> Result<(), Error> {
             move |s: Secret| secret_to_es(&store, &s),
         )
         .reconcile_all_on(knob_changes)
+        // ESO's default `--concurrent=1`: ExternalSecrets sync one after another.
+        .with_config(kube::runtime::controller::Config::default().concurrency(1))
         .graceful_shutdown_on(cancel.cancelled_owned())
         .run(reconcile, error_policy, state)
         .for_each(|res| async move {
@@ -186,6 +191,13 @@ fn secret_to_es(store: &Store<ExternalSecret>, s: &Secret) -> Vec<ObjectRef<Exte
             .collect();
     }
     out
+}
+
+impl State {
+    /// Now by ESO's clock: the true clock plus the `eso-clock-skew` knob.
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        chrono::Utc::now() + self.ctx.knobs.offset(crate::faults::Knob::EsoClockSkew)
+    }
 }
 
 fn error_policy(es: Arc<ExternalSecret>, _err: &Error, st: Arc<State>) -> Action {

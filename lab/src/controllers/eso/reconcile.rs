@@ -3,9 +3,11 @@
 
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use chrono::{DateTime, SecondsFormat, Utc};
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, PostParams};
 use kube::runtime::controller::Action;
 use kube::ResourceExt;
 use serde_json::json;
@@ -14,11 +16,57 @@ use super::provider::fetch;
 use super::refresh::{requeue_after, secret_is_valid, should_refresh, synced_resource_version};
 use super::resources::{EsSpec, EsStatus, ExternalSecret};
 use super::secret::write_secret;
-use super::status::{ready_conditions, write_error_status};
-use super::{Error, State};
+use super::status::{ready_conditions, update_status, write_error_status, Written};
+use super::{Error, State, FINALIZER};
 use crate::controllers::api::kube_call;
 use crate::faults::{Fault, Knob};
 use crate::truth::{self, step};
+
+/// A status update that met a conflict is retried this soon (by then the
+/// watch has brought the newer object).
+const CONFLICT_REQUEUE: Duration = Duration::from_millis(100);
+
+/// Adds ESO's finalizer when missing (returning the updated object), or,
+/// when the ExternalSecret is being deleted, removes it (returning `None`:
+/// nothing more to do).
+async fn finalizer(
+    st: &State,
+    es: Arc<ExternalSecret>,
+) -> Result<Option<Arc<ExternalSecret>>, Error> {
+    let has = es
+        .metadata
+        .finalizers
+        .as_ref()
+        .is_some_and(|f| f.iter().any(|f| f == FINALIZER));
+    let deleting = es.metadata.deletion_timestamp.is_some();
+    match (deleting, has) {
+        (false, true) => return Ok(Some(es)),
+        (true, false) => return Ok(None),
+        _ => {}
+    }
+    let mut obj = (*es).clone();
+    let fin = obj.metadata.finalizers.get_or_insert_with(Vec::new);
+    if deleting {
+        fin.retain(|f| f != FINALIZER);
+    } else {
+        fin.push(FINALIZER.to_string());
+    }
+    let api: Api<ExternalSecret> =
+        Api::namespaced(st.ctx.client.clone(), &es.namespace().unwrap_or_default());
+    match kube_call(
+        "update ExternalSecret finalizers",
+        api.replace(&es.name_any(), &PostParams::default(), &obj),
+    )
+    .await
+    {
+        Ok(updated) if !deleting => Ok(Some(Arc::new(updated))),
+        Ok(_) => Ok(None),
+        // Changed meanwhile: the watch brings the new version and another pass.
+        Err(e) if e.api_code() == Some(409) => Ok(None),
+        Err(e) if deleting && e.api_code() == Some(404) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
 
 pub(super) async fn reconcile(es: Arc<ExternalSecret>, st: Arc<State>) -> Result<Action, Error> {
     let knobs = &st.ctx.knobs;
@@ -29,11 +77,19 @@ pub(super) async fn reconcile(es: Arc<ExternalSecret>, st: Arc<State>) -> Result
     let ns = es.namespace().unwrap_or_default();
     let name = es.name_any();
     let key = (ns.clone(), name.clone());
+    // ESO's finalizer: added to every ExternalSecret before its first sync
+    // (one more event), removed when it is deleted.
+    let es = match finalizer(&st, es).await? {
+        Some(es) => es,
+        None => return Ok(Action::await_change()),
+    };
     let version = synced_resource_version(&es.metadata);
     if let Some(wait) = st.backoff.remaining(&key, &version) {
         return Ok(Action::requeue(wait));
     }
-    let start = Utc::now();
+    // ESO's own clock (skewed by the `eso-clock-skew` knob): refreshTime
+    // and the refresh decisions use it; ground truth stays on the true clock.
+    let start = st.now();
     let spec = match EsSpec::parse(&es.spec, &name) {
         Ok(s) => s,
         Err(e) => {
@@ -87,12 +143,32 @@ pub(super) async fn reconcile(es: Arc<ExternalSecret>, st: Arc<State>) -> Result
             }
         }
         Ok(false) => {}
+        Err(Error::SecretMissing(_)) => {
+            // Merge into a Secret that does not exist: ESO marks the sync
+            // done (Ready=True/SecretMissing, refreshTime updated) and writes
+            // nothing else.
+            let conditions = ready_conditions(
+                &es.status,
+                true,
+                "SecretMissing",
+                "secret will not be created, creationPolicy is Merge and the secret does not exist",
+                start,
+            );
+            let refresh_time = start.to_rfc3339_opts(SecondsFormat::Secs, true);
+            let written = update_status(&st, &es, |s| {
+                s.insert("refreshTime".into(), json!(refresh_time));
+                s.insert("syncedResourceVersion".into(), json!(version));
+                s.insert("conditions".into(), json!(conditions));
+            })
+            .await?;
+            if written == Written::Conflict {
+                return Ok(Action::requeue(CONFLICT_REQUEUE));
+            }
+            st.backoff.reset(&key);
+            return Ok(Action::requeue(requeue_after(&spec, Some(start), st.now())));
+        }
         Err(e) => {
-            let msg = match e {
-                Error::SecretMissing(_) => "secret does not exist and creationPolicy is Merge",
-                _ => "could not update Secret",
-            };
-            write_error_status(&st, &es, msg).await?;
+            write_error_status(&st, &es, "could not update Secret").await?;
             return Err(e);
         }
     }
@@ -100,31 +176,30 @@ pub(super) async fn reconcile(es: Arc<ExternalSecret>, st: Arc<State>) -> Result
     knobs.delay(Knob::EsoStatusLatency).await;
     let refresh_time = start.to_rfc3339_opts(SecondsFormat::Secs, true);
     let conditions = ready_conditions(&es.status, true, "SecretSynced", "secret synced", start);
-    let patch = json!({
-        "status": {
-            "refreshTime": refresh_time,
-            "syncedResourceVersion": version,
-            "binding": {"name": spec.target_name},
-            "conditions": conditions,
-        }
-    });
-    let api: Api<ExternalSecret> = Api::namespaced(st.ctx.client.clone(), &ns);
-    kube_call(
-        "patch ExternalSecret status",
-        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)),
-    )
+    let written = update_status(&st, &es, |s| {
+        s.insert("refreshTime".into(), json!(refresh_time));
+        s.insert("syncedResourceVersion".into(), json!(version));
+        s.insert("binding".into(), json!({"name": spec.target_name}));
+        s.insert("conditions".into(), json!(conditions));
+    })
     .await?;
-    for v in data.values() {
-        st.ctx.truth.record(
-            step::ESO_STATUS_SYNCED,
-            &ns,
-            &name,
-            Some(&truth::digest(&v.0)),
-        );
+    match written {
+        Written::Conflict => return Ok(Action::requeue(CONFLICT_REQUEUE)),
+        Written::Unchanged => {}
+        Written::Yes => {
+            for v in data.values() {
+                st.ctx.truth.record(
+                    step::ESO_STATUS_SYNCED,
+                    &ns,
+                    &name,
+                    Some(&truth::digest(&v.0)),
+                );
+            }
+        }
     }
     st.backoff.reset(&key);
     let written = DateTime::parse_from_rfc3339(&refresh_time)
         .ok()
         .map(|t| t.with_timezone(&Utc));
-    Ok(Action::requeue(requeue_after(&spec, written, Utc::now())))
+    Ok(Action::requeue(requeue_after(&spec, written, st.now())))
 }

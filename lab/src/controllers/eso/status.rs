@@ -2,7 +2,7 @@
 //! written when a sync fails.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, PostParams};
 use kube::ResourceExt;
 use serde_json::{json, Value};
 
@@ -49,25 +49,65 @@ pub(super) fn ready_conditions(
     out
 }
 
+/// What a status update did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Written {
+    /// The status was written.
+    Yes,
+    /// The status was already this: no write, as ESO skips it.
+    Unchanged,
+    /// The ExternalSecret changed since it was read (409): nothing written;
+    /// the caller requeues, as ESO does.
+    Conflict,
+}
+
+/// Update the status subresource the way ESO does: the whole object with
+/// the resourceVersion it was read at, skipped when nothing changed.
+pub(super) async fn update_status(
+    st: &State,
+    es: &ExternalSecret,
+    set: impl FnOnce(&mut serde_json::Map<String, Value>),
+) -> Result<Written, Error> {
+    let mut status = es.status.as_object().cloned().unwrap_or_default();
+    set(&mut status);
+    let status = Value::Object(status);
+    if status == es.status {
+        return Ok(Written::Unchanged);
+    }
+    let mut obj = es.clone();
+    obj.status = status;
+    let api: Api<ExternalSecret> =
+        Api::namespaced(st.ctx.client.clone(), &es.namespace().unwrap_or_default());
+    match kube_call(
+        "update ExternalSecret status",
+        api.replace_status(&es.name_any(), &PostParams::default(), &obj),
+    )
+    .await
+    {
+        Ok(_) => Ok(Written::Yes),
+        Err(e) if e.api_code() == Some(409) => Ok(Written::Conflict),
+        Err(e) => Err(e.into()),
+    }
+}
+
 pub(super) async fn write_error_status(
     st: &State,
     es: &ExternalSecret,
     message: &str,
-) -> Result<(), Error> {
+) -> Result<Written, Error> {
     let ns = es.namespace().unwrap_or_default();
     let name = es.name_any();
-    let conditions = ready_conditions(&es.status, false, "SecretSyncedError", message, Utc::now());
-    let patch = json!({"status": {"conditions": conditions}});
-    let api: Api<ExternalSecret> = Api::namespaced(st.ctx.client.clone(), &ns);
-    kube_call(
-        "patch ExternalSecret status",
-        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)),
-    )
+    let conditions = ready_conditions(&es.status, false, "SecretSyncedError", message, st.now());
+    let written = update_status(st, es, |s| {
+        s.insert("conditions".into(), json!(conditions));
+    })
     .await?;
-    st.ctx
-        .truth
-        .record(step::ESO_STATUS_ERROR, &ns, &name, None);
-    Ok(())
+    if written == Written::Yes {
+        st.ctx
+            .truth
+            .record(step::ESO_STATUS_ERROR, &ns, &name, None);
+    }
+    Ok(written)
 }
 
 #[cfg(test)]

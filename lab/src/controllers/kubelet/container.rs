@@ -45,7 +45,7 @@ pub(super) fn is_canary_program(cmd0: &str) -> bool {
         .is_some_and(|f| f == "secret-canary")
 }
 
-pub(super) fn image_is_canary(image: &str) -> bool {
+pub(crate) fn image_is_canary(image: &str) -> bool {
     let last = image.rsplit('/').next().unwrap_or(image);
     let repo = last.split(['@', ':']).next().unwrap_or(last);
     repo == "secret-canary"
@@ -53,13 +53,26 @@ pub(super) fn image_is_canary(image: &str) -> bool {
 
 pub(super) async fn prepare(run: &PodRun, c: &Container) -> Result<Launch, PrepError> {
     let mut env = build_env(run, c).await.map_err(PrepError::Config)?;
-    if let Some(cfg) = VaultConfig::from_pod(&run.pod, &run.kl.ctx.vault_addr) {
+    // A container the Bank-Vaults webhook mutated runs vault-env first, which
+    // resolves the `vault:` values and execs the original entrypoint (its
+    // args). Unmutated containers see `vault:` values as literal strings.
+    let mutated = c
+        .command
+        .as_ref()
+        .and_then(|c| c.first())
+        .map(String::as_str)
+        == Some(bankvaults::VAULT_ENV);
+    let mut c = c.clone();
+    if mutated {
+        let cfg = VaultConfig::from_pod(&run.pod, &run.kl.ctx.vault_addr);
         if bankvaults::has_references(&env) {
             bankvaults::resolve(&run.kl.ctx, &run.pod, &cfg, &mut env)
                 .await
                 .map_err(|e| PrepError::Entrypoint(format!("vault-env: {e}")))?;
         }
+        c.command = c.args.take();
     }
+    let c = &c;
     let mounts = container_mounts(run, c).map_err(PrepError::Run)?;
     for e in env.iter_mut().filter(|e| !e.secret) {
         e.value = rewrite(&e.value, &mounts, run.ip);
@@ -186,6 +199,16 @@ pub(super) fn exit_code(status: Option<std::process::ExitStatus>) -> i32 {
     }
 }
 
+/// The `lifecycle.preStop.sleep.seconds` hook of a container, if any.
+pub(super) fn pre_stop_sleep(c: &Container) -> Duration {
+    c.lifecycle
+        .as_ref()
+        .and_then(|l| l.pre_stop.as_ref())
+        .and_then(|h| h.sleep.as_ref())
+        .map(|s| Duration::from_secs(u64::try_from(s.seconds).unwrap_or(0)))
+        .unwrap_or_default()
+}
+
 pub(super) fn grace_period(spec: &PodSpec) -> Duration {
     let secs = spec.termination_grace_period_seconds.unwrap_or(30).max(0);
     Duration::from_secs(u64::try_from(secs).unwrap_or(30)).min(GRACE_CAP)
@@ -270,7 +293,19 @@ pub(super) async fn run_container(
             Some((exit_code(status.ok()), started_at))
         }
         _ = cancel.cancelled() => {
-            let status = terminate(&mut child, grace_period(&run.spec)).await;
+            // A `preStop: sleep` hook keeps the process serving (and Ready)
+            // for part of the grace period before SIGTERM, as the kubelet.
+            let grace = grace_period(&run.spec);
+            let pre_stop = pre_stop_sleep(c).min(grace);
+            let exited = if pre_stop.is_zero() {
+                None
+            } else {
+                tokio::time::timeout(pre_stop, child.wait()).await.ok()
+            };
+            let status = match exited {
+                Some(s) => s.ok(),
+                None => terminate(&mut child, grace - pre_stop).await,
+            };
             tracing::info!(ns = %run.ns, pod = %run.name, container = %c.name, code = exit_code(status), "kubelet: container stopped");
             None
         }

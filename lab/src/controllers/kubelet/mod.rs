@@ -58,6 +58,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 pub use atomic_writer::write_atomic;
+pub(crate) use container::image_is_canary;
 pub use env::{expand, field_ref, NODE_NAME};
 pub use ip_pool::IpPool;
 pub use mounts::rewrite;
@@ -240,7 +241,13 @@ impl Kubelet {
             .as_ref()
             .and_then(|s| s.phase.as_deref())
             .is_some_and(|p| p == "Succeeded" || p == "Failed");
-        if deleting || finished {
+        if deleting {
+            // Nothing runs it here (e.g. deleted while the kubelet was
+            // down): confirm the deletion at once, as the kubelet does.
+            tasks.spawn(pod::confirm_deletion(self.clone(), pod));
+            return;
+        }
+        if finished {
             return;
         }
         let pod_cancel = cancel.child_token();

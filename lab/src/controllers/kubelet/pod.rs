@@ -184,16 +184,29 @@ pub(super) async fn run_pod(
     // A Pod deleted gracefully (deletionTimestamp set) is removed for good
     // once its processes are gone, as the kubelet does.
     if !lab.is_cancelled() {
-        let api: Api<Pod> = Api::namespaced(kl.ctx.client.clone(), &ns);
-        let current = tokio::time::timeout(API_TIMEOUT, api.get_opt(&name)).await;
-        if let Ok(Ok(Some(p))) = current {
-            if p.uid() == pod.uid() && p.metadata.deletion_timestamp.is_some() {
-                let dp = DeleteParams {
-                    grace_period_seconds: Some(0),
-                    ..Default::default()
-                };
-                let _ = tokio::time::timeout(API_TIMEOUT, api.delete(&name, &dp)).await;
-            }
+        confirm_deletion(kl, pod).await;
+    }
+}
+
+/// The kubelet's last word on a Pod being deleted: its processes are gone,
+/// so DELETE it with grace 0 (the API server then removes it once its
+/// finalizers are gone too).
+pub(super) async fn confirm_deletion(kl: Arc<Kubelet>, pod: Pod) {
+    let ns = pod.namespace().unwrap_or_else(|| "default".into());
+    let name = pod.name_any();
+    let api: Api<Pod> = Api::namespaced(kl.ctx.client.clone(), &ns);
+    let current = tokio::time::timeout(API_TIMEOUT, api.get_opt(&name)).await;
+    if let Ok(Ok(Some(p))) = current {
+        if p.uid() == pod.uid() && p.metadata.deletion_timestamp.is_some() {
+            let dp = DeleteParams {
+                grace_period_seconds: Some(0),
+                preconditions: Some(kube::api::Preconditions {
+                    uid: pod.uid(),
+                    resource_version: None,
+                }),
+                ..Default::default()
+            };
+            let _ = tokio::time::timeout(API_TIMEOUT, api.delete(&name, &dp)).await;
         }
     }
 }

@@ -97,39 +97,67 @@ pub(super) async fn supervise(run: Arc<PodRun>, idx: usize, cancel: Cancellation
             cancel.cancelled().await;
             return;
         }
+        // The real kubelet's back-off (flowcontrol.Backoff): a container that
+        // ran longer than twice the cap starts a fresh series.
+        let cap = run
+            .knobs()
+            .sample(Knob::CrashBackoff)
+            .saturating_mul(BACKOFF_CAP_FACTOR);
+        if (finished_at - started_at).to_std().unwrap_or_default() > cap.saturating_mul(2) {
+            failures_in_row = 0;
+        }
         failures_in_row = failures_in_row.saturating_add(1);
-        let base = run.knobs().sample(Knob::CrashBackoff);
-        let backoff = base
-            .saturating_mul(2u32.saturating_pow(failures_in_row.saturating_sub(1).min(16)))
-            .min(base.saturating_mul(BACKOFF_CAP_FACTOR));
+        let backoff = crash_backoff(run.knobs().sample(Knob::CrashBackoff), failures_in_row);
         tracing::info!(ns = %run.ns, pod = %run.name, container = %c.name, code, ?backoff, "kubelet: container exited; backing off");
+        let uid = run.pod.metadata.uid.clone().unwrap_or_default();
         run.update_container(idx, |s| {
             s.ready = false;
             s.started = false;
             s.pid = None;
             s.restart_count += 1;
-            s.last_state = Some(terminated);
-            s.state = CState::Waiting {
-                reason: "CrashLoopBackOff".into(),
-                message: Some(format!(
-                    "back-off {} restarting failed container={} pod={}_{}",
-                    humantime::format_duration(Duration::from_secs(backoff.as_secs().max(1))),
-                    c.name,
-                    run.name,
-                    run.ns
-                )),
+            s.last_state = Some(terminated.clone());
+            s.state = if backoff.is_zero() {
+                // Restarted at once: until then the dead instance shows.
+                terminated
+            } else {
+                CState::Waiting {
+                    reason: "CrashLoopBackOff".into(),
+                    message: Some(format!(
+                        "back-off {} restarting failed container={} pod={}_{}({uid})",
+                        humantime::format_duration(Duration::from_secs(backoff.as_secs().max(1))),
+                        c.name,
+                        run.name,
+                        run.ns
+                    )),
+                }
             };
         });
         if !sleep_or_cancel(backoff, &cancel).await {
             return;
         }
-        // The real kubelet forgets the back-off after a container has run
-        // fine for a while; here: after a run that lasted longer than the
-        // current back-off cap.
-        if (finished_at - started_at).to_std().unwrap_or_default()
-            > base.saturating_mul(BACKOFF_CAP_FACTOR)
-        {
-            failures_in_row = 0;
-        }
+    }
+}
+
+/// The kubelet's crash back-off before restarting after the `failures`-th
+/// consecutive failure: the first restart is immediate, then `base`
+/// (10 s upstream) doubling per failure up to 30 × `base` (5 min).
+pub(super) fn crash_backoff(base: Duration, failures: u32) -> Duration {
+    if failures <= 1 {
+        return Duration::ZERO;
+    }
+    base.saturating_mul(2u32.saturating_pow((failures - 2).min(16)))
+        .min(base.saturating_mul(BACKOFF_CAP_FACTOR))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_immediate_then_10s_doubling_to_5min() {
+        let base = Duration::from_secs(10);
+        let secs: Vec<u64> = (1..=9).map(|n| crash_backoff(base, n).as_secs()).collect();
+        assert_eq!(secs, vec![0, 10, 20, 40, 80, 160, 300, 300, 300]);
+        assert_eq!(crash_backoff(base, u32::MAX).as_secs(), 300);
     }
 }
