@@ -11,6 +11,9 @@
 //! real         `--cluster real`: the upstream control plane built from Go modules
 //! ```
 
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
 pub mod apiserver;
 pub mod controllers;
 pub mod faults;
