@@ -105,9 +105,9 @@ async fn main() -> ExitCode {
             dir,
             scenario,
             api_port,
-            canary_bin: _,
+            canary_bin,
             cluster: ClusterKind::Real,
-        } => up_real(dir, scenario, api_port).await,
+        } => up_real(dir, scenario, api_port, canary_bin).await,
         Command::Fault { dir, name, state } => {
             admin(
                 &dir,
@@ -174,21 +174,31 @@ async fn up(
     Ok(())
 }
 
-async fn up_real(dir: PathBuf, scenario: Option<PathBuf>, api_port: u16) -> anyhow::Result<()> {
+async fn up_real(
+    dir: PathBuf,
+    scenario: Option<PathBuf>,
+    api_port: u16,
+    canary_bin: Option<PathBuf>,
+) -> anyhow::Result<()> {
     use secret_canary_lab::real::{lab::RealLab, RealOptions};
-    if scenario.is_some() {
-        anyhow::bail!("--scenario is not supported with --cluster real yet: the real cluster starts the control plane only (no node agent, ESO or scenario objects yet)");
+    let canary_bin = canary_bin.or_else(|| default_canary_bin().ok());
+    if canary_bin.is_none() {
+        eprintln!("secret-canary-lab: no `secret-canary` binary next to this one (nor --canary-bin): starting the control plane only (no node agent, ESO, Reloader or scenario)");
     }
     let mut opts = RealOptions::new(&dir);
     opts.api_port = api_port;
-    // Stop what was started on SIGTERM/SIGINT during the start too.
+    opts.canary_bin = canary_bin;
+    opts.scenario = scenario;
+    // Stop what was started on SIGTERM/SIGINT during the start too (dropping
+    // the start kills every process it started).
     let lab = tokio::select! {
         lab = RealLab::start(opts) => lab?,
         _ = wait_for_signal() => anyhow::bail!("interrupted while starting (everything started was stopped)"),
     };
     println!(
-        "lab is up (real cluster, ready in {:.1} s)",
-        lab.cluster.ready_after.as_secs_f64()
+        "lab is up (real cluster: control plane ready in {:.1} s, everything in {:.1} s)",
+        lab.cluster.ready_after.as_secs_f64(),
+        lab.ready_after.as_secs_f64()
     );
     println!("  kubeconfig   {}", lab.cluster.kubeconfig.display());
     println!("  API server   {}", lab.cluster.api_url);
@@ -198,13 +208,19 @@ async fn up_real(dir: PathBuf, scenario: Option<PathBuf>, api_port: u16) -> anyh
         lab.dir.display()
     );
     println!("  audit log    {}", lab.cluster.audit_log.display());
+    if let Some(p) = &lab.prober_config {
+        println!("  prober       secret-canary run --config {}", p.display());
+    }
+    for s in &lab.skipped {
+        println!("  left out     {s}");
+    }
     for p in &lab.cluster.procs {
         println!("  {:<24} pid {:<8} log {}", p.name, p.pid, p.log.display());
     }
     println!("stop with Ctrl-C or SIGTERM");
     let result = tokio::select! {
         _ = wait_for_signal() => Ok(()),
-        e = lab.cluster.exited() => Err(anyhow::Error::from(e)),
+        e = lab.exited() => Err(anyhow::Error::from(e)),
     };
     println!("stopping the lab");
     lab.stop().await;
@@ -291,8 +307,11 @@ fn real_admin(info: &secret_canary_lab::real::lab::RealLabInfo, path: &str) -> a
         info.api_url, info.kubeconfig
     );
     for c in &info.components {
-        // SAFETY: kill(2) with signal 0 only checks that the process exists.
-        let alive = unsafe { libc::kill(c.pid as i32, 0) } == 0;
+        // Signal 0 only checks that the process exists.
+        let alive = i32::try_from(c.pid)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+            .is_some_and(|p| rustix::process::test_kill_process(p).is_ok());
         println!(
             "  {:<24} pid {:<8} {:<8} log {}",
             c.name,

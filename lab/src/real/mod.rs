@@ -6,6 +6,9 @@
 //! bins      where the cached binaries are, per pinned version
 //! process   one component as a supervised child process, logging to DIR/logs
 //! audit     the API server's audit policy (Secrets at Metadata level only)
+//! setup     ServiceAccounts, RBAC and credentials of ESO, Reloader and OpenBao;
+//!           ESO's CRDs and process
+//! lab       `up --cluster real`: all of it, the node agent and the scenario
 //! ```
 //!
 //! [`RealCluster::start`] brings up etcd, kube-apiserver (TLS, ServiceAccount
@@ -21,6 +24,7 @@ pub mod bins;
 pub mod lab;
 pub mod pki;
 pub mod process;
+pub mod setup;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -39,6 +43,8 @@ pub const SERVICE_CIDR: &str = "10.0.0.0/24";
 pub const API_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 /// The ServiceAccount token issuer.
 pub const SA_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+/// The node agent's Node name (its certificate says `system:node:<this>`).
+pub const NODE_NAME: &str = "lab-node";
 
 /// Why the real cluster could not start (every variant names the component
 /// and, where there is one, its log file).
@@ -113,6 +119,13 @@ pub struct RealOptions {
     pub binaries: Binaries,
     /// How long each component may take to become ready.
     pub ready_timeout: Duration,
+    /// The `secret-canary` binary the node agent runs for canary containers.
+    /// `None`: the control plane only (no node agent, ESO, Reloader or scenario).
+    pub canary_bin: Option<PathBuf>,
+    /// A scenario file; `None` for the reference scenario.
+    pub scenario: Option<PathBuf>,
+    /// The node agent's behaviour (the lab's short volume sync by default).
+    pub node: crate::controllers::kubelet::NodeConfig,
 }
 
 impl RealOptions {
@@ -123,6 +136,9 @@ impl RealOptions {
             api_port: 0,
             binaries: Binaries::pinned(),
             ready_timeout: Duration::from_secs(90),
+            canary_bin: None,
+            scenario: None,
+            node: crate::controllers::kubelet::NodeConfig::lab(NODE_NAME),
         }
     }
 }
@@ -147,6 +163,11 @@ pub struct RealCluster {
     pub api_url: String,
     /// `DIR/kubeconfig`: admin (client certificate in `system:masters`).
     pub kubeconfig: PathBuf,
+    /// `DIR/pki/node.kubeconfig`: the node agent, `system:node:<NODE_NAME>`
+    /// in `system:nodes` (the Node authorizer applies).
+    pub node_kubeconfig: PathBuf,
+    /// The CA certificate (PEM text).
+    pub ca_pem: String,
     /// `DIR/audit.log` (JSON lines, the API server's audit log).
     pub audit_log: PathBuf,
     /// Credentials.
@@ -287,9 +308,26 @@ impl RealCluster {
             &[],
         ))?;
         let sched_serving = ca.issue(&serving("scheduler", "kube-scheduler"))?;
+        let node_user = format!("system:node:{NODE_NAME}");
+        let node_client = ca.issue(&pki::Leaf {
+            name: "node-client",
+            common_name: &node_user,
+            organizations: &["system:nodes"],
+            sans: &[],
+            server: false,
+            client: true,
+        })?;
 
         let kubeconfig = dir.join("kubeconfig");
         write_kubeconfig(&kubeconfig, &api_url, &ca.cert_pem, &admin, "lab-admin")?;
+        let node_kubeconfig = pki_dir.join("node.kubeconfig");
+        write_kubeconfig(
+            &node_kubeconfig,
+            &api_url,
+            &ca.cert_pem,
+            &node_client,
+            &node_user,
+        )?;
         let kcm_kubeconfig = pki_dir.join("controller-manager.kubeconfig");
         write_kubeconfig(
             &kcm_kubeconfig,
@@ -499,6 +537,8 @@ impl RealCluster {
                 dir,
                 api_url,
                 kubeconfig,
+                node_kubeconfig,
+                ca_pem: ca.cert_pem.clone(),
                 audit_log,
                 pki,
                 binaries: opts.binaries.clone(),
@@ -559,7 +599,7 @@ async fn stop_all(mut procs: Vec<Proc>) {
 
 /// Poll `check` every 100 ms until it passes, failing early when any
 /// started component exits.
-async fn wait_ready<F, Fut>(
+pub(crate) async fn wait_ready<F, Fut>(
     procs: &[Proc],
     component: &str,
     limit: Duration,
@@ -605,6 +645,23 @@ fn read(path: &Path) -> Result<String, Error> {
         path: path.display().to_string(),
         source,
     })
+}
+
+/// A kubeconfig with the CA and a ServiceAccount's bearer token.
+pub(crate) fn write_token_kubeconfig(
+    path: &Path,
+    server: &str,
+    ca_pem: &str,
+    token: &str,
+    user: &str,
+) -> Result<(), Error> {
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\ncontexts:\n- name: lab\n  context:\n    cluster: lab\n    user: {user}\n    namespace: default\ncurrent-context: lab\nusers:\n- name: {user}\n  user:\n    token: {token}\n",
+        ca = b64(ca_pem),
+    );
+    pki::write_private(path, &text)?;
+    Ok(())
 }
 
 /// A kubeconfig with the CA and a client certificate embedded.

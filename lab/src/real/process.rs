@@ -1,13 +1,18 @@
 //! One real component as a child process: its stdout and stderr go to
-//! `DIR/logs/<name>.log`; it dies with the lab (SIGKILL from the kernel if the
-//! lab itself dies: `PR_SET_PDEATHSIG`); stopping it is SIGTERM, a grace
-//! period, then SIGKILL. Its exit is observable, so a component that dies is
+//! `DIR/logs/<name>.log`; it runs in its own process group (a terminal's
+//! Ctrl-C reaches the lab, which then stops the components in order); it is
+//! killed when its [`Proc`] is dropped; stopping it is SIGTERM, a grace
+//! period, then SIGKILL. (No `PR_SET_PDEATHSIG`: that needs unsafe code
+//! between fork and exec, and the crate forbids unsafe code. A lab killed
+//! with SIGKILL leaves its components running; `up` stops them on SIGTERM,
+//! SIGINT and on every error.) Its exit is observable, so a component that dies is
 //! reported by name with its log file.
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
+use rustix::process::{kill_process, Pid, Signal};
 use tokio::process::Command;
 use tokio::sync::watch;
 
@@ -56,6 +61,17 @@ pub struct Proc {
 impl Proc {
     /// Start `bin args...` as component `name`, logging to `log` (appended).
     pub fn spawn(name: &str, bin: &Path, args: &[String], log: &Path) -> Result<Proc, SpawnError> {
+        Proc::spawn_with_env(name, bin, args, &[], log)
+    }
+
+    /// [`Proc::spawn`] with extra environment variables.
+    pub fn spawn_with_env(
+        name: &str,
+        bin: &Path,
+        args: &[String],
+        env: &[(&str, &str)],
+        log: &Path,
+    ) -> Result<Proc, SpawnError> {
         let open = || {
             std::fs::OpenOptions::new()
                 .create(true)
@@ -71,22 +87,14 @@ impl Proc {
         let err = open()?;
         let mut cmd = Command::new(bin);
         cmd.args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err))
-            .kill_on_drop(true);
-        // SAFETY: between fork and exec only async-signal-safe calls: prctl(2)
-        // and setpgid(2), which touch no memory of the parent.
-        unsafe {
-            cmd.pre_exec(|| {
-                // Die with the lab, even if it is SIGKILLed.
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                // Its own process group: a terminal's Ctrl-C reaches the lab,
-                // which then stops the components in order.
-                libc::setpgid(0, 0);
-                Ok(())
-            });
-        }
+            .kill_on_drop(true)
+            // Its own process group: a terminal's Ctrl-C reaches the lab,
+            // which then stops the components in order.
+            .process_group(0);
         let mut child = cmd.spawn().map_err(|source| SpawnError::Exec {
             component: name.to_string(),
             bin: bin.display().to_string(),
@@ -131,23 +139,23 @@ impl Proc {
         }
     }
 
-    /// Send a signal (while it runs).
-    pub fn signal(&self, sig: i32) {
-        if self.exited().is_none() && self.pid > 0 {
-            // SAFETY: kill(2) with plain integers; the pid is our unreaped child
-            // (the waiting task has not seen it exit).
-            unsafe {
-                libc::kill(self.pid as i32, sig);
-            }
+    /// Send a signal (while it runs: the pid is our unreaped child, as the
+    /// waiting task has not seen it exit).
+    pub fn signal(&self, sig: Signal) {
+        if self.exited().is_some() {
+            return;
+        }
+        if let Some(pid) = i32::try_from(self.pid).ok().and_then(Pid::from_raw) {
+            let _ = kill_process(pid, sig);
         }
     }
 
     /// SIGTERM, wait up to `grace`, then SIGKILL and wait.
     pub async fn stop(self, grace: Duration) {
-        self.signal(libc::SIGTERM);
+        self.signal(Signal::TERM);
         if tokio::time::timeout(grace, self.wait()).await.is_err() {
             tracing::warn!(component = %self.name, "did not stop within {grace:?} of SIGTERM; killing it");
-            self.signal(libc::SIGKILL);
+            self.signal(Signal::KILL);
             let _ = tokio::time::timeout(Duration::from_secs(5), self.wait()).await;
         }
         self.task.abort();
@@ -156,6 +164,14 @@ impl Proc {
     /// The last `n` lines of its log (for error messages).
     pub fn log_tail(&self, n: usize) -> String {
         log_tail(&self.log, n)
+    }
+}
+
+impl Drop for Proc {
+    /// A dropped [`Proc`] kills its process: the waiting task owns the child
+    /// (`kill_on_drop`), and aborting the task drops it.
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 

@@ -37,6 +37,8 @@ pub(super) enum PrepError {
     Entrypoint(String),
     /// RunContainerError: nothing to run.
     Run(String),
+    /// ErrImagePull (node mode): an image the node cannot run.
+    Image(String),
 }
 
 pub(super) fn is_canary_program(cmd0: &str) -> bool {
@@ -52,8 +54,16 @@ pub(super) fn image_is_canary(image: &str) -> bool {
 }
 
 pub(super) async fn prepare(run: &PodRun, c: &Container) -> Result<Launch, PrepError> {
+    if run.kl.node.is_some() {
+        super::node::pull_image(c).map_err(PrepError::Image)?;
+    }
     let mut env = build_env(run, c).await.map_err(PrepError::Config)?;
-    if let Some(cfg) = VaultConfig::from_pod(&run.pod, &run.kl.ctx.vault_addr) {
+    // On a real cluster `vault:` values are resolved only in a container the
+    // Bank-Vaults webhook mutated at admission, never by the node itself.
+    let implicit_vault_env = run.kl.node.is_none();
+    if let Some(cfg) =
+        VaultConfig::from_pod(&run.pod, &run.kl.ctx.vault_addr).filter(|_| implicit_vault_env)
+    {
         if bankvaults::has_references(&env) {
             bankvaults::resolve(&run.kl.ctx, &run.pod, &cfg, &mut env)
                 .await
