@@ -262,7 +262,7 @@ impl RealCluster {
 
         // Credentials.
         let ca = pki::Ca::create(&pki_dir)?;
-        let sa_key = pki::service_account_key(&pki_dir)?;
+        let (sa_key, sa_pub) = pki::service_account_key(&pki_dir)?;
         let api_sans = pki::apiserver_sans(API_SERVICE_IP);
         let api_sans: Vec<&str> = api_sans.iter().map(String::as_str).collect();
         let loopback = ["127.0.0.1", "localhost"];
@@ -404,13 +404,17 @@ impl RealCluster {
                 format!("--etcd-servers=http://127.0.0.1:{}", ports.etcd_client),
                 "--bind-address=127.0.0.1".into(),
                 "--advertise-address=127.0.0.1".into(),
+                // A loopback advertise address is refused by the endpoint
+                // reconciler (nothing in the lab reaches the API server
+                // through the `kubernetes` Service's endpoints anyway).
+                "--endpoint-reconciler-type=none".into(),
                 format!("--secure-port={}", ports.apiserver),
                 format!("--tls-cert-file={}", p(&api_serving.cert)),
                 format!("--tls-private-key-file={}", p(&api_serving.key)),
                 format!("--client-ca-file={}", p(&ca.files.cert)),
                 format!("--cert-dir={}", p(&pki_dir)),
                 format!("--service-account-issuer={SA_ISSUER}"),
-                format!("--service-account-key-file={}", p(&sa_key)),
+                format!("--service-account-key-file={}", p(&sa_pub)),
                 format!("--service-account-signing-key-file={}", p(&sa_key)),
                 format!("--service-cluster-ip-range={SERVICE_CIDR}"),
                 "--authorization-mode=Node,RBAC".into(),
@@ -432,8 +436,29 @@ impl RealCluster {
                 &apiserver_args,
                 &logs.join("kube-apiserver.log"),
             )?);
-            // The controller-manager and the scheduler wait for the API server
-            // themselves: start them now, not after it is ready.
+            // Ready checks over TLS, trusting only our CA.
+            let ca_cert = reqwest::Certificate::from_pem(ca.cert_pem.as_bytes())
+                .map_err(|e| Error::Client(e.to_string()))?;
+            let admin_pem = format!("{}{}", read(&admin.cert)?, read(&admin.key)?);
+            let identity = reqwest::Identity::from_pem(admin_pem.as_bytes())
+                .map_err(|e| Error::Client(e.to_string()))?;
+            let https = reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .tls_certs_only([ca_cert])
+                .identity(identity)
+                .build()
+                .map_err(|e| Error::Client(e.to_string()))?;
+            let api_readyz = format!("{api_url}/readyz");
+            wait_ready(&procs, "kube-apiserver", opts.ready_timeout, || async {
+                match https.get(&api_readyz).send().await {
+                    Ok(r) if r.status().is_success() => Ok(()),
+                    Ok(r) => Err(format!("GET {api_readyz}: {}", r.status())),
+                    Err(e) => Err(format!("GET {api_readyz}: {e}")),
+                }
+            })
+            .await?;
+            // The controller-manager and the scheduler give up when the API
+            // server does not answer at once: start them once it is ready.
             let kcm_args = vec![
                 format!("--kubeconfig={}", p(&kcm_kubeconfig)),
                 format!("--authentication-kubeconfig={}", p(&kcm_kubeconfig)),
@@ -477,20 +502,7 @@ impl RealCluster {
                 &logs.join("kube-scheduler.log"),
             )?);
 
-            // Ready checks over TLS, trusting only our CA.
-            let ca_cert = reqwest::Certificate::from_pem(ca.cert_pem.as_bytes())
-                .map_err(|e| Error::Client(e.to_string()))?;
-            let admin_pem = format!("{}{}", read(&admin.cert)?, read(&admin.key)?);
-            let identity = reqwest::Identity::from_pem(admin_pem.as_bytes())
-                .map_err(|e| Error::Client(e.to_string()))?;
-            let https = reqwest::Client::builder()
-                .timeout(Duration::from_secs(5))
-                .tls_certs_only([ca_cert])
-                .identity(identity)
-                .build()
-                .map_err(|e| Error::Client(e.to_string()))?;
             for (component, url) in [
-                ("kube-apiserver", format!("{api_url}/readyz")),
                 (
                     "kube-controller-manager",
                     format!("https://127.0.0.1:{}/healthz", ports.controller_manager),

@@ -168,16 +168,20 @@ impl Ca {
     }
 }
 
-/// The ServiceAccount token signing key (`DIR/pki/sa.key`; the API server
-/// reads its public half from the same file).
-pub fn service_account_key(dir: &Path) -> Result<PathBuf, Error> {
+/// The ServiceAccount token signing key `DIR/pki/sa.key` (PKCS#8) and its
+/// public half `DIR/pki/sa.pub` (PKIX). The API server's
+/// `--service-account-key-file` needs the public one: it reads EC private
+/// keys only in SEC1 form, not PKCS#8. Returns `(key, pub)`.
+pub fn service_account_key(dir: &Path) -> Result<(PathBuf, PathBuf), Error> {
     let key = KeyPair::generate().map_err(|source| Error::Cert {
         name: "sa".into(),
         source,
     })?;
     let path = dir.join("sa.key");
     write_private(&path, &key.serialize_pem())?;
-    Ok(path)
+    let public = dir.join("sa.pub");
+    write_private(&public, &key.public_key_pem())?;
+    Ok((path, public))
 }
 
 /// The names and addresses of the API server's serving certificate: loopback,
