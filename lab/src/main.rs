@@ -52,6 +52,15 @@ enum Command {
         /// modules by scripts/build-real.sh (RBAC, audit log, TLS).
         #[arg(long, value_enum, default_value_t = ClusterKind::Sim)]
         cluster: ClusterKind,
+        /// With `--cluster real`: start the control plane and OpenBao only (no
+        /// node agent, ESO, Reloader, Bank-Vaults webhook or scenario).
+        #[arg(long)]
+        control_plane_only: bool,
+        /// With `--cluster real`: the Bank-Vaults webhook's failurePolicy
+        /// (`Ignore`, the chart's default, or `Fail`), or `off` (its chain is
+        /// then left out of the scenario).
+        #[arg(long, default_value = "Ignore", value_parser = ["Ignore", "Fail", "off"])]
+        webhook_failure_policy: String,
     },
     /// Switch a fault on or off in a running lab.
     Fault {
@@ -100,6 +109,7 @@ async fn main() -> ExitCode {
             api_port,
             canary_bin,
             cluster: ClusterKind::Sim,
+            ..
         } => up(dir, scenario, api_port, canary_bin).await,
         Command::Up {
             dir,
@@ -107,7 +117,23 @@ async fn main() -> ExitCode {
             api_port,
             canary_bin,
             cluster: ClusterKind::Real,
-        } => up_real(dir, scenario, api_port, canary_bin).await,
+            control_plane_only,
+            webhook_failure_policy,
+        } => {
+            let canary_bin = if control_plane_only {
+                None
+            } else {
+                match canary_bin.or_else(|| default_canary_bin().ok()) {
+                    Some(p) => Some(p),
+                    None => {
+                        eprintln!("secret-canary-lab: no `secret-canary` binary next to this one (nor --canary-bin): starting the control plane only (no node agent, ESO, Reloader or scenario)");
+                        None
+                    }
+                }
+            };
+            let webhook = (webhook_failure_policy != "off").then_some(webhook_failure_policy);
+            up_real(dir, scenario, api_port, canary_bin, webhook).await
+        }
         Command::Fault { dir, name, state } => {
             admin(
                 &dir,
@@ -179,15 +205,13 @@ async fn up_real(
     scenario: Option<PathBuf>,
     api_port: u16,
     canary_bin: Option<PathBuf>,
+    webhook_failure_policy: Option<String>,
 ) -> anyhow::Result<()> {
     use secret_canary_lab::real::{lab::RealLab, RealOptions};
-    let canary_bin = canary_bin.or_else(|| default_canary_bin().ok());
-    if canary_bin.is_none() {
-        eprintln!("secret-canary-lab: no `secret-canary` binary next to this one (nor --canary-bin): starting the control plane only (no node agent, ESO, Reloader or scenario)");
-    }
     let mut opts = RealOptions::new(&dir);
     opts.api_port = api_port;
     opts.canary_bin = canary_bin;
+    opts.webhook_failure_policy = webhook_failure_policy;
     opts.scenario = scenario;
     // Stop what was started on SIGTERM/SIGINT during the start too (dropping
     // the start kills every process it started).

@@ -7,9 +7,11 @@
 //! its own identity: the node agent (the lab's kubelet in node mode, as
 //! `system:node:lab-node`), the real ESO controller process, the lab's
 //! Reloader, and applies the scenario. It is ready when every canary
-//! Deployment has rolled out. The Bank-Vaults chain is left out: the real
-//! webhook cannot be built here and the lab's mutation is not served as an
-//! admission webhook yet, so its Deployments and probes are dropped.
+//! Deployment has rolled out. The Bank-Vaults chain runs through the lab's
+//! mutation served as a real admission webhook ([`super::webhook`]; the real
+//! vault-secrets-webhook cannot be had from the module proxy); without it
+//! ([`RealOptions::webhook_failure_policy`] `None`) its Deployments and
+//! probes are left out.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -46,6 +48,9 @@ pub enum Error {
     /// The scenario.
     #[error(transparent)]
     Scenario(#[from] crate::scenario::Error),
+    /// The Bank-Vaults webhook.
+    #[error(transparent)]
+    Webhook(#[from] super::webhook::Error),
     /// The node agent could not register.
     #[error(transparent)]
     Node(#[from] kubelet::node::Error),
@@ -228,6 +233,14 @@ impl RealLab {
         rbac?;
         tracing::info!(after = ?t0.elapsed(), "real lab: CRDs and RBAC in place");
 
+        // The Bank-Vaults webhook, registered and seen by the API server
+        // before any Pod is created.
+        let webhook_policy = opts.webhook_failure_policy.clone();
+        if let Some(policy) = &webhook_policy {
+            self.start_webhook(&admin, policy, opts.ready_timeout)
+                .await?;
+        }
+
         // The node agent first: the scheduler needs a Ready node.
         let node_client = crate::lab::client_from_kubeconfig(&self.cluster.node_kubeconfig)
             .await
@@ -326,14 +339,13 @@ impl RealLab {
         ));
 
         // The scenario, without what this cluster cannot run.
-        let (objects, dropped) = without_bank_vaults(&scenario.objects);
+        let (objects, dropped) = match webhook_policy {
+            Some(_) => (scenario.objects.clone(), Vec::new()),
+            None => without_bank_vaults(&scenario.objects),
+        };
         self.skipped = dropped
             .iter()
-            .map(|d| {
-                format!(
-                    "Deployment {d}: Bank-Vaults (no admission webhook on the real cluster yet)"
-                )
-            })
+            .map(|d| format!("Deployment {d}: Bank-Vaults (the admission webhook is off)"))
             .collect();
         for o in &objects {
             crate::lab::create_object(&admin, o)
@@ -384,6 +396,70 @@ impl RealLab {
         })
         .await?;
         tracing::info!(after = ?t0.elapsed(), "real lab: every canary Deployment rolled out");
+        Ok(())
+    }
+
+    /// Serve the Bank-Vaults mutation, register it, and wait until a
+    /// dry-run Pod comes back mutated (the API server loads webhook
+    /// configurations asynchronously).
+    async fn start_webhook(
+        &mut self,
+        admin: &kube::Client,
+        policy: &str,
+        limit: Duration,
+    ) -> Result<(), Error> {
+        use super::webhook::{configuration, Webhook, VAULT_ENV};
+        use k8s_openapi::api::core::v1::Pod;
+        let cert = &self.cluster.webhook_cert;
+        let wh = Webhook::start(&cert.cert, &cert.key, self.cancel.clone()).await?;
+        self.tasks.push(("bank-vaults-webhook", wh.task));
+        let config = configuration(&wh.url, &self.cluster.ca_pem, policy);
+        crate::lab::create_object(admin, &config)
+            .await
+            .map_err(|e| Error::Apply(e.to_string()))?;
+        let probe: Pod = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "webhook-check", "namespace": "default"},
+            "spec": {"containers": [{
+                "name": "c",
+                "image": "secret-canary:latest",
+                "command": ["secret-canary", "canary"],
+                "env": [{"name": "V", "value": "vault:secret/data/x#y"}],
+            }]},
+        }))
+        .map_err(|e| Error::Apply(e.to_string()))?;
+        let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
+        let dry = kube::api::PostParams {
+            dry_run: true,
+            ..Default::default()
+        };
+        super::wait_ready(
+            &self.cluster.procs,
+            "Bank-Vaults webhook",
+            limit,
+            || async {
+                match pods.create(&dry, &probe).await {
+                    Ok(p) => {
+                        let mutated = p.spec.is_some_and(|s| {
+                            s.containers[0]
+                                .command
+                                .as_ref()
+                                .and_then(|c| c.first())
+                                .is_some_and(|c| c == VAULT_ENV)
+                        });
+                        if mutated {
+                            Ok(())
+                        } else {
+                            Err("a dry-run Pod is not mutated yet".into())
+                        }
+                    }
+                    Err(e) => Err(format!("dry-run Pod create: {e}")),
+                }
+            },
+        )
+        .await?;
+        tracing::info!(url = %wh.url, policy, "Bank-Vaults webhook registered");
         Ok(())
     }
 

@@ -25,6 +25,7 @@ pub mod lab;
 pub mod pki;
 pub mod process;
 pub mod setup;
+pub mod webhook;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -126,6 +127,10 @@ pub struct RealOptions {
     pub scenario: Option<PathBuf>,
     /// The node agent's behaviour (the lab's short volume sync by default).
     pub node: crate::controllers::kubelet::NodeConfig,
+    /// The Bank-Vaults admission webhook's `failurePolicy` (`Ignore`, the
+    /// chart's default, or `Fail`); `None`: no webhook, and the scenario's
+    /// Bank-Vaults Deployments and probes are left out.
+    pub webhook_failure_policy: Option<String>,
 }
 
 impl RealOptions {
@@ -139,6 +144,7 @@ impl RealOptions {
             canary_bin: None,
             scenario: None,
             node: crate::controllers::kubelet::NodeConfig::lab(NODE_NAME),
+            webhook_failure_policy: Some("Ignore".into()),
         }
     }
 }
@@ -168,6 +174,8 @@ pub struct RealCluster {
     pub node_kubeconfig: PathBuf,
     /// The CA certificate (PEM text).
     pub ca_pem: String,
+    /// The Bank-Vaults admission webhook's serving certificate (127.0.0.1).
+    pub webhook_cert: pki::CertFiles,
     /// `DIR/audit.log` (JSON lines, the API server's audit log).
     pub audit_log: PathBuf,
     /// Credentials.
@@ -308,6 +316,7 @@ impl RealCluster {
             &[],
         ))?;
         let sched_serving = ca.issue(&serving("scheduler", "kube-scheduler"))?;
+        let webhook_cert = ca.issue(&serving("webhook", "secret-canary-lab-webhook"))?;
         let node_user = format!("system:node:{NODE_NAME}");
         let node_client = ca.issue(&pki::Leaf {
             name: "node-client",
@@ -551,6 +560,7 @@ impl RealCluster {
                 kubeconfig,
                 node_kubeconfig,
                 ca_pem: ca.cert_pem.clone(),
+                webhook_cert,
                 audit_log,
                 pki,
                 binaries: opts.binaries.clone(),

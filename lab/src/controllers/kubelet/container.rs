@@ -59,15 +59,23 @@ pub(super) async fn prepare(run: &PodRun, c: &Container) -> Result<Launch, PrepE
     }
     let mut env = build_env(run, c).await.map_err(PrepError::Config)?;
     // On a real cluster `vault:` values are resolved only in a container the
-    // Bank-Vaults webhook mutated at admission, never by the node itself.
-    let implicit_vault_env = run.kl.node.is_none();
-    if let Some(cfg) =
-        VaultConfig::from_pod(&run.pod, &run.kl.ctx.vault_addr).filter(|_| implicit_vault_env)
-    {
-        if bankvaults::has_references(&env) {
-            bankvaults::resolve(&run.kl.ctx, &run.pod, &cfg, &mut env)
-                .await
-                .map_err(|e| PrepError::Entrypoint(format!("vault-env: {e}")))?;
+    // Bank-Vaults webhook mutated at admission (its command is vault-env),
+    // never by the node itself.
+    let vault_env = run.kl.node.is_some() && super::node::runs_vault_env(c);
+    if run.kl.node.is_none() || vault_env {
+        let cfg = VaultConfig::from_pod(&run.pod, &run.kl.ctx.vault_addr)
+            .or_else(|| vault_env.then(|| super::node::default_vault_config(run)));
+        if let Some(cfg) = cfg {
+            if bankvaults::has_references(&env) {
+                let resolved = if vault_env {
+                    super::node::resolve_vault_env(run, &cfg, &mut env).await
+                } else {
+                    bankvaults::resolve(&run.kl.ctx, &run.pod, &cfg, &mut env)
+                        .await
+                        .map_err(|e| e.to_string())
+                };
+                resolved.map_err(|e| PrepError::Entrypoint(format!("vault-env: {e}")))?;
+            }
         }
     }
     let mounts = container_mounts(run, c).map_err(PrepError::Run)?;
@@ -79,6 +87,8 @@ pub(super) async fn prepare(run: &PodRun, c: &Container) -> Result<Launch, PrepE
         .command
         .iter()
         .flatten()
+        // vault-env execs its args once the references are resolved.
+        .skip(usize::from(vault_env))
         .map(|s| rewrite(&expand(s, lookup), &mounts, run.ip))
         .collect();
     let args: Vec<String> = c

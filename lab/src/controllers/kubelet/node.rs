@@ -44,7 +44,7 @@ use super::secrets::secret_data;
 use super::status::CState;
 use super::volumes::{read_volume, record_volume, secret_volume_files};
 use super::{serve, Kubelet, API_TIMEOUT, CONFIG_RETRY};
-use crate::controllers::Context;
+use crate::controllers::{bankvaults, Context};
 
 /// The namespace of node Leases.
 pub const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
@@ -489,6 +489,39 @@ async fn pod_token(
         Ok(Err(e)) => Err(format!("token request for serviceaccount {sa}: {e}")),
         Err(_) => Err(format!("token request for serviceaccount {sa}: timed out")),
     }
+}
+
+/// Was the container mutated by the Bank-Vaults webhook (command vault-env)?
+pub(super) fn runs_vault_env(c: &Container) -> bool {
+    c.command
+        .as_ref()
+        .and_then(|c| c.first())
+        .is_some_and(|c| c == crate::real::webhook::VAULT_ENV)
+}
+
+/// vault-env's settings without Pod annotations: the lab's OpenBao, the
+/// role named after the Pod's ServiceAccount (the webhook's default).
+pub(super) fn default_vault_config(run: &PodRun) -> bankvaults::VaultConfig {
+    bankvaults::VaultConfig {
+        addr: run.kl.ctx.vault_addr.clone(),
+        role: service_account(&run.pod),
+        auth_path: "kubernetes".into(),
+        ignore_missing: false,
+        timeout: Duration::from_secs(10),
+    }
+}
+
+/// What vault-env does at container start: log in with the Pod's (bound)
+/// ServiceAccount token and resolve every `vault:` value.
+pub(super) async fn resolve_vault_env(
+    run: &PodRun,
+    cfg: &bankvaults::VaultConfig,
+    env: &mut Vec<bankvaults::EnvValue>,
+) -> Result<(), String> {
+    let jwt = pod_token(run, Vec::new(), 600).await?;
+    bankvaults::resolve_as(&run.kl.ctx, &run.pod, cfg, env, &jwt)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// What one projected volume holds now.
