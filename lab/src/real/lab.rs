@@ -164,8 +164,10 @@ impl RealLab {
                     source,
                 })?,
             );
+        let mut cluster_opts = opts.clone();
+        cluster_opts.wait_controllers = opts.canary_bin.is_none();
         let (vault, cluster) =
-            tokio::join!(OpenBao::start(&bao_log), RealCluster::start(opts.clone()));
+            tokio::join!(OpenBao::start(&bao_log), RealCluster::start(cluster_opts));
         let (vault, cluster) = match (vault, cluster) {
             (Ok(v), Ok(c)) => (v, c),
             (Err(e), c) => {
@@ -420,8 +422,10 @@ impl RealLab {
         let probe: Pod = serde_json::from_value(serde_json::json!({
             "apiVersion": "v1",
             "kind": "Pod",
-            "metadata": {"name": "webhook-check", "namespace": "default"},
-            "spec": {"containers": [{
+            // In a namespace whose ServiceAccount exists already (the
+            // controller-manager may not have made `default` ones yet).
+            "metadata": {"name": "webhook-check", "namespace": RELOADER_NAMESPACE},
+            "spec": {"serviceAccountName": setup::RELOADER_SERVICE_ACCOUNT, "containers": [{
                 "name": "c",
                 "image": "secret-canary:latest",
                 "command": ["secret-canary", "canary"],
@@ -429,7 +433,7 @@ impl RealLab {
             }]},
         }))
         .map_err(|e| Error::Apply(e.to_string()))?;
-        let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
+        let pods: Api<Pod> = Api::namespaced(admin.clone(), RELOADER_NAMESPACE);
         let dry = kube::api::PostParams {
             dry_run: true,
             ..Default::default()

@@ -131,6 +131,12 @@ pub struct RealOptions {
     /// chart's default, or `Fail`); `None`: no webhook, and the scenario's
     /// Bank-Vaults Deployments and probes are left out.
     pub webhook_failure_policy: Option<String>,
+    /// Wait until the controllers act (the ServiceAccount controller made
+    /// `default/default`) before [`RealCluster::start`] returns. The real lab
+    /// turns it off when it runs a scenario: its set-up overlaps the
+    /// controller-manager's warm-up, and the rollouts it waits for show the
+    /// controllers act.
+    pub wait_controllers: bool,
 }
 
 impl RealOptions {
@@ -145,6 +151,7 @@ impl RealOptions {
             scenario: None,
             node: crate::controllers::kubelet::NodeConfig::lab(NODE_NAME),
             webhook_failure_policy: Some("Ignore".into()),
+            wait_controllers: true,
         }
     }
 }
@@ -536,6 +543,9 @@ impl RealCluster {
                 .map_err(|e| Error::Client(e.to_string()))?;
             // The controllers act: the ServiceAccount controller made `default`.
             let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
+            if !opts.wait_controllers {
+                return Ok::<_, Error>(client);
+            }
             wait_ready(
                 &procs,
                 "kube-controller-manager",

@@ -97,6 +97,11 @@ pub(super) async fn prepare(run: &PodRun, c: &Container) -> Result<Launch, PrepE
         .flatten()
         .map(|s| rewrite(&expand(s, lookup), &mounts, run.ip))
         .collect();
+    // vault-env's args are the original command and its args.
+    let (command, args) = match vault_env {
+        true => (command.into_iter().chain(args).collect(), Vec::new()),
+        false => (command, args),
+    };
     let image = c.image.clone().unwrap_or_default();
     let (program, args, canary) = match command.split_first() {
         Some((cmd0, rest)) if is_canary_program(cmd0) => (
