@@ -52,6 +52,21 @@ enum Command {
         /// modules by scripts/build-real.sh (RBAC, audit log, TLS).
         #[arg(long, value_enum, default_value_t = ClusterKind::Sim)]
         cluster: ClusterKind,
+        /// With `--cluster real`: start the control plane and OpenBao only (no
+        /// node agent, ESO, Reloader, Bank-Vaults webhook or scenario).
+        #[arg(long)]
+        control_plane_only: bool,
+        /// With `--cluster real`: the Bank-Vaults webhook's failurePolicy
+        /// (`Ignore`, the chart's default, or `Fail`), or `off` (its chain is
+        /// then left out of the scenario).
+        #[arg(long, default_value = "Ignore", value_parser = ["Ignore", "Fail", "off"])]
+        webhook_failure_policy: String,
+        /// With `--cluster real`: the node agent's sync period, after which
+        /// (plus up to 50 % jitter) Secret volumes are refreshed. The lab's
+        /// default is short for tests; the upstream kubelet's is `1m` (use it
+        /// for benchmarks).
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        node_sync_period: Duration,
     },
     /// Switch a fault on or off in a running lab.
     Fault {
@@ -102,14 +117,40 @@ async fn main() -> ExitCode {
             api_port,
             canary_bin,
             cluster: ClusterKind::Sim,
+            ..
         } => up(dir, scenario, api_port, canary_bin).await,
         Command::Up {
             dir,
             scenario,
             api_port,
-            canary_bin: _,
+            canary_bin,
             cluster: ClusterKind::Real,
-        } => up_real(dir, scenario, api_port).await,
+            control_plane_only,
+            webhook_failure_policy,
+            node_sync_period,
+        } => {
+            let canary_bin = if control_plane_only {
+                None
+            } else {
+                match canary_bin.or_else(|| default_canary_bin().ok()) {
+                    Some(p) => Some(p),
+                    None => {
+                        eprintln!("secret-canary-lab: no `secret-canary` binary next to this one (nor --canary-bin): starting the control plane only (no node agent, ESO, Reloader or scenario)");
+                        None
+                    }
+                }
+            };
+            let webhook = (webhook_failure_policy != "off").then_some(webhook_failure_policy);
+            up_real(
+                dir,
+                scenario,
+                api_port,
+                canary_bin,
+                webhook,
+                node_sync_period,
+            )
+            .await
+        }
         Command::Fault { dir, name, state } => {
             admin(
                 &dir,
@@ -176,21 +217,31 @@ async fn up(
     Ok(())
 }
 
-async fn up_real(dir: PathBuf, scenario: Option<PathBuf>, api_port: u16) -> anyhow::Result<()> {
+async fn up_real(
+    dir: PathBuf,
+    scenario: Option<PathBuf>,
+    api_port: u16,
+    canary_bin: Option<PathBuf>,
+    webhook_failure_policy: Option<String>,
+    node_sync_period: Duration,
+) -> anyhow::Result<()> {
     use secret_canary_lab::real::{lab::RealLab, RealOptions};
-    if scenario.is_some() {
-        anyhow::bail!("--scenario is not supported with --cluster real yet: the real cluster starts the control plane only (no node agent, ESO or scenario objects yet)");
-    }
     let mut opts = RealOptions::new(&dir);
     opts.api_port = api_port;
-    // Stop what was started on SIGTERM/SIGINT during the start too.
+    opts.canary_bin = canary_bin;
+    opts.webhook_failure_policy = webhook_failure_policy;
+    opts.node.volume_sync_period = node_sync_period;
+    opts.scenario = scenario;
+    // Stop what was started on SIGTERM/SIGINT during the start too (dropping
+    // the start kills every process it started).
     let lab = tokio::select! {
         lab = RealLab::start(opts) => lab?,
         _ = wait_for_signal() => anyhow::bail!("interrupted while starting (everything started was stopped)"),
     };
     println!(
-        "lab is up (real cluster, ready in {:.1} s)",
-        lab.cluster.ready_after.as_secs_f64()
+        "lab is up (real cluster: control plane ready in {:.1} s, everything in {:.1} s)",
+        lab.cluster.ready_after.as_secs_f64(),
+        lab.ready_after.as_secs_f64()
     );
     println!("  kubeconfig   {}", lab.cluster.kubeconfig.display());
     println!("  API server   {}", lab.cluster.api_url);
@@ -200,13 +251,19 @@ async fn up_real(dir: PathBuf, scenario: Option<PathBuf>, api_port: u16) -> anyh
         lab.dir.display()
     );
     println!("  audit log    {}", lab.cluster.audit_log.display());
+    if let Some(p) = &lab.prober_config {
+        println!("  prober       secret-canary run --config {}", p.display());
+    }
+    for s in &lab.skipped {
+        println!("  left out     {s}");
+    }
     for p in &lab.cluster.procs {
         println!("  {:<24} pid {:<8} log {}", p.name, p.pid, p.log.display());
     }
     println!("stop with Ctrl-C or SIGTERM");
     let result = tokio::select! {
         _ = wait_for_signal() => Ok(()),
-        e = lab.cluster.exited() => Err(anyhow::Error::from(e)),
+        e = lab.exited() => Err(anyhow::Error::from(e)),
     };
     println!("stopping the lab");
     lab.stop().await;

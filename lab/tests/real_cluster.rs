@@ -61,7 +61,7 @@ struct LabProc {
 impl LabProc {
     fn start(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> LabProc {
         let mut cmd = Command::new(LAB);
-        cmd.args(["up", "--cluster", "real", "--dir"])
+        cmd.args(["up", "--cluster", "real", "--control-plane-only", "--dir"])
             .arg(dir)
             .args(extra)
             .stdin(Stdio::null())

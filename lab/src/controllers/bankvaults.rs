@@ -353,6 +353,44 @@ pub async fn resolve(
     let namespace = pod.namespace().unwrap_or_else(|| "default".into());
     let sa = service_account_of(pod);
     let jwt = service_account_token(&ctx.client, &namespace, &sa).await?;
+    resolve_with_jwt(ctx, pod, cfg, env, refs, &jwt).await
+}
+
+/// [`resolve`] with the ServiceAccount token given (vault-env reads the
+/// Pod's projected token; the node agent passes one bound to the Pod).
+pub async fn resolve_as(
+    ctx: &Context,
+    pod: &Pod,
+    cfg: &VaultConfig,
+    env: &mut Vec<EnvValue>,
+    jwt: &str,
+) -> Result<(), Error> {
+    let refs: Vec<(usize, Reference)> = env
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| parse_reference(&e.name, &e.value).map(|r| r.map(|r| (i, r))))
+        .collect::<Result<_, _>>()?;
+    if refs.is_empty() {
+        return Ok(());
+    }
+    if ctx.knobs.is_on(Fault::StoreUnreachable) {
+        return Err(Error::Unreachable {
+            addr: cfg.addr.clone(),
+            reason: "connection refused (store-unreachable fault)".into(),
+        });
+    }
+    resolve_with_jwt(ctx, pod, cfg, env, refs, jwt).await
+}
+
+async fn resolve_with_jwt(
+    ctx: &Context,
+    pod: &Pod,
+    cfg: &VaultConfig,
+    env: &mut Vec<EnvValue>,
+    refs: Vec<(usize, Reference)>,
+    jwt: &str,
+) -> Result<(), Error> {
+    let namespace = pod.namespace().unwrap_or_else(|| "default".into());
     let http = reqwest::Client::builder()
         .timeout(cfg.timeout)
         .connect_timeout(cfg.timeout)
@@ -361,7 +399,7 @@ pub async fn resolve(
             addr: cfg.addr.clone(),
             reason: e.to_string(),
         })?;
-    let token = login(&http, cfg, &jwt).await?;
+    let token = login(&http, cfg, jwt).await?;
 
     let mut cache: HashMap<(String, Option<u64>), Option<SecretData>> = HashMap::new();
     let mut drop_idx = Vec::new();

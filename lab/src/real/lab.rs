@@ -1,14 +1,37 @@
 //! `secret-canary-lab up --cluster real`: the real control plane
 //! ([`RealCluster`]) beside a real OpenBao, with the same DIR contract as the
-//! simulated lab: `kubeconfig`, `vault.env`, `truth.jsonl`, `lab.json` (and
-//! `prober.yaml` once a scenario is applied; not yet on this cluster).
+//! simulated lab: `kubeconfig`, `vault.env`, `prober.yaml`, `truth.jsonl`,
+//! `lab.json`.
+//!
+//! With a canary binary ([`RealOptions::canary_bin`]) it also runs, each with
+//! its own identity: the node agent (the lab's kubelet in node mode, as
+//! `system:node:lab-node`), the real ESO controller process, the lab's
+//! Reloader, and applies the scenario. It is ready when every canary
+//! Deployment has rolled out. The Bank-Vaults chain runs through the lab's
+//! mutation served as a real admission webhook ([`super::webhook`]; the real
+//! vault-secrets-webhook cannot be had from the module proxy); without it
+//! ([`RealOptions::webhook_failure_policy`] `None`) its Deployments and
+//! probes are left out.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::Api;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
-use super::{Error as ClusterError, RealCluster, RealOptions};
-use crate::openbao::{BaoAdmin, OpenBao};
+use super::setup::{self, ESO_NAMESPACE, ESO_SERVICE_ACCOUNT, RELOADER_NAMESPACE};
+use super::{Binary, Error as ClusterError, Proc, RealCluster, RealOptions};
+use crate::controllers::{bankvaults, kubelet, reloader, Context};
+use crate::faults::Knobs;
+use crate::openbao::{BaoAdmin, OpenBao, POLICIES};
+use crate::scenario::Scenario;
+use crate::truth::Truth;
 
 /// Why the real lab could not start.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +45,18 @@ pub enum Error {
     /// OpenBao's admin client.
     #[error("OpenBao: {0}")]
     OpenBaoSetup(#[from] crate::openbao::ApiError),
+    /// The scenario.
+    #[error(transparent)]
+    Scenario(#[from] crate::scenario::Error),
+    /// The Bank-Vaults webhook.
+    #[error(transparent)]
+    Webhook(#[from] super::webhook::Error),
+    /// The node agent could not register.
+    #[error(transparent)]
+    Node(#[from] kubelet::node::Error),
+    /// A scenario object was refused.
+    #[error("scenario: {0}")]
+    Apply(String),
     /// A file in DIR.
     #[error("lab directory {path}: {source}")]
     Dir {
@@ -71,6 +106,16 @@ pub struct RealLabInfo {
     pub components: Vec<ComponentInfo>,
     /// Milliseconds from start until the control plane was ready.
     pub ready_ms: u64,
+    /// Milliseconds from start until everything was ready (every canary
+    /// Deployment rolled out, when a scenario runs).
+    #[serde(default)]
+    pub lab_ready_ms: u64,
+    /// In-process components (node agent, Reloader), beside `components`.
+    #[serde(default)]
+    pub tasks: Vec<String>,
+    /// Scenario Deployments left out on this cluster, and why.
+    #[serde(default)]
+    pub skipped: Vec<String>,
 }
 
 /// A running real-cluster lab.
@@ -83,11 +128,26 @@ pub struct RealLab {
     pub vault: OpenBao,
     /// Root-token access to the store.
     pub bao: BaoAdmin,
+    /// `DIR/prober.yaml`, when a scenario runs.
+    pub prober_config: Option<PathBuf>,
+    /// Ground truth of the node agent and Reloader.
+    pub truth: Arc<Truth>,
+    /// From start until everything was ready.
+    pub ready_after: Duration,
+    /// Scenario Deployments left out, with the reason.
+    pub skipped: Vec<String>,
+    cancel: CancellationToken,
+    tasks: Vec<(&'static str, JoinHandle<()>)>,
 }
 
 impl RealLab {
-    /// Start OpenBao and the control plane together, then write the DIR files.
+    /// Start OpenBao and the control plane together; with a canary binary,
+    /// also the node agent, ESO, Reloader and the scenario, until every canary
+    /// Deployment has rolled out; then write the DIR files. On error (or when
+    /// the returned future is dropped, e.g. on SIGTERM) everything started is
+    /// stopped (dropping kills the processes).
     pub async fn start(opts: RealOptions) -> Result<RealLab, Error> {
+        let started = Instant::now();
         let dir = opts.dir.clone();
         let logs = dir.join("logs");
         std::fs::create_dir_all(&logs).map_err(|source| Error::Dir {
@@ -97,7 +157,17 @@ impl RealLab {
         // lab.json appears when the lab is ready: not one of an earlier run.
         let _ = std::fs::remove_file(dir.join("lab.json"));
         let bao_log = logs.join("openbao.log");
-        let (vault, cluster) = tokio::join!(OpenBao::start(&bao_log), RealCluster::start(opts));
+        let truth =
+            Arc::new(
+                Truth::to_file(&dir.join("truth.jsonl")).map_err(|source| Error::Dir {
+                    path: dir.join("truth.jsonl").display().to_string(),
+                    source,
+                })?,
+            );
+        let mut cluster_opts = opts.clone();
+        cluster_opts.wait_controllers = opts.canary_bin.is_none();
+        let (vault, cluster) =
+            tokio::join!(OpenBao::start(&bao_log), RealCluster::start(cluster_opts));
         let (vault, cluster) = match (vault, cluster) {
             (Ok(v), Ok(c)) => (v, c),
             (Err(e), c) => {
@@ -119,17 +189,289 @@ impl RealLab {
                 return Err(e.into());
             }
         };
-        let lab = RealLab {
+        let mut lab = RealLab {
             dir: cluster.dir.clone(),
             cluster,
             vault,
             bao,
+            prober_config: None,
+            truth,
+            ready_after: Duration::ZERO,
+            skipped: Vec::new(),
+            cancel: CancellationToken::new(),
+            tasks: Vec::new(),
         };
+        if let Some(canary_bin) = opts.canary_bin.clone() {
+            if let Err(e) = lab.run_scenario(&opts, canary_bin).await {
+                lab.stop().await;
+                return Err(e);
+            }
+        }
+        lab.ready_after = started.elapsed();
         if let Err(e) = lab.write_files() {
             lab.stop().await;
             return Err(e);
         }
         Ok(lab)
+    }
+
+    /// Identities, OpenBao, node agent, ESO, Reloader, the scenario; then
+    /// wait until the canary Deployments have rolled out.
+    async fn run_scenario(&mut self, opts: &RealOptions, canary_bin: PathBuf) -> Result<(), Error> {
+        let t0 = Instant::now();
+        let admin = self.cluster.client();
+        let eso_bin = self
+            .cluster
+            .binaries
+            .require(Binary::ExternalSecrets)
+            .map_err(ClusterError::from)?;
+        // ESO's CRDs and every identity, in parallel.
+        let rbac_objects = setup::rbac_objects();
+        let (crds, rbac) = tokio::join!(
+            setup::install_eso_crds(&self.cluster, opts.ready_timeout),
+            setup::create_all(&admin, &rbac_objects)
+        );
+        crds?;
+        rbac?;
+        tracing::info!(after = ?t0.elapsed(), "real lab: CRDs and RBAC in place");
+
+        // The Bank-Vaults webhook, registered and seen by the API server
+        // before any Pod is created.
+        let webhook_policy = opts.webhook_failure_policy.clone();
+        if let Some(policy) = &webhook_policy {
+            self.start_webhook(&admin, policy, opts.ready_timeout)
+                .await?;
+        }
+
+        // The node agent first: the scheduler needs a Ready node.
+        let node_client = crate::lab::client_from_kubeconfig(&self.cluster.node_kubeconfig)
+            .await
+            .map_err(|e| ClusterError::Client(e.to_string()))?;
+        let mut node_cfg = opts.node.clone();
+        node_cfg.kubelet_version = self.cluster.binaries.versions.kubernetes.clone();
+        let (truth, dir, vault_addr) = (
+            self.truth.clone(),
+            self.dir.clone(),
+            self.vault.addr.clone(),
+        );
+        let ctx = move |client: kube::Client| Context {
+            client,
+            knobs: Arc::new(Knobs::default()),
+            truth: truth.clone(),
+            dir: dir.clone(),
+            canary_bin: canary_bin.clone(),
+            vault_addr: vault_addr.clone(),
+        };
+        let node =
+            kubelet::node::start_node(ctx(node_client), node_cfg, self.cancel.clone()).await?;
+        self.tasks.push(("node-agent", node));
+
+        // OpenBao: Kubernetes auth against the real API server's TokenReview.
+        let reviewer =
+            setup::service_account_token(&admin, "kube-system", setup::REVIEWER_SERVICE_ACCOUNT)
+                .await?;
+        for (name, hcl) in POLICIES {
+            self.bao.put_policy(name, hcl).await?;
+        }
+        self.bao
+            .enable_kubernetes_auth(&self.cluster.api_url, &self.cluster.ca_pem, &reviewer)
+            .await?;
+        let vars = BTreeMap::from([
+            ("VAULT_ADDR", self.vault.addr.clone()),
+            ("DIR", self.dir.display().to_string()),
+            ("API_URL", self.cluster.api_url.clone()),
+        ]);
+        let scenario = Scenario::load(opts.scenario.as_deref(), &vars)?;
+        for role in &scenario.vault_roles {
+            self.bao
+                .put_kubernetes_role(
+                    &role.name,
+                    &role.service_account,
+                    &role.namespace,
+                    &role.policy,
+                )
+                .await?;
+        }
+        for v in &scenario.store {
+            self.bao
+                .kv_put(&v.path, &serde_json::to_value(&v.data).unwrap_or_default())
+                .await?;
+        }
+        let prober_token = self.bao.create_token(&["write-canary"], "768h").await?;
+        self.write("prober.token", &prober_token)?;
+
+        // ESO, the real controller, as its ServiceAccount.
+        let eso_kc = setup::service_account_kubeconfig(
+            &self.cluster,
+            ESO_NAMESPACE,
+            ESO_SERVICE_ACCOUNT,
+            "eso.kubeconfig",
+        )
+        .await?;
+        let metrics = super::free_port("external-secrets")?;
+        let eso = Proc::spawn_with_env(
+            "external-secrets",
+            &eso_bin,
+            &setup::eso_args(metrics),
+            &[("KUBECONFIG", &eso_kc.display().to_string())],
+            &self.dir.join("logs/external-secrets.log"),
+        )
+        .map_err(ClusterError::from)?;
+        self.cluster.procs.push(eso);
+
+        // Reloader: the lab's, as its ServiceAccount.
+        let reloader_kc = setup::service_account_kubeconfig(
+            &self.cluster,
+            RELOADER_NAMESPACE,
+            setup::RELOADER_SERVICE_ACCOUNT,
+            "reloader.kubeconfig",
+        )
+        .await?;
+        let reloader_client = crate::lab::client_from_kubeconfig(&reloader_kc)
+            .await
+            .map_err(|e| ClusterError::Client(e.to_string()))?;
+        let (rctx, cancel) = (ctx(reloader_client), self.cancel.clone());
+        self.tasks.push((
+            "reloader",
+            tokio::spawn(async move {
+                if let Err(e) = reloader::run(rctx, cancel).await {
+                    tracing::error!(error = %e, "Reloader stopped");
+                }
+            }),
+        ));
+
+        // The scenario, without what this cluster cannot run.
+        let (objects, dropped) = match webhook_policy {
+            Some(_) => (scenario.objects.clone(), Vec::new()),
+            None => without_bank_vaults(&scenario.objects),
+        };
+        self.skipped = dropped
+            .iter()
+            .map(|d| format!("Deployment {d}: Bank-Vaults (the admission webhook is off)"))
+            .collect();
+        for o in &objects {
+            crate::lab::create_object(&admin, o)
+                .await
+                .map_err(|e| Error::Apply(e.to_string()))?;
+        }
+        if let Some(text) = &scenario.prober {
+            let text = prober_without(text, &dropped);
+            self.write("prober.yaml", &text)?;
+            self.prober_config = Some(self.dir.join("prober.yaml"));
+        }
+        tracing::info!(after = ?t0.elapsed(), "real lab: scenario applied; waiting for the rollouts");
+
+        let deployments: Vec<(String, String)> = objects
+            .iter()
+            .filter(|o| o["kind"] == "Deployment")
+            .map(|o| {
+                (
+                    o.pointer("/metadata/namespace")
+                        .and_then(Value::as_str)
+                        .unwrap_or("default")
+                        .to_string(),
+                    o.pointer("/metadata/name")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string(),
+                )
+            })
+            .collect();
+        let procs = &self.cluster.procs;
+        super::wait_ready(procs, "canary Deployments", opts.ready_timeout, || {
+            let admin = admin.clone();
+            let deployments = deployments.clone();
+            async move {
+                for (ns, name) in &deployments {
+                    let api: Api<Deployment> = Api::namespaced(admin.clone(), ns);
+                    match api.get_opt(name).await {
+                        Ok(Some(d)) if rolled_out(&d) => {}
+                        Ok(Some(_)) => {
+                            return Err(format!("Deployment {ns}/{name} not rolled out yet"))
+                        }
+                        Ok(None) => return Err(format!("Deployment {ns}/{name} not found")),
+                        Err(e) => return Err(format!("get Deployment {ns}/{name}: {e}")),
+                    }
+                }
+                Ok(())
+            }
+        })
+        .await?;
+        tracing::info!(after = ?t0.elapsed(), "real lab: every canary Deployment rolled out");
+        Ok(())
+    }
+
+    /// Serve the Bank-Vaults mutation, register it, and wait until a
+    /// dry-run Pod comes back mutated (the API server loads webhook
+    /// configurations asynchronously).
+    async fn start_webhook(
+        &mut self,
+        admin: &kube::Client,
+        policy: &str,
+        limit: Duration,
+    ) -> Result<(), Error> {
+        use super::webhook::{configuration, Webhook, VAULT_ENV};
+        use k8s_openapi::api::core::v1::Pod;
+        let cert = &self.cluster.webhook_cert;
+        let wh = Webhook::start(&cert.cert, &cert.key, self.cancel.clone()).await?;
+        self.tasks.push(("bank-vaults-webhook", wh.task));
+        let config = configuration(&wh.url, &self.cluster.ca_pem, policy);
+        crate::lab::create_object(admin, &config)
+            .await
+            .map_err(|e| Error::Apply(e.to_string()))?;
+        let probe: Pod = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            // In a namespace whose ServiceAccount exists already (the
+            // controller-manager may not have made `default` ones yet).
+            "metadata": {"name": "webhook-check", "namespace": RELOADER_NAMESPACE},
+            "spec": {"serviceAccountName": setup::RELOADER_SERVICE_ACCOUNT, "containers": [{
+                "name": "c",
+                "image": "secret-canary:latest",
+                "command": ["secret-canary", "canary"],
+                "env": [{"name": "V", "value": "vault:secret/data/x#y"}],
+            }]},
+        }))
+        .map_err(|e| Error::Apply(e.to_string()))?;
+        let pods: Api<Pod> = Api::namespaced(admin.clone(), RELOADER_NAMESPACE);
+        let dry = kube::api::PostParams {
+            dry_run: true,
+            ..Default::default()
+        };
+        super::wait_ready(
+            &self.cluster.procs,
+            "Bank-Vaults webhook",
+            limit,
+            || async {
+                match pods.create(&dry, &probe).await {
+                    Ok(p) => {
+                        let mutated = p.spec.is_some_and(|s| {
+                            s.containers[0]
+                                .command
+                                .as_ref()
+                                .and_then(|c| c.first())
+                                .is_some_and(|c| c == VAULT_ENV)
+                        });
+                        if mutated {
+                            Ok(())
+                        } else {
+                            Err("a dry-run Pod is not mutated yet".into())
+                        }
+                    }
+                    Err(e) => Err(format!("dry-run Pod create: {e}")),
+                }
+            },
+        )
+        .await?;
+        tracing::info!(url = %wh.url, policy, "Bank-Vaults webhook registered");
+        Ok(())
+    }
+
+    fn write(&self, name: &str, text: &str) -> Result<(), Error> {
+        super::pki::write_private(&self.dir.join(name), text).map_err(|e| Error::Dir {
+            path: self.dir.join(name).display().to_string(),
+            source: std::io::Error::other(e.to_string()),
+        })
     }
 
     fn write_files(&self) -> Result<(), Error> {
@@ -184,6 +526,9 @@ impl RealLab {
                 })
                 .collect(),
             ready_ms: self.cluster.ready_after.as_millis() as u64,
+            lab_ready_ms: self.ready_after.as_millis() as u64,
+            tasks: self.tasks.iter().map(|(n, _)| n.to_string()).collect(),
+            skipped: self.skipped.clone(),
         };
         // Written last: its presence means "ready".
         w(
@@ -192,13 +537,120 @@ impl RealLab {
         )
     }
 
-    /// Stop the control plane and OpenBao.
+    /// Stop the in-process components (the node agent stops its Pods'
+    /// processes), then the control plane and OpenBao.
     pub async fn stop(self) {
+        self.cancel.cancel();
+        for (name, task) in self.tasks {
+            if tokio::time::timeout(Duration::from_secs(15), task)
+                .await
+                .is_err()
+            {
+                tracing::warn!(task = name, "real lab task did not stop within 15 s");
+            }
+        }
         self.cluster.stop().await;
         self.vault.stop().await;
     }
+
+    /// Wait until a component process exits (the error names it and its log).
+    pub async fn exited(&self) -> ClusterError {
+        self.cluster.exited().await
+    }
+}
+
+/// `kubectl rollout status`'s success condition.
+pub fn rolled_out(d: &Deployment) -> bool {
+    let Some(st) = &d.status else {
+        return false;
+    };
+    let want = d.spec.replicas.unwrap_or(1);
+    let generation = d.metadata.generation.unwrap_or(0);
+    st.observed_generation.unwrap_or(0) >= generation
+        && st.updated_replicas.unwrap_or(0) >= want
+        && st.replicas.unwrap_or(0) <= st.updated_replicas.unwrap_or(0)
+        && st.available_replicas.unwrap_or(0) >= st.updated_replicas.unwrap_or(0)
+}
+
+/// The scenario's objects without Deployments that rely on Bank-Vaults
+/// (`vault.security.banzaicloud.io/` annotations on their Pods); also returns
+/// `namespace/name` of each dropped one.
+pub fn without_bank_vaults(objects: &[Value]) -> (Vec<Value>, Vec<String>) {
+    let mut kept = Vec::new();
+    let mut dropped = Vec::new();
+    for o in objects {
+        let bank_vaults = o
+            .pointer("/spec/template/metadata/annotations")
+            .and_then(Value::as_object)
+            .is_some_and(|a| {
+                a.keys()
+                    .any(|k| k.starts_with(bankvaults::ANNOTATION_PREFIX))
+            });
+        if bank_vaults {
+            dropped.push(format!(
+                "{}/{}",
+                o.pointer("/metadata/namespace")
+                    .and_then(Value::as_str)
+                    .unwrap_or("default"),
+                o.pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+            ));
+        } else {
+            kept.push(o.clone());
+        }
+    }
+    (kept, dropped)
+}
+
+/// The prober config without the probes whose chain rolls out or watches a
+/// dropped Deployment (`namespace/name`).
+pub fn prober_without(text: &str, dropped: &[String]) -> String {
+    if dropped.is_empty() {
+        return text.to_string();
+    }
+    let Ok(mut v) = serde_yaml::from_str::<serde_yaml::Value>(text) else {
+        return text.to_string();
+    };
+    if let Some(probes) = v.get_mut("probes").and_then(|p| p.as_sequence_mut()) {
+        probes.retain(|p| {
+            let chain = &p["chain"];
+            let ns = chain["namespace"].as_str().unwrap_or("default");
+            let deployment = chain["rollout"]["deployment"].as_str();
+            let selector = chain["canary"]["selector"].as_str().unwrap_or_default();
+            !dropped.iter().any(|d| {
+                let (dns, dname) = d.split_once('/').unwrap_or(("default", d));
+                dns == ns && (deployment == Some(dname) || selector == format!("app={dname}"))
+            })
+        });
+    }
+    let body = serde_yaml::to_string(&v).unwrap_or_else(|_| text.to_string());
+    format!(
+        "# Written by secret-canary-lab (real cluster); left out: {}\n{body}",
+        dropped.join(", ")
+    )
 }
 
 fn path(p: &Path) -> String {
     p.display().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reference_scenario_without_bank_vaults() {
+        let vars = BTreeMap::from([
+            ("VAULT_ADDR", "http://127.0.0.1:1".to_string()),
+            ("DIR", "/tmp/x".to_string()),
+        ]);
+        let s = Scenario::parse(crate::scenario::REFERENCE, &vars).unwrap();
+        let (kept, dropped) = without_bank_vaults(&s.objects);
+        assert_eq!(dropped, ["canary/canary-bankvaults"]);
+        assert_eq!(kept.len() + 1, s.objects.len());
+        let prober = prober_without(s.prober.as_deref().unwrap(), &dropped);
+        assert!(prober.contains("eso-reloader-env") && prober.contains("eso-volume"));
+        assert!(!prober.contains("bankvaults-restart"), "{prober}");
+    }
 }

@@ -6,6 +6,9 @@
 //! bins      where the cached binaries are, per pinned version
 //! process   one component as a supervised child process, logging to DIR/logs
 //! audit     the API server's audit policy (Secrets at Metadata level only)
+//! setup     ServiceAccounts, RBAC and credentials of ESO, Reloader and OpenBao;
+//!           ESO's CRDs and process
+//! lab       `up --cluster real`: all of it, the node agent and the scenario
 //! ```
 //!
 //! [`RealCluster::start`] brings up etcd, kube-apiserver (TLS, ServiceAccount
@@ -21,6 +24,8 @@ pub mod bins;
 pub mod lab;
 pub mod pki;
 pub mod process;
+pub mod setup;
+pub mod webhook;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -39,6 +44,8 @@ pub const SERVICE_CIDR: &str = "10.0.0.0/24";
 pub const API_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 /// The ServiceAccount token issuer.
 pub const SA_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+/// The node agent's Node name (its certificate says `system:node:<this>`).
+pub const NODE_NAME: &str = "lab-node";
 
 /// Why the real cluster could not start (every variant names the component
 /// and, where there is one, its log file).
@@ -113,6 +120,23 @@ pub struct RealOptions {
     pub binaries: Binaries,
     /// How long each component may take to become ready.
     pub ready_timeout: Duration,
+    /// The `secret-canary` binary the node agent runs for canary containers.
+    /// `None`: the control plane only (no node agent, ESO, Reloader or scenario).
+    pub canary_bin: Option<PathBuf>,
+    /// A scenario file; `None` for the reference scenario.
+    pub scenario: Option<PathBuf>,
+    /// The node agent's behaviour (the lab's short volume sync by default).
+    pub node: crate::controllers::kubelet::NodeConfig,
+    /// The Bank-Vaults admission webhook's `failurePolicy` (`Ignore`, the
+    /// chart's default, or `Fail`); `None`: no webhook, and the scenario's
+    /// Bank-Vaults Deployments and probes are left out.
+    pub webhook_failure_policy: Option<String>,
+    /// Wait until the controllers act (the ServiceAccount controller made
+    /// `default/default`) before [`RealCluster::start`] returns. The real lab
+    /// turns it off when it runs a scenario: its set-up overlaps the
+    /// controller-manager's warm-up, and the rollouts it waits for show the
+    /// controllers act.
+    pub wait_controllers: bool,
 }
 
 impl RealOptions {
@@ -123,6 +147,11 @@ impl RealOptions {
             api_port: 0,
             binaries: Binaries::pinned(),
             ready_timeout: Duration::from_secs(90),
+            canary_bin: None,
+            scenario: None,
+            node: crate::controllers::kubelet::NodeConfig::lab(NODE_NAME),
+            webhook_failure_policy: Some("Ignore".into()),
+            wait_controllers: true,
         }
     }
 }
@@ -136,8 +165,6 @@ pub struct Pki {
     pub ca_key: PathBuf,
     /// The ServiceAccount token signing key.
     pub sa_key: PathBuf,
-    /// Its public half (what verifies the tokens).
-    pub sa_pub: PathBuf,
 }
 
 /// The running control plane. Stop it with [`RealCluster::stop`]; dropping
@@ -149,6 +176,13 @@ pub struct RealCluster {
     pub api_url: String,
     /// `DIR/kubeconfig`: admin (client certificate in `system:masters`).
     pub kubeconfig: PathBuf,
+    /// `DIR/pki/node.kubeconfig`: the node agent, `system:node:<NODE_NAME>`
+    /// in `system:nodes` (the Node authorizer applies).
+    pub node_kubeconfig: PathBuf,
+    /// The CA certificate (PEM text).
+    pub ca_pem: String,
+    /// The Bank-Vaults admission webhook's serving certificate (127.0.0.1).
+    pub webhook_cert: pki::CertFiles,
     /// `DIR/audit.log` (JSON lines, the API server's audit log).
     pub audit_log: PathBuf,
     /// Credentials.
@@ -242,18 +276,7 @@ impl RealCluster {
         let api_url = format!("https://127.0.0.1:{}", ports.apiserver);
 
         // Credentials.
-        let ca = pki::Ca::create(&pki_dir, "ca")?;
-        // The aggregation layer's request-header authentication, as kubeadm
-        // sets it up: its own CA and one client allowed to assert users.
-        let front_proxy_ca = pki::Ca::create(&pki_dir, "front-proxy-ca")?;
-        let front_proxy_client = front_proxy_ca.issue(&pki::Leaf {
-            name: "front-proxy-client",
-            common_name: "front-proxy-client",
-            organizations: &[],
-            sans: &[],
-            server: false,
-            client: true,
-        })?;
+        let ca = pki::Ca::create(&pki_dir)?;
         let (sa_key, sa_pub) = pki::service_account_key(&pki_dir)?;
         let api_sans = pki::apiserver_sans(API_SERVICE_IP);
         let api_sans: Vec<&str> = api_sans.iter().map(String::as_str).collect();
@@ -300,9 +323,27 @@ impl RealCluster {
             &[],
         ))?;
         let sched_serving = ca.issue(&serving("scheduler", "kube-scheduler"))?;
+        let webhook_cert = ca.issue(&serving("webhook", "secret-canary-lab-webhook"))?;
+        let node_user = format!("system:node:{NODE_NAME}");
+        let node_client = ca.issue(&pki::Leaf {
+            name: "node-client",
+            common_name: &node_user,
+            organizations: &["system:nodes"],
+            sans: &[],
+            server: false,
+            client: true,
+        })?;
 
         let kubeconfig = dir.join("kubeconfig");
         write_kubeconfig(&kubeconfig, &api_url, &ca.cert_pem, &admin, "lab-admin")?;
+        let node_kubeconfig = pki_dir.join("node.kubeconfig");
+        write_kubeconfig(
+            &node_kubeconfig,
+            &api_url,
+            &ca.cert_pem,
+            &node_client,
+            &node_user,
+        )?;
         let kcm_kubeconfig = pki_dir.join("controller-manager.kubeconfig");
         write_kubeconfig(
             &kcm_kubeconfig,
@@ -326,7 +367,6 @@ impl RealCluster {
             ca_cert: ca.files.cert.clone(),
             ca_key: ca.files.key.clone(),
             sa_key: sa_key.clone(),
-            sa_pub: sa_pub.clone(),
         };
 
         let p = |x: &Path| x.display().to_string();
@@ -380,9 +420,9 @@ impl RealCluster {
                 format!("--etcd-servers=http://127.0.0.1:{}", ports.etcd_client),
                 "--bind-address=127.0.0.1".into(),
                 "--advertise-address=127.0.0.1".into(),
-                // The `kubernetes` Service's endpoints may not be loopback
-                // (refused since v1.37): no reconciler; Pods of the node agent
-                // get KUBERNETES_SERVICE_HOST/PORT of the loopback address.
+                // A loopback advertise address is refused by the endpoint
+                // reconciler (nothing in the lab reaches the API server
+                // through the `kubernetes` Service's endpoints anyway).
                 "--endpoint-reconciler-type=none".into(),
                 format!("--secure-port={}", ports.apiserver),
                 format!("--tls-cert-file={}", p(&api_serving.cert)),
@@ -397,16 +437,6 @@ impl RealCluster {
                 // Admission: the upstream default plugin set (no flag).
                 format!("--kubelet-client-certificate={}", p(&kubelet_client.cert)),
                 format!("--kubelet-client-key={}", p(&kubelet_client.key)),
-                format!(
-                    "--requestheader-client-ca-file={}",
-                    p(&front_proxy_ca.files.cert)
-                ),
-                "--requestheader-allowed-names=front-proxy-client".into(),
-                "--requestheader-username-headers=X-Remote-User".into(),
-                "--requestheader-group-headers=X-Remote-Group".into(),
-                "--requestheader-extra-headers-prefix=X-Remote-Extra-".into(),
-                format!("--proxy-client-cert-file={}", p(&front_proxy_client.cert)),
-                format!("--proxy-client-key-file={}", p(&front_proxy_client.key)),
                 format!("--audit-policy-file={}", p(&audit_policy)),
                 format!("--audit-log-path={}", p(&audit_log)),
                 "--audit-log-format=json".into(),
@@ -434,17 +464,17 @@ impl RealCluster {
                 .identity(identity)
                 .build()
                 .map_err(|e| Error::Client(e.to_string()))?;
-            // The controller-manager and the scheduler read the API server's
-            // authentication ConfigMap at start and exit if they cannot (a
-            // kubelet would restart them): start them once it is ready.
-            https_ready(
-                &procs,
-                &https,
-                "kube-apiserver",
-                format!("{api_url}/readyz"),
-                opts.ready_timeout,
-            )
+            let api_readyz = format!("{api_url}/readyz");
+            wait_ready(&procs, "kube-apiserver", opts.ready_timeout, || async {
+                match https.get(&api_readyz).send().await {
+                    Ok(r) if r.status().is_success() => Ok(()),
+                    Ok(r) => Err(format!("GET {api_readyz}: {}", r.status())),
+                    Err(e) => Err(format!("GET {api_readyz}: {e}")),
+                }
+            })
             .await?;
+            // The controller-manager and the scheduler give up when the API
+            // server does not answer at once: start them once it is ready.
             let kcm_args = vec![
                 format!("--kubeconfig={}", p(&kcm_kubeconfig)),
                 format!("--authentication-kubeconfig={}", p(&kcm_kubeconfig)),
@@ -488,17 +518,23 @@ impl RealCluster {
                 &logs.join("kube-scheduler.log"),
             )?);
 
-            for (component, port) in [
-                ("kube-controller-manager", ports.controller_manager),
-                ("kube-scheduler", ports.scheduler),
+            for (component, url) in [
+                (
+                    "kube-controller-manager",
+                    format!("https://127.0.0.1:{}/healthz", ports.controller_manager),
+                ),
+                (
+                    "kube-scheduler",
+                    format!("https://127.0.0.1:{}/healthz", ports.scheduler),
+                ),
             ] {
-                https_ready(
-                    &procs,
-                    &https,
-                    component,
-                    format!("https://127.0.0.1:{port}/healthz"),
-                    opts.ready_timeout,
-                )
+                wait_ready(&procs, component, opts.ready_timeout, || async {
+                    match https.get(&url).send().await {
+                        Ok(r) if r.status().is_success() => Ok(()),
+                        Ok(r) => Err(format!("GET {url}: {}", r.status())),
+                        Err(e) => Err(format!("GET {url}: {e}")),
+                    }
+                })
                 .await?;
             }
 
@@ -507,6 +543,9 @@ impl RealCluster {
                 .map_err(|e| Error::Client(e.to_string()))?;
             // The controllers act: the ServiceAccount controller made `default`.
             let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
+            if !opts.wait_controllers {
+                return Ok::<_, Error>(client);
+            }
             wait_ready(
                 &procs,
                 "kube-controller-manager",
@@ -529,6 +568,9 @@ impl RealCluster {
                 dir,
                 api_url,
                 kubeconfig,
+                node_kubeconfig,
+                ca_pem: ca.cert_pem.clone(),
+                webhook_cert,
                 audit_log,
                 pki,
                 binaries: opts.binaries.clone(),
@@ -587,27 +629,9 @@ async fn stop_all(mut procs: Vec<Proc>) {
     }
 }
 
-/// Wait until `url` answers 2xx over TLS.
-async fn https_ready(
-    procs: &[Proc],
-    https: &reqwest::Client,
-    component: &str,
-    url: String,
-    limit: Duration,
-) -> Result<(), Error> {
-    wait_ready(procs, component, limit, || async {
-        match https.get(&url).send().await {
-            Ok(r) if r.status().is_success() => Ok(()),
-            Ok(r) => Err(format!("GET {url}: {}", r.status())),
-            Err(e) => Err(format!("GET {url}: {e}")),
-        }
-    })
-    .await
-}
-
 /// Poll `check` every 100 ms until it passes, failing early when any
 /// started component exits.
-async fn wait_ready<F, Fut>(
+pub(crate) async fn wait_ready<F, Fut>(
     procs: &[Proc],
     component: &str,
     limit: Duration,
@@ -653,6 +677,23 @@ fn read(path: &Path) -> Result<String, Error> {
         path: path.display().to_string(),
         source,
     })
+}
+
+/// A kubeconfig with the CA and a ServiceAccount's bearer token.
+pub(crate) fn write_token_kubeconfig(
+    path: &Path,
+    server: &str,
+    ca_pem: &str,
+    token: &str,
+    user: &str,
+) -> Result<(), Error> {
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\ncontexts:\n- name: lab\n  context:\n    cluster: lab\n    user: {user}\n    namespace: default\ncurrent-context: lab\nusers:\n- name: {user}\n  user:\n    token: {token}\n",
+        ca = b64(ca_pem),
+    );
+    pki::write_private(path, &text)?;
+    Ok(())
 }
 
 /// A kubeconfig with the CA and a client certificate embedded.

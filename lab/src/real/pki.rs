@@ -84,14 +84,14 @@ fn validity(p: &mut CertificateParams) {
 }
 
 impl Ca {
-    /// A fresh CA written to `dir/<name>.crt` and `dir/<name>.key`.
-    pub fn create(dir: &Path, name: &str) -> Result<Ca, Error> {
+    /// A fresh CA written to `dir/ca.crt` and `dir/ca.key`.
+    pub fn create(dir: &Path) -> Result<Ca, Error> {
         std::fs::create_dir_all(dir).map_err(|source| Error::Write {
             path: dir.display().to_string(),
             source,
         })?;
         let err = |source| Error::Cert {
-            name: name.into(),
+            name: "ca".into(),
             source,
         };
         let key = KeyPair::generate().map_err(err)?;
@@ -99,7 +99,7 @@ impl Ca {
         validity(&mut p);
         p.serial_number = Some(serial());
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, format!("secret-canary-lab-{name}"));
+        dn.push(DnType::CommonName, "secret-canary-lab-ca");
         p.distinguished_name = dn;
         p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         p.key_usages = vec![
@@ -109,8 +109,8 @@ impl Ca {
         ];
         let cert = p.self_signed(&key).map_err(err)?;
         let files = CertFiles {
-            cert: dir.join(format!("{name}.crt")),
-            key: dir.join(format!("{name}.key")),
+            cert: dir.join("ca.crt"),
+            key: dir.join("ca.key"),
         };
         write_private(&files.cert, &cert.pem())?;
         write_private(&files.key, &key.serialize_pem())?;
@@ -168,17 +168,18 @@ impl Ca {
     }
 }
 
-/// The ServiceAccount token signing key: `DIR/pki/sa.key` (PKCS#8, for
-/// `--service-account-signing-key-file` and the controller-manager) and its
-/// public half `DIR/pki/sa.pub` (for `--service-account-key-file`).
+/// The ServiceAccount token signing key `DIR/pki/sa.key` (PKCS#8) and its
+/// public half `DIR/pki/sa.pub` (PKIX). The API server's
+/// `--service-account-key-file` needs the public one: it reads EC private
+/// keys only in SEC1 form, not PKCS#8. Returns `(key, pub)`.
 pub fn service_account_key(dir: &Path) -> Result<(PathBuf, PathBuf), Error> {
     let key = KeyPair::generate().map_err(|source| Error::Cert {
         name: "sa".into(),
         source,
     })?;
     let path = dir.join("sa.key");
-    let public = dir.join("sa.pub");
     write_private(&path, &key.serialize_pem())?;
+    let public = dir.join("sa.pub");
     write_private(&public, &key.public_key_pem())?;
     Ok((path, public))
 }

@@ -37,6 +37,8 @@ pub(super) enum PrepError {
     Entrypoint(String),
     /// RunContainerError: nothing to run.
     Run(String),
+    /// ErrImagePull (node mode): an image the node cannot run.
+    Image(String),
 }
 
 pub(super) fn is_canary_program(cmd0: &str) -> bool {
@@ -52,10 +54,15 @@ pub(crate) fn image_is_canary(image: &str) -> bool {
 }
 
 pub(super) async fn prepare(run: &PodRun, c: &Container) -> Result<Launch, PrepError> {
+    if run.kl.node.is_some() {
+        super::node::pull_image(c).map_err(PrepError::Image)?;
+    }
     let mut env = build_env(run, c).await.map_err(PrepError::Config)?;
-    // A container the Bank-Vaults webhook mutated runs vault-env first, which
-    // resolves the `vault:` values and execs the original entrypoint (its
-    // args). Unmutated containers see `vault:` values as literal strings.
+    // A container the Bank-Vaults webhook mutated at admission (the lab's
+    // own or, on a real cluster, the registered webhook) runs vault-env
+    // first, which resolves the `vault:` values and execs the original
+    // entrypoint (its args). Unmutated containers see `vault:` values as
+    // literal strings, as with a webhook failing open.
     let mutated = c
         .command
         .as_ref()
@@ -66,9 +73,15 @@ pub(super) async fn prepare(run: &PodRun, c: &Container) -> Result<Launch, PrepE
     if mutated {
         let cfg = VaultConfig::from_pod(&run.pod, &run.kl.ctx.vault_addr);
         if bankvaults::has_references(&env) {
-            bankvaults::resolve(&run.kl.ctx, &run.pod, &cfg, &mut env)
-                .await
-                .map_err(|e| PrepError::Entrypoint(format!("vault-env: {e}")))?;
+            let resolved = if run.kl.node.is_some() {
+                // On a real cluster vault-env logs in with the Pod's bound token.
+                super::node::resolve_vault_env(run, &cfg, &mut env).await
+            } else {
+                bankvaults::resolve(&run.kl.ctx, &run.pod, &cfg, &mut env)
+                    .await
+                    .map_err(|e| e.to_string())
+            };
+            resolved.map_err(|e| PrepError::Entrypoint(format!("vault-env: {e}")))?;
         }
         c.command = c.args.take();
     }

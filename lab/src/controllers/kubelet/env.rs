@@ -80,7 +80,12 @@ pub fn field_ref(pod: &Pod, path: &str, pod_ip: Ipv4Addr) -> Option<String> {
         "status.podIP" => Some(pod_ip.to_string()),
         "status.podIPs" => Some(pod_ip.to_string()),
         "status.hostIP" | "status.hostIPs" => Some("127.0.0.1".into()),
-        "spec.nodeName" => Some(NODE_NAME.into()),
+        "spec.nodeName" => Some(
+            pod.spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .unwrap_or_else(|| NODE_NAME.into()),
+        ),
         "spec.serviceAccountName" => Some(service_account(pod)),
         _ => {
             if let Some(k) = bracket("metadata.labels") {

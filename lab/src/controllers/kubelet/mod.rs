@@ -30,13 +30,21 @@
 //! supervise.rs   restart policy and crash back-off around container.rs
 //! readiness.rs   readiness probes
 //! status.rs      the status model and its writer
+//! node.rs        node mode: the same kubelet as a node of a real cluster
+//!                (Node, Lease, bound tokens, projected volumes, resync, image pulls)
 //! ```
+//!
+//! Two modes: [`run`] is the simulated cluster's node (every Pod, Secrets
+//! from a cluster-wide watch, lab knobs); [`node::run_node`] makes the same
+//! kubelet a node of a real API server, as `system:node:<name>` under the
+//! Node authorizer (see [`node`]).
 
 mod atomic_writer;
 mod container;
 mod env;
 mod ip_pool;
 mod mounts;
+pub mod node;
 mod pod;
 mod readiness;
 mod secrets;
@@ -62,6 +70,7 @@ pub(crate) use container::image_is_canary;
 pub use env::{expand, field_ref, NODE_NAME};
 pub use ip_pool::IpPool;
 pub use mounts::rewrite;
+pub use node::{run_node, NodeConfig};
 
 use super::Context;
 use pod::run_pod;
@@ -113,16 +122,27 @@ pub async fn run(ctx: Context, cancel: CancellationToken) -> Result<(), Error> {
         path: pods_dir.display().to_string(),
         source,
     })?;
-    let kl = Arc::new(Kubelet::new(ctx));
+    serve(Arc::new(Kubelet::new(ctx)), cancel).await;
+    Ok(())
+}
+
+/// The Pod loop of either mode, until `cancel` fires.
+async fn serve(kl: Arc<Kubelet>, cancel: CancellationToken) {
     tracing::info!(block = %kl.ips.lock().map(|p| p.describe()).unwrap_or_default(), "kubelet started");
 
-    let secrets_task = tokio::spawn(watch_secrets(kl.clone(), cancel.clone()));
-    let mut pods = watcher(
-        Api::<Pod>::all(kl.ctx.client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .boxed();
+    // A node of a real cluster may not watch every Secret (Node authorizer):
+    // it reads the ones its Pods use, and resyncs volumes on its period.
+    let secrets_task = match kl.node {
+        None => Some(tokio::spawn(watch_secrets(kl.clone(), cancel.clone()))),
+        Some(_) => None,
+    };
+    let mut pod_watch = watcher::Config::default();
+    if let Some(n) = &kl.node {
+        pod_watch = pod_watch.fields(&format!("spec.nodeName={}", n.name));
+    }
+    let mut pods = watcher(Api::<Pod>::all(kl.ctx.client.clone()), pod_watch)
+        .default_backoff()
+        .boxed();
     let mut running: HashMap<String, PodHandle> = HashMap::new();
     let mut tasks = tokio::task::JoinSet::new();
     let mut relisted: Option<HashSet<String>> = None;
@@ -175,9 +195,10 @@ pub async fn run(ctx: Context, cancel: CancellationToken) -> Result<(), Error> {
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
     }
-    let _ = secrets_task.await;
+    if let Some(t) = secrets_task {
+        let _ = t.await;
+    }
     tracing::info!("kubelet stopped");
-    Ok(())
 }
 
 fn pod_key(pod: &Pod) -> String {
@@ -200,6 +221,8 @@ struct Kubelet {
     secret_changed: broadcast::Sender<(String, String)>,
     /// For readiness probes.
     http: reqwest::Client,
+    /// Node mode (a real cluster's node), or `None` on the simulated cluster.
+    node: Option<Arc<NodeConfig>>,
 }
 
 impl Kubelet {
@@ -217,6 +240,7 @@ impl Kubelet {
             secret_changed,
             http,
             ctx,
+            node: None,
         }
     }
 

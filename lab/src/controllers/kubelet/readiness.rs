@@ -77,7 +77,12 @@ pub(super) async fn readiness(
                 run.update_container(idx, |s| s.ready = false);
             }
         }
-        if !sleep_or_cancel(run.knobs().sample(Knob::ReadinessPeriod), &cancel).await {
+        let period = match &run.kl.node {
+            // A real cluster's node probes at the Pod's `periodSeconds`.
+            Some(_) => super::node::probe_period(probe.as_ref()),
+            None => run.knobs().sample(Knob::ReadinessPeriod),
+        };
+        if !sleep_or_cancel(period, &cancel).await {
             return;
         }
     }

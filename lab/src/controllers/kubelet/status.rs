@@ -221,10 +221,13 @@ pub(super) async fn status_writer(
         }
         loop {
             dirty.mark_unchanged();
-            let (body, ready) = match run.model.lock() {
+            let (mut body, ready) = match run.model.lock() {
                 Ok(mut m) => (m.render(), m.all_ready()),
                 Err(_) => return,
             };
+            if run.kl.node.is_some() {
+                super::node::adjust_status(&mut body);
+            }
             let patch = Patch::Merge(json!({"status": body}));
             let r = tokio::time::timeout(
                 API_TIMEOUT,

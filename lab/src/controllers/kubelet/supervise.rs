@@ -39,6 +39,12 @@ pub(super) async fn supervise(run: Arc<PodRun>, idx: usize, cancel: Cancellation
                 }
                 continue;
             }
+            Err(PrepError::Image(msg)) => {
+                if !super::node::image_pull_backoff(&run, idx, &msg, &cancel).await {
+                    return;
+                }
+                continue;
+            }
             Err(PrepError::Run(msg)) => {
                 tracing::warn!(ns = %run.ns, pod = %run.name, container = %c.name, %msg, "kubelet: RunContainerError");
                 run.update_container(idx, |s| {

@@ -77,6 +77,11 @@ pub(super) async fn mount_volumes(run: &Arc<PodRun>, cancel: &CancellationToken)
             }
         }
     }
+    if run.kl.node.is_some() {
+        // A real cluster's Pod: its projected volumes (the ServiceAccount
+        // token among them) hold a token bound to the Pod.
+        return super::node::mount_projected(run, cancel).await;
+    }
     if run.spec.automount_service_account_token != Some(false) {
         let sa = service_account(&run.pod);
         match bankvaults::service_account_token(&run.kl.ctx.client, &run.ns, &sa).await {
@@ -161,6 +166,9 @@ pub(super) fn read_volume(
 /// (and after `canary-stale` clears), from the watch-fed cache as the
 /// kubelet's Secret manager does. Never while `canary-stale` is on.
 pub(super) async fn volume_sync(run: Arc<PodRun>, cancel: CancellationToken) {
+    if let Some(node) = run.kl.node.clone() {
+        return super::node::volume_resync(run, &node, cancel).await;
+    }
     let vols: Vec<(String, k8s_openapi::api::core::v1::SecretVolumeSource)> = run
         .spec
         .volumes
