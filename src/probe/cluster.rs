@@ -39,6 +39,114 @@ pub const RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";
 /// documents `kubectl annotate es NAME force-sync=$(date +%s) --overwrite`).
 pub const FORCE_SYNC: &str = "force-sync";
 
+/// Pod-template annotation Reloader's `annotations` strategy writes: JSON
+/// with the Secret's `name` and `hash`.
+pub const LAST_RELOADED_FROM: &str = "reloader.stakater.com/last-reloaded-from";
+
+/// What a pod template (or a Pod made from one) says about the change that
+/// made it: the `restartedAt` annotation and the Reloader hashes it carries.
+/// A Pod and its template have the same marks, so the Pods of the template
+/// that carries a run's value are the Pods whose marks are that template's.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Default, Hash)]
+pub struct Marks {
+    /// `kubectl.kubernetes.io/restartedAt`.
+    pub restarted_at: Option<String>,
+    /// Reloader hashes for the chain's Secret: the value of the
+    /// `STAKATER_<NAME>_SECRET` env var (env-vars strategy) in any
+    /// container, and the `hash` of `reloader.stakater.com/last-reloaded-from`
+    /// (annotations strategy). Hashes of the Secret's data, never values.
+    pub reloader: std::collections::BTreeSet<String>,
+}
+
+impl Marks {
+    /// The marks of a template (or Pod): its annotations and containers.
+    /// `secret`: the chain's Secret (its env var and annotation name it);
+    /// without one, every `STAKATER_*_SECRET` variable counts.
+    pub fn of(
+        annotations: Option<&BTreeMap<String, String>>,
+        spec: Option<&k8s_openapi::api::core::v1::PodSpec>,
+        secret: Option<&str>,
+    ) -> Marks {
+        let restarted_at = annotations.and_then(|a| a.get(RESTARTED_AT)).cloned();
+        let var = secret.map(reloader_env_var);
+        let mut reloader = std::collections::BTreeSet::new();
+        let containers = spec.into_iter().flat_map(|s| {
+            s.init_containers
+                .iter()
+                .flatten()
+                .chain(s.containers.iter())
+        });
+        for c in containers {
+            for e in c.env.iter().flatten() {
+                let ours = match &var {
+                    Some(v) => e.name == *v,
+                    None => e.name.starts_with("STAKATER_") && e.name.ends_with("_SECRET"),
+                };
+                if let (true, Some(v)) = (ours, &e.value) {
+                    reloader.insert(v.clone());
+                }
+            }
+        }
+        if let Some(v) = annotations
+            .and_then(|a| a.get(LAST_RELOADED_FROM))
+            .and_then(|v| serde_json::from_str::<serde_json::Value>(v).ok())
+        {
+            let name = v.get("name").and_then(|n| n.as_str());
+            let kind_ok = v
+                .get("type")
+                .and_then(|t| t.as_str())
+                .is_none_or(|t| t.eq_ignore_ascii_case("secret"));
+            let name_ok = secret.is_none_or(|s| name == Some(s));
+            if let (true, true, Some(h)) =
+                (kind_ok, name_ok, v.get("hash").and_then(|h| h.as_str()))
+            {
+                reloader.insert(h.to_string());
+            }
+        }
+        Marks {
+            restarted_at,
+            reloader,
+        }
+    }
+}
+
+/// Reloader's env var for a Secret: `STAKATER_<NAME>_SECRET`, the name
+/// upper-cased with every run of other characters made one `_`.
+pub fn reloader_env_var(secret: &str) -> String {
+    let mut out = String::from("STAKATER_");
+    let mut last_valid = false;
+    for ch in secret.to_uppercase().bytes() {
+        if ch.is_ascii_uppercase() || ch.is_ascii_digit() {
+            out.push(ch as char);
+            last_valid = true;
+        } else {
+            if last_valid {
+                out.push('_');
+            }
+            last_valid = false;
+        }
+    }
+    out.push_str("_SECRET");
+    out
+}
+
+/// Reloader's hash of a Secret: SHA-1 (hex) of its sorted `key=value`
+/// entries joined with `;`. A digest of the data, never logged.
+pub fn reloader_hash(data: &BTreeMap<String, k8s_openapi::ByteString>) -> String {
+    use sha1::Digest as _;
+    let mut entries: Vec<Vec<u8>> = data
+        .iter()
+        .map(|(k, v)| {
+            let mut e = k.as_bytes().to_vec();
+            e.push(b'=');
+            e.extend_from_slice(&v.0);
+            e
+        })
+        .collect();
+    entries.sort();
+    hex::encode(sha1::Sha1::digest(entries.join(&b';')))
+}
+
 /// One object's new state (or its deletion), as an event delivered it.
 #[derive(Debug, Clone)]
 pub struct Change<T> {
@@ -171,6 +279,9 @@ pub struct SecretState {
     pub resource_version: Option<String>,
     /// SHA-256 (hex) of `data[key]`; `None` if the key is absent.
     pub digest: Option<String>,
+    /// Reloader's hash of the whole Secret ([`reloader_hash`]): what its
+    /// pod-template change for this state carries.
+    pub reloader_hash: Option<String>,
 }
 
 impl SecretState {
@@ -181,9 +292,11 @@ impl SecretState {
             .as_ref()
             .and_then(|d| d.get(key))
             .map(|v| hex::encode(Sha256::digest(&v.0)));
+        let empty = BTreeMap::new();
         SecretState {
             resource_version: s.metadata.resource_version.clone(),
             digest,
+            reloader_hash: Some(reloader_hash(s.data.as_ref().unwrap_or(&empty))),
         }
     }
 }
@@ -212,6 +325,8 @@ pub struct DeploymentState {
     pub template: String,
     /// The pod template's `restartedAt` annotation.
     pub restarted_at: Option<String>,
+    /// What the pod template carries ([`Marks`]).
+    pub marks: Marks,
     /// `spec.replicas` (default 1).
     pub spec_replicas: i32,
     /// `status.observedGeneration`.
@@ -229,8 +344,13 @@ pub struct DeploymentState {
 }
 
 impl DeploymentState {
-    /// Reduce a Deployment.
+    /// Reduce a Deployment (marks of any Secret).
     pub fn from_deployment(d: &Deployment) -> DeploymentState {
+        DeploymentState::from_deployment_for(d, None)
+    }
+
+    /// Reduce a Deployment whose chain's Secret is `secret`.
+    pub fn from_deployment_for(d: &Deployment, secret: Option<&str>) -> DeploymentState {
         let spec = &d.spec;
         let template = serde_json::to_vec(&spec.template).unwrap_or_default();
         let restarted_at = spec
@@ -256,6 +376,14 @@ impl DeploymentState {
             generation: d.metadata.generation.unwrap_or(0),
             template: hex::encode(Sha256::digest(&template)),
             restarted_at,
+            marks: Marks::of(
+                spec.template
+                    .metadata
+                    .as_ref()
+                    .and_then(|m| m.annotations.as_ref()),
+                spec.template.spec.as_ref(),
+                secret,
+            ),
             spec_replicas: spec.replicas.unwrap_or(1),
             observed_generation: status.and_then(|s| s.observed_generation).unwrap_or(0),
             replicas: status.and_then(|s| s.replicas).unwrap_or(0),
@@ -313,11 +441,18 @@ pub struct PodState {
     /// A container waits in `CrashLoopBackOff` (or another failure state);
     /// the reason and message.
     pub crash: Option<String>,
+    /// What the template it was made from carried ([`Marks`]).
+    pub marks: Marks,
 }
 
 impl PodState {
-    /// Reduce a Pod.
+    /// Reduce a Pod (marks of any Secret).
     pub fn from_pod(p: &Pod) -> PodState {
+        PodState::from_pod_for(p, None)
+    }
+
+    /// Reduce a Pod whose chain's Secret is `secret`.
+    pub fn from_pod_for(p: &Pod, secret: Option<&str>) -> PodState {
         let status = p.status.as_ref();
         let ready = status
             .and_then(|s| s.conditions.as_ref())
@@ -371,6 +506,7 @@ impl PodState {
             owner,
             restarts,
             crash,
+            marks: Marks::of(p.metadata.annotations.as_ref(), p.spec.as_ref(), secret),
         }
     }
 }
@@ -618,6 +754,15 @@ impl ClusterError {
     }
 }
 
+/// The prober's restart patch, as the API server took it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restarted {
+    /// The `restartedAt` value sent.
+    pub restarted_at: String,
+    /// The Deployment's generation after the patch.
+    pub generation: i64,
+}
+
 /// The watchers of one probe's chain.
 pub struct Cluster {
     client: kube::Client,
@@ -664,12 +809,14 @@ impl Cluster {
                 cancel,
             )
         });
+        let secret_name = chain.secret.as_ref().map(|s| s.name.clone());
         let deployment = chain.rollout.as_ref().map(|r| r.deployment.clone());
         let deployments = deployment.as_ref().map(|name| {
+            let secret = secret_name.clone();
             spawn(
                 Api::<Deployment>::namespaced(client.clone(), ns),
                 by_name(name),
-                DeploymentState::from_deployment,
+                move |d: &Deployment| DeploymentState::from_deployment_for(d, secret.as_deref()),
                 &seq,
                 format!("deployment {ns}/{name}"),
                 cancel,
@@ -678,7 +825,7 @@ impl Cluster {
         let pods = spawn(
             Api::<Pod>::namespaced(client.clone(), ns),
             watcher::Config::default().labels(&chain.canary.selector),
-            PodState::from_pod,
+            move |p: &Pod| PodState::from_pod_for(p, secret_name.as_deref()),
             &seq,
             format!("pods {ns} {}", chain.canary.selector),
             cancel,
@@ -721,10 +868,16 @@ impl Cluster {
     }
 
     /// Restart the Deployment as `kubectl rollout restart` does: a strategic
-    /// merge patch of the pod template's `restartedAt` annotation.
-    pub async fn restart(&self, now: DateTime<Utc>, timeout: Duration) -> Result<(), ClusterError> {
+    /// merge patch of the pod template's `restartedAt` annotation. Returns
+    /// the value sent and the generation the patch made (`None` when the
+    /// chain names no Deployment).
+    pub async fn restart(
+        &self,
+        now: DateTime<Utc>,
+        timeout: Duration,
+    ) -> Result<Option<Restarted>, ClusterError> {
         let Some(name) = &self.deployment else {
-            return Ok(());
+            return Ok(None);
         };
         let current = self.deployments.as_ref().and_then(|r| {
             r.borrow()
@@ -748,7 +901,10 @@ impl Cluster {
         match tokio::time::timeout(timeout, api.patch(name, &params, &Patch::Strategic(patch)))
             .await
         {
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(d)) => Ok(Some(Restarted {
+                generation: d.metadata.generation.unwrap_or(0),
+                restarted_at: value,
+            })),
             Ok(Err(source)) => Err(ClusterError::RestartPatch {
                 namespace: self.namespace.clone(),
                 name: name.clone(),
@@ -924,5 +1080,69 @@ mod tests {
             .with_code(404),
         )));
         assert_eq!(classify(&missing), Some(Reason::NotFound));
+    }
+}
+
+#[cfg(test)]
+mod marks_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn reloader_hash_and_marks_match_what_reloader_writes() {
+        let mut data = BTreeMap::new();
+        data.insert("b".to_string(), k8s_openapi::ByteString(b"2".to_vec()));
+        data.insert("a".to_string(), k8s_openapi::ByteString(b"1".to_vec()));
+        // printf 'a=1;b=2' | sha1sum
+        assert_eq!(
+            reloader_hash(&data),
+            "f83e99e324ba68ccc373a58ef1eb42f8ab88646a"
+        );
+        assert_eq!(reloader_env_var("canary-env"), "STAKATER_CANARY_ENV_SECRET");
+        let d: Deployment = serde_json::from_value(json!({
+            "metadata": {"name": "d", "generation": 4},
+            "spec": {"selector": {}, "template": {
+                "metadata": {"annotations": {
+                    RESTARTED_AT: "2025-01-01T00:00:00Z",
+                    LAST_RELOADED_FROM: "{\"type\":\"SECRET\",\"name\":\"canary-env\",\"namespace\":\"ns\",\"hash\":\"abc\"}"
+                }},
+                "spec": {"containers": [{"name": "c", "env": [
+                    {"name": "STAKATER_CANARY_ENV_SECRET", "value": "def"},
+                    {"name": "STAKATER_OTHER_SECRET", "value": "zzz"}
+                ]}]}
+            }}
+        }))
+        .unwrap();
+        let s = DeploymentState::from_deployment_for(&d, Some("canary-env"));
+        assert_eq!(
+            s.marks.restarted_at.as_deref(),
+            Some("2025-01-01T00:00:00Z")
+        );
+        assert_eq!(
+            s.marks
+                .reloader
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+            vec!["abc", "def"]
+        );
+        let other = DeploymentState::from_deployment_for(&d, Some("other"));
+        assert_eq!(
+            other
+                .marks
+                .reloader
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+            vec!["zzz"]
+        );
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p", "annotations": {RESTARTED_AT: "2025-01-01T00:00:00Z"}},
+            "spec": {"containers": [{"name": "c", "env": [{"name": "STAKATER_CANARY_ENV_SECRET", "value": "def"}]}]}
+        }))
+        .unwrap();
+        let p = PodState::from_pod_for(&pod, Some("canary-env"));
+        assert_eq!(p.marks.restarted_at, s.marks.restarted_at);
+        assert!(p.marks.reloader.contains("def"));
     }
 }

@@ -261,7 +261,8 @@ impl Run<'_> {
                 Bounded::Done(Err(e)) => self
                     .tracker
                     .fail(Stage::ReloaderTrigger, Finding::cluster(e)),
-                Bounded::Expired | Bounded::Done(Ok(())) => {}
+                Bounded::Done(Ok(Some(r))) => self.tracker.restart_sent(r),
+                Bounded::Expired | Bounded::Done(Ok(None)) => {}
             }
         }
         None

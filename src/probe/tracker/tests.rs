@@ -114,6 +114,7 @@ fn secret(d: &str) -> SecretState {
     SecretState {
         resource_version: None,
         digest: Some(d.into()),
+        reloader_hash: Some(format!("h-{}", &d[..4])),
     }
 }
 
@@ -132,15 +133,31 @@ fn deployment(
         replicas: updated.max(1),
         updated_replicas: updated,
         available_replicas: available,
+        // A template other than the baseline's carries Reloader's hash of
+        // the new value (see `secret`).
+        marks: Marks {
+            restarted_at: None,
+            reloader: (template != "t1")
+                .then(|| format!("h-{}", &NEW[..4]))
+                .into_iter()
+                .collect(),
+        },
         ..Default::default()
     }
 }
 
 fn pod(owner: &str, ready: bool) -> PodState {
+    // A Pod of a new ReplicaSet carries the new template's marks.
+    let marks = if owner == "old" {
+        Marks::default()
+    } else {
+        deployment("t2", 0, 0, 0, 0).marks
+    };
     PodState {
         ip: Some("127.0.0.9".into()),
         ready,
         owner: Some(owner.into()),
+        marks,
         ..Default::default()
     }
 }
@@ -352,6 +369,10 @@ fn rollout_problems_are_rollout_stuck_or_canary_crashing() {
     };
     let mut t = tracker(plan, &c);
     t.store_written(&c.written(0, 10));
+    t.restart_sent(Restarted {
+        restarted_at: "r".into(),
+        generation: 2,
+    });
     assert!(t.started(Stage::ReloaderTrigger));
     t.on_deployment(&c.change(30, "d", Some(deployment("t2", 2, 2, 1, 0))));
     assert_eq!(t.ended(Stage::ReloaderTrigger), Some(c.at(30)));
@@ -376,6 +397,10 @@ fn rollout_problems_are_rollout_stuck_or_canary_crashing() {
     // ProgressDeadlineExceeded ends the run at once.
     let mut t = tracker(plan, &c);
     t.store_written(&c.written(0, 10));
+    t.restart_sent(Restarted {
+        restarted_at: "r".into(),
+        generation: 2,
+    });
     t.on_deployment(&c.change(30, "d", Some(deployment("t2", 2, 1, 0, 0))));
     let mut stuck = deployment("t2", 2, 2, 0, 0);
     stuck.progressing = Some(Condition {
@@ -506,4 +531,148 @@ fn stage_deadlines_and_abort() {
         })
     );
     let _ = c.change::<PodState>(0, "x", None);
+}
+
+fn marks(restarted: Option<&str>, hash: Option<&str>) -> Marks {
+    Marks {
+        restarted_at: restarted.map(str::to_string),
+        reloader: hash.into_iter().map(str::to_string).collect(),
+    }
+}
+
+fn marked(mut d: DeploymentState, m: &Marks) -> DeploymentState {
+    d.marks = m.clone();
+    d.restarted_at = m.restarted_at.clone();
+    d
+}
+
+fn secret_h(d: &str, hash: &str) -> SecretState {
+    SecretState {
+        reloader_hash: Some(hash.into()),
+        ..secret(d)
+    }
+}
+
+fn pod_m(owner: &str, m: &Marks) -> PodState {
+    PodState {
+        marks: m.clone(),
+        ..pod(owner, true)
+    }
+}
+
+fn target_names(t: &Tracker, view: &View<PodState>) -> Vec<String> {
+    t.targets(view, None).0.into_iter().map(|t| t.pod).collect()
+}
+
+#[test]
+fn a_concurrent_restart_before_reloaders_patch_neither_ends_nor_shortens_anything() {
+    let mut c = Clock::new();
+    let mut t = tracker(plan_eso_reloader(), &c);
+    t.store_written(&c.written(0, 10));
+    t.on_secret(&c.change(100, "s", Some(secret_h(NEW, "h-new"))));
+    // `kubectl rollout restart` lands first: its template carries the old hash.
+    let kubectl = marks(Some("2025-06-15T10:00:00Z"), Some("h-old"));
+    t.on_deployment(&c.change(
+        120,
+        "d",
+        Some(marked(deployment("tr", 2, 1, 0, 0), &kubectl)),
+    ));
+    assert_eq!(t.ended(Stage::ReloaderTrigger), None);
+    t.on_deployment(&c.change(
+        200,
+        "d",
+        Some(marked(deployment("tr", 2, 2, 1, 1), &kubectl)),
+    ));
+    assert!(!t.started(Stage::Rollout));
+    // A late Reloader patch for the previous value does not count either.
+    let late = marks(Some("2025-06-15T10:00:00Z"), Some("h-older"));
+    t.on_deployment(&c.change(220, "d", Some(marked(deployment("tl", 3, 2, 0, 0), &late))));
+    assert_eq!(t.ended(Stage::ReloaderTrigger), None);
+    // Reloader's patch for this run's Secret.
+    let ours = marks(Some("2025-06-15T10:00:00Z"), Some("h-new"));
+    t.on_deployment(&c.change(250, "d", Some(marked(deployment("tn", 4, 3, 0, 0), &ours))));
+    assert_eq!(t.ended(Stage::ReloaderTrigger), Some(c.at(250)));
+    t.on_deployment(&c.change(300, "d", Some(marked(deployment("tn", 4, 4, 1, 0), &ours))));
+    assert_eq!(t.ended(Stage::Rollout), None);
+    t.on_deployment(&c.change(400, "d", Some(marked(deployment("tn", 4, 4, 1, 1), &ours))));
+    assert_eq!(t.ended(Stage::Rollout), Some(c.at(400)));
+    // Only the Pods of the template carrying the value are canaries.
+    let view = pods_view(&[
+        ("restart-pod", pod_m("rs-r", &kubectl)),
+        ("late-pod", pod_m("rs-l", &late)),
+        ("new-pod", pod_m("rs-n", &ours)),
+    ]);
+    assert_eq!(target_names(&t, &view), vec!["new-pod"]);
+}
+
+#[test]
+fn a_restart_after_the_value_lengthens_the_rollout_and_its_pods_are_canaries() {
+    let mut c = Clock::new();
+    let mut t = tracker(plan_eso_reloader(), &c);
+    t.store_written(&c.written(0, 10));
+    t.on_secret(&c.change(100, "s", Some(secret_h(NEW, "h-new"))));
+    let ours = marks(None, Some("h-new"));
+    t.on_deployment(&c.change(150, "d", Some(marked(deployment("tn", 2, 2, 0, 0), &ours))));
+    assert_eq!(t.ended(Stage::ReloaderTrigger), Some(c.at(150)));
+    // kubectl rollout restart mid-rollout: the Deployment's status now
+    // speaks of generation 3, and the run waits for it.
+    let both = marks(Some("2025-06-15T10:00:00Z"), Some("h-new"));
+    t.on_deployment(&c.change(200, "d", Some(marked(deployment("tk", 3, 2, 1, 1), &both))));
+    assert_eq!(t.ended(Stage::Rollout), None);
+    t.on_deployment(&c.change(600, "d", Some(marked(deployment("tk", 3, 3, 1, 1), &both))));
+    assert_eq!(t.ended(Stage::Rollout), Some(c.at(600)));
+    let view = pods_view(&[
+        ("ours", pod_m("rs-n", &ours)),
+        ("kubectl", pod_m("rs-k", &both)),
+    ]);
+    assert_eq!(target_names(&t, &view), vec!["kubectl", "ours"]);
+}
+
+#[test]
+fn reloaders_patch_seen_before_the_secret_still_counts() {
+    let mut c = Clock::new();
+    let mut t = tracker(plan_eso_reloader(), &c);
+    t.store_written(&c.written(0, 10));
+    let ours = marks(None, Some("h-new"));
+    t.on_deployment(&c.change(95, "d", Some(marked(deployment("tn", 2, 2, 0, 0), &ours))));
+    t.on_secret(&c.change(100, "s", Some(secret_h(NEW, "h-new"))));
+    // Two watch streams out of order: the trigger ends at its own start.
+    assert_eq!(t.ended(Stage::ReloaderTrigger), Some(c.at(100)));
+}
+
+#[test]
+fn trigger_restart_ends_only_at_the_restarted_at_the_prober_sent() {
+    let mut c = Clock::new();
+    let plan = Plan {
+        eso: false,
+        secret: false,
+        trigger: Some(Trigger::Restart),
+        deployment: true,
+        env_canary: true,
+    };
+    let mut t = tracker(plan, &c);
+    t.store_written(&c.written(0, 10));
+    let kubectl = marks(Some("2025-06-15T10:00:00Z"), None);
+    t.on_deployment(&c.change(
+        20,
+        "d",
+        Some(marked(deployment("tk", 2, 1, 0, 0), &kubectl)),
+    ));
+    t.restart_sent(Restarted {
+        restarted_at: "2025-06-15T10:00:01Z".into(),
+        generation: 3,
+    });
+    t.on_deployment(&c.change(
+        25,
+        "d",
+        Some(marked(deployment("tk", 2, 2, 1, 1), &kubectl)),
+    ));
+    assert_eq!(t.ended(Stage::ReloaderTrigger), None);
+    let ours = marks(Some("2025-06-15T10:00:01Z"), None);
+    t.on_deployment(&c.change(30, "d", Some(marked(deployment("to", 3, 2, 1, 1), &ours))));
+    assert_eq!(t.ended(Stage::ReloaderTrigger), Some(c.at(30)));
+    t.on_deployment(&c.change(90, "d", Some(marked(deployment("to", 3, 3, 1, 1), &ours))));
+    assert_eq!(t.ended(Stage::Rollout), Some(c.at(90)));
+    let view = pods_view(&[("k", pod_m("rs-k", &kubectl)), ("o", pod_m("rs-o", &ours))]);
+    assert_eq!(target_names(&t, &view), vec!["o"]);
 }
