@@ -219,8 +219,12 @@ pub struct Condition {
 pub struct EsState {
     /// Every event of the object is a distinct state.
     pub resource_version: Option<String>,
-    /// `status.refreshTime`: when the last successful sync started (whole seconds).
+    /// `status.refreshTime`: when the last successful sync started (whole
+    /// seconds, ESO's clock: only ever compared with itself).
     pub refresh_time: Option<DateTime<Utc>>,
+    /// `status.syncedResourceVersion`: the ExternalSecret version the last
+    /// sync was for.
+    pub synced_resource_version: Option<String>,
     /// `status.conditions[type=Ready]`.
     pub ready: Option<Condition>,
 }
@@ -257,6 +261,10 @@ impl EsState {
         EsState {
             resource_version: o.metadata.resource_version.clone(),
             refresh_time,
+            synced_resource_version: status
+                .and_then(|s| s.get("syncedResourceVersion"))
+                .and_then(|v| v.as_str())
+                .map(str::to_string),
             ready,
         }
     }
@@ -264,6 +272,12 @@ impl EsState {
     /// `Ready=True`.
     pub fn is_ready(&self) -> bool {
         self.ready.as_ref().is_some_and(|c| c.status == "True")
+    }
+
+    /// The sync ESO last reported: `refreshTime` and `syncedResourceVersion`.
+    /// A new sync changes it (ESO's clock is only compared with itself).
+    pub fn sync_mark(&self) -> (Option<DateTime<Utc>>, Option<&str>) {
+        (self.refresh_time, self.synced_resource_version.as_deref())
     }
 
     /// `Ready=False` (e.g. `SecretSyncedError`).

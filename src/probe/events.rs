@@ -149,6 +149,7 @@ impl Subscriptions {
             base.old_digest = last_digest;
         }
         base.template = self.deployments.first().map(|d| d.template);
+        base.es_status = self.es.first();
         if let Some(rx) = &self.pods.rx {
             for (name, p) in rx.borrow().objects.iter() {
                 if let Some(o) = &p.owner {

@@ -6,7 +6,7 @@
 //! | stage | starts | ends |
 //! |---|---|---|
 //! | `store_write` | just before the KV v2 write | the write's response (new version) |
-//! | `eso_sync` | store write done | an ExternalSecret status event with `Ready=True` and `refreshTime` ≥ the write's start floored to whole seconds, arriving once the Secret has been seen with the new digest (ESO writes the Secret before its status, so a sync that started just before our write in the same second does not count) |
+//! | `eso_sync` | store write done | an ExternalSecret status event with `Ready=True` whose sync mark (`refreshTime`, `syncedResourceVersion`) differs from the one at run start, arriving once the Secret has been seen with the new digest (ESO writes the Secret before its status). ESO's clock is only compared with itself. If ESO's status update changed nothing (the previous sync was in the same second), the stage ends with the Secret after a 2 s grace |
 //! | `secret_update` | store write done | a Secret event whose `data[key]` SHA-256 equals the new digest |
 //! | `reloader_trigger` | `secret_update` end (trigger `reloader`), or store write done (trigger `restart`: the prober then patches `restartedAt` as `kubectl rollout restart` does) | a Deployment event whose pod template carries this run's value: Reloader's hash of the Secret seen with the new digest (SHA-1 of its sorted `key=value` pairs joined by `;`) in `STAKATER_<NAME>_SECRET` or in `reloader.stakater.com/last-reloaded-from`; with `restart`, the exact `restartedAt` the prober sent. A concurrent `kubectl rollout restart`, an unrelated deploy or a late Reloader patch for an older value does not end it |
 //! | `rollout` | `reloader_trigger` end | a Deployment event showing the rollout complete, as `kubectl rollout status` decides, for that generation or a later one (a restart landing after ours lengthens it, never shortens it) |
@@ -54,6 +54,9 @@ pub struct Baseline {
     pub old_digest: Option<String>,
     /// The chain's Secret did not exist at run start.
     pub secret_absent: bool,
+    /// The ExternalSecret's state at run start (its sync mark is what a
+    /// sync of this run's value changes).
+    pub es_status: Option<EsState>,
 }
 
 /// What a canary Pod answered last.
@@ -112,6 +115,8 @@ pub struct Tracker {
     write_floor: Option<DateTime<Utc>>,
     secret_new: Option<Stamp>,
     es_early: Option<Stamp>,
+    /// The ExternalSecret's latest state says `Ready=True`.
+    es_ready_now: bool,
     /// Reloader's hashes of the Secret states that carried the new digest.
     secret_hashes: BTreeSet<String>,
     /// The prober's restart patch (trigger `restart`).
@@ -151,6 +156,7 @@ impl Tracker {
             plan,
             new_digest,
             secret_absent: base.secret_absent,
+            es_ready_now: base.es_status.as_ref().is_some_and(EsState::is_ready),
             base,
             run_deadline,
             limits,
@@ -286,13 +292,21 @@ impl Tracker {
             self.es_early = None;
             return;
         };
+        self.es_ready_now = es.is_ready();
         if let Some(cond) = es.sync_failed() {
             self.es_error = Some(format!("{}: {}", cond.reason, cond.message));
         }
-        let Some(floor) = self.write_floor else {
+        if self.write_floor.is_none() {
             return;
-        };
-        let qualifies = es.is_ready() && es.refresh_time.is_some_and(|t| t >= floor);
+        }
+        // A sync changes ESO's own mark (refreshTime, syncedResourceVersion);
+        // its clock is never compared with ours.
+        let changed = self
+            .base
+            .es_status
+            .as_ref()
+            .is_none_or(|b| b.sync_mark() != es.sync_mark());
+        let qualifies = es.is_ready() && changed;
         if !qualifies {
             self.es_early = None;
             return;
@@ -545,6 +559,9 @@ impl Tracker {
         }
         match (self.es_early, self.secret_new) {
             (Some(_), Some(s)) => Some(s),
+            // ESO wrote the Secret and its status update changed nothing
+            // (the previous sync was in the same second): no event comes.
+            (None, Some(s)) if self.es_ready_now => Some(s),
             (Some(e), None) if self.secret_absent => Some(e),
             _ => None,
         }

@@ -85,6 +85,7 @@ fn base() -> Baseline {
         restarts: BTreeMap::new(),
         old_digest: Some(OLD.into()),
         secret_absent: false,
+        ..Default::default()
     }
 }
 
@@ -100,13 +101,13 @@ fn tracker(plan: Plan, clock: &Clock) -> Tracker {
 
 fn es_ready(refresh: DateTime<Utc>) -> EsState {
     EsState {
-        resource_version: None,
         refresh_time: Some(refresh),
         ready: Some(Condition {
             status: "True".into(),
             reason: "SecretSynced".into(),
             message: String::new(),
         }),
+        ..Default::default()
     }
 }
 
@@ -675,4 +676,56 @@ fn trigger_restart_ends_only_at_the_restarted_at_the_prober_sent() {
     assert_eq!(t.ended(Stage::Rollout), Some(c.at(90)));
     let view = pods_view(&[("k", pod_m("rs-k", &kubectl)), ("o", pod_m("rs-o", &ours))]);
     assert_eq!(target_names(&t, &view), vec!["o"]);
+}
+
+fn es_synced(refresh: DateTime<Utc>, synced: &str) -> EsState {
+    EsState {
+        synced_resource_version: Some(synced.into()),
+        ..es_ready(refresh)
+    }
+}
+
+fn tracker_with(plan: Plan, base: Baseline, clock: &Clock) -> Tracker {
+    Tracker::new(plan, NEW.into(), base, clock.at(60_000).at, BTreeMap::new())
+}
+
+#[test]
+fn eso_sync_is_decided_by_esos_own_status_change_not_its_clock() {
+    let mut c = Clock::new();
+    // ESO's clock 2 s behind ours: its refreshTime is before our write.
+    let mut b = base();
+    b.es_status = Some(es_synced(c.secs(-10), "1-abc"));
+    let mut t = tracker_with(plan_eso_reloader(), b.clone(), &c);
+    t.store_written(&c.written(0, 10));
+    t.on_secret(&c.change(100, "s", Some(secret(NEW))));
+    t.on_external_secret(&c.change(104, "es", Some(es_synced(c.secs(-2), "1-abc"))));
+    assert_eq!(t.ended(Stage::EsoSync), Some(c.at(104)));
+
+    // ESO's clock 2 s ahead: an event that leaves the status as it was at
+    // run start (the force-sync annotation, a label) does not count.
+    b.es_status = Some(es_synced(c.secs(2), "1-abc"));
+    let mut t = tracker_with(plan_eso_reloader(), b, &c);
+    t.store_written(&c.written(0, 10));
+    t.on_external_secret(&c.change(50, "es", Some(es_synced(c.secs(2), "1-abc"))));
+    t.on_secret(&c.change(100, "s", Some(secret(NEW))));
+    t.on_external_secret(&c.change(101, "es", Some(es_synced(c.secs(2), "1-abc"))));
+    assert_eq!(t.ended(Stage::EsoSync), None);
+    t.on_external_secret(&c.change(110, "es", Some(es_synced(c.secs(3), "1-abc"))));
+    assert_eq!(t.ended(Stage::EsoSync), Some(c.at(110)));
+}
+
+#[test]
+fn an_eso_status_update_that_changed_nothing_ends_the_sync_with_the_secret() {
+    let mut c = Clock::new();
+    // The sync before the run and ours in the same second: ESO's status
+    // update is a no-op, no event comes.
+    let mut b = base();
+    b.es_status = Some(es_synced(c.secs(0), "1-abc"));
+    let mut t = tracker_with(plan_eso_reloader(), b, &c);
+    t.store_written(&c.written(0, 10));
+    t.on_secret(&c.change(100, "s", Some(secret(NEW))));
+    t.tick(c.at(100).at + ESO_STATUS_GRACE - Duration::from_millis(1));
+    assert_eq!(t.ended(Stage::EsoSync), None);
+    t.tick(c.at(100).at + ESO_STATUS_GRACE);
+    assert_eq!(t.ended(Stage::EsoSync), Some(c.at(100)));
 }
