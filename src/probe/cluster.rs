@@ -18,7 +18,6 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::runtime::watcher;
-use kube::runtime::WatchStreamExt;
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
@@ -172,6 +171,40 @@ pub struct Fault {
     pub stamp: Stamp,
 }
 
+/// The longest pause between two attempts of a failing watch. kube-runtime's
+/// default goes up to 30 s; a run's stages are seconds long.
+pub const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(3);
+
+/// The first pause after a watch failed.
+const WATCH_BACKOFF_MIN: Duration = Duration::from_millis(250);
+
+/// Gaps kept per watcher (enough to cover one run).
+const GAPS_KEPT: usize = 16;
+
+/// A stretch of time a watcher was failing: events of it may have arrived
+/// late, so a duration measured across it is not the pipeline's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gap {
+    /// When the fault began.
+    pub from: Stamp,
+    /// When the watch was healthy again (`None`: still failing).
+    pub to: Option<Stamp>,
+}
+
+impl Gap {
+    /// Whether the gap overlaps `[start, end]` (`end` `None`: still open).
+    pub fn overlaps(&self, start: Stamp, end: Option<Stamp>) -> bool {
+        let before_end = end.is_none_or(|e| self.from.at <= e.at);
+        let after_start = self.to.is_none_or(|t| t.at >= start.at);
+        before_end && after_start
+    }
+}
+
+/// The next pause of a failing watch: doubling, capped at [`WATCH_BACKOFF_MAX`].
+pub fn next_backoff(current: Duration) -> Duration {
+    (current * 2).clamp(WATCH_BACKOFF_MIN, WATCH_BACKOFF_MAX)
+}
+
 /// What a watcher knows: the objects now, recent changes, its health.
 #[derive(Debug)]
 pub struct View<T> {
@@ -181,8 +214,15 @@ pub struct View<T> {
     pub objects: BTreeMap<String, Arc<T>>,
     /// The latest changes, oldest first.
     pub changes: VecDeque<Change<T>>,
-    /// Set while the watcher's last attempt failed; cleared by its next success.
+    /// Set while the watcher's last attempt failed; cleared by its next
+    /// success (a relist completing, or any event).
     pub fault: Option<Fault>,
+    /// Recent stretches of failure, oldest first (the current one is `fault`).
+    pub gaps: VecDeque<Gap>,
+    /// Changes dropped from the log before every run had read them (the
+    /// log overflowed between two wake-ups of a run): the seq of the last
+    /// change dropped.
+    pub evicted: u64,
 }
 
 impl<T> Default for View<T> {
@@ -192,6 +232,8 @@ impl<T> Default for View<T> {
             objects: BTreeMap::new(),
             changes: VecDeque::new(),
             fault: None,
+            gaps: VecDeque::new(),
+            evicted: 0,
         }
     }
 }
@@ -200,6 +242,44 @@ impl<T> View<T> {
     /// The sequence number of the latest change, 0 if none.
     pub fn last_seq(&self) -> u64 {
         self.changes.back().map(|c| c.seq).unwrap_or(0)
+    }
+
+    /// The watch failed: keep the stamp of the fault's beginning while it
+    /// lasts (a fault counts against a stage only if it began after it).
+    pub fn faulted(&mut self, reason: Reason, message: String, stamp: Stamp) {
+        let since = self.fault.as_ref().map_or(stamp, |f| f.stamp);
+        self.fault = Some(Fault {
+            reason,
+            message,
+            stamp: since,
+        });
+    }
+
+    /// The watch works again; returns whether it was failing.
+    pub fn healthy(&mut self, stamp: Stamp) -> bool {
+        let Some(f) = self.fault.take() else {
+            return false;
+        };
+        self.gaps.push_back(Gap {
+            from: f.stamp,
+            to: Some(stamp),
+        });
+        while self.gaps.len() > GAPS_KEPT {
+            self.gaps.pop_front();
+        }
+        true
+    }
+
+    /// Every recent gap, the current fault as an open one.
+    pub fn all_gaps(&self) -> Vec<Gap> {
+        let mut out: Vec<Gap> = self.gaps.iter().copied().collect();
+        if let Some(f) = &self.fault {
+            out.push(Gap {
+                from: f.stamp,
+                to: None,
+            });
+        }
+        out
     }
 }
 
@@ -545,8 +625,10 @@ fn classify(e: &watcher::Error) -> Option<Reason> {
 pub fn code_reason(code: u16) -> Reason {
     match code {
         404 => Reason::NotFound,
-        // Our own request was malformed (bad selector, bad patch).
-        400 | 422 => Reason::ProberError,
+        // Our own request was malformed (bad selector, bad patch), or the
+        // prober's own credentials or RBAC (or a policy webhook) refused it:
+        // the prober's owners must act, not the pipeline's.
+        400 | 401 | 403 | 422 => Reason::ProberError,
         _ => Reason::ApiError,
     }
 }
@@ -554,6 +636,7 @@ pub fn code_reason(code: u16) -> Reason {
 /// Record a change in the view, keeping the log bounded.
 fn push<T>(v: &mut View<T>, seq: &AtomicU64, stamp: Stamp, name: String, state: Option<Arc<T>>) {
     let seq = seq.fetch_add(1, Ordering::Relaxed) + 1;
+    debug_assert!(seq > v.evicted);
     v.changes.push_back(Change {
         seq,
         stamp,
@@ -561,15 +644,23 @@ fn push<T>(v: &mut View<T>, seq: &AtomicU64, stamp: Stamp, name: String, state: 
         state,
     });
     while v.changes.len() > CHANGE_LOG {
-        v.changes.pop_front();
+        if let Some(c) = v.changes.pop_front() {
+            v.evicted = c.seq;
+        }
     }
 }
 
 /// Follow one watch until `cancel`, reducing each object with `project`.
+///
+/// kube-runtime's watcher emits nothing when a re-watch after an error
+/// succeeds, so a fault would stay the view's state until the next object
+/// event. Instead every fault ends the stream: after a pause (doubling, at
+/// most [`WATCH_BACKOFF_MAX`]) a new one starts with a relist, whose
+/// completion clears the fault. Relists only publish what changed.
 async fn follow<K, T>(
     api: Api<K>,
     config: watcher::Config,
-    project: impl Fn(&K) -> T + Send + 'static,
+    project: impl Fn(&K) -> T + Send + Sync + 'static,
     tx: watch::Sender<View<T>>,
     seq: Arc<AtomicU64>,
     what: String,
@@ -578,31 +669,55 @@ async fn follow<K, T>(
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
     T: PartialEq + Send + Sync + 'static,
 {
-    let stream = watcher(api, config).default_backoff();
+    let mut backoff = Duration::ZERO;
+    loop {
+        let ended = follow_stream(&api, &config, &project, &tx, &seq, &what, &cancel).await;
+        if ended {
+            return;
+        }
+        backoff = next_backoff(backoff);
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+    }
+}
+
+/// One watch stream from its first list to its first fault; `true` when
+/// the watcher should stop (cancelled, or the stream ended).
+async fn follow_stream<K, T>(
+    api: &Api<K>,
+    config: &watcher::Config,
+    project: &impl Fn(&K) -> T,
+    tx: &watch::Sender<View<T>>,
+    seq: &AtomicU64,
+    what: &str,
+    cancel: &CancellationToken,
+) -> bool
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+    T: PartialEq + Send + Sync + 'static,
+{
+    let stream = watcher(api.clone(), config.clone());
     futures::pin_mut!(stream);
     // Objects of a (re)list, published together when it completes.
     let mut relist: Option<Vec<(Stamp, String, T)>> = None;
     loop {
         let item = tokio::select! {
-            _ = cancel.cancelled() => return,
+            _ = cancel.cancelled() => return true,
             item = stream.next() => item,
         };
         let stamp = Stamp::now();
         let Some(item) = item else {
             tracing::warn!(watch = %what, "watch stream ended");
-            return;
+            return true;
         };
         match item {
             Err(e) => {
                 let Some(reason) = classify(&e) else { continue };
-                tracing::debug!(watch = %what, error = %e, "watch error; retrying with backoff");
-                tx.send_modify(|v| {
-                    v.fault = Some(Fault {
-                        reason,
-                        message: e.to_string(),
-                        stamp,
-                    })
-                });
+                tracing::debug!(watch = %what, error = %e, "watch error; starting over after a pause");
+                tx.send_modify(|v| v.faulted(reason, e.to_string(), stamp));
+                return false;
             }
             Ok(watcher::Event::Init) => relist = Some(Vec::new()),
             Ok(watcher::Event::InitApply(o)) => {
@@ -613,14 +728,16 @@ async fn follow<K, T>(
             Ok(watcher::Event::InitDone) => {
                 let listed = relist.take().unwrap_or_default();
                 tx.send_modify(|v| {
-                    v.fault = None;
+                    if v.healthy(stamp) {
+                        tracing::info!(watch = %what, "watch recovered");
+                    }
                     v.synced = true;
                     let mut seen = BTreeMap::new();
                     for (st, name, state) in listed {
                         let changed = v.objects.get(&name).is_none_or(|old| **old != state);
                         let state = Arc::new(state);
                         if changed {
-                            push(v, &seq, st, name.clone(), Some(state.clone()));
+                            push(v, seq, st, name.clone(), Some(state.clone()));
                         }
                         seen.insert(name, state);
                     }
@@ -631,7 +748,7 @@ async fn follow<K, T>(
                         .cloned()
                         .collect();
                     for name in gone {
-                        push(v, &seq, stamp, name, None);
+                        push(v, seq, stamp, name, None);
                     }
                     v.objects = seen;
                 });
@@ -640,22 +757,22 @@ async fn follow<K, T>(
                 let name = o.name_any();
                 let state = project(&o);
                 tx.send_if_modified(|v| {
-                    let was_faulty = v.fault.take().is_some();
+                    let was_faulty = v.healthy(stamp);
                     if v.objects.get(&name).is_some_and(|old| **old == state) {
                         return was_faulty;
                     }
                     let state = Arc::new(state);
                     v.objects.insert(name.clone(), state.clone());
-                    push(v, &seq, stamp, name, Some(state));
+                    push(v, seq, stamp, name, Some(state));
                     true
                 });
             }
             Ok(watcher::Event::Delete(o)) => {
                 let name = o.name_any();
                 tx.send_modify(|v| {
-                    v.fault = None;
+                    v.healthy(stamp);
                     v.objects.remove(&name);
-                    push(v, &seq, stamp, name, None);
+                    push(v, seq, stamp, name, None);
                 });
             }
         }
@@ -666,7 +783,7 @@ async fn follow<K, T>(
 fn spawn<K, T>(
     api: Api<K>,
     config: watcher::Config,
-    project: impl Fn(&K) -> T + Send + 'static,
+    project: impl Fn(&K) -> T + Send + Sync + 'static,
     seq: &Arc<AtomicU64>,
     what: String,
     cancel: &CancellationToken,
@@ -700,7 +817,10 @@ pub fn external_secret_resource() -> ApiResource {
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     /// The restart patch was refused or failed.
-    #[error("patching {restarted_at} into Deployment {namespace}/{name}: {source}")]
+    #[error(
+        "patching {restarted_at} into Deployment {namespace}/{name}{}: {source}",
+        webhook_note(source)
+    )]
     RestartPatch {
         /// Namespace.
         namespace: String,
@@ -724,7 +844,10 @@ pub enum ClusterError {
     },
     /// The `force-sync` annotation patch was refused or failed (RBAC: the
     /// prober needs `patch` on `externalsecrets`).
-    #[error("annotating ExternalSecret {namespace}/{name} with force-sync={value}: {source}")]
+    #[error(
+        "annotating ExternalSecret {namespace}/{name} with force-sync={value}{}: {source}",
+        webhook_note(source)
+    )]
     ForceSyncPatch {
         /// Namespace.
         namespace: String,
@@ -746,6 +869,26 @@ pub enum ClusterError {
         /// The timeout.
         after: Duration,
     },
+}
+
+/// The admission webhook named in an API error, if one refused (or failed
+/// on) the request: `admission webhook "NAME" denied the request` or
+/// `failed calling webhook "NAME"`.
+pub fn refusing_webhook(e: &kube::Error) -> Option<String> {
+    let kube::Error::Api(s) = e else { return None };
+    ["admission webhook \"", "failed calling webhook \""]
+        .iter()
+        .find_map(|p| {
+            let rest = &s.message[s.message.find(p)? + p.len()..];
+            rest.find('"').map(|end| rest[..end].to_string())
+        })
+}
+
+/// ` (refused by admission webhook NAME)` when one did.
+fn webhook_note(e: &kube::Error) -> String {
+    refusing_webhook(e)
+        .map(|w| format!(" (refused by admission webhook {w})"))
+        .unwrap_or_default()
 }
 
 impl ClusterError {
@@ -1158,5 +1301,96 @@ mod marks_tests {
         let p = PodState::from_pod_for(&pod, Some("canary-env"));
         assert_eq!(p.marks.restarted_at, s.marks.restarted_at);
         assert!(p.marks.reloader.contains("def"));
+    }
+}
+
+#[cfg(test)]
+mod health_tests {
+    use super::*;
+
+    fn api(code: u16, message: &str) -> kube::Error {
+        kube::Error::Api(Box::new(
+            kube::core::Status::failure(message, "Forbidden").with_code(code),
+        ))
+    }
+
+    #[test]
+    fn the_probers_own_refusals_are_prober_errors_naming_the_webhook() {
+        let rbac = ClusterError::ForceSyncPatch {
+            namespace: "ns".into(),
+            name: "es".into(),
+            value: "1".into(),
+            source: api(403, "externalsecrets.external-secrets.io \"es\" is forbidden: User \"system:serviceaccount:ns:secret-canary\" cannot patch resource"),
+        };
+        assert_eq!(rbac.reason(), Reason::ProberError);
+        assert!(!rbac.to_string().contains("webhook"));
+        let webhook = ClusterError::ForceSyncPatch {
+            namespace: "ns".into(),
+            name: "es".into(),
+            value: "1".into(),
+            source: api(403, "admission webhook \"deny-annotations.kyverno.svc\" denied the request: annotations are immutable"),
+        };
+        assert_eq!(webhook.reason(), Reason::ProberError);
+        assert!(webhook
+            .to_string()
+            .contains("(refused by admission webhook deny-annotations.kyverno.svc)"));
+        let unauthorized = ClusterError::RestartPatch {
+            namespace: "ns".into(),
+            name: "d".into(),
+            restarted_at: "t".into(),
+            source: api(401, "Unauthorized"),
+        };
+        assert_eq!(unauthorized.reason(), Reason::ProberError);
+        let watch = watcher::Error::InitialListFailed(api(403, "forbidden"));
+        assert_eq!(classify(&watch), Some(Reason::ProberError));
+        let down = api(500, "Internal error occurred: failed calling webhook \"mutate.bank-vaults\": connection refused");
+        assert_eq!(
+            refusing_webhook(&down).as_deref(),
+            Some("mutate.bank-vaults")
+        );
+    }
+
+    #[test]
+    fn a_fault_keeps_its_onset_and_recovery_closes_a_gap() {
+        let t0 = Stamp::now();
+        let later = |ms| Stamp {
+            at: t0.at + Duration::from_millis(ms),
+            wall: t0.wall + chrono::Duration::milliseconds(ms as i64),
+        };
+        let mut v: View<SecretState> = View::default();
+        assert!(!v.healthy(t0));
+        v.faulted(Reason::ApiError, "500".into(), later(10));
+        v.faulted(Reason::ApiError, "500 again".into(), later(500));
+        assert_eq!(v.fault.as_ref().unwrap().stamp, later(10));
+        assert_eq!(
+            v.all_gaps(),
+            vec![Gap {
+                from: later(10),
+                to: None
+            }]
+        );
+        assert!(v.healthy(later(900)));
+        assert!(v.fault.is_none());
+        assert_eq!(
+            v.all_gaps(),
+            vec![Gap {
+                from: later(10),
+                to: Some(later(900))
+            }]
+        );
+    }
+
+    #[test]
+    fn the_watch_backoff_is_capped_at_a_few_seconds() {
+        let mut b = Duration::ZERO;
+        let mut seen = Vec::new();
+        for _ in 0..12 {
+            b = next_backoff(b);
+            seen.push(b);
+        }
+        assert_eq!(seen[0], Duration::from_millis(250));
+        assert!(seen.iter().all(|d| *d <= WATCH_BACKOFF_MAX));
+        assert_eq!(*seen.last().unwrap(), WATCH_BACKOFF_MAX);
+        assert!(WATCH_BACKOFF_MAX <= Duration::from_secs(5));
     }
 }

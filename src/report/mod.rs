@@ -161,11 +161,12 @@ fn rfc3339(t: DateTime<Utc>) -> String {
 /// reported one, else, for a successful run, from its first stage's start to
 /// its last stage's completion.
 pub fn end_to_end(outcome: &Outcome) -> Option<Duration> {
-    if let Some(d) = outcome.duration(Stage::EndToEnd) {
-        return Some(d);
-    }
+    // Only a successful run delivered the value end to end.
     if outcome.result != RunResult::Success {
         return None;
+    }
+    if let Some(d) = outcome.duration(Stage::EndToEnd) {
+        return Some(d);
     }
     let first = outcome.stages.first()?.started_at;
     let last = outcome.stages.last()?.completed_at?;
@@ -585,6 +586,7 @@ probes:
             result: RunResult::Success,
             detail: None,
             sync_trigger: Some(crate::probe::SyncTrigger::Natural),
+            watch_gaps: Vec::new(),
         }
     }
 
@@ -665,5 +667,14 @@ probes:
         assert_eq!(human(Duration::from_millis(12)), "12.0ms");
         assert_eq!(human(Duration::from_millis(1234)), "1.234s");
         assert_eq!(human(Duration::from_millis(123_500)), "2m03.5s");
+    }
+
+    #[test]
+    fn end_to_end_is_only_for_successful_runs() {
+        let mut o = success(100);
+        o.stages.push(timing(Stage::EndToEnd, 0, Some(1000)));
+        assert!(end_to_end(&o).is_some());
+        o.result = RunResult::Failure;
+        assert_eq!(end_to_end(&o), None);
     }
 }

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 
 use super::*;
 use crate::probe::canary::CanaryError;
-use crate::probe::cluster::{Change, Condition, Fault};
+use crate::probe::cluster::{Change, Condition, Fault, Gap};
 use crate::probe::{Failure, RunResult};
 
 const NEW: &str = "1111111111111111111111111111111111111111111111111111111111111111";
@@ -64,7 +64,8 @@ fn fault(reason: Reason, message: &str, c: &Clock) -> Fault {
     Fault {
         reason,
         message: message.into(),
-        stamp: c.at(0),
+        // After the write (a fault counts only if it began in the stage).
+        stamp: c.at(20),
     }
 }
 
@@ -728,4 +729,54 @@ fn an_eso_status_update_that_changed_nothing_ends_the_sync_with_the_secret() {
     assert_eq!(t.ended(Stage::EsoSync), None);
     t.tick(c.at(100).at + ESO_STATUS_GRACE);
     assert_eq!(t.ended(Stage::EsoSync), Some(c.at(100)));
+}
+
+#[test]
+fn a_watch_fault_counts_only_if_it_began_after_the_stage_started() {
+    let c = Clock::new();
+    let mut t = tracker(plan_eso_reloader(), &c);
+    t.store_written(&c.written(500, 510));
+    // A fault from before the run that is still there did not stop eso_sync.
+    let old = Facts {
+        es: Some(es_ready(c.secs(-5))),
+        es_fault: Some(fault(Reason::ApiError, "500", &c)),
+        secret_present: true,
+        ..Default::default()
+    };
+    assert_eq!(t.attribute(Stage::EsoSync, &old).reason, Reason::Timeout);
+    let mut new = old.clone();
+    new.es_fault = Some(Fault {
+        stamp: c.at(600),
+        ..fault(Reason::ApiError, "500", &c)
+    });
+    assert_eq!(t.attribute(Stage::EsoSync, &new).reason, Reason::ApiError);
+}
+
+#[test]
+fn durations_measured_across_a_watch_gap_are_marked() {
+    let mut c = Clock::new();
+    let mut t = tracker(plan_eso_reloader(), &c);
+    t.store_written(&c.written(0, 10));
+    t.on_secret(&c.change(3000, "s", Some(secret(NEW))));
+    let gap = Gap {
+        from: c.at(1000),
+        to: Some(c.at(2900)),
+    };
+    let marked = t.gap_stages(&[gap]);
+    assert_eq!(
+        marked,
+        vec![Stage::EsoSync, Stage::SecretUpdate, Stage::EndToEnd]
+    );
+    // A gap before the run touches nothing.
+    let before = Gap {
+        from: Stamp {
+            at: c.at(0).at - Duration::from_secs(5),
+            wall: c.at(0).wall,
+        },
+        to: Some(Stamp {
+            at: c.at(0).at - Duration::from_secs(1),
+            wall: c.at(0).wall,
+        }),
+    };
+    assert!(t.gap_stages(&[before]).is_empty());
 }
