@@ -275,6 +275,8 @@ pub const MAX_MAX_VERSIONS: u64 = 1000;
 pub const DEFAULT_CANARY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Shortest `interval` accepted: faster runs would measure the prober, not the pipeline.
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// The longest run deadline accepted (a run holds its probe's schedule).
+pub const MAX_DEADLINE: Duration = Duration::from_secs(3600);
 /// Longest probe name: it is a label value and a Kubernetes-style name.
 pub const MAX_NAME_LEN: usize = 63;
 
@@ -424,7 +426,43 @@ impl Config {
             }
             probe.check(&at, &mut p);
         }
+        self.check_shared(&mut p);
         p.0
+    }
+
+    /// Two probes writing one store path, or following one ExternalSecret
+    /// or Deployment, would see each other's runs as their own.
+    fn check_shared(&self, p: &mut Problems) {
+        let mut seen: BTreeMap<(&str, String), usize> = BTreeMap::new();
+        for (i, probe) in self.probes.iter().enumerate() {
+            let chain = &probe.chain;
+            let ns = chain.namespace.as_str();
+            let mut keys = vec![(
+                "store.path",
+                format!(
+                    "{} {}/{}",
+                    probe.store.address,
+                    probe.store.mount,
+                    probe.store.path.trim_matches('/')
+                ),
+            )];
+            if let Some(es) = &chain.external_secret {
+                keys.push(("chain.external_secret", format!("{ns}/{es}")));
+            }
+            if let Some(r) = &chain.rollout {
+                keys.push(("chain.rollout.deployment", format!("{ns}/{}", r.deployment)));
+            }
+            for (field, key) in keys {
+                if let Some(first) = seen.get(&(field, key.clone())) {
+                    p.push(
+                        format!("probes[{i}].{field}"),
+                        format!("also used by probes[{first}]: two probes would take each other's runs for their own"),
+                    );
+                } else {
+                    seen.insert((field, key), i);
+                }
+            }
+        }
     }
 
     /// The probe with this name.
@@ -561,7 +599,16 @@ impl ProbeConfig {
 
         let deadline = self.deadline();
         if let Some(d) = self.deadline {
-            p.positive(&format!("{at}.deadline"), d);
+            if p.positive(&format!("{at}.deadline"), d) && d > MAX_DEADLINE {
+                p.push(
+                    format!("{at}.deadline"),
+                    format!(
+                        "{} exceeds the maximum of {}",
+                        humantime::format_duration(d),
+                        humantime::format_duration(MAX_DEADLINE)
+                    ),
+                );
+            }
         }
         let stages = self.stages();
         let have = stage_list(&stages);
@@ -732,6 +779,10 @@ impl ChainConfig {
                 Trigger::Reloader if self.secret.is_none() => p.push(
                     format!("{at}.rollout.trigger"),
                     "`reloader` reacts to a Secret change: set `secret` (or use `restart` for webhook injection)",
+                ),
+                Trigger::Restart if self.external_secret.is_some() => p.push(
+                    format!("{at}.rollout.trigger"),
+                    "`restart` on an ESO chain restarts before ESO synced (Pods would read the old Secret): use `reloader`",
                 ),
                 Trigger::None if self.canary.source != CanarySource::File => p.push(
                     format!("{at}.rollout.trigger"),
@@ -1071,6 +1122,37 @@ probes:
             "no problem containing {needle:?} in:\n{}",
             problems.join("\n")
         );
+    }
+
+    #[test]
+    fn shared_objects_restart_on_eso_and_huge_deadlines_are_refused() {
+        // A second eso-env probe on the same path, ExternalSecret and Deployment.
+        let second = GOOD
+            .split_once("  - name: eso-volume")
+            .unwrap()
+            .0
+            .split_once("probes:\n")
+            .unwrap()
+            .1
+            .replace("name: eso-env", "name: eso-env-2");
+        let yaml = format!("{GOOD}{second}");
+        let p = problems(&yaml);
+        has(&p, "probes[3].store.path: also used by probes[0]");
+        has(
+            &p,
+            "probes[3].chain.external_secret: also used by probes[0]",
+        );
+        has(
+            &p,
+            "probes[3].chain.rollout.deployment: also used by probes[0]",
+        );
+        let p = problems(&GOOD.replace("trigger: reloader", "trigger: restart"));
+        has(
+            &p,
+            "probes[0].chain.rollout.trigger: `restart` on an ESO chain",
+        );
+        let p = problems(&GOOD.replace("deadline: 3m", "deadline: 2h"));
+        has(&p, "probes[0].deadline: 2h exceeds the maximum of 1h");
     }
 
     #[test]

@@ -434,12 +434,34 @@ impl Tracker {
         }
     }
 
-    /// A canary Pod event (crash evidence).
+    /// A canary Pod event (crash evidence): only from Pods that did not
+    /// exist at run start, are not terminating, and (when the chain rolls)
+    /// were made from a template carrying the value. A new Pod in
+    /// `CrashLoopBackOff` ends the run at once as `canary_crashing`.
     pub fn on_pod(&mut self, c: &Change<PodState>) {
         let Some(p) = &c.state else { return };
+        if p.terminating || self.base.restarts.contains_key(&c.name) {
+            return;
+        }
+        if self.plan.trigger.is_some() && !self.of_new_template(p) {
+            return;
+        }
         if let Some(crash) = &p.crash {
-            self.crash = Some(format!("Pod {}: {crash}", c.name));
-        } else if p.restarts > self.base.restarts.get(&c.name).copied().unwrap_or(0) {
+            let said = format!("Pod {}: {crash}", c.name);
+            if crash.contains("CrashLoopBackOff") && self.write_floor.is_some() {
+                let stage = if self.started(Stage::Rollout) && self.ended(Stage::Rollout).is_none()
+                {
+                    Stage::Rollout
+                } else if self.started(Stage::CanaryObserve) {
+                    Stage::CanaryObserve
+                } else {
+                    Stage::Rollout
+                };
+                let finding = Finding::new(Reason::CanaryCrashing, Cause::Reported(said.clone()));
+                self.fail(stage, finding);
+            }
+            self.crash = Some(said);
+        } else if p.restarts > 0 {
             self.crash = Some(format!(
                 "Pod {} restarted ({} restarts)",
                 c.name, p.restarts

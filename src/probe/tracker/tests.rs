@@ -780,3 +780,44 @@ fn durations_measured_across_a_watch_gap_are_marked() {
     };
     assert!(t.gap_stages(&[before]).is_empty());
 }
+
+#[test]
+fn crash_evidence_comes_only_from_new_live_pods_and_a_crash_loop_fails_at_once() {
+    let mut c = Clock::new();
+    let mut b = base();
+    b.restarts.insert("old-pod".into(), 0);
+    let mut t = tracker_with(plan_eso_reloader(), b, &c);
+    t.store_written(&c.written(0, 10));
+    t.on_secret(&c.change(100, "s", Some(secret(NEW))));
+    t.on_deployment(&c.change(150, "d", Some(deployment("t2", 2, 2, 0, 0))));
+    let looping = |owner: &str| PodState {
+        restarts: 1,
+        crash: Some("container canary CrashLoopBackOff: back-off 10s".into()),
+        ..pod(owner, false)
+    };
+    // A Pod that existed at run start, and a terminating new one: no evidence.
+    t.on_pod(&c.change(200, "old-pod", Some(looping("new"))));
+    let terminating = PodState {
+        terminating: true,
+        ..looping("new")
+    };
+    t.on_pod(&c.change(210, "going-pod", Some(terminating)));
+    assert!(t.verdict(c.at(211).at).is_none());
+    let facts = Facts {
+        deployment: Some(deployment("t2", 2, 2, 0, 0)),
+        ..Default::default()
+    };
+    assert_eq!(t.attribute(Stage::Rollout, &facts).reason, Reason::Timeout);
+    // A new Pod in CrashLoopBackOff ends the run at once.
+    t.on_pod(&c.change(300, "new-pod", Some(looping("new"))));
+    assert!(matches!(
+        t.verdict(c.at(301).at),
+        Some(End::Failed(
+            Stage::Rollout,
+            Finding {
+                reason: Reason::CanaryCrashing,
+                ..
+            }
+        ))
+    ));
+}
