@@ -161,7 +161,8 @@ pub enum RunResult {
     Success,
     /// A stage did not complete.
     Failure,
-    /// The tick found the previous run still going.
+    /// The tick found the previous run still going, or a watcher failing
+    /// (then the run produces an Outcome with this result and a detail).
     Skipped,
     /// The prober shut down mid-run.
     Aborted,
@@ -205,7 +206,7 @@ pub struct Outcome {
     pub stages: Vec<StageTiming>,
     /// Set when the run did not succeed.
     pub failure: Option<Failure>,
-    /// Success, failure or aborted (skipped runs produce no Outcome).
+    /// Success, failure, aborted, or skipped (a watcher was failing).
     pub result: RunResult,
     /// A human-readable detail of the failure for logs and reports (never a
     /// label, never a secret value).
@@ -214,6 +215,11 @@ pub struct Outcome {
     /// What made ESO sync this run's value (`None`: the chain has no ESO).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sync_trigger: Option<SyncTrigger>,
+    /// Stages (and `end_to_end`) whose span overlapped a watch gap (a
+    /// watcher was failing, so its events may have come late): their
+    /// durations are reported but kept out of the histograms.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub watch_gaps: Vec<Stage>,
 }
 
 /// What made ESO sync a run's value: its own schedule, or the prober's

@@ -130,7 +130,12 @@ pub enum Latency {
     /// Always the same delay.
     Fixed(Duration),
     /// Uniformly drawn from `[min, max]`.
-    Uniform { min: Duration, max: Duration },
+    Uniform {
+        /// The shortest delay.
+        min: Duration,
+        /// The longest delay.
+        max: Duration,
+    },
 }
 
 impl Latency {

@@ -10,6 +10,9 @@
 //! openbao      the real store, as a child process
 //! ```
 
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
 pub mod apiserver;
 pub mod controllers;
 pub mod faults;

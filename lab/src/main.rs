@@ -1,6 +1,8 @@
 //! `secret-canary-lab`: start the lab, or flip its faults and knobs from
 //! another shell. Parses the command line and hands over to the library.
 
+#![forbid(unsafe_code)]
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;

@@ -281,6 +281,8 @@ pub const MAX_MAX_VERSIONS: u64 = 1000;
 pub const DEFAULT_CANARY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Shortest `interval` accepted: faster runs would measure the prober, not the pipeline.
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// The longest run deadline accepted (a run holds its probe's schedule).
+pub const MAX_DEADLINE: Duration = Duration::from_secs(3600);
 /// Longest probe name: it is a label value and a Kubernetes-style name.
 pub const MAX_NAME_LEN: usize = 63;
 

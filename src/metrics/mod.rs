@@ -476,8 +476,9 @@ impl Metrics {
                 result: outcome.result,
             })
             .inc();
-        // A shutdown says nothing about the pipeline: leave the last-run state alone.
-        if outcome.result == RunResult::Aborted {
+        // A shutdown, or a tick skipped because a watcher was failing, says
+        // nothing about the pipeline: leave the last-run state alone.
+        if matches!(outcome.result, RunResult::Aborted | RunResult::Skipped) {
             return;
         }
         let exemplar = || {
@@ -494,7 +495,9 @@ impl Metrics {
         };
         for stage in probe.stages() {
             let d = outcome.duration(stage);
-            if let Some(d) = d {
+            // Measured across a watch gap: reported, not a pipeline latency.
+            let gap = outcome.watch_gaps.contains(&stage);
+            if let (Some(d), false) = (d, gap) {
                 stage_family
                     .get_or_create(&stage_labels(name, stage))
                     .observe(d.as_secs_f64(), exemplar(), at);
@@ -506,7 +509,7 @@ impl Metrics {
             }
         }
         let e2e = slo::end_to_end(outcome);
-        if let Some(d) = e2e {
+        if let (Some(d), false) = (e2e, outcome.watch_gaps.contains(&Stage::EndToEnd)) {
             e2e_family
                 .get_or_create(&p)
                 .observe(d.as_secs_f64(), exemplar(), at);

@@ -72,6 +72,7 @@ fn outcome(probe: &ProbeConfig, n: usize) -> Outcome {
         },
         detail: None,
         sync_trigger: None,
+        watch_gaps: Vec::new(),
     }
 }
 

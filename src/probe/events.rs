@@ -6,7 +6,7 @@
 use tokio::sync::watch;
 
 use super::cluster::{
-    Change, Cluster, DeploymentState, EsState, Fault, PodState, SecretState, View,
+    Change, Cluster, DeploymentState, EsState, Fault, Gap, PodState, SecretState, View,
 };
 use super::tracker::{Baseline, Facts, Tracker};
 
@@ -76,6 +76,13 @@ impl<T: Clone> Sub<T> {
             }
             None => std::future::pending::<()>().await,
         }
+    }
+
+    fn gaps(&self) -> Vec<Gap> {
+        self.rx
+            .as_ref()
+            .map(|r| r.borrow().all_gaps())
+            .unwrap_or_default()
     }
 
     fn fault(&self) -> Option<Fault> {
@@ -149,6 +156,7 @@ impl Subscriptions {
             base.old_digest = last_digest;
         }
         base.template = self.deployments.first().map(|d| d.template);
+        base.es_status = self.es.first();
         if let Some(rx) = &self.pods.rx {
             for (name, p) in rx.borrow().objects.iter() {
                 if let Some(o) = &p.owner {
@@ -174,6 +182,30 @@ impl Subscriptions {
             deployment_fault: self.deployments.fault(),
             deployment: self.deployments.first(),
             pods_fault: self.pods.fault(),
+            gaps: self.gaps(),
         }
+    }
+
+    /// Every watcher's recent gaps, the current faults as open ones.
+    pub fn gaps(&self) -> Vec<Gap> {
+        let mut out = self.es.gaps();
+        out.extend(self.secret.gaps());
+        out.extend(self.deployments.gaps());
+        out.extend(self.pods.gaps());
+        out
+    }
+
+    /// A current fault of a watcher that a retry cures (`api_error`), if
+    /// any: a run started now would measure the outage, not the pipeline.
+    pub fn transient_fault(&self) -> Option<Fault> {
+        [
+            self.es.fault(),
+            self.secret.fault(),
+            self.deployments.fault(),
+            self.pods.fault(),
+        ]
+        .into_iter()
+        .flatten()
+        .find(|f| f.reason == super::Reason::ApiError)
     }
 }

@@ -131,6 +131,35 @@ pub async fn execute(
     let _ = bounded(runner.cluster.wait_ready(), &cancel, ready_by).await;
 
     let mut subs = Subscriptions::new(&runner.cluster);
+    // A watcher failing now would make the run measure the outage: give it
+    // the rest of the ready wait to recover, else skip the tick.
+    while subs.transient_fault().is_some() && Instant::now() < ready_by {
+        if !matches!(
+            bounded(subs.changed(), &cancel, ready_by).await,
+            Bounded::Done(())
+        ) {
+            break;
+        }
+    }
+    if let Some(f) = subs.transient_fault() {
+        tracing::info!(probe = %config.name, error = %f.message, "a watcher is failing; run skipped");
+        return Outcome {
+            probe: config.name.clone(),
+            run_id,
+            digest: None,
+            started_at: start.wall,
+            finished_at: Utc::now(),
+            stages: Vec::new(),
+            failure: None,
+            result: super::RunResult::Skipped,
+            detail: Some(format!(
+                "skipped: a watcher is failing ({}): {}",
+                f.reason, f.message
+            )),
+            sync_trigger: None,
+            watch_gaps: Vec::new(),
+        };
+    }
     let last = runner.last_digest.lock().ok().and_then(|d| d.clone());
     let base = subs.baseline(last);
     let value = fresh_value();
@@ -162,6 +191,9 @@ pub async fn execute(
     }
     let end = run.follow(&mut subs).await;
     let out = run.outcome(end, &subs.facts());
+    if !out.watch_gaps.is_empty() {
+        tracing::info!(probe = %config.name, run_id = %out.run_id, stages = ?out.watch_gaps, "durations measured across a watch gap; kept out of the histograms");
+    }
     if let (Some(f), Some(d)) = (&out.failure, &out.detail) {
         tracing::info!(probe = %config.name, run_id = %out.run_id, stage = %f.stage, reason = %f.reason, detail = %d, "probe run failed");
     }
@@ -183,6 +215,7 @@ impl Run<'_> {
             result,
             detail,
             sync_trigger: self.sync_trigger,
+            watch_gaps: self.tracker.gap_stages(&facts.gaps),
         }
     }
 
@@ -261,7 +294,8 @@ impl Run<'_> {
                 Bounded::Done(Err(e)) => self
                     .tracker
                     .fail(Stage::ReloaderTrigger, Finding::cluster(e)),
-                Bounded::Expired | Bounded::Done(Ok(())) => {}
+                Bounded::Done(Ok(Some(r))) => self.tracker.restart_sent(r),
+                Bounded::Expired | Bounded::Done(Ok(None)) => {}
             }
         }
         None

@@ -9,6 +9,7 @@ pub mod eso;
 pub mod kubelet;
 pub mod reloader;
 pub mod replicaset;
+pub mod workload;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -25,7 +25,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::api::{key_of, kube_call, Backoffs, Key, KubeError};
-use super::deployment::{
+use super::workload::{
     all_refs, controller_uid, drive, now_time, owner_events, owner_ref, pod_active, pod_available,
     pod_ready_since, selector, trigger_stream, workqueue_delay, Error, Expectations, OwnerState,
 };

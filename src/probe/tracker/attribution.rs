@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use super::super::canary::CanaryError;
-use super::super::cluster::{ClusterError, DeploymentState, EsState, Fault, RolloutStatus};
+use super::super::cluster::{ClusterError, DeploymentState, EsState, Fault, Gap, RolloutStatus};
 use super::super::store::StoreError;
 use super::super::{Failure, Reason, RunResult, Stage};
 use super::{End, PodAnswer, Tracker};
@@ -109,6 +109,8 @@ pub struct Facts {
     pub deployment: Option<DeploymentState>,
     /// The Pod watcher is failing.
     pub pods_fault: Option<Fault>,
+    /// Every watcher's recent gaps (the current faults as open ones).
+    pub gaps: Vec<Gap>,
 }
 
 /// A digest shortened for messages.
@@ -132,13 +134,52 @@ impl Tracker {
             .unwrap_or(Stage::CanaryObserve)
     }
 
+    /// A watcher's fault counts against `stage` only if it is current (the
+    /// facts are read at the deadline) and began after the stage started:
+    /// one that began earlier and is still there did not stop this stage.
+    fn fault_of<'f>(&self, stage: Stage, fault: &'f Option<Fault>) -> Option<&'f Fault> {
+        let start = self.spans.get(&stage).map(|s| s.start.at);
+        fault
+            .as_ref()
+            .filter(|f| start.is_none_or(|s| f.stamp.at >= s))
+    }
+
+    fn watch_finding(
+        &self,
+        stage: Stage,
+        fault: &Option<Fault>,
+        what: &'static str,
+    ) -> Option<Finding> {
+        Finding::watch(&self.fault_of(stage, fault).cloned(), what)
+    }
+
+    /// The stages (and `end_to_end`) whose span overlaps one of `gaps`:
+    /// their durations were measured across a watch gap.
+    pub fn gap_stages(&self, gaps: &[Gap]) -> Vec<Stage> {
+        let mut out: Vec<Stage> = self
+            .plan
+            .stages()
+            .into_iter()
+            .filter(|s| {
+                self.spans
+                    .get(s)
+                    .is_some_and(|span| gaps.iter().any(|g| g.overlaps(span.start, span.end)))
+            })
+            .collect();
+        if !out.is_empty() {
+            out.push(Stage::EndToEnd);
+        }
+        out
+    }
+
     /// Why `stage` did not complete, from what the cluster said.
     pub fn attribute(&self, stage: Stage, facts: &Facts) -> Finding {
         match stage {
             Stage::StoreWrite => Finding::waiting_for("the store write"),
             Stage::EsoSync => self.attribute_eso(facts),
             Stage::SecretUpdate => self.attribute_secret(facts),
-            Stage::ReloaderTrigger => Finding::watch(&facts.deployment_fault, "Deployment")
+            Stage::ReloaderTrigger => self
+                .watch_finding(stage, &facts.deployment_fault, "Deployment")
                 .or_else(|| self.deployment_missing(facts))
                 .unwrap_or_else(|| Finding::waiting_for("the Deployment's pod template to change")),
             Stage::Rollout => self.attribute_rollout(facts),
@@ -148,7 +189,7 @@ impl Tracker {
     }
 
     fn attribute_eso(&self, facts: &Facts) -> Finding {
-        if let Some(f) = Finding::watch(&facts.es_fault, "ExternalSecret") {
+        if let Some(f) = self.watch_finding(Stage::EsoSync, &facts.es_fault, "ExternalSecret") {
             return f;
         }
         let Some(es) = &facts.es else {
@@ -165,7 +206,7 @@ impl Tracker {
     }
 
     fn attribute_secret(&self, facts: &Facts) -> Finding {
-        if let Some(f) = Finding::watch(&facts.secret_fault, "Secret") {
+        if let Some(f) = self.watch_finding(Stage::SecretUpdate, &facts.secret_fault, "Secret") {
             return f;
         }
         if !facts.secret_present || self.secret_deleted {
@@ -186,7 +227,8 @@ impl Tracker {
     }
 
     fn attribute_rollout(&self, facts: &Facts) -> Finding {
-        if let Some(f) = Finding::watch(&facts.deployment_fault, "Deployment")
+        if let Some(f) = self
+            .watch_finding(Stage::Rollout, &facts.deployment_fault, "Deployment")
             .or_else(|| self.deployment_missing(facts))
         {
             return f;
@@ -208,7 +250,8 @@ impl Tracker {
         if let Some(c) = &self.crash {
             return Finding::reported(Reason::CanaryCrashing, c.clone());
         }
-        if let Some(f) = Finding::watch(&facts.pods_fault, "canary Pods") {
+        if let Some(f) = self.watch_finding(Stage::CanaryObserve, &facts.pods_fault, "canary Pods")
+        {
             return f;
         }
         let rolled = self.plan.trigger.is_some();
