@@ -106,6 +106,10 @@ pub enum Reason {
     CanaryUnreachable,
     /// A canary answered with a digest other than the value written.
     ValueMismatch,
+    /// A canary's value is a literal, unresolved `vault:` reference: the
+    /// Bank-Vaults webhook let the Pod start unmutated (`failurePolicy:
+    /// Ignore` during a webhook outage).
+    UnresolvedReference,
     /// The prober was shut down while the run was in flight.
     Aborted,
     /// The prober itself is misconfigured or hit a bug (pages the prober's
@@ -127,6 +131,7 @@ impl Reason {
             Reason::CanaryCrashing => "canary_crashing",
             Reason::CanaryUnreachable => "canary_unreachable",
             Reason::ValueMismatch => "value_mismatch",
+            Reason::UnresolvedReference => "unresolved_reference",
             Reason::Aborted => "aborted",
             Reason::ProberError => "prober_error",
         }

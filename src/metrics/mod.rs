@@ -97,6 +97,7 @@ pub fn reasons(stage: Stage) -> &'static [Reason] {
             CanaryUnreachable,
             CanaryCrashing,
             ValueMismatch,
+            UnresolvedReference,
             NotFound,
             ApiError,
             ProberError,

@@ -275,6 +275,13 @@ impl Tracker {
                     );
                     return Finding::reported(Reason::ValueMismatch, said);
                 }
+                Some(PodAnswer::Unresolved) => {
+                    let said = format!(
+                        "Pod {} runs with an unresolved `vault:` reference (the secret-injection webhook let it start unmutated)",
+                        t.pod
+                    );
+                    return Finding::reported(Reason::UnresolvedReference, said);
+                }
                 Some(PodAnswer::Digest(None)) => {
                     let said = format!("Pod {} has no value", t.pod);
                     return Finding::reported(Reason::ValueMismatch, said);

@@ -64,6 +64,8 @@ pub struct Baseline {
 pub enum PodAnswer {
     /// A digest (or none: the canary has no value).
     Digest(Option<String>),
+    /// The canary's value is a literal `vault:` reference nothing resolved.
+    Unresolved,
     /// No usable answer.
     Failed(Arc<CanaryError>),
 }
@@ -538,6 +540,15 @@ impl Tracker {
 
     /// A canary Pod answered (or failed to).
     pub fn on_canary(&mut self, pod: &str, at: Stamp, answer: PodAnswer) {
+        if matches!(answer, PodAnswer::Unresolved) && self.plan.env_canary {
+            // An env value is fixed at process start: this Pod runs with the
+            // reference for its lifetime.
+            let detail = format!(
+                "Pod {pod} runs with an unresolved `vault:` reference (the secret-injection webhook let it start unmutated)"
+            );
+            let finding = Finding::new(Reason::UnresolvedReference, Cause::Reported(detail));
+            self.fail(Stage::CanaryObserve, finding);
+        }
         if let PodAnswer::Digest(Some(d)) = &answer {
             if *d == self.new_digest {
                 self.canary

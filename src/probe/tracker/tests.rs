@@ -821,3 +821,52 @@ fn crash_evidence_comes_only_from_new_live_pods_and_a_crash_loop_fails_at_once()
         ))
     ));
 }
+
+#[test]
+fn an_unresolved_vault_reference_is_its_own_reason_at_canary_observe() {
+    let mut c = Clock::new();
+    // Bank-Vaults chain (restart, env): a new Pod started unmutated fails at once.
+    let plan = Plan {
+        eso: false,
+        secret: false,
+        trigger: Some(Trigger::Restart),
+        deployment: true,
+        env_canary: true,
+    };
+    let mut t = tracker(plan, &c);
+    t.store_written(&c.written(0, 10));
+    t.restart_sent(Restarted {
+        restarted_at: "r".into(),
+        generation: 2,
+    });
+    t.on_deployment(&c.change(30, "d", Some(deployment("t2", 2, 2, 1, 1))));
+    assert!(t.observing());
+    t.on_canary("p", c.at(40), PodAnswer::Unresolved);
+    match t.verdict(c.at(41).at) {
+        Some(End::Failed(Stage::CanaryObserve, f)) => {
+            assert_eq!(f.reason, Reason::UnresolvedReference);
+            let said = f.cause.to_string();
+            assert!(said.contains("unresolved `vault:` reference"), "{said}");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // A file canary: named at the deadline, not a plain mismatch.
+    let plan = Plan {
+        eso: false,
+        secret: true,
+        trigger: None,
+        deployment: false,
+        env_canary: false,
+    };
+    let mut t = tracker(plan, &c);
+    t.store_written(&c.written(0, 10));
+    t.on_secret(&c.change(20, "s", Some(secret(NEW))));
+    let view = pods_view(&[("a", pod("rs", true))]);
+    let (targets, expected) = t.targets(&view, None);
+    t.on_canary("a", c.at(30), PodAnswer::Unresolved);
+    t.set_targets(targets, expected);
+    assert!(t.verdict(c.at(31).at).is_none());
+    let (f, _, _) = t.conclude(&End::Deadline, &Facts::default());
+    assert_eq!(f.unwrap().reason, Reason::UnresolvedReference);
+}
