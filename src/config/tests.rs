@@ -94,6 +94,27 @@ fn shared_objects_restart_on_eso_and_huge_deadlines_are_refused() {
 }
 
 #[test]
+fn blocked_for_is_positive_and_below_the_deadline() {
+    let with = |b: &str| {
+        GOOD.replace(
+            "deadline: 3m",
+            &format!("deadline: 3m\n    blocked_for: {b}"),
+        )
+    };
+    has(
+        &problems(&with("3m")),
+        "probes[0].blocked_for: 3m is not below the run deadline",
+    );
+    has(
+        &problems(&with("0s")),
+        "probes[0].blocked_for: must be greater than 0",
+    );
+    let c = Config::from_yaml(&with("5s"), "t.yaml").unwrap();
+    assert_eq!(c.probes[0].blocked_for(), Duration::from_secs(5));
+    assert_eq!(c.probes[1].blocked_for(), DEFAULT_BLOCKED_FOR);
+}
+
+#[test]
 fn the_three_chain_variants_are_valid() {
     let c = Config::from_yaml(GOOD, "good.yaml").unwrap();
     assert_eq!(c.probes.len(), 3);

@@ -116,6 +116,18 @@ impl ProbeConfig {
                 );
             }
         }
+        if let Some(b) = self.blocked_for {
+            if p.positive(&format!("{at}.blocked_for"), b) && b >= deadline {
+                p.push(
+                    format!("{at}.blocked_for"),
+                    format!(
+                        "{} is not below the run deadline ({}): a blocked run would wait it out",
+                        humantime::format_duration(b),
+                        humantime::format_duration(deadline)
+                    ),
+                );
+            }
+        }
         let stages = self.stages();
         let have = stage_list(&stages);
         for (stage, d) in &self.stage_deadlines {

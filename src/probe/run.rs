@@ -165,7 +165,8 @@ pub async fn execute(
     let value = fresh_value();
     let new_digest = digest(&value);
     let plan = runner.plan;
-    let tracker = Tracker::new(plan, new_digest.clone(), base, deadline, limits(config));
+    let mut tracker = Tracker::new(plan, new_digest.clone(), base, deadline, limits(config));
+    tracker.set_blocked_for(config.blocked_for());
     let forced = config.chain.force_sync;
     let mut run = Run {
         runner,
@@ -190,6 +191,12 @@ pub async fn execute(
         return run.outcome(end, &Facts::default());
     }
     let end = run.follow(&mut subs).await;
+    let overflows = subs.overflows();
+    if overflows > 0 {
+        runner
+            .change_log_overflows
+            .fetch_add(overflows, std::sync::atomic::Ordering::Relaxed);
+    }
     let out = run.outcome(end, &subs.facts());
     if !out.watch_gaps.is_empty() {
         tracing::info!(probe = %config.name, run_id = %out.run_id, stages = ?out.watch_gaps, "durations measured across a watch gap; kept out of the histograms");
@@ -279,7 +286,7 @@ impl Run<'_> {
     /// starts; `Some` when the run was cancelled.
     async fn nudge(&mut self) -> Option<End> {
         let cluster = &self.runner.cluster;
-        if self.sync_trigger == Some(SyncTrigger::Forced) {
+        if self.sync_trigger == Some(SyncTrigger::Forced) && !self.tracker.refuse_force_sync() {
             let patch = cluster.force_sync(Utc::now(), API_TIMEOUT);
             match bounded(patch, &self.cancel, self.deadline).await {
                 Bounded::Cancelled => return Some(End::Aborted),
@@ -325,6 +332,12 @@ impl Run<'_> {
             if self.tracker.observing() {
                 self.retarget(&mut pollers);
             }
+            let blocked = self.tracker.observe_blocking(Stamp::now(), &subs.facts());
+            self.runner.blocked.send_if_modified(|b| {
+                let changed = *b != blocked;
+                *b = blocked;
+                changed
+            });
             self.publish();
             if let Some(end) = self.tracker.verdict(now) {
                 break end;

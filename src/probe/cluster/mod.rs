@@ -307,6 +307,10 @@ pub struct EsState {
     pub synced_resource_version: Option<String>,
     /// `status.conditions[type=Ready]`.
     pub ready: Option<Condition>,
+    /// `spec.refreshPolicy` (absent: `Periodic`).
+    pub refresh_policy: Option<String>,
+    /// `spec.refreshInterval` as written (e.g. `1h`, `0s`).
+    pub refresh_interval: Option<String>,
 }
 
 impl EsState {
@@ -346,6 +350,25 @@ impl EsState {
                 .and_then(|v| v.as_str())
                 .map(str::to_string),
             ready,
+            refresh_policy: spec_str(o, "refreshPolicy"),
+            refresh_interval: spec_str(o, "refreshInterval"),
+        }
+    }
+
+    /// Why ESO would ignore a `force-sync` annotation on this object, if it
+    /// would: `refreshPolicy: CreatedOnce` never refreshes after the first
+    /// sync; with the periodic policy a zero `refreshInterval` does not
+    /// either (`OnChange` refreshes on any metadata change, whatever the
+    /// interval).
+    pub fn ignores_force_sync(&self) -> Option<String> {
+        match self.refresh_policy.as_deref() {
+            Some("CreatedOnce") => Some("spec.refreshPolicy is CreatedOnce".into()),
+            Some("OnChange") => None,
+            _ => self
+                .refresh_interval
+                .as_deref()
+                .filter(|i| is_zero_duration(i))
+                .map(|i| format!("spec.refreshInterval is {i:?}")),
         }
     }
 
@@ -364,6 +387,21 @@ impl EsState {
     pub fn sync_failed(&self) -> Option<&Condition> {
         self.ready.as_ref().filter(|c| c.status == "False")
     }
+}
+
+/// A string field of an object's `spec`.
+fn spec_str(o: &DynamicObject, field: &str) -> Option<String> {
+    o.data
+        .get("spec")
+        .and_then(|s| s.get(field))
+        .and_then(|v| v.as_str())
+        .map(str::to_string)
+}
+
+/// A Go duration string (`0`, `0s`, `0h0m0s`, `0.0s`) that is zero: every
+/// digit in it is 0.
+fn is_zero_duration(d: &str) -> bool {
+    d.bytes().any(|b| b.is_ascii_digit()) && d.bytes().all(|b| !b.is_ascii_digit() || b == b'0')
 }
 
 /// What a run needs of a Secret: the digest of one key, never its value.

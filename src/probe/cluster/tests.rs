@@ -273,3 +273,23 @@ mod health_tests {
         assert!(WATCH_BACKOFF_MAX <= Duration::from_secs(5));
     }
 }
+
+#[test]
+fn the_refresh_settings_are_read_from_the_spec() {
+    let o: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "external-secrets.io/v1", "kind": "ExternalSecret",
+        "metadata": {"name": "es", "namespace": "ns"},
+        "spec": {"refreshPolicy": "CreatedOnce", "refreshInterval": "0s"}
+    }))
+    .unwrap();
+    let s = EsState::from_object(&o);
+    assert_eq!(s.refresh_policy.as_deref(), Some("CreatedOnce"));
+    assert_eq!(s.refresh_interval.as_deref(), Some("0s"));
+    assert!(s.ignores_force_sync().is_some());
+    for zero in ["0", "0s", "0h0m0s", "0.0s"] {
+        assert!(is_zero_duration(zero), "{zero}");
+    }
+    for d in ["1h", "10s", "0h1m0s", "", "s"] {
+        assert!(!is_zero_duration(d), "{d}");
+    }
+}

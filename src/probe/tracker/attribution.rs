@@ -11,6 +11,8 @@ use super::super::cluster::{ClusterError, DeploymentState, EsState, Fault, Gap, 
 use super::super::store::StoreError;
 use super::super::{Failure, Reason, RunResult, Stage};
 use super::{End, PodAnswer, Tracker};
+use crate::probe::Stamp;
+use std::time::{Duration, Instant};
 
 /// What a stage failed on, beyond its bounded reason. Its text is the
 /// run's `detail`: for logs and reports, never a label.
@@ -116,6 +118,22 @@ pub struct Facts {
 /// A digest shortened for messages.
 pub(super) fn short(d: &str) -> &str {
     d.get(..12).unwrap_or(d)
+}
+
+/// The cluster's own signal that a run's first incomplete stage is blocked
+/// (a condition, a missing object, a failing watch), and since when.
+#[derive(Debug, Clone)]
+pub struct Blocked {
+    /// The stage.
+    pub stage: Stage,
+    /// The bounded reason (the gauge's label).
+    pub reason: Reason,
+    /// When this signal was first seen (continuously since).
+    pub since: Stamp,
+    /// The pipeline reported it (a condition, a missing object, a canary's
+    /// answer): the run ends once it persisted `blocked_for`. A failing
+    /// watch only marks the stage: the watch may recover, and the run with it.
+    pub ends_run: bool,
 }
 
 impl Tracker {
@@ -342,5 +360,91 @@ impl Tracker {
                 )
             }
         }
+    }
+
+    /// End the run when a blocking signal the pipeline reported has
+    /// persisted this long (unset: wait for the deadlines).
+    pub fn set_blocked_for(&mut self, limit: Duration) {
+        self.blocked_for = Some(limit);
+    }
+
+    /// What the cluster says blocks the first incomplete stage now: a
+    /// finding read from a condition, a missing object, a canary's answer
+    /// or a failing watch (never a plain wait, a deadline, or an
+    /// unreachable canary, which may just be starting).
+    pub fn blocking_signal(&self, facts: &Facts) -> Option<(Stage, Finding)> {
+        if self.failed.is_some() {
+            return None;
+        }
+        let stage = self.first_incomplete();
+        if stage == Stage::StoreWrite || !self.started(stage) || self.ended(stage).is_some() {
+            return None;
+        }
+        let f = self.attribute(stage, facts);
+        matches!(f.cause, Cause::Reported(_) | Cause::Watch { .. }).then_some((stage, f))
+    }
+
+    /// Take the cluster's signal now: returns the stage and reason it
+    /// blocks (for the `stage_blocked` gauge), and fails the run once a
+    /// signal the pipeline reported persisted `blocked_for`.
+    pub fn observe_blocking(&mut self, now: Stamp, facts: &Facts) -> Option<(Stage, Reason)> {
+        let Some((stage, finding)) = self.blocking_signal(facts) else {
+            self.blocked = None;
+            return None;
+        };
+        let since = match &self.blocked {
+            Some(b) if b.stage == stage && b.reason == finding.reason => b.since,
+            _ => now,
+        };
+        let ends_run = matches!(finding.cause, Cause::Reported(_));
+        self.blocked = Some(Blocked {
+            stage,
+            reason: finding.reason,
+            since,
+            ends_run,
+        });
+        if let (true, Some(limit)) = (ends_run, self.blocked_for) {
+            if now.at.saturating_duration_since(since.at) >= limit {
+                let said = format!(
+                    "{} (reported for {}: blocked_for)",
+                    finding.cause,
+                    humantime::format_duration(limit)
+                );
+                self.fail(stage, Finding::new(finding.reason, Cause::Reported(said)));
+            }
+        }
+        Some((stage, finding.reason))
+    }
+
+    /// The current blocking signal, if any.
+    pub fn blocked(&self) -> Option<&Blocked> {
+        self.blocked.as_ref()
+    }
+
+    /// When the current blocking signal ends the run, if it does.
+    pub(super) fn blocked_until(&self) -> Option<Instant> {
+        let b = self.blocked.as_ref().filter(|b| b.ends_run)?;
+        Some(b.since.at + self.blocked_for?)
+    }
+
+    /// `force_sync` against an ExternalSecret ESO never refreshes on a
+    /// metadata change (`refreshPolicy: CreatedOnce`, or `refreshInterval`
+    /// 0 with the periodic policy): the patch would be ignored and the run
+    /// would wait out its deadline. Fails `eso_sync` with `prober_error`
+    /// naming the field, and returns true.
+    pub fn refuse_force_sync(&mut self) -> bool {
+        let Some(why) = self
+            .base
+            .es_status
+            .as_ref()
+            .and_then(EsState::ignores_force_sync)
+        else {
+            return false;
+        };
+        let said = format!(
+            "chain.force_sync is set, but ESO ignores the force-sync annotation on this ExternalSecret ({why}): unset force_sync or change the ExternalSecret's refresh settings"
+        );
+        self.fail(Stage::EsoSync, Finding::reported(Reason::ProberError, said));
+        true
     }
 }

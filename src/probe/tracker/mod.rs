@@ -34,7 +34,7 @@ use super::store::Written;
 use super::{Reason, Stage, StageTiming, Stamp};
 use crate::config::Trigger;
 
-pub use attribution::{Cause, Facts, Finding};
+pub use attribution::{Blocked, Cause, Facts, Finding};
 
 /// If ESO's status event arrived before the Secret showed the new value and
 /// no later status event comes within this time, the status update was a
@@ -143,6 +143,10 @@ pub struct Tracker {
     canary: BTreeMap<String, PodProgress>,
     targets: Vec<Target>,
     failed: Option<(Stage, Finding)>,
+    /// What the cluster says blocks the first incomplete stage now.
+    blocked: Option<Blocked>,
+    /// How long a blocking signal may persist before the run ends.
+    blocked_for: Option<Duration>,
 }
 
 impl Tracker {
@@ -181,6 +185,8 @@ impl Tracker {
             canary: BTreeMap::new(),
             targets: Vec::new(),
             failed: None,
+            blocked: None,
+            blocked_for: None,
         }
     }
 
@@ -636,6 +642,9 @@ impl Tracker {
         }
         if let Some(d) = self.end_to_end_deadline() {
             next = next.min(d);
+        }
+        if let Some(at) = self.blocked_until() {
+            next = next.min(at);
         }
         next
     }

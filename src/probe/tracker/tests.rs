@@ -870,3 +870,131 @@ fn an_unresolved_vault_reference_is_its_own_reason_at_canary_observe() {
     let (f, _, _) = t.conclude(&End::Deadline, &Facts::default());
     assert_eq!(f.unwrap().reason, Reason::UnresolvedReference);
 }
+
+#[test]
+fn a_blocking_signal_is_exported_at_once_and_ends_the_run_after_blocked_for() {
+    let mut c = Clock::new();
+    let mut t = tracker(plan_eso_reloader(), &c);
+    t.set_blocked_for(Duration::from_secs(10));
+    t.store_written(&c.written(0, 10));
+    let healthy = Facts {
+        es: Some(es_ready(c.secs(-5))),
+        secret_present: true,
+        ..Default::default()
+    };
+    // Waiting for ESO is no signal.
+    assert_eq!(t.observe_blocking(c.at(20), &healthy), None);
+    let mut failing = es_ready(c.secs(-5));
+    failing.ready = Some(Condition {
+        status: "False".into(),
+        reason: "SecretSyncedError".into(),
+        message: "could not get secret data from provider".into(),
+    });
+    t.on_external_secret(&c.change(1_000, "es", Some(failing.clone())));
+    let facts = Facts {
+        es: Some(failing),
+        ..healthy.clone()
+    };
+    // Exported as soon as the cluster says it...
+    assert_eq!(
+        t.observe_blocking(c.at(1_000), &facts),
+        Some((Stage::EsoSync, Reason::SyncError))
+    );
+    assert_eq!(t.next_wakeup(), c.at(11_000).at);
+    assert!(t.verdict(c.at(1_001).at).is_none());
+    t.observe_blocking(c.at(10_999), &facts);
+    assert!(t.verdict(c.at(10_999).at).is_none());
+    // ...and the run ends once it persisted blocked_for, not at the 60 s deadline.
+    t.observe_blocking(c.at(11_000), &facts);
+    match t.verdict(c.at(11_000).at) {
+        Some(End::Failed(Stage::EsoSync, f)) => {
+            assert_eq!(f.reason, Reason::SyncError);
+            let said = f.cause.to_string();
+            assert!(
+                said.contains("SecretSyncedError") && said.contains("10s"),
+                "{said}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // A signal that clears restarts the clock.
+    let mut t = tracker(plan_eso_reloader(), &c);
+    t.set_blocked_for(Duration::from_secs(10));
+    t.store_written(&c.written(0, 10));
+    t.observe_blocking(c.at(1_000), &facts);
+    assert_eq!(t.observe_blocking(c.at(5_000), &healthy), None);
+    t.observe_blocking(c.at(6_000), &facts);
+    t.observe_blocking(c.at(11_000), &facts);
+    assert!(t.verdict(c.at(11_000).at).is_none());
+
+    // A failing watch is exported but does not end the run: it may recover.
+    let mut t = tracker(plan_eso_reloader(), &c);
+    t.set_blocked_for(Duration::from_secs(10));
+    t.store_written(&c.written(0, 10));
+    let outage = Facts {
+        es_fault: Some(fault(Reason::ApiError, "connection refused", &c)),
+        ..healthy
+    };
+    assert_eq!(
+        t.observe_blocking(c.at(1_000), &outage),
+        Some((Stage::EsoSync, Reason::ApiError))
+    );
+    t.observe_blocking(c.at(30_000), &outage);
+    assert!(t.verdict(c.at(30_000).at).is_none());
+    assert!(!t.blocked().unwrap().ends_run);
+}
+
+#[test]
+fn force_sync_is_refused_when_eso_would_ignore_it() {
+    let c = Clock::new();
+    let with = |policy: Option<&str>, interval: Option<&str>| {
+        let es = EsState {
+            refresh_policy: policy.map(str::to_string),
+            refresh_interval: interval.map(str::to_string),
+            ..es_ready(c.secs(-5))
+        };
+        let mut t = tracker_with(
+            plan_eso_reloader(),
+            Baseline {
+                es_status: Some(es),
+                ..base()
+            },
+            &c,
+        );
+        let refused = t.refuse_force_sync();
+        (refused, t.verdict(c.at(1).at))
+    };
+    for (policy, interval, field) in [
+        (
+            Some("CreatedOnce"),
+            Some("1h"),
+            "refreshPolicy is CreatedOnce",
+        ),
+        (None, Some("0s"), "refreshInterval is \"0s\""),
+        (Some("Periodic"), Some("0"), "refreshInterval is \"0\""),
+    ] {
+        match with(policy, interval) {
+            (true, Some(End::Failed(Stage::EsoSync, f))) => {
+                assert_eq!(f.reason, Reason::ProberError);
+                let said = f.cause.to_string();
+                assert!(
+                    said.contains(field) && said.contains("force_sync"),
+                    "{said}"
+                );
+            }
+            other => panic!("{policy:?} {interval:?}: {other:?}"),
+        }
+    }
+    for (policy, interval) in [
+        (None, Some("1h")),
+        (Some("OnChange"), Some("0s")),
+        (Some("Periodic"), Some("10s")),
+        (None, None),
+    ] {
+        assert!(
+            matches!(with(policy, interval), (false, None)),
+            "{policy:?} {interval:?}"
+        );
+    }
+}
