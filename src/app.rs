@@ -179,10 +179,29 @@ async fn execute(
     async {
         metrics.run_started(name);
         tracing::info!("run started");
-        let outcome = match progress {
-            Some(tx) => probe.runner.run_observed(run_id.clone(), cancel, tx).await,
-            None => probe.runner.run(run_id.clone(), cancel).await,
+        // The cluster's blocking signal goes to the metrics while the run goes.
+        let mut blocked = probe.runner.blocked();
+        let run = async {
+            match progress {
+                Some(tx) => probe.runner.run_observed(run_id.clone(), cancel, tx).await,
+                None => probe.runner.run(run_id.clone(), cancel).await,
+            }
         };
+        tokio::pin!(run);
+        let outcome = loop {
+            tokio::select! {
+                o = &mut run => break o,
+                Ok(()) = blocked.changed() => {
+                    let b = *blocked.borrow_and_update();
+                    if let Some((stage, reason)) = b {
+                        tracing::info!(stage = stage.as_str(), reason = reason.as_str(), "the cluster reports the run blocked");
+                    }
+                    metrics.set_blocked(name, b);
+                }
+            }
+        };
+        metrics.set_blocked(name, None);
+        metrics.record_change_log_overflows(name, probe.runner.take_change_log_overflows());
         metrics.record_outcome(&probe.config, &outcome);
         board.record(&outcome);
         let e2e = crate::slo::end_to_end(&outcome).map(|d| d.as_secs_f64());

@@ -458,6 +458,7 @@ probes:
             result: crate::vocab::RunResult::Aborted,
             detail: None,
             sync_trigger: None,
+            watch_gaps: Vec::new(),
         };
         display.finish(tracked, &outcome).await;
         let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();

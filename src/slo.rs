@@ -37,15 +37,16 @@ impl Verdict {
     }
 }
 
-/// The run's end-to-end duration: the engine's `end_to_end` timing if it
-/// reported one, else, for a successful run, from its first stage's start to
+/// A successful run's end-to-end duration (`None` for any other run): the
+/// engine's `end_to_end` timing if it reported one, else from its first stage's start to
 /// its last stage's completion.
 pub fn end_to_end(outcome: &Outcome) -> Option<Duration> {
-    if let Some(d) = outcome.duration(Stage::EndToEnd) {
-        return Some(d);
-    }
+    // Only a successful run delivered the value end to end.
     if outcome.result != RunResult::Success {
         return None;
+    }
+    if let Some(d) = outcome.duration(Stage::EndToEnd) {
+        return Some(d);
     }
     let first = outcome.stages.first()?.started_at;
     let last = outcome.stages.last()?.completed_at?;

@@ -106,6 +106,10 @@ pub enum Reason {
     CanaryUnreachable,
     /// A canary answered with a digest other than the value written.
     ValueMismatch,
+    /// A canary's value is a literal, unresolved `vault:` reference: the
+    /// Bank-Vaults webhook let the Pod start unmutated (`failurePolicy:
+    /// Ignore` during a webhook outage).
+    UnresolvedReference,
     /// The prober was shut down while the run was in flight.
     Aborted,
     /// The prober itself is misconfigured or hit a bug (pages the prober's
@@ -127,6 +131,7 @@ impl Reason {
             Reason::CanaryCrashing => "canary_crashing",
             Reason::CanaryUnreachable => "canary_unreachable",
             Reason::ValueMismatch => "value_mismatch",
+            Reason::UnresolvedReference => "unresolved_reference",
             Reason::Aborted => "aborted",
             Reason::ProberError => "prober_error",
         }
@@ -161,7 +166,8 @@ pub enum RunResult {
     Success,
     /// A stage did not complete.
     Failure,
-    /// The tick found the previous run still going.
+    /// The tick found the previous run still going, or a watcher failing
+    /// (then the run produces an Outcome with this result and a detail).
     Skipped,
     /// The prober shut down mid-run.
     Aborted,
@@ -205,7 +211,7 @@ pub struct Outcome {
     pub stages: Vec<StageTiming>,
     /// Set when the run did not succeed.
     pub failure: Option<Failure>,
-    /// Success, failure or aborted (skipped runs produce no Outcome).
+    /// Success, failure, aborted, or skipped (a watcher was failing).
     pub result: RunResult,
     /// A human-readable detail of the failure for logs and reports (never a
     /// label, never a secret value).
@@ -214,6 +220,11 @@ pub struct Outcome {
     /// What made ESO sync this run's value (`None`: the chain has no ESO).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sync_trigger: Option<SyncTrigger>,
+    /// Stages (and `end_to_end`) whose span overlapped a watch gap (a
+    /// watcher was failing, so its events may have come late): their
+    /// durations are reported but kept out of the histograms.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub watch_gaps: Vec<Stage>,
 }
 
 /// What made ESO sync a run's value: its own schedule, or the prober's

@@ -81,6 +81,7 @@ fn outcome(probe: &ProbeConfig, n: usize) -> Outcome {
         result,
         detail: failure.map(|f| format!("synthetic {} failure", f.reason)),
         sync_trigger: None,
+        watch_gaps: Vec::new(),
     }
 }
 

@@ -70,6 +70,7 @@ fn outcome(probe: &str, stages: Vec<StageTiming>, end_ms: i64) -> Outcome {
         result: RunResult::Success,
         detail: None,
         sync_trigger: None,
+        watch_gaps: Vec::new(),
     }
 }
 

@@ -193,6 +193,10 @@ pub struct DigestResponse {
     /// Long-polls only: did the digest differ from `differs_from`?
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub changed: Option<bool>,
+    /// The value is a literal `vault:` reference nothing resolved (the
+    /// Bank-Vaults webhook failed open). A boolean, never the value.
+    #[serde(default)]
+    pub unresolved_reference: bool,
 }
 
 fn rfc3339(t: DateTime<Utc>) -> String {
@@ -207,6 +211,7 @@ fn response(shared: &Shared, o: &Observed, changed: Option<bool>) -> DigestRespo
         started_at: rfc3339(shared.started_at),
         error: o.reading.error.map(|e| e.as_str().to_string()),
         changed,
+        unresolved_reference: o.reading.unresolved_reference,
     }
 }
 

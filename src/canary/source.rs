@@ -58,6 +58,10 @@ pub struct Reading {
     pub digest: Option<String>,
     /// Set exactly when `digest` is `None`.
     pub error: Option<ReadError>,
+    /// The value is a literal Bank-Vaults reference (`vault:...`,
+    /// `>>vault:...`) that no webhook resolved. Only this boolean leaves the
+    /// process, never the reference or the value.
+    pub unresolved_reference: bool,
 }
 
 impl Reading {
@@ -65,6 +69,7 @@ impl Reading {
         Reading {
             digest: Some(digest(bytes)),
             error: None,
+            unresolved_reference: is_unresolved_reference(bytes),
         }
     }
 
@@ -72,8 +77,18 @@ impl Reading {
         Reading {
             digest: None,
             error: Some(error),
+            unresolved_reference: false,
         }
     }
+}
+
+/// Whether a value is a Bank-Vaults secret reference left as is: the
+/// webhook replaces `vault:PATH#KEY` (and `>>vault:` for dynamic secrets)
+/// before the container starts, so a process that sees the prefix runs with
+/// the reference instead of the secret (the webhook failed open).
+pub fn is_unresolved_reference(value: &[u8]) -> bool {
+    let v = value.trim_ascii_start();
+    v.starts_with(b"vault:") || v.starts_with(b">>vault:")
 }
 
 /// SHA-256 of a value, lower-case hex (the same form as the lab's ground truth).
@@ -210,6 +225,26 @@ mod tests {
         // An empty value is still a value.
         let s = Source::env_value("X", Some("".into()));
         assert_eq!(s.read().digest, Some(digest(b"")));
+    }
+
+    #[test]
+    fn an_unresolved_vault_reference_is_flagged_never_echoed() {
+        for v in [
+            "vault:secret/data/canary#value",
+            ">>vault:database/creds/app#password",
+        ] {
+            let r = Source::env_value("X", Some(v.into())).read();
+            assert!(r.unresolved_reference, "{v}");
+            assert_eq!(r.digest, Some(digest(v.as_bytes())));
+        }
+        for v in ["s3cr3t", "my vault: value", ""] {
+            assert!(
+                !Source::env_value("X", Some(v.into()))
+                    .read()
+                    .unresolved_reference
+            );
+        }
+        assert!(!Source::env_value("X", None).read().unresolved_reference);
     }
 
     #[test]

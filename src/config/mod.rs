@@ -57,6 +57,16 @@ pub struct ProbeConfig {
     /// The whole run's deadline (default 5 m).
     #[serde(default, with = "humantime_serde")]
     pub deadline: Option<Duration>,
+    /// How long the cluster may report a stage blocked (ExternalSecret
+    /// `Ready=False`, a missing object, a canary with an unresolved value)
+    /// before the run ends with that reason instead of waiting out the
+    /// deadline (default 10 s).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub blocked_for: Option<Duration>,
     /// Per-stage deadlines, measured from the stage's start.
     #[serde(default)]
     pub stage_deadlines: BTreeMap<Stage, HumanDuration>,
@@ -281,6 +291,11 @@ pub const MAX_MAX_VERSIONS: u64 = 1000;
 pub const DEFAULT_CANARY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Shortest `interval` accepted: faster runs would measure the prober, not the pipeline.
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a blocking signal may persist when `blocked_for` is absent:
+/// long enough for a retry of ESO or the kubelet, well under any deadline.
+pub const DEFAULT_BLOCKED_FOR: Duration = Duration::from_secs(10);
+/// The longest run deadline accepted (a run holds its probe's schedule).
+pub const MAX_DEADLINE: Duration = Duration::from_secs(3600);
 /// Longest probe name: it is a label value and a Kubernetes-style name.
 pub const MAX_NAME_LEN: usize = 63;
 
@@ -470,6 +485,12 @@ impl ProbeConfig {
     /// The whole run's deadline, defaulted.
     pub fn deadline(&self) -> Duration {
         self.deadline.unwrap_or(DEFAULT_DEADLINE)
+    }
+
+    /// How long a blocking signal from the cluster may persist before the
+    /// run ends (see [`ProbeConfig::blocked_for`]).
+    pub fn blocked_for(&self) -> Duration {
+        self.blocked_for.unwrap_or(DEFAULT_BLOCKED_FOR)
     }
 
     /// The deadline of one stage: its own, else the run's.

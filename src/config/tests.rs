@@ -63,6 +63,58 @@ fn has(problems: &[String], needle: &str) {
 }
 
 #[test]
+fn shared_objects_restart_on_eso_and_huge_deadlines_are_refused() {
+    // A second eso-env probe on the same path, ExternalSecret and Deployment.
+    let second = GOOD
+        .split_once("  - name: eso-volume")
+        .unwrap()
+        .0
+        .split_once("probes:\n")
+        .unwrap()
+        .1
+        .replace("name: eso-env", "name: eso-env-2");
+    let yaml = format!("{GOOD}{second}");
+    let p = problems(&yaml);
+    has(&p, "probes[3].store.path: also used by probes[0]");
+    has(
+        &p,
+        "probes[3].chain.external_secret: also used by probes[0]",
+    );
+    has(
+        &p,
+        "probes[3].chain.rollout.deployment: also used by probes[0]",
+    );
+    let p = problems(&GOOD.replace("trigger: reloader", "trigger: restart"));
+    has(
+        &p,
+        "probes[0].chain.rollout.trigger: `restart` on an ESO chain",
+    );
+    let p = problems(&GOOD.replace("deadline: 3m", "deadline: 2h"));
+    has(&p, "probes[0].deadline: 2h exceeds the maximum of 1h");
+}
+
+#[test]
+fn blocked_for_is_positive_and_below_the_deadline() {
+    let with = |b: &str| {
+        GOOD.replace(
+            "deadline: 3m",
+            &format!("deadline: 3m\n    blocked_for: {b}"),
+        )
+    };
+    has(
+        &problems(&with("3m")),
+        "probes[0].blocked_for: 3m is not below the run deadline",
+    );
+    has(
+        &problems(&with("0s")),
+        "probes[0].blocked_for: must be greater than 0",
+    );
+    let c = Config::from_yaml(&with("5s"), "t.yaml").unwrap();
+    assert_eq!(c.probes[0].blocked_for(), Duration::from_secs(5));
+    assert_eq!(c.probes[1].blocked_for(), DEFAULT_BLOCKED_FOR);
+}
+
+#[test]
 fn the_three_chain_variants_are_valid() {
     let c = Config::from_yaml(GOOD, "good.yaml").unwrap();
     assert_eq!(c.probes.len(), 3);

@@ -32,7 +32,43 @@ impl Config {
             }
             probe.check(&at, &mut p);
         }
+        self.check_shared(&mut p);
         p.0
+    }
+
+    /// Two probes writing one store path, or following one ExternalSecret
+    /// or Deployment, would see each other's runs as their own.
+    fn check_shared(&self, p: &mut Problems) {
+        let mut seen: BTreeMap<(&str, String), usize> = BTreeMap::new();
+        for (i, probe) in self.probes.iter().enumerate() {
+            let chain = &probe.chain;
+            let ns = chain.namespace.as_str();
+            let mut keys = vec![(
+                "store.path",
+                format!(
+                    "{} {}/{}",
+                    probe.store.address,
+                    probe.store.mount,
+                    probe.store.path.trim_matches('/')
+                ),
+            )];
+            if let Some(es) = &chain.external_secret {
+                keys.push(("chain.external_secret", format!("{ns}/{es}")));
+            }
+            if let Some(r) = &chain.rollout {
+                keys.push(("chain.rollout.deployment", format!("{ns}/{}", r.deployment)));
+            }
+            for (field, key) in keys {
+                if let Some(first) = seen.get(&(field, key.clone())) {
+                    p.push(
+                        format!("probes[{i}].{field}"),
+                        format!("also used by probes[{first}]: two probes would take each other's runs for their own"),
+                    );
+                } else {
+                    seen.insert((field, key), i);
+                }
+            }
+        }
     }
 }
 
@@ -69,7 +105,28 @@ impl ProbeConfig {
 
         let deadline = self.deadline();
         if let Some(d) = self.deadline {
-            p.positive(&format!("{at}.deadline"), d);
+            if p.positive(&format!("{at}.deadline"), d) && d > MAX_DEADLINE {
+                p.push(
+                    format!("{at}.deadline"),
+                    format!(
+                        "{} exceeds the maximum of {}",
+                        humantime::format_duration(d),
+                        humantime::format_duration(MAX_DEADLINE)
+                    ),
+                );
+            }
+        }
+        if let Some(b) = self.blocked_for {
+            if p.positive(&format!("{at}.blocked_for"), b) && b >= deadline {
+                p.push(
+                    format!("{at}.blocked_for"),
+                    format!(
+                        "{} is not below the run deadline ({}): a blocked run would wait it out",
+                        humantime::format_duration(b),
+                        humantime::format_duration(deadline)
+                    ),
+                );
+            }
         }
         let stages = self.stages();
         let have = stage_list(&stages);
@@ -240,6 +297,10 @@ impl ChainConfig {
                 Trigger::Reloader if self.secret.is_none() => p.push(
                     format!("{at}.rollout.trigger"),
                     "`reloader` reacts to a Secret change: set `secret` (or use `restart` for webhook injection)",
+                ),
+                Trigger::Restart if self.external_secret.is_some() => p.push(
+                    format!("{at}.rollout.trigger"),
+                    "`restart` on an ESO chain restarts before ESO synced (Pods would read the old Secret): use `reloader`",
                 ),
                 Trigger::None if self.canary.source != CanarySource::File => p.push(
                     format!("{at}.rollout.trigger"),

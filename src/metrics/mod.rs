@@ -97,12 +97,66 @@ pub fn reasons(stage: Stage) -> &'static [Reason] {
             CanaryUnreachable,
             CanaryCrashing,
             ValueMismatch,
+            UnresolvedReference,
             NotFound,
             ApiError,
             ProberError,
         ],
         Stage::EndToEnd => &[],
     }
+}
+
+/// The reasons a stage can be reported blocked while a run goes: the label
+/// matrix of `secret_canary_stage_blocked` (what the cluster says: a
+/// condition, a missing object, a canary's answer, a failing watch; never
+/// a plain timeout or an unreachable canary). The store write is never
+/// "blocked": it fails at once.
+pub fn blocked_reasons(stage: Stage) -> Vec<Reason> {
+    if stage == Stage::StoreWrite {
+        return Vec::new();
+    }
+    reasons(stage)
+        .iter()
+        .copied()
+        .filter(|r| !matches!(r, Reason::Timeout | Reason::CanaryUnreachable))
+        .collect()
+}
+
+/// Why a tick did not start a run (`secret_canary_skipped_runs_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SkipReason {
+    /// The previous run of the probe was still going.
+    RunInProgress,
+    /// A watcher was failing (`api_error`) and did not recover in time.
+    WatcherFailing,
+}
+
+impl SkipReason {
+    /// Every skip reason, each a series.
+    pub const ALL: [SkipReason; 2] = [SkipReason::RunInProgress, SkipReason::WatcherFailing];
+
+    /// The snake_case label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::RunInProgress => "run_in_progress",
+            SkipReason::WatcherFailing => "watcher_failing",
+        }
+    }
+}
+
+impl EncodeLabelValue for SkipReason {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
+/// `{probe, reason}` of `skipped_runs_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SkipLabels {
+    /// The probe's configured name.
+    pub probe: String,
+    /// Why the tick was skipped.
+    pub reason: SkipReason,
 }
 
 /// Every run result, each a `secret_canary_runs_total` series.
@@ -215,6 +269,9 @@ pub struct Metrics {
     missed_ticks: Family<ProbeLabels, Counter>,
     build_info: Family<BuildLabels, Gauge>,
     leader: Gauge,
+    stage_blocked: Family<FailureLabels, Gauge>,
+    skipped_runs: Family<SkipLabels, Counter>,
+    change_log_overflows: Family<ProbeLabels, Counter>,
 }
 
 fn probe_labels(probe: &str) -> ProbeLabels {
@@ -257,6 +314,9 @@ impl Metrics {
             missed_ticks: Family::default(),
             build_info: Family::default(),
             leader: Gauge::default(),
+            stage_blocked: Family::default(),
+            skipped_runs: Family::default(),
+            change_log_overflows: Family::default(),
         };
         let r = registry.sub_registry_with_prefix(PREFIX);
         r.register_with_unit(
@@ -354,6 +414,21 @@ impl Metrics {
             m.leader.clone(),
         );
         r.register(
+            "stage_blocked",
+            "1 while the cluster reports the run in flight blocked at this stage for this reason (ExternalSecret Ready=False, a missing object, a failing watch, ...); 0 otherwise and after the run",
+            m.stage_blocked.clone(),
+        );
+        r.register(
+            "skipped_runs",
+            "Ticks that did not start a run, by reason (run_in_progress: the previous run was still going; watcher_failing: a watcher was failing)",
+            m.skipped_runs.clone(),
+        );
+        r.register(
+            "change_log_overflows",
+            "Times a watcher's bounded change log overflowed before a run read it (events missed; the run went on from the objects' state)",
+            m.change_log_overflows.clone(),
+        );
+        r.register(
             "build_info",
             "Build information of the running prober (always 1)",
             m.build_info.clone(),
@@ -403,7 +478,21 @@ impl Metrics {
         let _ = self.in_progress.get_or_create(&p);
         let _ = self.jitter.get_or_create(&p);
         let _ = self.missed_ticks.get_or_create(&p);
+        let _ = self.change_log_overflows.get_or_create(&p);
+        for reason in SkipReason::ALL {
+            let _ = self.skipped_runs.get_or_create(&SkipLabels {
+                probe: name.to_string(),
+                reason,
+            });
+        }
         for stage in probe.stages() {
+            for reason in blocked_reasons(stage) {
+                let _ = self.stage_blocked.get_or_create(&FailureLabels {
+                    probe: name.to_string(),
+                    stage,
+                    reason,
+                });
+            }
             let _ = self
                 .stage_duration
                 .get_or_create(&stage_labels(name, stage));
@@ -449,6 +538,61 @@ impl Metrics {
                 result: RunResult::Skipped,
             })
             .inc();
+        self.count_skip(probe, SkipReason::RunInProgress);
+    }
+
+    fn count_skip(&self, probe: &str, reason: SkipReason) {
+        self.skipped_runs
+            .get_or_create(&SkipLabels {
+                probe: probe.to_string(),
+                reason,
+            })
+            .inc();
+    }
+
+    /// `secret_canary_skipped_runs_total{probe, reason}`.
+    pub fn skipped_for(&self, probe: &str, reason: SkipReason) -> u64 {
+        self.skipped_runs
+            .get(&SkipLabels {
+                probe: probe.to_string(),
+                reason,
+            })
+            .map_or(0, |c| c.get())
+    }
+
+    /// The cluster says the run of `probe` in flight is blocked at `stage`
+    /// for `reason` (`None`: it is not, or no run is in flight): that
+    /// series is 1, every other of the probe 0.
+    pub fn set_blocked(&self, probe: &str, blocked: Option<(Stage, Reason)>) {
+        for stage in Stage::CHAIN {
+            for reason in blocked_reasons(stage) {
+                if let Some(g) = self.stage_blocked.get(&FailureLabels {
+                    probe: probe.to_string(),
+                    stage,
+                    reason,
+                }) {
+                    g.set(0);
+                }
+            }
+        }
+        if let Some((stage, reason)) = blocked {
+            self.stage_blocked
+                .get_or_create(&FailureLabels {
+                    probe: probe.to_string(),
+                    stage,
+                    reason,
+                })
+                .set(1);
+        }
+    }
+
+    /// Runs of `probe` found `n` more change-log overflows.
+    pub fn record_change_log_overflows(&self, probe: &str, n: u64) {
+        if n > 0 {
+            self.change_log_overflows
+                .get_or_create(&probe_labels(probe))
+                .inc_by(n);
+        }
     }
 
     /// The scheduler dropped `n` ticks of `probe`.
@@ -476,8 +620,12 @@ impl Metrics {
                 result: outcome.result,
             })
             .inc();
-        // A shutdown says nothing about the pipeline: leave the last-run state alone.
-        if outcome.result == RunResult::Aborted {
+        // A shutdown, or a tick skipped because a watcher was failing, says
+        // nothing about the pipeline: leave the last-run state alone.
+        if outcome.result == RunResult::Skipped {
+            self.count_skip(name, SkipReason::WatcherFailing);
+        }
+        if matches!(outcome.result, RunResult::Aborted | RunResult::Skipped) {
             return;
         }
         let exemplar = || {
@@ -494,7 +642,9 @@ impl Metrics {
         };
         for stage in probe.stages() {
             let d = outcome.duration(stage);
-            if let Some(d) = d {
+            // Measured across a watch gap: reported, not a pipeline latency.
+            let gap = outcome.watch_gaps.contains(&stage);
+            if let (Some(d), false) = (d, gap) {
                 stage_family
                     .get_or_create(&stage_labels(name, stage))
                     .observe(d.as_secs_f64(), exemplar(), at);
@@ -506,7 +656,7 @@ impl Metrics {
             }
         }
         let e2e = slo::end_to_end(outcome);
-        if let Some(d) = e2e {
+        if let (Some(d), false) = (e2e, outcome.watch_gaps.contains(&Stage::EndToEnd)) {
             e2e_family
                 .get_or_create(&p)
                 .observe(d.as_secs_f64(), exemplar(), at);
@@ -572,6 +722,7 @@ pub fn expected_series(config: &Config) -> usize {
         let stages = p.stages();
         let n = stages.len();
         let failures: usize = stages.iter().map(|s| reasons(*s).len()).sum();
+        let blocked: usize = stages.iter().map(|s| blocked_reasons(*s).len()).sum();
         n * duration_hist   // stage_duration
             + duration_hist // end_to_end_duration
             + RESULTS.len() // runs_total
@@ -583,6 +734,9 @@ pub fn expected_series(config: &Config) -> usize {
             + 2 * p.slo.len() // slo_breaches_total, slo_threshold_seconds
             + jitter_hist   // schedule_jitter
             + 1 // schedule_missed_ticks_total
+            + blocked // stage_blocked
+            + SkipReason::ALL.len() // skipped_runs_total
+            + 1 // change_log_overflows_total
             + if p.chain.force_sync { (n + 1) * duration_hist } else { 0 } // forced_*
     };
     // build_info and leader, then each probe's series.

@@ -72,6 +72,7 @@ fn outcome(probe: &ProbeConfig, n: usize) -> Outcome {
         },
         detail: None,
         sync_trigger: None,
+        watch_gaps: Vec::new(),
     }
 }
 
@@ -203,5 +204,47 @@ fn prometheus_text_has_no_exemplars() {
     let text = encode_prometheus_text(&registry).unwrap();
     assert!(!text.contains("# {"));
     assert!(!text.contains("# EOF"));
+    assert_eq!(count_samples(&text), expected_series(&config));
+}
+
+#[test]
+fn blocked_stages_and_skip_reasons_are_pre_created_set_and_cleared() {
+    let config = config();
+    let mut registry = Registry::default();
+    let m = Metrics::for_config(&mut registry, &config);
+    let text = encode_openmetrics(&registry).unwrap();
+    assert_eq!(count_samples(&text), expected_series(&config), "{text}");
+    for needle in [
+        r#"secret_canary_stage_blocked{probe="eso-env",stage="eso_sync",reason="sync_error"} 0"#,
+        r#"secret_canary_stage_blocked{probe="bank-vaults",stage="canary_observe",reason="unresolved_reference"} 0"#,
+        r#"secret_canary_skipped_runs_total{probe="eso-env",reason="run_in_progress"} 0"#,
+        r#"secret_canary_skipped_runs_total{probe="eso-env",reason="watcher_failing"} 0"#,
+        r#"secret_canary_change_log_overflows_total{probe="eso-env"} 0"#,
+    ] {
+        assert!(text.contains(needle), "missing {needle}\n{text}");
+    }
+    assert!(!text.contains(r#"stage_blocked{probe="eso-env",stage="eso_sync",reason="timeout"}"#));
+    let blocked =
+        r#"secret_canary_stage_blocked{probe="eso-env",stage="eso_sync",reason="sync_error"} 1"#;
+    m.set_blocked("eso-env", Some((Stage::EsoSync, Reason::SyncError)));
+    assert!(encode_openmetrics(&registry).unwrap().contains(blocked));
+    m.set_blocked("eso-env", Some((Stage::Rollout, Reason::RolloutStuck)));
+    let text = encode_openmetrics(&registry).unwrap();
+    assert!(!text.contains(blocked));
+    assert!(text.contains(
+        r#"secret_canary_stage_blocked{probe="eso-env",stage="rollout",reason="rollout_stuck"} 1"#
+    ));
+    m.set_blocked("eso-env", None);
+    let text = encode_openmetrics(&registry).unwrap();
+    assert!(!text.contains(r#"stage="rollout",reason="rollout_stuck"} 1"#));
+    m.record_skipped("eso-env");
+    let mut skipped = outcome(&config.probes[0], 0);
+    skipped.result = RunResult::Skipped;
+    m.record_outcome(&config.probes[0], &skipped);
+    m.record_change_log_overflows("eso-env", 2);
+    assert_eq!(m.skipped_for("eso-env", SkipReason::RunInProgress), 1);
+    assert_eq!(m.skipped_for("eso-env", SkipReason::WatcherFailing), 1);
+    let text = encode_openmetrics(&registry).unwrap();
+    assert!(text.contains(r#"secret_canary_change_log_overflows_total{probe="eso-env"} 2"#));
     assert_eq!(count_samples(&text), expected_series(&config));
 }

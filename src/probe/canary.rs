@@ -33,6 +33,9 @@ pub struct Answer {
     pub error: Option<String>,
     /// Long-polls: whether the digest differs from `differs_from`.
     pub changed: Option<bool>,
+    /// The canary's value is a literal `vault:` reference nothing resolved
+    /// (absent in older canaries' answers: false).
+    pub unresolved_reference: bool,
 }
 
 /// The JSON types of a field, for error messages.
@@ -170,7 +173,18 @@ pub fn parse_answer(body: &[u8]) -> Result<Answer, String> {
             ))
         }
     };
+    let unresolved_reference = match o.get("unresolved_reference") {
+        None | Some(serde_json::Value::Null) => false,
+        Some(serde_json::Value::Bool(b)) => *b,
+        Some(other) => {
+            return Err(format!(
+                "field `unresolved_reference` must be a boolean, not {}",
+                json_type(other)
+            ))
+        }
+    };
     Ok(Answer {
+        unresolved_reference,
         observed_at: time("observed_at")?,
         started_at: time("started_at")?,
         digest: digest.map(str::to_string),
@@ -351,6 +365,13 @@ mod tests {
         .unwrap();
         assert_eq!(a.digest, None);
         assert_eq!(a.changed, None);
+        assert!(!a.unresolved_reference);
+        let a = parse_answer(&body(json!({
+            "digest": D, "source": "env", "observed_at": "2025-01-01T00:00:00Z",
+            "started_at": "2025-01-01T00:00:00Z", "error": null, "unresolved_reference": true
+        })))
+        .unwrap();
+        assert!(a.unresolved_reference);
     }
 
     #[test]
@@ -364,6 +385,7 @@ mod tests {
             ("source", json!("vault")),
             ("observed_at", json!("yesterday")),
             ("changed", json!("yes")),
+            ("unresolved_reference", json!("vault:x")),
         ] {
             let mut b = ok.clone();
             b[field] = value;

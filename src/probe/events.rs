@@ -6,7 +6,7 @@
 use tokio::sync::watch;
 
 use super::cluster::{
-    Change, Cluster, DeploymentState, EsState, Fault, PodState, SecretState, View,
+    Change, Cluster, DeploymentState, EsState, Fault, Gap, PodState, SecretState, View,
 };
 use super::tracker::{Baseline, Facts, Tracker};
 
@@ -33,31 +33,45 @@ impl Event {
 struct Sub<T> {
     rx: Option<watch::Receiver<View<T>>>,
     cursor: u64,
+    /// What is watched, for the overflow warning.
+    what: &'static str,
+    /// Drains that found changes dropped before this run read them.
+    overflows: u64,
 }
 
 impl<T: Clone> Sub<T> {
-    fn new(rx: Option<&watch::Receiver<View<T>>>) -> Sub<T> {
+    fn new(rx: Option<&watch::Receiver<View<T>>>, what: &'static str) -> Sub<T> {
         let mut rx = rx.cloned();
         let cursor = rx
             .as_mut()
-            .map(|r| r.borrow_and_update().last_seq())
+            .map(|r| {
+                let v = r.borrow_and_update();
+                v.last_seq().max(v.evicted)
+            })
             .unwrap_or(0);
-        Sub { rx, cursor }
+        Sub {
+            rx,
+            cursor,
+            what,
+            overflows: 0,
+        }
     }
 
     /// Changes since the last call.
     fn drain(&mut self, out: &mut Vec<Event>, wrap: fn(Change<T>) -> Event) {
         let Some(rx) = self.rx.as_mut() else { return };
         let view = rx.borrow_and_update();
-        if let Some(first) = view.changes.front() {
-            if first.seq > self.cursor + 1 && self.cursor > 0 && view.changes.len() > 1 {
-                // Only a hint: seq is shared by all watchers, so gaps are normal.
-                tracing::trace!(
-                    first = first.seq,
-                    cursor = self.cursor,
-                    "change log moved past the run's cursor"
-                );
-            }
+        if view.evicted > self.cursor {
+            // Changes after the cursor were dropped from the bounded log
+            // before this run read them (seq is shared by all watchers, so
+            // only `evicted` says whether one of this watcher's was lost).
+            self.overflows += 1;
+            tracing::warn!(
+                watcher = self.what,
+                cursor = self.cursor,
+                evicted = view.evicted,
+                "the watcher's change log overflowed before the run read it: events were missed (the run goes on from the objects' current state)"
+            );
         }
         for c in view.changes.iter().filter(|c| c.seq > self.cursor) {
             out.push(wrap(c.clone()));
@@ -76,6 +90,13 @@ impl<T: Clone> Sub<T> {
             }
             None => std::future::pending::<()>().await,
         }
+    }
+
+    fn gaps(&self) -> Vec<Gap> {
+        self.rx
+            .as_ref()
+            .map(|r| r.borrow().all_gaps())
+            .unwrap_or_default()
     }
 
     fn fault(&self) -> Option<Fault> {
@@ -102,10 +123,10 @@ impl Subscriptions {
     /// Subscribe now: only changes after this moment are delivered.
     pub fn new(cluster: &Cluster) -> Subscriptions {
         Subscriptions {
-            es: Sub::new(cluster.external_secret.as_ref()),
-            secret: Sub::new(cluster.secret.as_ref()),
-            deployments: Sub::new(cluster.deployments.as_ref()),
-            pods: Sub::new(Some(&cluster.pods)),
+            es: Sub::new(cluster.external_secret.as_ref(), "ExternalSecret"),
+            secret: Sub::new(cluster.secret.as_ref(), "Secret"),
+            deployments: Sub::new(cluster.deployments.as_ref(), "Deployment"),
+            pods: Sub::new(Some(&cluster.pods), "canary Pods"),
         }
     }
 
@@ -125,6 +146,12 @@ impl Subscriptions {
                 Event::Pod(c) => tracker.on_pod(c),
             }
         }
+    }
+
+    /// How many times a watcher's change log overflowed before this run
+    /// read it (each counted and warned about once).
+    pub fn overflows(&self) -> u64 {
+        self.es.overflows + self.secret.overflows + self.deployments.overflows + self.pods.overflows
     }
 
     /// Some watcher published something.
@@ -149,6 +176,7 @@ impl Subscriptions {
             base.old_digest = last_digest;
         }
         base.template = self.deployments.first().map(|d| d.template);
+        base.es_status = self.es.first();
         if let Some(rx) = &self.pods.rx {
             for (name, p) in rx.borrow().objects.iter() {
                 if let Some(o) = &p.owner {
@@ -174,6 +202,71 @@ impl Subscriptions {
             deployment_fault: self.deployments.fault(),
             deployment: self.deployments.first(),
             pods_fault: self.pods.fault(),
+            gaps: self.gaps(),
         }
+    }
+
+    /// Every watcher's recent gaps, the current faults as open ones.
+    pub fn gaps(&self) -> Vec<Gap> {
+        let mut out = self.es.gaps();
+        out.extend(self.secret.gaps());
+        out.extend(self.deployments.gaps());
+        out.extend(self.pods.gaps());
+        out
+    }
+
+    /// A current fault of a watcher that a retry cures (`api_error`), if
+    /// any: a run started now would measure the outage, not the pipeline.
+    pub fn transient_fault(&self) -> Option<Fault> {
+        [
+            self.es.fault(),
+            self.secret.fault(),
+            self.deployments.fault(),
+            self.pods.fault(),
+        ]
+        .into_iter()
+        .flatten()
+        .find(|f| f.reason == super::Reason::ApiError)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::super::Stamp;
+    use super::*;
+
+    fn change(seq: u64) -> Change<SecretState> {
+        Change {
+            seq,
+            stamp: Stamp::now(),
+            name: "s".into(),
+            state: Some(Arc::new(SecretState::default())),
+        }
+    }
+
+    #[test]
+    fn an_overflowing_change_log_is_counted_once() {
+        let (tx, rx) = watch::channel(View::<SecretState>::default());
+        tx.send_modify(|v| v.changes.push_back(change(1)));
+        let mut sub = Sub::new(Some(&rx), "Secret");
+        let mut out = Vec::new();
+        // Read in time: nothing lost.
+        tx.send_modify(|v| v.changes.push_back(change(2)));
+        sub.drain(&mut out, Event::Secret);
+        assert_eq!((out.len(), sub.overflows), (1, 0));
+        // Changes 3 and 4 dropped before the run read them.
+        tx.send_modify(|v| {
+            v.changes.clear();
+            v.evicted = 4;
+            v.changes.push_back(change(5));
+        });
+        sub.drain(&mut out, Event::Secret);
+        assert_eq!((out.len(), sub.overflows), (2, 1));
+        // The same overflow is not counted again.
+        tx.send_modify(|v| v.changes.push_back(change(6)));
+        sub.drain(&mut out, Event::Secret);
+        assert_eq!((out.len(), sub.overflows), (3, 1));
     }
 }

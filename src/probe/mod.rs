@@ -33,6 +33,7 @@ pub use crate::vocab::{
     Failure, Outcome, Reason, RunProgress, RunResult, Stage, StageTiming, SyncTrigger,
 };
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
@@ -86,6 +87,11 @@ pub struct ProbeRunner {
     /// The digest of the last value written, the "old" value of the next run
     /// when no Secret shows it.
     last_digest: Mutex<Option<String>>,
+    /// What the cluster says blocks the run in flight (stage, reason),
+    /// cleared when the run ends.
+    blocked: tokio::sync::watch::Sender<Option<(Stage, Reason)>>,
+    /// Watcher change-log overflows seen by runs, not yet taken.
+    change_log_overflows: AtomicU64,
     stop: CancellationToken,
 }
 
@@ -108,6 +114,8 @@ impl ProbeRunner {
             cluster,
             canary,
             last_digest: Mutex::new(None),
+            blocked: tokio::sync::watch::Sender::new(None),
+            change_log_overflows: AtomicU64::new(0),
             stop,
             config,
         })
@@ -131,7 +139,20 @@ impl ProbeRunner {
     /// One run, bounded by the probe's deadline; `cancel` aborts it (the
     /// outcome is then `aborted`). Never panics, never returns an error.
     pub async fn run(&self, run_id: String, cancel: CancellationToken) -> Outcome {
-        run::execute(self, run_id, cancel, None).await
+        let out = run::execute(self, run_id, cancel, None).await;
+        self.blocked.send_replace(None);
+        out
+    }
+
+    /// The cluster's signal that the run in flight is blocked: the stage
+    /// and reason while it lasts, `None` otherwise (and after every run).
+    pub fn blocked(&self) -> tokio::sync::watch::Receiver<Option<(Stage, Reason)>> {
+        self.blocked.subscribe()
+    }
+
+    /// Watcher change-log overflows runs saw since the last call.
+    pub fn take_change_log_overflows(&self) -> u64 {
+        self.change_log_overflows.swap(0, Ordering::Relaxed)
     }
 
     /// [`ProbeRunner::run`], publishing the stages as they start and end
@@ -142,7 +163,9 @@ impl ProbeRunner {
         cancel: CancellationToken,
         progress: &tokio::sync::watch::Sender<RunProgress>,
     ) -> Outcome {
-        run::execute(self, run_id, cancel, Some(progress)).await
+        let out = run::execute(self, run_id, cancel, Some(progress)).await;
+        self.blocked.send_replace(None);
+        out
     }
 }
 

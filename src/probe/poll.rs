@@ -132,7 +132,11 @@ async fn poll_pod(
             Ok(a) => {
                 let pause = a.digest.is_none();
                 known = a.digest.clone();
-                (PodAnswer::Digest(a.digest), pause)
+                if a.unresolved_reference {
+                    (PodAnswer::Unresolved, pause)
+                } else {
+                    (PodAnswer::Digest(a.digest), pause)
+                }
             }
             Err(e) => (PodAnswer::Failed(Arc::new(e)), true),
         };

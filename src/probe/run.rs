@@ -131,12 +131,42 @@ pub async fn execute(
     let _ = bounded(runner.cluster.wait_ready(), &cancel, ready_by).await;
 
     let mut subs = Subscriptions::new(&runner.cluster);
+    // A watcher failing now would make the run measure the outage: give it
+    // the rest of the ready wait to recover, else skip the tick.
+    while subs.transient_fault().is_some() && Instant::now() < ready_by {
+        if !matches!(
+            bounded(subs.changed(), &cancel, ready_by).await,
+            Bounded::Done(())
+        ) {
+            break;
+        }
+    }
+    if let Some(f) = subs.transient_fault() {
+        tracing::info!(probe = %config.name, error = %f.message, "a watcher is failing; run skipped");
+        return Outcome {
+            probe: config.name.clone(),
+            run_id,
+            digest: None,
+            started_at: start.wall,
+            finished_at: Utc::now(),
+            stages: Vec::new(),
+            failure: None,
+            result: super::RunResult::Skipped,
+            detail: Some(format!(
+                "skipped: a watcher is failing ({}): {}",
+                f.reason, f.message
+            )),
+            sync_trigger: None,
+            watch_gaps: Vec::new(),
+        };
+    }
     let last = runner.last_digest.lock().ok().and_then(|d| d.clone());
     let base = subs.baseline(last);
     let value = fresh_value();
     let new_digest = digest(&value);
     let plan = runner.plan;
-    let tracker = Tracker::new(plan, new_digest.clone(), base, deadline, limits(config));
+    let mut tracker = Tracker::new(plan, new_digest.clone(), base, deadline, limits(config));
+    tracker.set_blocked_for(config.blocked_for());
     let forced = config.chain.force_sync;
     let mut run = Run {
         runner,
@@ -161,7 +191,16 @@ pub async fn execute(
         return run.outcome(end, &Facts::default());
     }
     let end = run.follow(&mut subs).await;
+    let overflows = subs.overflows();
+    if overflows > 0 {
+        runner
+            .change_log_overflows
+            .fetch_add(overflows, std::sync::atomic::Ordering::Relaxed);
+    }
     let out = run.outcome(end, &subs.facts());
+    if !out.watch_gaps.is_empty() {
+        tracing::info!(probe = %config.name, run_id = %out.run_id, stages = ?out.watch_gaps, "durations measured across a watch gap; kept out of the histograms");
+    }
     if let (Some(f), Some(d)) = (&out.failure, &out.detail) {
         tracing::info!(probe = %config.name, run_id = %out.run_id, stage = %f.stage, reason = %f.reason, detail = %d, "probe run failed");
     }
@@ -183,6 +222,7 @@ impl Run<'_> {
             result,
             detail,
             sync_trigger: self.sync_trigger,
+            watch_gaps: self.tracker.gap_stages(&facts.gaps),
         }
     }
 
@@ -246,7 +286,7 @@ impl Run<'_> {
     /// starts; `Some` when the run was cancelled.
     async fn nudge(&mut self) -> Option<End> {
         let cluster = &self.runner.cluster;
-        if self.sync_trigger == Some(SyncTrigger::Forced) {
+        if self.sync_trigger == Some(SyncTrigger::Forced) && !self.tracker.refuse_force_sync() {
             let patch = cluster.force_sync(Utc::now(), API_TIMEOUT);
             match bounded(patch, &self.cancel, self.deadline).await {
                 Bounded::Cancelled => return Some(End::Aborted),
@@ -261,7 +301,8 @@ impl Run<'_> {
                 Bounded::Done(Err(e)) => self
                     .tracker
                     .fail(Stage::ReloaderTrigger, Finding::cluster(e)),
-                Bounded::Expired | Bounded::Done(Ok(())) => {}
+                Bounded::Done(Ok(Some(r))) => self.tracker.restart_sent(r),
+                Bounded::Expired | Bounded::Done(Ok(None)) => {}
             }
         }
         None
@@ -291,6 +332,12 @@ impl Run<'_> {
             if self.tracker.observing() {
                 self.retarget(&mut pollers);
             }
+            let blocked = self.tracker.observe_blocking(Stamp::now(), &subs.facts());
+            self.runner.blocked.send_if_modified(|b| {
+                let changed = *b != blocked;
+                *b = blocked;
+                changed
+            });
             self.publish();
             if let Some(end) = self.tracker.verdict(now) {
                 break end;

@@ -538,6 +538,7 @@ probes:
             result: RunResult::Success,
             detail: None,
             sync_trigger: Some(crate::vocab::SyncTrigger::Natural),
+            watch_gaps: Vec::new(),
         }
     }
 
@@ -618,5 +619,14 @@ probes:
         assert_eq!(human(Duration::from_millis(12)), "12.0ms");
         assert_eq!(human(Duration::from_millis(1234)), "1.234s");
         assert_eq!(human(Duration::from_millis(123_500)), "2m03.5s");
+    }
+
+    #[test]
+    fn end_to_end_is_only_for_successful_runs() {
+        let mut o = success(100);
+        o.stages.push(timing(Stage::EndToEnd, 0, Some(1000)));
+        assert!(end_to_end(&o).is_some());
+        o.result = RunResult::Failure;
+        assert_eq!(end_to_end(&o), None);
     }
 }

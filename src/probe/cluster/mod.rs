@@ -18,7 +18,6 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::runtime::watcher;
-use kube::runtime::WatchStreamExt;
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
@@ -38,6 +37,114 @@ pub const RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";
 /// ExternalSecret annotation whose change makes ESO sync at once (upstream
 /// documents `kubectl annotate es NAME force-sync=$(date +%s) --overwrite`).
 pub const FORCE_SYNC: &str = "force-sync";
+
+/// Pod-template annotation Reloader's `annotations` strategy writes: JSON
+/// with the Secret's `name` and `hash`.
+pub const LAST_RELOADED_FROM: &str = "reloader.stakater.com/last-reloaded-from";
+
+/// What a pod template (or a Pod made from one) says about the change that
+/// made it: the `restartedAt` annotation and the Reloader hashes it carries.
+/// A Pod and its template have the same marks, so the Pods of the template
+/// that carries a run's value are the Pods whose marks are that template's.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Default, Hash)]
+pub struct Marks {
+    /// `kubectl.kubernetes.io/restartedAt`.
+    pub restarted_at: Option<String>,
+    /// Reloader hashes for the chain's Secret: the value of the
+    /// `STAKATER_<NAME>_SECRET` env var (env-vars strategy) in any
+    /// container, and the `hash` of `reloader.stakater.com/last-reloaded-from`
+    /// (annotations strategy). Hashes of the Secret's data, never values.
+    pub reloader: std::collections::BTreeSet<String>,
+}
+
+impl Marks {
+    /// The marks of a template (or Pod): its annotations and containers.
+    /// `secret`: the chain's Secret (its env var and annotation name it);
+    /// without one, every `STAKATER_*_SECRET` variable counts.
+    pub fn of(
+        annotations: Option<&BTreeMap<String, String>>,
+        spec: Option<&k8s_openapi::api::core::v1::PodSpec>,
+        secret: Option<&str>,
+    ) -> Marks {
+        let restarted_at = annotations.and_then(|a| a.get(RESTARTED_AT)).cloned();
+        let var = secret.map(reloader_env_var);
+        let mut reloader = std::collections::BTreeSet::new();
+        let containers = spec.into_iter().flat_map(|s| {
+            s.init_containers
+                .iter()
+                .flatten()
+                .chain(s.containers.iter())
+        });
+        for c in containers {
+            for e in c.env.iter().flatten() {
+                let ours = match &var {
+                    Some(v) => e.name == *v,
+                    None => e.name.starts_with("STAKATER_") && e.name.ends_with("_SECRET"),
+                };
+                if let (true, Some(v)) = (ours, &e.value) {
+                    reloader.insert(v.clone());
+                }
+            }
+        }
+        if let Some(v) = annotations
+            .and_then(|a| a.get(LAST_RELOADED_FROM))
+            .and_then(|v| serde_json::from_str::<serde_json::Value>(v).ok())
+        {
+            let name = v.get("name").and_then(|n| n.as_str());
+            let kind_ok = v
+                .get("type")
+                .and_then(|t| t.as_str())
+                .is_none_or(|t| t.eq_ignore_ascii_case("secret"));
+            let name_ok = secret.is_none_or(|s| name == Some(s));
+            if let (true, true, Some(h)) =
+                (kind_ok, name_ok, v.get("hash").and_then(|h| h.as_str()))
+            {
+                reloader.insert(h.to_string());
+            }
+        }
+        Marks {
+            restarted_at,
+            reloader,
+        }
+    }
+}
+
+/// Reloader's env var for a Secret: `STAKATER_<NAME>_SECRET`, the name
+/// upper-cased with every run of other characters made one `_`.
+pub fn reloader_env_var(secret: &str) -> String {
+    let mut out = String::from("STAKATER_");
+    let mut last_valid = false;
+    for ch in secret.to_uppercase().bytes() {
+        if ch.is_ascii_uppercase() || ch.is_ascii_digit() {
+            out.push(ch as char);
+            last_valid = true;
+        } else {
+            if last_valid {
+                out.push('_');
+            }
+            last_valid = false;
+        }
+    }
+    out.push_str("_SECRET");
+    out
+}
+
+/// Reloader's hash of a Secret: SHA-1 (hex) of its sorted `key=value`
+/// entries joined with `;`. A digest of the data, never logged.
+pub fn reloader_hash(data: &BTreeMap<String, k8s_openapi::ByteString>) -> String {
+    use sha1::Digest as _;
+    let mut entries: Vec<Vec<u8>> = data
+        .iter()
+        .map(|(k, v)| {
+            let mut e = k.as_bytes().to_vec();
+            e.push(b'=');
+            e.extend_from_slice(&v.0);
+            e
+        })
+        .collect();
+    entries.sort();
+    hex::encode(sha1::Sha1::digest(entries.join(&b';')))
+}
 
 /// One object's new state (or its deletion), as an event delivered it.
 #[derive(Debug, Clone)]
@@ -64,6 +171,40 @@ pub struct Fault {
     pub stamp: Stamp,
 }
 
+/// The longest pause between two attempts of a failing watch. kube-runtime's
+/// default goes up to 30 s; a run's stages are seconds long.
+pub const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(3);
+
+/// The first pause after a watch failed.
+const WATCH_BACKOFF_MIN: Duration = Duration::from_millis(250);
+
+/// Gaps kept per watcher (enough to cover one run).
+const GAPS_KEPT: usize = 16;
+
+/// A stretch of time a watcher was failing: events of it may have arrived
+/// late, so a duration measured across it is not the pipeline's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gap {
+    /// When the fault began.
+    pub from: Stamp,
+    /// When the watch was healthy again (`None`: still failing).
+    pub to: Option<Stamp>,
+}
+
+impl Gap {
+    /// Whether the gap overlaps `[start, end]` (`end` `None`: still open).
+    pub fn overlaps(&self, start: Stamp, end: Option<Stamp>) -> bool {
+        let before_end = end.is_none_or(|e| self.from.at <= e.at);
+        let after_start = self.to.is_none_or(|t| t.at >= start.at);
+        before_end && after_start
+    }
+}
+
+/// The next pause of a failing watch: doubling, capped at [`WATCH_BACKOFF_MAX`].
+pub fn next_backoff(current: Duration) -> Duration {
+    (current * 2).clamp(WATCH_BACKOFF_MIN, WATCH_BACKOFF_MAX)
+}
+
 /// What a watcher knows: the objects now, recent changes, its health.
 #[derive(Debug)]
 pub struct View<T> {
@@ -73,8 +214,15 @@ pub struct View<T> {
     pub objects: BTreeMap<String, Arc<T>>,
     /// The latest changes, oldest first.
     pub changes: VecDeque<Change<T>>,
-    /// Set while the watcher's last attempt failed; cleared by its next success.
+    /// Set while the watcher's last attempt failed; cleared by its next
+    /// success (a relist completing, or any event).
     pub fault: Option<Fault>,
+    /// Recent stretches of failure, oldest first (the current one is `fault`).
+    pub gaps: VecDeque<Gap>,
+    /// Changes dropped from the log before every run had read them (the
+    /// log overflowed between two wake-ups of a run): the seq of the last
+    /// change dropped.
+    pub evicted: u64,
 }
 
 impl<T> Default for View<T> {
@@ -84,6 +232,8 @@ impl<T> Default for View<T> {
             objects: BTreeMap::new(),
             changes: VecDeque::new(),
             fault: None,
+            gaps: VecDeque::new(),
+            evicted: 0,
         }
     }
 }
@@ -92,6 +242,44 @@ impl<T> View<T> {
     /// The sequence number of the latest change, 0 if none.
     pub fn last_seq(&self) -> u64 {
         self.changes.back().map(|c| c.seq).unwrap_or(0)
+    }
+
+    /// The watch failed: keep the stamp of the fault's beginning while it
+    /// lasts (a fault counts against a stage only if it began after it).
+    pub fn faulted(&mut self, reason: Reason, message: String, stamp: Stamp) {
+        let since = self.fault.as_ref().map_or(stamp, |f| f.stamp);
+        self.fault = Some(Fault {
+            reason,
+            message,
+            stamp: since,
+        });
+    }
+
+    /// The watch works again; returns whether it was failing.
+    pub fn healthy(&mut self, stamp: Stamp) -> bool {
+        let Some(f) = self.fault.take() else {
+            return false;
+        };
+        self.gaps.push_back(Gap {
+            from: f.stamp,
+            to: Some(stamp),
+        });
+        while self.gaps.len() > GAPS_KEPT {
+            self.gaps.pop_front();
+        }
+        true
+    }
+
+    /// Every recent gap, the current fault as an open one.
+    pub fn all_gaps(&self) -> Vec<Gap> {
+        let mut out: Vec<Gap> = self.gaps.iter().copied().collect();
+        if let Some(f) = &self.fault {
+            out.push(Gap {
+                from: f.stamp,
+                to: None,
+            });
+        }
+        out
     }
 }
 
@@ -111,10 +299,18 @@ pub struct Condition {
 pub struct EsState {
     /// Every event of the object is a distinct state.
     pub resource_version: Option<String>,
-    /// `status.refreshTime`: when the last successful sync started (whole seconds).
+    /// `status.refreshTime`: when the last successful sync started (whole
+    /// seconds, ESO's clock: only ever compared with itself).
     pub refresh_time: Option<DateTime<Utc>>,
+    /// `status.syncedResourceVersion`: the ExternalSecret version the last
+    /// sync was for.
+    pub synced_resource_version: Option<String>,
     /// `status.conditions[type=Ready]`.
     pub ready: Option<Condition>,
+    /// `spec.refreshPolicy` (absent: `Periodic`).
+    pub refresh_policy: Option<String>,
+    /// `spec.refreshInterval` as written (e.g. `1h`, `0s`).
+    pub refresh_interval: Option<String>,
 }
 
 impl EsState {
@@ -149,7 +345,30 @@ impl EsState {
         EsState {
             resource_version: o.metadata.resource_version.clone(),
             refresh_time,
+            synced_resource_version: status
+                .and_then(|s| s.get("syncedResourceVersion"))
+                .and_then(|v| v.as_str())
+                .map(str::to_string),
             ready,
+            refresh_policy: spec_str(o, "refreshPolicy"),
+            refresh_interval: spec_str(o, "refreshInterval"),
+        }
+    }
+
+    /// Why ESO would ignore a `force-sync` annotation on this object, if it
+    /// would: `refreshPolicy: CreatedOnce` never refreshes after the first
+    /// sync; with the periodic policy a zero `refreshInterval` does not
+    /// either (`OnChange` refreshes on any metadata change, whatever the
+    /// interval).
+    pub fn ignores_force_sync(&self) -> Option<String> {
+        match self.refresh_policy.as_deref() {
+            Some("CreatedOnce") => Some("spec.refreshPolicy is CreatedOnce".into()),
+            Some("OnChange") => None,
+            _ => self
+                .refresh_interval
+                .as_deref()
+                .filter(|i| is_zero_duration(i))
+                .map(|i| format!("spec.refreshInterval is {i:?}")),
         }
     }
 
@@ -158,10 +377,31 @@ impl EsState {
         self.ready.as_ref().is_some_and(|c| c.status == "True")
     }
 
+    /// The sync ESO last reported: `refreshTime` and `syncedResourceVersion`.
+    /// A new sync changes it (ESO's clock is only compared with itself).
+    pub fn sync_mark(&self) -> (Option<DateTime<Utc>>, Option<&str>) {
+        (self.refresh_time, self.synced_resource_version.as_deref())
+    }
+
     /// `Ready=False` (e.g. `SecretSyncedError`).
     pub fn sync_failed(&self) -> Option<&Condition> {
         self.ready.as_ref().filter(|c| c.status == "False")
     }
+}
+
+/// A string field of an object's `spec`.
+fn spec_str(o: &DynamicObject, field: &str) -> Option<String> {
+    o.data
+        .get("spec")
+        .and_then(|s| s.get(field))
+        .and_then(|v| v.as_str())
+        .map(str::to_string)
+}
+
+/// A Go duration string (`0`, `0s`, `0h0m0s`, `0.0s`) that is zero: every
+/// digit in it is 0.
+fn is_zero_duration(d: &str) -> bool {
+    d.bytes().any(|b| b.is_ascii_digit()) && d.bytes().all(|b| !b.is_ascii_digit() || b == b'0')
 }
 
 /// What a run needs of a Secret: the digest of one key, never its value.
@@ -171,6 +411,9 @@ pub struct SecretState {
     pub resource_version: Option<String>,
     /// SHA-256 (hex) of `data[key]`; `None` if the key is absent.
     pub digest: Option<String>,
+    /// Reloader's hash of the whole Secret ([`reloader_hash`]): what its
+    /// pod-template change for this state carries.
+    pub reloader_hash: Option<String>,
 }
 
 impl SecretState {
@@ -181,9 +424,11 @@ impl SecretState {
             .as_ref()
             .and_then(|d| d.get(key))
             .map(|v| hex::encode(Sha256::digest(&v.0)));
+        let empty = BTreeMap::new();
         SecretState {
             resource_version: s.metadata.resource_version.clone(),
             digest,
+            reloader_hash: Some(reloader_hash(s.data.as_ref().unwrap_or(&empty))),
         }
     }
 }
@@ -212,6 +457,8 @@ pub struct DeploymentState {
     pub template: String,
     /// The pod template's `restartedAt` annotation.
     pub restarted_at: Option<String>,
+    /// What the pod template carries ([`Marks`]).
+    pub marks: Marks,
     /// `spec.replicas` (default 1).
     pub spec_replicas: i32,
     /// `status.observedGeneration`.
@@ -229,8 +476,13 @@ pub struct DeploymentState {
 }
 
 impl DeploymentState {
-    /// Reduce a Deployment.
+    /// Reduce a Deployment (marks of any Secret).
     pub fn from_deployment(d: &Deployment) -> DeploymentState {
+        DeploymentState::from_deployment_for(d, None)
+    }
+
+    /// Reduce a Deployment whose chain's Secret is `secret`.
+    pub fn from_deployment_for(d: &Deployment, secret: Option<&str>) -> DeploymentState {
         let spec = &d.spec;
         let template = serde_json::to_vec(&spec.template).unwrap_or_default();
         let restarted_at = spec
@@ -256,6 +508,14 @@ impl DeploymentState {
             generation: d.metadata.generation.unwrap_or(0),
             template: hex::encode(Sha256::digest(&template)),
             restarted_at,
+            marks: Marks::of(
+                spec.template
+                    .metadata
+                    .as_ref()
+                    .and_then(|m| m.annotations.as_ref()),
+                spec.template.spec.as_ref(),
+                secret,
+            ),
             spec_replicas: spec.replicas.unwrap_or(1),
             observed_generation: status.and_then(|s| s.observed_generation).unwrap_or(0),
             replicas: status.and_then(|s| s.replicas).unwrap_or(0),
@@ -313,11 +573,18 @@ pub struct PodState {
     /// A container waits in `CrashLoopBackOff` (or another failure state);
     /// the reason and message.
     pub crash: Option<String>,
+    /// What the template it was made from carried ([`Marks`]).
+    pub marks: Marks,
 }
 
 impl PodState {
-    /// Reduce a Pod.
+    /// Reduce a Pod (marks of any Secret).
     pub fn from_pod(p: &Pod) -> PodState {
+        PodState::from_pod_for(p, None)
+    }
+
+    /// Reduce a Pod whose chain's Secret is `secret`.
+    pub fn from_pod_for(p: &Pod, secret: Option<&str>) -> PodState {
         let status = p.status.as_ref();
         let ready = status
             .and_then(|s| s.conditions.as_ref())
@@ -371,6 +638,7 @@ impl PodState {
             owner,
             restarts,
             crash,
+            marks: Marks::of(p.metadata.annotations.as_ref(), p.spec.as_ref(), secret),
         }
     }
 }
@@ -395,8 +663,10 @@ fn classify(e: &watcher::Error) -> Option<Reason> {
 pub fn code_reason(code: u16) -> Reason {
     match code {
         404 => Reason::NotFound,
-        // Our own request was malformed (bad selector, bad patch).
-        400 | 422 => Reason::ProberError,
+        // Our own request was malformed (bad selector, bad patch), or the
+        // prober's own credentials or RBAC (or a policy webhook) refused it:
+        // the prober's owners must act, not the pipeline's.
+        400 | 401 | 403 | 422 => Reason::ProberError,
         _ => Reason::ApiError,
     }
 }
@@ -404,6 +674,7 @@ pub fn code_reason(code: u16) -> Reason {
 /// Record a change in the view, keeping the log bounded.
 fn push<T>(v: &mut View<T>, seq: &AtomicU64, stamp: Stamp, name: String, state: Option<Arc<T>>) {
     let seq = seq.fetch_add(1, Ordering::Relaxed) + 1;
+    debug_assert!(seq > v.evicted);
     v.changes.push_back(Change {
         seq,
         stamp,
@@ -411,15 +682,23 @@ fn push<T>(v: &mut View<T>, seq: &AtomicU64, stamp: Stamp, name: String, state: 
         state,
     });
     while v.changes.len() > CHANGE_LOG {
-        v.changes.pop_front();
+        if let Some(c) = v.changes.pop_front() {
+            v.evicted = c.seq;
+        }
     }
 }
 
 /// Follow one watch until `cancel`, reducing each object with `project`.
+///
+/// kube-runtime's watcher emits nothing when a re-watch after an error
+/// succeeds, so a fault would stay the view's state until the next object
+/// event. Instead every fault ends the stream: after a pause (doubling, at
+/// most [`WATCH_BACKOFF_MAX`]) a new one starts with a relist, whose
+/// completion clears the fault. Relists only publish what changed.
 async fn follow<K, T>(
     api: Api<K>,
     config: watcher::Config,
-    project: impl Fn(&K) -> T + Send + 'static,
+    project: impl Fn(&K) -> T + Send + Sync + 'static,
     tx: watch::Sender<View<T>>,
     seq: Arc<AtomicU64>,
     what: String,
@@ -428,31 +707,55 @@ async fn follow<K, T>(
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
     T: PartialEq + Send + Sync + 'static,
 {
-    let stream = watcher(api, config).default_backoff();
+    let mut backoff = Duration::ZERO;
+    loop {
+        let ended = follow_stream(&api, &config, &project, &tx, &seq, &what, &cancel).await;
+        if ended {
+            return;
+        }
+        backoff = next_backoff(backoff);
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+    }
+}
+
+/// One watch stream from its first list to its first fault; `true` when
+/// the watcher should stop (cancelled, or the stream ended).
+async fn follow_stream<K, T>(
+    api: &Api<K>,
+    config: &watcher::Config,
+    project: &impl Fn(&K) -> T,
+    tx: &watch::Sender<View<T>>,
+    seq: &AtomicU64,
+    what: &str,
+    cancel: &CancellationToken,
+) -> bool
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+    T: PartialEq + Send + Sync + 'static,
+{
+    let stream = watcher(api.clone(), config.clone());
     futures::pin_mut!(stream);
     // Objects of a (re)list, published together when it completes.
     let mut relist: Option<Vec<(Stamp, String, T)>> = None;
     loop {
         let item = tokio::select! {
-            _ = cancel.cancelled() => return,
+            _ = cancel.cancelled() => return true,
             item = stream.next() => item,
         };
         let stamp = Stamp::now();
         let Some(item) = item else {
             tracing::warn!(watch = %what, "watch stream ended");
-            return;
+            return true;
         };
         match item {
             Err(e) => {
                 let Some(reason) = classify(&e) else { continue };
-                tracing::debug!(watch = %what, error = %e, "watch error; retrying with backoff");
-                tx.send_modify(|v| {
-                    v.fault = Some(Fault {
-                        reason,
-                        message: e.to_string(),
-                        stamp,
-                    })
-                });
+                tracing::debug!(watch = %what, error = %e, "watch error; starting over after a pause");
+                tx.send_modify(|v| v.faulted(reason, e.to_string(), stamp));
+                return false;
             }
             Ok(watcher::Event::Init) => relist = Some(Vec::new()),
             Ok(watcher::Event::InitApply(o)) => {
@@ -463,14 +766,16 @@ async fn follow<K, T>(
             Ok(watcher::Event::InitDone) => {
                 let listed = relist.take().unwrap_or_default();
                 tx.send_modify(|v| {
-                    v.fault = None;
+                    if v.healthy(stamp) {
+                        tracing::info!(watch = %what, "watch recovered");
+                    }
                     v.synced = true;
                     let mut seen = BTreeMap::new();
                     for (st, name, state) in listed {
                         let changed = v.objects.get(&name).is_none_or(|old| **old != state);
                         let state = Arc::new(state);
                         if changed {
-                            push(v, &seq, st, name.clone(), Some(state.clone()));
+                            push(v, seq, st, name.clone(), Some(state.clone()));
                         }
                         seen.insert(name, state);
                     }
@@ -481,7 +786,7 @@ async fn follow<K, T>(
                         .cloned()
                         .collect();
                     for name in gone {
-                        push(v, &seq, stamp, name, None);
+                        push(v, seq, stamp, name, None);
                     }
                     v.objects = seen;
                 });
@@ -490,22 +795,22 @@ async fn follow<K, T>(
                 let name = o.name_any();
                 let state = project(&o);
                 tx.send_if_modified(|v| {
-                    let was_faulty = v.fault.take().is_some();
+                    let was_faulty = v.healthy(stamp);
                     if v.objects.get(&name).is_some_and(|old| **old == state) {
                         return was_faulty;
                     }
                     let state = Arc::new(state);
                     v.objects.insert(name.clone(), state.clone());
-                    push(v, &seq, stamp, name, Some(state));
+                    push(v, seq, stamp, name, Some(state));
                     true
                 });
             }
             Ok(watcher::Event::Delete(o)) => {
                 let name = o.name_any();
                 tx.send_modify(|v| {
-                    v.fault = None;
+                    v.healthy(stamp);
                     v.objects.remove(&name);
-                    push(v, &seq, stamp, name, None);
+                    push(v, seq, stamp, name, None);
                 });
             }
         }
@@ -516,7 +821,7 @@ async fn follow<K, T>(
 fn spawn<K, T>(
     api: Api<K>,
     config: watcher::Config,
-    project: impl Fn(&K) -> T + Send + 'static,
+    project: impl Fn(&K) -> T + Send + Sync + 'static,
     seq: &Arc<AtomicU64>,
     what: String,
     cancel: &CancellationToken,
@@ -550,7 +855,10 @@ pub fn external_secret_resource() -> ApiResource {
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     /// The restart patch was refused or failed.
-    #[error("patching {restarted_at} into Deployment {namespace}/{name}: {source}")]
+    #[error(
+        "patching {restarted_at} into Deployment {namespace}/{name}{}: {source}",
+        webhook_note(source)
+    )]
     RestartPatch {
         /// Namespace.
         namespace: String,
@@ -574,7 +882,10 @@ pub enum ClusterError {
     },
     /// The `force-sync` annotation patch was refused or failed (RBAC: the
     /// prober needs `patch` on `externalsecrets`).
-    #[error("annotating ExternalSecret {namespace}/{name} with force-sync={value}: {source}")]
+    #[error(
+        "annotating ExternalSecret {namespace}/{name} with force-sync={value}{}: {source}",
+        webhook_note(source)
+    )]
     ForceSyncPatch {
         /// Namespace.
         namespace: String,
@@ -598,6 +909,26 @@ pub enum ClusterError {
     },
 }
 
+/// The admission webhook named in an API error, if one refused (or failed
+/// on) the request: `admission webhook "NAME" denied the request` or
+/// `failed calling webhook "NAME"`.
+pub fn refusing_webhook(e: &kube::Error) -> Option<String> {
+    let kube::Error::Api(s) = e else { return None };
+    ["admission webhook \"", "failed calling webhook \""]
+        .iter()
+        .find_map(|p| {
+            let rest = &s.message[s.message.find(p)? + p.len()..];
+            rest.find('"').map(|end| rest[..end].to_string())
+        })
+}
+
+/// ` (refused by admission webhook NAME)` when one did.
+fn webhook_note(e: &kube::Error) -> String {
+    refusing_webhook(e)
+        .map(|w| format!(" (refused by admission webhook {w})"))
+        .unwrap_or_default()
+}
+
 impl ClusterError {
     /// The bounded failure reason.
     pub fn reason(&self) -> Reason {
@@ -616,6 +947,15 @@ impl ClusterError {
             | ClusterError::ForceSyncTimeout { .. } => Reason::ApiError,
         }
     }
+}
+
+/// The prober's restart patch, as the API server took it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restarted {
+    /// The `restartedAt` value sent.
+    pub restarted_at: String,
+    /// The Deployment's generation after the patch.
+    pub generation: i64,
 }
 
 /// The watchers of one probe's chain.
@@ -664,12 +1004,14 @@ impl Cluster {
                 cancel,
             )
         });
+        let secret_name = chain.secret.as_ref().map(|s| s.name.clone());
         let deployment = chain.rollout.as_ref().map(|r| r.deployment.clone());
         let deployments = deployment.as_ref().map(|name| {
+            let secret = secret_name.clone();
             spawn(
                 Api::<Deployment>::namespaced(client.clone(), ns),
                 by_name(name),
-                DeploymentState::from_deployment,
+                move |d: &Deployment| DeploymentState::from_deployment_for(d, secret.as_deref()),
                 &seq,
                 format!("deployment {ns}/{name}"),
                 cancel,
@@ -678,7 +1020,7 @@ impl Cluster {
         let pods = spawn(
             Api::<Pod>::namespaced(client.clone(), ns),
             watcher::Config::default().labels(&chain.canary.selector),
-            PodState::from_pod,
+            move |p: &Pod| PodState::from_pod_for(p, secret_name.as_deref()),
             &seq,
             format!("pods {ns} {}", chain.canary.selector),
             cancel,
@@ -721,10 +1063,16 @@ impl Cluster {
     }
 
     /// Restart the Deployment as `kubectl rollout restart` does: a strategic
-    /// merge patch of the pod template's `restartedAt` annotation.
-    pub async fn restart(&self, now: DateTime<Utc>, timeout: Duration) -> Result<(), ClusterError> {
+    /// merge patch of the pod template's `restartedAt` annotation. Returns
+    /// the value sent and the generation the patch made (`None` when the
+    /// chain names no Deployment).
+    pub async fn restart(
+        &self,
+        now: DateTime<Utc>,
+        timeout: Duration,
+    ) -> Result<Option<Restarted>, ClusterError> {
         let Some(name) = &self.deployment else {
-            return Ok(());
+            return Ok(None);
         };
         let current = self.deployments.as_ref().and_then(|r| {
             r.borrow()
@@ -748,7 +1096,10 @@ impl Cluster {
         match tokio::time::timeout(timeout, api.patch(name, &params, &Patch::Strategic(patch)))
             .await
         {
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(d)) => Ok(Some(Restarted {
+                generation: d.metadata.generation.unwrap_or(0),
+                restarted_at: value,
+            })),
             Ok(Err(source)) => Err(ClusterError::RestartPatch {
                 namespace: self.namespace.clone(),
                 name: name.clone(),

@@ -120,3 +120,176 @@ fn gone_is_a_relist_not_a_fault() {
     )));
     assert_eq!(classify(&missing), Some(Reason::NotFound));
 }
+
+mod marks_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn reloader_hash_and_marks_match_what_reloader_writes() {
+        let mut data = BTreeMap::new();
+        data.insert("b".to_string(), k8s_openapi::ByteString(b"2".to_vec()));
+        data.insert("a".to_string(), k8s_openapi::ByteString(b"1".to_vec()));
+        // printf 'a=1;b=2' | sha1sum
+        assert_eq!(
+            reloader_hash(&data),
+            "f83e99e324ba68ccc373a58ef1eb42f8ab88646a"
+        );
+        assert_eq!(reloader_env_var("canary-env"), "STAKATER_CANARY_ENV_SECRET");
+        let d: Deployment = serde_json::from_value(json!({
+            "metadata": {"name": "d", "generation": 4},
+            "spec": {"selector": {}, "template": {
+                "metadata": {"annotations": {
+                    RESTARTED_AT: "2025-01-01T00:00:00Z",
+                    LAST_RELOADED_FROM: "{\"type\":\"SECRET\",\"name\":\"canary-env\",\"namespace\":\"ns\",\"hash\":\"abc\"}"
+                }},
+                "spec": {"containers": [{"name": "c", "env": [
+                    {"name": "STAKATER_CANARY_ENV_SECRET", "value": "def"},
+                    {"name": "STAKATER_OTHER_SECRET", "value": "zzz"}
+                ]}]}
+            }}
+        }))
+        .unwrap();
+        let s = DeploymentState::from_deployment_for(&d, Some("canary-env"));
+        assert_eq!(
+            s.marks.restarted_at.as_deref(),
+            Some("2025-01-01T00:00:00Z")
+        );
+        assert_eq!(
+            s.marks
+                .reloader
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+            vec!["abc", "def"]
+        );
+        let other = DeploymentState::from_deployment_for(&d, Some("other"));
+        assert_eq!(
+            other
+                .marks
+                .reloader
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+            vec!["zzz"]
+        );
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p", "annotations": {RESTARTED_AT: "2025-01-01T00:00:00Z"}},
+            "spec": {"containers": [{"name": "c", "env": [{"name": "STAKATER_CANARY_ENV_SECRET", "value": "def"}]}]}
+        }))
+        .unwrap();
+        let p = PodState::from_pod_for(&pod, Some("canary-env"));
+        assert_eq!(p.marks.restarted_at, s.marks.restarted_at);
+        assert!(p.marks.reloader.contains("def"));
+    }
+}
+
+mod health_tests {
+    use super::*;
+
+    fn api(code: u16, message: &str) -> kube::Error {
+        kube::Error::Api(Box::new(
+            kube::core::Status::failure(message, "Forbidden").with_code(code),
+        ))
+    }
+
+    #[test]
+    fn the_probers_own_refusals_are_prober_errors_naming_the_webhook() {
+        let rbac = ClusterError::ForceSyncPatch {
+            namespace: "ns".into(),
+            name: "es".into(),
+            value: "1".into(),
+            source: api(403, "externalsecrets.external-secrets.io \"es\" is forbidden: User \"system:serviceaccount:ns:secret-canary\" cannot patch resource"),
+        };
+        assert_eq!(rbac.reason(), Reason::ProberError);
+        assert!(!rbac.to_string().contains("webhook"));
+        let webhook = ClusterError::ForceSyncPatch {
+            namespace: "ns".into(),
+            name: "es".into(),
+            value: "1".into(),
+            source: api(403, "admission webhook \"deny-annotations.kyverno.svc\" denied the request: annotations are immutable"),
+        };
+        assert_eq!(webhook.reason(), Reason::ProberError);
+        assert!(webhook
+            .to_string()
+            .contains("(refused by admission webhook deny-annotations.kyverno.svc)"));
+        let unauthorized = ClusterError::RestartPatch {
+            namespace: "ns".into(),
+            name: "d".into(),
+            restarted_at: "t".into(),
+            source: api(401, "Unauthorized"),
+        };
+        assert_eq!(unauthorized.reason(), Reason::ProberError);
+        let watch = watcher::Error::InitialListFailed(api(403, "forbidden"));
+        assert_eq!(classify(&watch), Some(Reason::ProberError));
+        let down = api(500, "Internal error occurred: failed calling webhook \"mutate.bank-vaults\": connection refused");
+        assert_eq!(
+            refusing_webhook(&down).as_deref(),
+            Some("mutate.bank-vaults")
+        );
+    }
+
+    #[test]
+    fn a_fault_keeps_its_onset_and_recovery_closes_a_gap() {
+        let t0 = Stamp::now();
+        let later = |ms| Stamp {
+            at: t0.at + Duration::from_millis(ms),
+            wall: t0.wall + chrono::Duration::milliseconds(ms as i64),
+        };
+        let mut v: View<SecretState> = View::default();
+        assert!(!v.healthy(t0));
+        v.faulted(Reason::ApiError, "500".into(), later(10));
+        v.faulted(Reason::ApiError, "500 again".into(), later(500));
+        assert_eq!(v.fault.as_ref().unwrap().stamp, later(10));
+        assert_eq!(
+            v.all_gaps(),
+            vec![Gap {
+                from: later(10),
+                to: None
+            }]
+        );
+        assert!(v.healthy(later(900)));
+        assert!(v.fault.is_none());
+        assert_eq!(
+            v.all_gaps(),
+            vec![Gap {
+                from: later(10),
+                to: Some(later(900))
+            }]
+        );
+    }
+
+    #[test]
+    fn the_watch_backoff_is_capped_at_a_few_seconds() {
+        let mut b = Duration::ZERO;
+        let mut seen = Vec::new();
+        for _ in 0..12 {
+            b = next_backoff(b);
+            seen.push(b);
+        }
+        assert_eq!(seen[0], Duration::from_millis(250));
+        assert!(seen.iter().all(|d| *d <= WATCH_BACKOFF_MAX));
+        assert_eq!(*seen.last().unwrap(), WATCH_BACKOFF_MAX);
+        assert!(WATCH_BACKOFF_MAX <= Duration::from_secs(5));
+    }
+}
+
+#[test]
+fn the_refresh_settings_are_read_from_the_spec() {
+    let o: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "external-secrets.io/v1", "kind": "ExternalSecret",
+        "metadata": {"name": "es", "namespace": "ns"},
+        "spec": {"refreshPolicy": "CreatedOnce", "refreshInterval": "0s"}
+    }))
+    .unwrap();
+    let s = EsState::from_object(&o);
+    assert_eq!(s.refresh_policy.as_deref(), Some("CreatedOnce"));
+    assert_eq!(s.refresh_interval.as_deref(), Some("0s"));
+    assert!(s.ignores_force_sync().is_some());
+    for zero in ["0", "0s", "0h0m0s", "0.0s"] {
+        assert!(is_zero_duration(zero), "{zero}");
+    }
+    for d in ["1h", "10s", "0h1m0s", "", "s"] {
+        assert!(!is_zero_duration(d), "{d}");
+    }
+}

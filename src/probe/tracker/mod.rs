@@ -6,11 +6,11 @@
 //! | stage | starts | ends |
 //! |---|---|---|
 //! | `store_write` | just before the KV v2 write | the write's response (new version) |
-//! | `eso_sync` | store write done | an ExternalSecret status event with `Ready=True` and `refreshTime` ≥ the write's start floored to whole seconds, arriving once the Secret has been seen with the new digest (ESO writes the Secret before its status, so a sync that started just before our write in the same second does not count) |
+//! | `eso_sync` | store write done | an ExternalSecret status event with `Ready=True` whose sync mark (`refreshTime`, `syncedResourceVersion`) differs from the one at run start, arriving once the Secret has been seen with the new digest (ESO writes the Secret before its status). ESO's clock is only compared with itself. If ESO's status update changed nothing (the previous sync was in the same second), the stage ends with the Secret after a 2 s grace |
 //! | `secret_update` | store write done | a Secret event whose `data[key]` SHA-256 equals the new digest |
-//! | `reloader_trigger` | `secret_update` end (trigger `reloader`), or store write done (trigger `restart`: the prober then patches `restartedAt` as `kubectl rollout restart` does) | a Deployment event whose pod template differs from the one at run start |
-//! | `rollout` | `reloader_trigger` end | a Deployment event showing the rollout of that generation complete, as `kubectl rollout status` decides |
-//! | `canary_observe` | `rollout` end, or `secret_update` end when nothing rolls | every ready Pod of the current ReplicaSet answered the new digest (long-poll of the canary's `/digest`) |
+//! | `reloader_trigger` | `secret_update` end (trigger `reloader`), or store write done (trigger `restart`: the prober then patches `restartedAt` as `kubectl rollout restart` does) | a Deployment event whose pod template carries this run's value: Reloader's hash of the Secret seen with the new digest (SHA-1 of its sorted `key=value` pairs joined by `;`) in `STAKATER_<NAME>_SECRET` or in `reloader.stakater.com/last-reloaded-from`; with `restart`, the exact `restartedAt` the prober sent. A concurrent `kubectl rollout restart`, an unrelated deploy or a late Reloader patch for an older value does not end it |
+//! | `rollout` | `reloader_trigger` end | a Deployment event showing the rollout complete, as `kubectl rollout status` decides, for that generation or a later one (a restart landing after ours lengthens it, never shortens it) |
+//! | `canary_observe` | `rollout` end, or `secret_update` end when nothing rolls | every ready, non-terminating canary Pod made from a template carrying the value (its marks: `restartedAt`, Reloader hash) answered the new digest (long-poll of the canary's `/digest`) |
 //! | `end_to_end` | `store_write` start | `canary_observe` end |
 //!
 //! A stage the chain lacks is absent.
@@ -27,14 +27,14 @@ use chrono::{DateTime, Utc};
 
 use super::canary::CanaryError;
 use super::cluster::{
-    Change, DeploymentState, EsState, PodState, RolloutStatus, SecretState, View,
+    Change, DeploymentState, EsState, Marks, PodState, Restarted, RolloutStatus, SecretState, View,
 };
 use super::plan::Plan;
 use super::store::Written;
 use super::{Reason, Stage, StageTiming, Stamp};
 use crate::config::Trigger;
 
-pub use attribution::{Cause, Facts, Finding};
+pub use attribution::{Blocked, Cause, Facts, Finding};
 
 /// If ESO's status event arrived before the Secret showed the new value and
 /// no later status event comes within this time, the status update was a
@@ -54,6 +54,9 @@ pub struct Baseline {
     pub old_digest: Option<String>,
     /// The chain's Secret did not exist at run start.
     pub secret_absent: bool,
+    /// The ExternalSecret's state at run start (its sync mark is what a
+    /// sync of this run's value changes).
+    pub es_status: Option<EsState>,
 }
 
 /// What a canary Pod answered last.
@@ -61,6 +64,8 @@ pub struct Baseline {
 pub enum PodAnswer {
     /// A digest (or none: the canary has no value).
     Digest(Option<String>),
+    /// The canary's value is a literal `vault:` reference nothing resolved.
+    Unresolved,
     /// No usable answer.
     Failed(Arc<CanaryError>),
 }
@@ -112,7 +117,20 @@ pub struct Tracker {
     write_floor: Option<DateTime<Utc>>,
     secret_new: Option<Stamp>,
     es_early: Option<Stamp>,
-    template_changed: Option<(Stamp, i64)>,
+    /// The ExternalSecret's latest state says `Ready=True`.
+    es_ready_now: bool,
+    /// Reloader's hashes of the Secret states that carried the new digest.
+    secret_hashes: BTreeSet<String>,
+    /// The prober's restart patch (trigger `restart`).
+    restart: Option<Restarted>,
+    /// Deployment events since the write, replayed when what makes a
+    /// template "ours" becomes known after the event (streams reorder).
+    deployment_log: Vec<Change<DeploymentState>>,
+    /// The first template carrying the value: when seen, its generation.
+    carried: Option<(Stamp, i64)>,
+    /// Marks of every template from that generation on (a later restart
+    /// or deploy is made from it, so its Pods carry the value too).
+    carrying: BTreeSet<Marks>,
     rollout_done: Option<Stamp>,
     es_error: Option<String>,
     es_deleted: bool,
@@ -125,6 +143,10 @@ pub struct Tracker {
     canary: BTreeMap<String, PodProgress>,
     targets: Vec<Target>,
     failed: Option<(Stage, Finding)>,
+    /// What the cluster says blocks the first incomplete stage now.
+    blocked: Option<Blocked>,
+    /// How long a blocking signal may persist before the run ends.
+    blocked_for: Option<Duration>,
 }
 
 impl Tracker {
@@ -140,6 +162,7 @@ impl Tracker {
             plan,
             new_digest,
             secret_absent: base.secret_absent,
+            es_ready_now: base.es_status.as_ref().is_some_and(EsState::is_ready),
             base,
             run_deadline,
             limits,
@@ -147,7 +170,11 @@ impl Tracker {
             write_floor: None,
             secret_new: None,
             es_early: None,
-            template_changed: None,
+            secret_hashes: BTreeSet::new(),
+            restart: None,
+            deployment_log: Vec::new(),
+            carried: None,
+            carrying: BTreeSet::new(),
             rollout_done: None,
             es_error: None,
             es_deleted: false,
@@ -158,6 +185,8 @@ impl Tracker {
             canary: BTreeMap::new(),
             targets: Vec::new(),
             failed: None,
+            blocked: None,
+            blocked_for: None,
         }
     }
 
@@ -248,7 +277,7 @@ impl Tracker {
                 }
             }
         }
-        if let Some((changed, _)) = self.template_changed {
+        if let Some((changed, _)) = self.carried {
             if self.started(Stage::ReloaderTrigger) {
                 if let Some(end) = self.end(Stage::ReloaderTrigger, changed) {
                     self.start(Stage::Rollout, end);
@@ -271,13 +300,21 @@ impl Tracker {
             self.es_early = None;
             return;
         };
+        self.es_ready_now = es.is_ready();
         if let Some(cond) = es.sync_failed() {
             self.es_error = Some(format!("{}: {}", cond.reason, cond.message));
         }
-        let Some(floor) = self.write_floor else {
+        if self.write_floor.is_none() {
             return;
-        };
-        let qualifies = es.is_ready() && es.refresh_time.is_some_and(|t| t >= floor);
+        }
+        // A sync changes ESO's own mark (refreshTime, syncedResourceVersion);
+        // its clock is never compared with ours.
+        let changed = self
+            .base
+            .es_status
+            .as_ref()
+            .is_none_or(|b| b.sync_mark() != es.sync_mark());
+        let qualifies = es.is_ready() && changed;
         if !qualifies {
             self.es_early = None;
             return;
@@ -296,44 +333,97 @@ impl Tracker {
                 self.secret_deleted = true;
                 self.secret_absent = true;
             }
-            Some(s)
-                if s.digest.as_deref() == Some(self.new_digest.as_str())
-                    && self.secret_new.is_none() =>
-            {
-                if self.write_floor.is_some() {
-                    self.secret_new = Some(c.stamp);
-                    self.advance();
+            Some(s) if s.digest.as_deref() == Some(self.new_digest.as_str()) => {
+                if self.write_floor.is_none() {
+                    return;
                 }
+                self.secret_absent = false;
+                let new_hash = s
+                    .reloader_hash
+                    .as_ref()
+                    .is_some_and(|h| self.secret_hashes.insert(h.clone()));
+                if self.secret_new.is_none() {
+                    self.secret_new = Some(c.stamp);
+                }
+                if new_hash && self.carried.is_none() {
+                    self.replay_deployments();
+                }
+                self.advance();
             }
             Some(_) => self.secret_absent = false,
         }
     }
 
+    /// The prober's restart patch was taken: its `restartedAt` value and
+    /// generation are what "our" template carries.
+    pub fn restart_sent(&mut self, r: Restarted) {
+        self.restart = Some(r);
+        if self.carried.is_none() {
+            self.replay_deployments();
+        }
+    }
+
+    /// Whether a template carries this run's value: Reloader's hash of a
+    /// Secret state with the new digest (env var or annotation), or the
+    /// exact `restartedAt` the prober sent (or a later generation than its
+    /// patch made, when the watch skipped ours).
+    fn carries(&self, d: &DeploymentState) -> bool {
+        match self.plan.trigger {
+            Some(Trigger::Reloader) => d
+                .marks
+                .reloader
+                .iter()
+                .any(|h| self.secret_hashes.contains(h)),
+            Some(Trigger::Restart) => self.restart.as_ref().is_some_and(|r| {
+                d.marks.restarted_at.as_deref() == Some(r.restarted_at.as_str())
+                    || d.generation >= r.generation
+            }),
+            _ => false,
+        }
+    }
+
     /// A Deployment event.
     pub fn on_deployment(&mut self, c: &Change<DeploymentState>) {
-        let Some(d) = &c.state else {
+        if c.state.is_none() {
             self.deployment_deleted = true;
             return;
-        };
+        }
         if self.write_floor.is_none() {
             return;
         }
-        match &self.base.template {
-            None => self.base.template = Some(d.template.clone()),
-            Some(t) if *t != d.template && self.template_changed.is_none() => {
-                self.template_changed = Some((c.stamp, d.generation));
-            }
-            Some(_) => {}
+        self.deployment_log.push(c.clone());
+        self.deployment_event(c);
+        self.advance();
+    }
+
+    /// Look at the Deployment events since the write again.
+    fn replay_deployments(&mut self) {
+        let log = std::mem::take(&mut self.deployment_log);
+        for c in &log {
+            self.deployment_event(c);
+        }
+        self.deployment_log = log;
+        self.advance();
+    }
+
+    fn deployment_event(&mut self, c: &Change<DeploymentState>) {
+        let Some(d) = &c.state else { return };
+        if self.base.template.is_none() {
+            self.base.template = Some(d.template.clone());
         }
         if let Some(f) = d.replica_failure() {
             self.stuck = Some(format!("ReplicaFailure {}: {}", f.reason, f.message));
         }
-        if let Some((_, generation)) = self.template_changed {
-            if d.generation >= generation {
-                self.on_rollout_status(c.stamp, d.rollout());
-            }
+        if self.carried.is_none() && self.carries(d) {
+            self.carried = Some((c.stamp, d.generation));
         }
-        self.advance();
+        let Some((_, generation)) = self.carried else {
+            return;
+        };
+        if d.generation >= generation {
+            self.carrying.insert(d.marks.clone());
+            self.on_rollout_status(c.stamp, d.rollout());
+        }
     }
 
     /// The rollout of the changed template, as the Deployment reports it.
@@ -352,12 +442,34 @@ impl Tracker {
         }
     }
 
-    /// A canary Pod event (crash evidence).
+    /// A canary Pod event (crash evidence): only from Pods that did not
+    /// exist at run start, are not terminating, and (when the chain rolls)
+    /// were made from a template carrying the value. A new Pod in
+    /// `CrashLoopBackOff` ends the run at once as `canary_crashing`.
     pub fn on_pod(&mut self, c: &Change<PodState>) {
         let Some(p) = &c.state else { return };
+        if p.terminating || self.base.restarts.contains_key(&c.name) {
+            return;
+        }
+        if self.plan.trigger.is_some() && !self.of_new_template(p) {
+            return;
+        }
         if let Some(crash) = &p.crash {
-            self.crash = Some(format!("Pod {}: {crash}", c.name));
-        } else if p.restarts > self.base.restarts.get(&c.name).copied().unwrap_or(0) {
+            let said = format!("Pod {}: {crash}", c.name);
+            if crash.contains("CrashLoopBackOff") && self.write_floor.is_some() {
+                let stage = if self.started(Stage::Rollout) && self.ended(Stage::Rollout).is_none()
+                {
+                    Stage::Rollout
+                } else if self.started(Stage::CanaryObserve) {
+                    Stage::CanaryObserve
+                } else {
+                    Stage::Rollout
+                };
+                let finding = Finding::new(Reason::CanaryCrashing, Cause::Reported(said.clone()));
+                self.fail(stage, finding);
+            }
+            self.crash = Some(said);
+        } else if p.restarts > 0 {
             self.crash = Some(format!(
                 "Pod {} restarted ({} restarts)",
                 c.name, p.restarts
@@ -373,17 +485,10 @@ impl Tracker {
         pods: &View<PodState>,
         deployment: Option<&DeploymentState>,
     ) -> (Vec<Target>, usize) {
-        let rolled = self.plan.trigger.is_some();
         let targets = pods
             .objects
             .iter()
-            .filter(|(_, p)| p.ready && !p.terminating)
-            .filter(|(_, p)| {
-                !rolled
-                    || p.owner
-                        .as_ref()
-                        .is_none_or(|o| !self.base.owners.contains(o))
-            })
+            .filter(|(_, p)| p.ready && !p.terminating && self.of_new_template(p))
             .filter_map(|(name, p)| {
                 p.ip.as_ref().map(|ip| Target {
                     pod: name.clone(),
@@ -396,6 +501,19 @@ impl Tracker {
             _ => 1,
         };
         (targets, expected)
+    }
+
+    /// Whether a Pod was made from a template carrying this run's value
+    /// (always true when nothing rolls): its marks are those of such a
+    /// template, and its ReplicaSet was not there at run start.
+    fn of_new_template(&self, p: &PodState) -> bool {
+        if self.plan.trigger.is_none() {
+            return true;
+        }
+        self.carrying.contains(&p.marks)
+            && p.owner
+                .as_ref()
+                .is_none_or(|o| !self.base.owners.contains(o))
     }
 
     /// The canary stage is running (pollers should be).
@@ -428,6 +546,15 @@ impl Tracker {
 
     /// A canary Pod answered (or failed to).
     pub fn on_canary(&mut self, pod: &str, at: Stamp, answer: PodAnswer) {
+        if matches!(answer, PodAnswer::Unresolved) && self.plan.env_canary {
+            // An env value is fixed at process start: this Pod runs with the
+            // reference for its lifetime.
+            let detail = format!(
+                "Pod {pod} runs with an unresolved `vault:` reference (the secret-injection webhook let it start unmutated)"
+            );
+            let finding = Finding::new(Reason::UnresolvedReference, Cause::Reported(detail));
+            self.fail(Stage::CanaryObserve, finding);
+        }
         if let PodAnswer::Digest(Some(d)) = &answer {
             if *d == self.new_digest {
                 self.canary
@@ -471,6 +598,9 @@ impl Tracker {
         }
         match (self.es_early, self.secret_new) {
             (Some(_), Some(s)) => Some(s),
+            // ESO wrote the Secret and its status update changed nothing
+            // (the previous sync was in the same second): no event comes.
+            (None, Some(s)) if self.es_ready_now => Some(s),
             (Some(e), None) if self.secret_absent => Some(e),
             _ => None,
         }
@@ -512,6 +642,9 @@ impl Tracker {
         }
         if let Some(d) = self.end_to_end_deadline() {
             next = next.min(d);
+        }
+        if let Some(at) = self.blocked_until() {
+            next = next.min(at);
         }
         next
     }

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 
 use super::*;
 use crate::probe::canary::CanaryError;
-use crate::probe::cluster::{Change, Condition, Fault};
+use crate::probe::cluster::{Change, Condition, Fault, Gap};
 use crate::probe::{Failure, RunResult};
 
 const NEW: &str = "1111111111111111111111111111111111111111111111111111111111111111";
@@ -64,7 +64,8 @@ fn fault(reason: Reason, message: &str, c: &Clock) -> Fault {
     Fault {
         reason,
         message: message.into(),
-        stamp: c.at(0),
+        // After the write (a fault counts only if it began in the stage).
+        stamp: c.at(20),
     }
 }
 
@@ -85,6 +86,7 @@ fn base() -> Baseline {
         restarts: BTreeMap::new(),
         old_digest: Some(OLD.into()),
         secret_absent: false,
+        ..Default::default()
     }
 }
 
@@ -100,13 +102,13 @@ fn tracker(plan: Plan, clock: &Clock) -> Tracker {
 
 fn es_ready(refresh: DateTime<Utc>) -> EsState {
     EsState {
-        resource_version: None,
         refresh_time: Some(refresh),
         ready: Some(Condition {
             status: "True".into(),
             reason: "SecretSynced".into(),
             message: String::new(),
         }),
+        ..Default::default()
     }
 }
 
@@ -114,6 +116,7 @@ fn secret(d: &str) -> SecretState {
     SecretState {
         resource_version: None,
         digest: Some(d.into()),
+        reloader_hash: Some(format!("h-{}", &d[..4])),
     }
 }
 
@@ -132,15 +135,31 @@ fn deployment(
         replicas: updated.max(1),
         updated_replicas: updated,
         available_replicas: available,
+        // A template other than the baseline's carries Reloader's hash of
+        // the new value (see `secret`).
+        marks: Marks {
+            restarted_at: None,
+            reloader: (template != "t1")
+                .then(|| format!("h-{}", &NEW[..4]))
+                .into_iter()
+                .collect(),
+        },
         ..Default::default()
     }
 }
 
 fn pod(owner: &str, ready: bool) -> PodState {
+    // A Pod of a new ReplicaSet carries the new template's marks.
+    let marks = if owner == "old" {
+        Marks::default()
+    } else {
+        deployment("t2", 0, 0, 0, 0).marks
+    };
     PodState {
         ip: Some("127.0.0.9".into()),
         ready,
         owner: Some(owner.into()),
+        marks,
         ..Default::default()
     }
 }
@@ -352,6 +371,10 @@ fn rollout_problems_are_rollout_stuck_or_canary_crashing() {
     };
     let mut t = tracker(plan, &c);
     t.store_written(&c.written(0, 10));
+    t.restart_sent(Restarted {
+        restarted_at: "r".into(),
+        generation: 2,
+    });
     assert!(t.started(Stage::ReloaderTrigger));
     t.on_deployment(&c.change(30, "d", Some(deployment("t2", 2, 2, 1, 0))));
     assert_eq!(t.ended(Stage::ReloaderTrigger), Some(c.at(30)));
@@ -376,6 +399,10 @@ fn rollout_problems_are_rollout_stuck_or_canary_crashing() {
     // ProgressDeadlineExceeded ends the run at once.
     let mut t = tracker(plan, &c);
     t.store_written(&c.written(0, 10));
+    t.restart_sent(Restarted {
+        restarted_at: "r".into(),
+        generation: 2,
+    });
     t.on_deployment(&c.change(30, "d", Some(deployment("t2", 2, 1, 0, 0))));
     let mut stuck = deployment("t2", 2, 2, 0, 0);
     stuck.progressing = Some(Condition {
@@ -506,4 +533,468 @@ fn stage_deadlines_and_abort() {
         })
     );
     let _ = c.change::<PodState>(0, "x", None);
+}
+
+fn marks(restarted: Option<&str>, hash: Option<&str>) -> Marks {
+    Marks {
+        restarted_at: restarted.map(str::to_string),
+        reloader: hash.into_iter().map(str::to_string).collect(),
+    }
+}
+
+fn marked(mut d: DeploymentState, m: &Marks) -> DeploymentState {
+    d.marks = m.clone();
+    d.restarted_at = m.restarted_at.clone();
+    d
+}
+
+fn secret_h(d: &str, hash: &str) -> SecretState {
+    SecretState {
+        reloader_hash: Some(hash.into()),
+        ..secret(d)
+    }
+}
+
+fn pod_m(owner: &str, m: &Marks) -> PodState {
+    PodState {
+        marks: m.clone(),
+        ..pod(owner, true)
+    }
+}
+
+fn target_names(t: &Tracker, view: &View<PodState>) -> Vec<String> {
+    t.targets(view, None).0.into_iter().map(|t| t.pod).collect()
+}
+
+#[test]
+fn a_concurrent_restart_before_reloaders_patch_neither_ends_nor_shortens_anything() {
+    let mut c = Clock::new();
+    let mut t = tracker(plan_eso_reloader(), &c);
+    t.store_written(&c.written(0, 10));
+    t.on_secret(&c.change(100, "s", Some(secret_h(NEW, "h-new"))));
+    // `kubectl rollout restart` lands first: its template carries the old hash.
+    let kubectl = marks(Some("2025-06-15T10:00:00Z"), Some("h-old"));
+    t.on_deployment(&c.change(
+        120,
+        "d",
+        Some(marked(deployment("tr", 2, 1, 0, 0), &kubectl)),
+    ));
+    assert_eq!(t.ended(Stage::ReloaderTrigger), None);
+    t.on_deployment(&c.change(
+        200,
+        "d",
+        Some(marked(deployment("tr", 2, 2, 1, 1), &kubectl)),
+    ));
+    assert!(!t.started(Stage::Rollout));
+    // A late Reloader patch for the previous value does not count either.
+    let late = marks(Some("2025-06-15T10:00:00Z"), Some("h-older"));
+    t.on_deployment(&c.change(220, "d", Some(marked(deployment("tl", 3, 2, 0, 0), &late))));
+    assert_eq!(t.ended(Stage::ReloaderTrigger), None);
+    // Reloader's patch for this run's Secret.
+    let ours = marks(Some("2025-06-15T10:00:00Z"), Some("h-new"));
+    t.on_deployment(&c.change(250, "d", Some(marked(deployment("tn", 4, 3, 0, 0), &ours))));
+    assert_eq!(t.ended(Stage::ReloaderTrigger), Some(c.at(250)));
+    t.on_deployment(&c.change(300, "d", Some(marked(deployment("tn", 4, 4, 1, 0), &ours))));
+    assert_eq!(t.ended(Stage::Rollout), None);
+    t.on_deployment(&c.change(400, "d", Some(marked(deployment("tn", 4, 4, 1, 1), &ours))));
+    assert_eq!(t.ended(Stage::Rollout), Some(c.at(400)));
+    // Only the Pods of the template carrying the value are canaries.
+    let view = pods_view(&[
+        ("restart-pod", pod_m("rs-r", &kubectl)),
+        ("late-pod", pod_m("rs-l", &late)),
+        ("new-pod", pod_m("rs-n", &ours)),
+    ]);
+    assert_eq!(target_names(&t, &view), vec!["new-pod"]);
+}
+
+#[test]
+fn a_restart_after_the_value_lengthens_the_rollout_and_its_pods_are_canaries() {
+    let mut c = Clock::new();
+    let mut t = tracker(plan_eso_reloader(), &c);
+    t.store_written(&c.written(0, 10));
+    t.on_secret(&c.change(100, "s", Some(secret_h(NEW, "h-new"))));
+    let ours = marks(None, Some("h-new"));
+    t.on_deployment(&c.change(150, "d", Some(marked(deployment("tn", 2, 2, 0, 0), &ours))));
+    assert_eq!(t.ended(Stage::ReloaderTrigger), Some(c.at(150)));
+    // kubectl rollout restart mid-rollout: the Deployment's status now
+    // speaks of generation 3, and the run waits for it.
+    let both = marks(Some("2025-06-15T10:00:00Z"), Some("h-new"));
+    t.on_deployment(&c.change(200, "d", Some(marked(deployment("tk", 3, 2, 1, 1), &both))));
+    assert_eq!(t.ended(Stage::Rollout), None);
+    t.on_deployment(&c.change(600, "d", Some(marked(deployment("tk", 3, 3, 1, 1), &both))));
+    assert_eq!(t.ended(Stage::Rollout), Some(c.at(600)));
+    let view = pods_view(&[
+        ("ours", pod_m("rs-n", &ours)),
+        ("kubectl", pod_m("rs-k", &both)),
+    ]);
+    assert_eq!(target_names(&t, &view), vec!["kubectl", "ours"]);
+}
+
+#[test]
+fn reloaders_patch_seen_before_the_secret_still_counts() {
+    let mut c = Clock::new();
+    let mut t = tracker(plan_eso_reloader(), &c);
+    t.store_written(&c.written(0, 10));
+    let ours = marks(None, Some("h-new"));
+    t.on_deployment(&c.change(95, "d", Some(marked(deployment("tn", 2, 2, 0, 0), &ours))));
+    t.on_secret(&c.change(100, "s", Some(secret_h(NEW, "h-new"))));
+    // Two watch streams out of order: the trigger ends at its own start.
+    assert_eq!(t.ended(Stage::ReloaderTrigger), Some(c.at(100)));
+}
+
+#[test]
+fn trigger_restart_ends_only_at_the_restarted_at_the_prober_sent() {
+    let mut c = Clock::new();
+    let plan = Plan {
+        eso: false,
+        secret: false,
+        trigger: Some(Trigger::Restart),
+        deployment: true,
+        env_canary: true,
+    };
+    let mut t = tracker(plan, &c);
+    t.store_written(&c.written(0, 10));
+    let kubectl = marks(Some("2025-06-15T10:00:00Z"), None);
+    t.on_deployment(&c.change(
+        20,
+        "d",
+        Some(marked(deployment("tk", 2, 1, 0, 0), &kubectl)),
+    ));
+    t.restart_sent(Restarted {
+        restarted_at: "2025-06-15T10:00:01Z".into(),
+        generation: 3,
+    });
+    t.on_deployment(&c.change(
+        25,
+        "d",
+        Some(marked(deployment("tk", 2, 2, 1, 1), &kubectl)),
+    ));
+    assert_eq!(t.ended(Stage::ReloaderTrigger), None);
+    let ours = marks(Some("2025-06-15T10:00:01Z"), None);
+    t.on_deployment(&c.change(30, "d", Some(marked(deployment("to", 3, 2, 1, 1), &ours))));
+    assert_eq!(t.ended(Stage::ReloaderTrigger), Some(c.at(30)));
+    t.on_deployment(&c.change(90, "d", Some(marked(deployment("to", 3, 3, 1, 1), &ours))));
+    assert_eq!(t.ended(Stage::Rollout), Some(c.at(90)));
+    let view = pods_view(&[("k", pod_m("rs-k", &kubectl)), ("o", pod_m("rs-o", &ours))]);
+    assert_eq!(target_names(&t, &view), vec!["o"]);
+}
+
+fn es_synced(refresh: DateTime<Utc>, synced: &str) -> EsState {
+    EsState {
+        synced_resource_version: Some(synced.into()),
+        ..es_ready(refresh)
+    }
+}
+
+fn tracker_with(plan: Plan, base: Baseline, clock: &Clock) -> Tracker {
+    Tracker::new(plan, NEW.into(), base, clock.at(60_000).at, BTreeMap::new())
+}
+
+#[test]
+fn eso_sync_is_decided_by_esos_own_status_change_not_its_clock() {
+    let mut c = Clock::new();
+    // ESO's clock 2 s behind ours: its refreshTime is before our write.
+    let mut b = base();
+    b.es_status = Some(es_synced(c.secs(-10), "1-abc"));
+    let mut t = tracker_with(plan_eso_reloader(), b.clone(), &c);
+    t.store_written(&c.written(0, 10));
+    t.on_secret(&c.change(100, "s", Some(secret(NEW))));
+    t.on_external_secret(&c.change(104, "es", Some(es_synced(c.secs(-2), "1-abc"))));
+    assert_eq!(t.ended(Stage::EsoSync), Some(c.at(104)));
+
+    // ESO's clock 2 s ahead: an event that leaves the status as it was at
+    // run start (the force-sync annotation, a label) does not count.
+    b.es_status = Some(es_synced(c.secs(2), "1-abc"));
+    let mut t = tracker_with(plan_eso_reloader(), b, &c);
+    t.store_written(&c.written(0, 10));
+    t.on_external_secret(&c.change(50, "es", Some(es_synced(c.secs(2), "1-abc"))));
+    t.on_secret(&c.change(100, "s", Some(secret(NEW))));
+    t.on_external_secret(&c.change(101, "es", Some(es_synced(c.secs(2), "1-abc"))));
+    assert_eq!(t.ended(Stage::EsoSync), None);
+    t.on_external_secret(&c.change(110, "es", Some(es_synced(c.secs(3), "1-abc"))));
+    assert_eq!(t.ended(Stage::EsoSync), Some(c.at(110)));
+}
+
+#[test]
+fn an_eso_status_update_that_changed_nothing_ends_the_sync_with_the_secret() {
+    let mut c = Clock::new();
+    // The sync before the run and ours in the same second: ESO's status
+    // update is a no-op, no event comes.
+    let mut b = base();
+    b.es_status = Some(es_synced(c.secs(0), "1-abc"));
+    let mut t = tracker_with(plan_eso_reloader(), b, &c);
+    t.store_written(&c.written(0, 10));
+    t.on_secret(&c.change(100, "s", Some(secret(NEW))));
+    t.tick(c.at(100).at + ESO_STATUS_GRACE - Duration::from_millis(1));
+    assert_eq!(t.ended(Stage::EsoSync), None);
+    t.tick(c.at(100).at + ESO_STATUS_GRACE);
+    assert_eq!(t.ended(Stage::EsoSync), Some(c.at(100)));
+}
+
+#[test]
+fn a_watch_fault_counts_only_if_it_began_after_the_stage_started() {
+    let c = Clock::new();
+    let mut t = tracker(plan_eso_reloader(), &c);
+    t.store_written(&c.written(500, 510));
+    // A fault from before the run that is still there did not stop eso_sync.
+    let old = Facts {
+        es: Some(es_ready(c.secs(-5))),
+        es_fault: Some(fault(Reason::ApiError, "500", &c)),
+        secret_present: true,
+        ..Default::default()
+    };
+    assert_eq!(t.attribute(Stage::EsoSync, &old).reason, Reason::Timeout);
+    let mut new = old.clone();
+    new.es_fault = Some(Fault {
+        stamp: c.at(600),
+        ..fault(Reason::ApiError, "500", &c)
+    });
+    assert_eq!(t.attribute(Stage::EsoSync, &new).reason, Reason::ApiError);
+}
+
+#[test]
+fn durations_measured_across_a_watch_gap_are_marked() {
+    let mut c = Clock::new();
+    let mut t = tracker(plan_eso_reloader(), &c);
+    t.store_written(&c.written(0, 10));
+    t.on_secret(&c.change(3000, "s", Some(secret(NEW))));
+    let gap = Gap {
+        from: c.at(1000),
+        to: Some(c.at(2900)),
+    };
+    let marked = t.gap_stages(&[gap]);
+    assert_eq!(
+        marked,
+        vec![Stage::EsoSync, Stage::SecretUpdate, Stage::EndToEnd]
+    );
+    // A gap before the run touches nothing.
+    let before = Gap {
+        from: Stamp {
+            at: c.at(0).at - Duration::from_secs(5),
+            wall: c.at(0).wall,
+        },
+        to: Some(Stamp {
+            at: c.at(0).at - Duration::from_secs(1),
+            wall: c.at(0).wall,
+        }),
+    };
+    assert!(t.gap_stages(&[before]).is_empty());
+}
+
+#[test]
+fn crash_evidence_comes_only_from_new_live_pods_and_a_crash_loop_fails_at_once() {
+    let mut c = Clock::new();
+    let mut b = base();
+    b.restarts.insert("old-pod".into(), 0);
+    let mut t = tracker_with(plan_eso_reloader(), b, &c);
+    t.store_written(&c.written(0, 10));
+    t.on_secret(&c.change(100, "s", Some(secret(NEW))));
+    t.on_deployment(&c.change(150, "d", Some(deployment("t2", 2, 2, 0, 0))));
+    let looping = |owner: &str| PodState {
+        restarts: 1,
+        crash: Some("container canary CrashLoopBackOff: back-off 10s".into()),
+        ..pod(owner, false)
+    };
+    // A Pod that existed at run start, and a terminating new one: no evidence.
+    t.on_pod(&c.change(200, "old-pod", Some(looping("new"))));
+    let terminating = PodState {
+        terminating: true,
+        ..looping("new")
+    };
+    t.on_pod(&c.change(210, "going-pod", Some(terminating)));
+    assert!(t.verdict(c.at(211).at).is_none());
+    let facts = Facts {
+        deployment: Some(deployment("t2", 2, 2, 0, 0)),
+        ..Default::default()
+    };
+    assert_eq!(t.attribute(Stage::Rollout, &facts).reason, Reason::Timeout);
+    // A new Pod in CrashLoopBackOff ends the run at once.
+    t.on_pod(&c.change(300, "new-pod", Some(looping("new"))));
+    assert!(matches!(
+        t.verdict(c.at(301).at),
+        Some(End::Failed(
+            Stage::Rollout,
+            Finding {
+                reason: Reason::CanaryCrashing,
+                ..
+            }
+        ))
+    ));
+}
+
+#[test]
+fn an_unresolved_vault_reference_is_its_own_reason_at_canary_observe() {
+    let mut c = Clock::new();
+    // Bank-Vaults chain (restart, env): a new Pod started unmutated fails at once.
+    let plan = Plan {
+        eso: false,
+        secret: false,
+        trigger: Some(Trigger::Restart),
+        deployment: true,
+        env_canary: true,
+    };
+    let mut t = tracker(plan, &c);
+    t.store_written(&c.written(0, 10));
+    t.restart_sent(Restarted {
+        restarted_at: "r".into(),
+        generation: 2,
+    });
+    t.on_deployment(&c.change(30, "d", Some(deployment("t2", 2, 2, 1, 1))));
+    assert!(t.observing());
+    t.on_canary("p", c.at(40), PodAnswer::Unresolved);
+    match t.verdict(c.at(41).at) {
+        Some(End::Failed(Stage::CanaryObserve, f)) => {
+            assert_eq!(f.reason, Reason::UnresolvedReference);
+            let said = f.cause.to_string();
+            assert!(said.contains("unresolved `vault:` reference"), "{said}");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // A file canary: named at the deadline, not a plain mismatch.
+    let plan = Plan {
+        eso: false,
+        secret: true,
+        trigger: None,
+        deployment: false,
+        env_canary: false,
+    };
+    let mut t = tracker(plan, &c);
+    t.store_written(&c.written(0, 10));
+    t.on_secret(&c.change(20, "s", Some(secret(NEW))));
+    let view = pods_view(&[("a", pod("rs", true))]);
+    let (targets, expected) = t.targets(&view, None);
+    t.on_canary("a", c.at(30), PodAnswer::Unresolved);
+    t.set_targets(targets, expected);
+    assert!(t.verdict(c.at(31).at).is_none());
+    let (f, _, _) = t.conclude(&End::Deadline, &Facts::default());
+    assert_eq!(f.unwrap().reason, Reason::UnresolvedReference);
+}
+
+#[test]
+fn a_blocking_signal_is_exported_at_once_and_ends_the_run_after_blocked_for() {
+    let mut c = Clock::new();
+    let mut t = tracker(plan_eso_reloader(), &c);
+    t.set_blocked_for(Duration::from_secs(10));
+    t.store_written(&c.written(0, 10));
+    let healthy = Facts {
+        es: Some(es_ready(c.secs(-5))),
+        secret_present: true,
+        ..Default::default()
+    };
+    // Waiting for ESO is no signal.
+    assert_eq!(t.observe_blocking(c.at(20), &healthy), None);
+    let mut failing = es_ready(c.secs(-5));
+    failing.ready = Some(Condition {
+        status: "False".into(),
+        reason: "SecretSyncedError".into(),
+        message: "could not get secret data from provider".into(),
+    });
+    t.on_external_secret(&c.change(1_000, "es", Some(failing.clone())));
+    let facts = Facts {
+        es: Some(failing),
+        ..healthy.clone()
+    };
+    // Exported as soon as the cluster says it...
+    assert_eq!(
+        t.observe_blocking(c.at(1_000), &facts),
+        Some((Stage::EsoSync, Reason::SyncError))
+    );
+    assert_eq!(t.next_wakeup(), c.at(11_000).at);
+    assert!(t.verdict(c.at(1_001).at).is_none());
+    t.observe_blocking(c.at(10_999), &facts);
+    assert!(t.verdict(c.at(10_999).at).is_none());
+    // ...and the run ends once it persisted blocked_for, not at the 60 s deadline.
+    t.observe_blocking(c.at(11_000), &facts);
+    match t.verdict(c.at(11_000).at) {
+        Some(End::Failed(Stage::EsoSync, f)) => {
+            assert_eq!(f.reason, Reason::SyncError);
+            let said = f.cause.to_string();
+            assert!(
+                said.contains("SecretSyncedError") && said.contains("10s"),
+                "{said}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // A signal that clears restarts the clock.
+    let mut t = tracker(plan_eso_reloader(), &c);
+    t.set_blocked_for(Duration::from_secs(10));
+    t.store_written(&c.written(0, 10));
+    t.observe_blocking(c.at(1_000), &facts);
+    assert_eq!(t.observe_blocking(c.at(5_000), &healthy), None);
+    t.observe_blocking(c.at(6_000), &facts);
+    t.observe_blocking(c.at(11_000), &facts);
+    assert!(t.verdict(c.at(11_000).at).is_none());
+
+    // A failing watch is exported but does not end the run: it may recover.
+    let mut t = tracker(plan_eso_reloader(), &c);
+    t.set_blocked_for(Duration::from_secs(10));
+    t.store_written(&c.written(0, 10));
+    let outage = Facts {
+        es_fault: Some(fault(Reason::ApiError, "connection refused", &c)),
+        ..healthy
+    };
+    assert_eq!(
+        t.observe_blocking(c.at(1_000), &outage),
+        Some((Stage::EsoSync, Reason::ApiError))
+    );
+    t.observe_blocking(c.at(30_000), &outage);
+    assert!(t.verdict(c.at(30_000).at).is_none());
+    assert!(!t.blocked().unwrap().ends_run);
+}
+
+#[test]
+fn force_sync_is_refused_when_eso_would_ignore_it() {
+    let c = Clock::new();
+    let with = |policy: Option<&str>, interval: Option<&str>| {
+        let es = EsState {
+            refresh_policy: policy.map(str::to_string),
+            refresh_interval: interval.map(str::to_string),
+            ..es_ready(c.secs(-5))
+        };
+        let mut t = tracker_with(
+            plan_eso_reloader(),
+            Baseline {
+                es_status: Some(es),
+                ..base()
+            },
+            &c,
+        );
+        let refused = t.refuse_force_sync();
+        (refused, t.verdict(c.at(1).at))
+    };
+    for (policy, interval, field) in [
+        (
+            Some("CreatedOnce"),
+            Some("1h"),
+            "refreshPolicy is CreatedOnce",
+        ),
+        (None, Some("0s"), "refreshInterval is \"0s\""),
+        (Some("Periodic"), Some("0"), "refreshInterval is \"0\""),
+    ] {
+        match with(policy, interval) {
+            (true, Some(End::Failed(Stage::EsoSync, f))) => {
+                assert_eq!(f.reason, Reason::ProberError);
+                let said = f.cause.to_string();
+                assert!(
+                    said.contains(field) && said.contains("force_sync"),
+                    "{said}"
+                );
+            }
+            other => panic!("{policy:?} {interval:?}: {other:?}"),
+        }
+    }
+    for (policy, interval) in [
+        (None, Some("1h")),
+        (Some("OnChange"), Some("0s")),
+        (Some("Periodic"), Some("10s")),
+        (None, None),
+    ] {
+        assert!(
+            matches!(with(policy, interval), (false, None)),
+            "{policy:?} {interval:?}"
+        );
+    }
 }
