@@ -23,6 +23,7 @@
 pub mod audit;
 pub mod audit_truth;
 pub mod bins;
+pub mod faults;
 pub mod lab;
 pub mod pki;
 pub mod process;
