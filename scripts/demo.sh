@@ -2,12 +2,23 @@
 # The demo: a lab cluster (API server, ESO, Reloader, Deployment controller,
 # kubelet, Bank-Vaults) on a real OpenBao, and the prober measuring its three
 # chains, with metrics on http://127.0.0.1:${PORT:-9850}/metrics.
-# Ctrl-C stops everything.
+# Ctrl-C stops everything. `--cluster real`: the real control plane, ESO
+# and kubectl built from their Go modules (scripts/build-real.sh; cached
+# after the first build).
 set -euo pipefail
+cluster=sim
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --cluster) cluster=${2:?--cluster sim|real}; shift 2 ;;
+    --cluster=*) cluster=${1#--cluster=}; shift ;;
+    *) echo "usage: $0 [--cluster sim|real]" >&2; exit 2 ;;
+  esac
+done
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 scripts/setup.sh
 cargo build --workspace --bins --quiet
+[ "$cluster" = real ] && scripts/build-real.sh
 
 dir=${LAB_DIR:-$root/.lab/demo}
 port=${PORT:-9850}
@@ -24,9 +35,9 @@ cleanup() {
 }
 trap cleanup INT TERM EXIT
 
-"$bin/secret-canary-lab" up --dir "$dir" --canary-bin "$bin/secret-canary" > "$dir/lab.out" 2> "$dir/lab.log" &
+"$bin/secret-canary-lab" up --dir "$dir" --cluster "$cluster" --canary-bin "$bin/secret-canary" > "$dir/lab.out" 2> "$dir/lab.log" &
 pids+=($!)
-for _ in $(seq 1 200); do [ -s "$dir/lab.json" ] && break; sleep 0.1; done
+for _ in $(seq 1 900); do [ -s "$dir/lab.json" ] && break; sleep 0.1; done
 [ -s "$dir/lab.json" ] || { echo "the lab did not start; see $dir/lab.log"; tail -n 20 "$dir/lab.log"; exit 1; }
 cat "$dir/lab.out"
 
@@ -58,6 +69,10 @@ if [ -x "$bin/secret-canary" ] && "$bin/secret-canary" --help 2>/dev/null | grep
   curl -sf "http://127.0.0.1:$port/metrics" | grep -E '^secret_canary_last_stage_duration_seconds' | grep -v NaN || true
 fi
 echo
-echo "faults: $bin/secret-canary-lab fault --dir $dir eso-stall on   (and off)"
+if [ "$cluster" = real ]; then
+  echo "faults: $bin/secret-canary-lab fault --dir $dir eso-stop on   (and off; the error lists the others)"
+else
+  echo "faults: $bin/secret-canary-lab fault --dir $dir eso-stall on   (and off)"
+fi
 echo "Ctrl-C to stop."
 wait "${pids[0]}"

@@ -73,8 +73,9 @@ enum Command {
         /// The running lab's directory.
         #[arg(long)]
         dir: PathBuf,
-        /// Fault name (eso-stall, eso-error, reloader-absent, rollout-stuck, canary-crash, ...).
-        name: Fault,
+        /// Fault name (simulated cluster: eso-stall, eso-error, reloader-absent,
+        /// rollout-stuck, canary-crash, ...; real cluster: eso-stop, secret-delete).
+        name: String,
         /// `on` or `off`.
         #[arg(value_parser = ["on", "off"])]
         state: String,
@@ -151,15 +152,21 @@ async fn main() -> ExitCode {
             )
             .await
         }
-        Command::Fault { dir, name, state } => {
-            admin(
-                &dir,
-                reqwest::Method::PUT,
-                &format!("faults/{name}"),
-                Some(state),
-            )
-            .await
+        Command::Fault { dir, name, state } if is_real(&dir) => {
+            real_fault(&dir, &name, &state).await
         }
+        Command::Fault { dir, name, state } => match name.parse::<Fault>() {
+            Err(e) => Err(anyhow::anyhow!("{e}")),
+            Ok(name) => {
+                admin(
+                    &dir,
+                    reqwest::Method::PUT,
+                    &format!("faults/{name}"),
+                    Some(state),
+                )
+                .await
+            }
+        },
         Command::Knob { dir, name, value } => {
             admin(
                 &dir,
@@ -339,10 +346,34 @@ async fn admin(
 /// `fault`, `knob` and `status` against a real-cluster lab: only `status`
 /// (the components and whether they run); faults there are made by real
 /// means and are not switches yet.
+fn real_info(dir: &Path) -> Option<secret_canary_lab::real::lab::RealLabInfo> {
+    let text = std::fs::read_to_string(dir.join("lab.json")).ok()?;
+    serde_json::from_str::<secret_canary_lab::real::lab::RealLabInfo>(&text)
+        .ok()
+        .filter(|i| i.cluster == "real")
+}
+
+fn is_real(dir: &Path) -> bool {
+    real_info(dir).is_some()
+}
+
+async fn real_fault(dir: &Path, name: &str, state: &str) -> anyhow::Result<()> {
+    let info = real_info(dir)
+        .ok_or_else(|| anyhow::anyhow!("no running real lab in {}", dir.display()))?;
+    let on = match state {
+        "on" => true,
+        "off" => false,
+        other => anyhow::bail!("fault state must be on or off, not {other}"),
+    };
+    secret_canary_lab::real::faults::set(&info, name, on).await?;
+    println!("fault {name} {state}");
+    Ok(())
+}
+
 fn real_admin(info: &secret_canary_lab::real::lab::RealLabInfo, path: &str) -> anyhow::Result<()> {
     if path != "knobs" {
         anyhow::bail!(
-            "the real cluster (--cluster real) has no fault switches or latency knobs: its faults are made by real means (stop a process, revoke a token, delete an object), and none is wired to `fault` yet. Supported here: `status`"
+            "the real cluster (--cluster real) has no fault switches or latency knobs: its faults are made by real means (stop a process, revoke a token, delete an object), and `fault` supports: {}; and `status`", secret_canary_lab::real::faults::SUPPORTED.join(", ")
         );
     }
     println!(

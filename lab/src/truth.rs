@@ -95,8 +95,21 @@ impl Truth {
         name: &str,
         digest: Option<&str>,
     ) -> TruthRecord {
+        self.record_at(Utc::now(), step, namespace, name, digest)
+    }
+
+    /// Record a step completed at `ts` (a time taken from another clock,
+    /// e.g. the API server's audit log).
+    pub fn record_at(
+        &self,
+        ts: DateTime<Utc>,
+        step: &str,
+        namespace: &str,
+        name: &str,
+        digest: Option<&str>,
+    ) -> TruthRecord {
         let rec = TruthRecord {
-            ts: Utc::now(),
+            ts,
             step: step.to_string(),
             namespace: namespace.to_string(),
             name: name.to_string(),

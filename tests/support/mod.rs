@@ -130,3 +130,4 @@ where
 }
 pub mod fixtures;
 pub mod prober;
+pub mod truth_score;

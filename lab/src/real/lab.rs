@@ -130,7 +130,8 @@ pub struct RealLab {
     pub bao: BaoAdmin,
     /// `DIR/prober.yaml`, when a scenario runs.
     pub prober_config: Option<PathBuf>,
-    /// Ground truth of the node agent and Reloader.
+    /// Ground truth: the node agent's records and the audit log's
+    /// ([`super::audit_truth`]).
     pub truth: Arc<Truth>,
     /// From start until everything was ready.
     pub ready_after: Duration,
@@ -201,6 +202,23 @@ impl RealLab {
             cancel: CancellationToken::new(),
             tasks: Vec::new(),
         };
+        // Ground truth from the audit log, from the first event on.
+        let (log, admin, t, cancel) = (
+            lab.cluster.audit_log.clone(),
+            lab.cluster.client(),
+            lab.truth.clone(),
+            lab.cancel.clone(),
+        );
+        lab.tasks.push((
+            "audit-truth",
+            tokio::spawn(super::audit_truth::run(
+                log,
+                admin,
+                t,
+                super::audit_truth::Users::lab(),
+                cancel,
+            )),
+        ));
         if let Some(canary_bin) = opts.canary_bin.clone() {
             if let Err(e) = lab.run_scenario(&opts, canary_bin).await {
                 lab.stop().await;
@@ -330,7 +348,10 @@ impl RealLab {
         let reloader_client = crate::lab::client_from_kubeconfig(&reloader_kc)
             .await
             .map_err(|e| ClusterError::Client(e.to_string()))?;
-        let (rctx, cancel) = (ctx(reloader_client), self.cancel.clone());
+        // Reloader's patches are timed by the audit log, not its own clock.
+        let mut rctx = ctx(reloader_client);
+        rctx.truth = Arc::new(Truth::in_memory());
+        let cancel = self.cancel.clone();
         self.tasks.push((
             "reloader",
             tokio::spawn(async move {

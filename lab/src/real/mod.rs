@@ -6,6 +6,7 @@
 //! bins      where the cached binaries are, per pinned version
 //! process   one component as a supervised child process, logging to DIR/logs
 //! audit     the API server's audit policy (Secrets at Metadata level only)
+//! audit_truth the audit log (and a digest-only Secret watch) as truth.jsonl
 //! setup     ServiceAccounts, RBAC and credentials of ESO, Reloader and OpenBao;
 //!           ESO's CRDs and process
 //! lab       `up --cluster real`: all of it, the node agent and the scenario
@@ -20,7 +21,9 @@
 //! more [`Proc`] (or task) in [`RealCluster`], started after the API server.
 
 pub mod audit;
+pub mod audit_truth;
 pub mod bins;
+pub mod faults;
 pub mod lab;
 pub mod pki;
 pub mod process;
