@@ -27,6 +27,7 @@ use reqwest::Method;
 use secret_canary::config::{Config, ProbeConfig, StoreAuth};
 use secret_canary::probe::cluster::RESTARTED_AT;
 use secret_canary_lab::faults::{Fault, Knob, Latency};
+use secret_canary_lab::lab::kubeconfig_yaml;
 use secret_canary_lab::truth::step as truth_step;
 use support::prober::{resources, sum, LoggedRun, Prober, Resources};
 use support::TestLab;
@@ -700,6 +701,10 @@ async fn run_mid_run(prober: &mut Prober, mr: MidRunRow<'_>) -> Row {
         watch_export(prober, probe, base, injected, &stop)
     );
     assert_eq!(r.run_id, inflight.run_id);
+    assert!(
+        r.finished.unwrap() > injected,
+        "{label}: the run ended before the disruption landed: {r:?}"
+    );
     eprintln!(
         "[{probe}] {label}: {} ({:?}); exported meanwhile: {export:?}",
         r.verdict(),
@@ -1404,22 +1409,39 @@ async fn issue_11_rows_on_the_env_and_restart_chains() {
                 "canary-env",
             ),
             restart(
-                "concurrent `kubectl rollout restart`, 2 s into a run",
+                "concurrent `kubectl rollout restart`, 0.7 s into a run",
                 "env",
-                Duration::from_secs(2),
+                Duration::from_millis(700),
                 "canary-env",
-            ),
-            restart(
-                "concurrent `kubectl rollout restart`, 0.2 s into a run",
-                "bv",
-                Duration::from_millis(200),
-                "canary-bankvaults",
             ),
         ];
         let mut rows = Vec::new();
         for mr in mid_run {
             rows.push(run_mid_run(&mut prober, mr).await);
         }
+        // The restart chain's run takes 0.2 s in the lab: with Pods taking
+        // 1 s to start (as an image start does), the restart lands after the
+        // prober's own restart patch, mid-rollout.
+        lab.knobs.set_latency(
+            Knob::KubeletStartLatency,
+            Latency::Fixed(Duration::from_secs(1)),
+        );
+        rows.push(
+            run_mid_run(
+                &mut prober,
+                restart(
+                    "concurrent `kubectl rollout restart`, 0.3 s into a run (Pods start in 1 s)",
+                    "bv",
+                    Duration::from_millis(300),
+                    "canary-bankvaults",
+                ),
+            )
+            .await,
+        );
+        lab.knobs.set_latency(
+            Knob::KubeletStartLatency,
+            Knob::KubeletStartLatency.default_latency(),
+        );
         rows.push(
             skew_row(
                 &mut prober,
@@ -1483,9 +1505,68 @@ async fn issue_11_rows_on_the_env_and_restart_chains() {
     };
     assert_alive(&mut prober);
     assert!(prober.stop().await.is_some_and(|s| s.success()));
+    let mut rows = rows;
+    rows.push(forbidden_row(&lab).await);
     print_rows(
         "issue 11: real-cluster behaviours (env and restart chains, upstream timings)",
         &rows,
     );
     lab.stop().await;
+}
+
+/// A 403 on the prober's own request: a prober authenticated with its own
+/// ServiceAccount's token (not the lab admin's) on the Bank-Vaults restart
+/// chain, whose restart patch the API server refuses once RBAC is revoked
+/// (`api-forbidden`): `prober_error`, not `api_error`, so the page goes to
+/// the prober's owners.
+async fn forbidden_row(lab: &TestLab) -> Row {
+    let probe = "bv-sa";
+    let kubeconfig = lab.lab.dir.join("kubeconfig-secret-canary");
+    std::fs::write(
+        &kubeconfig,
+        kubeconfig_yaml(
+            &lab.api_url,
+            &lab.server.issue_token("canary", "secret-canary"),
+        ),
+    )
+    .unwrap();
+    let config = derive_config(
+        lab,
+        "matrix-issue11-sa.yaml",
+        &[("bankvaults-restart", probe)],
+        |p| p.deadline = Some(Duration::from_secs(20)),
+    );
+    let mut c = Config::load(&config).unwrap();
+    c.kubernetes.kubeconfig = Some(kubeconfig);
+    std::fs::write(&config, serde_yaml::to_string(&c).unwrap()).unwrap();
+    let mut prober = Prober::start(
+        &config,
+        &lab.lab.dir.join("logs/prober-issue11-sa.log"),
+        Duration::from_secs(3),
+    )
+    .await;
+    expect_verdict(
+        &prober,
+        probe,
+        Utc::now(),
+        &["success"],
+        Duration::from_secs(30),
+    )
+    .await;
+    let row = run_row(
+        &mut prober,
+        FaultRow {
+            label: "403 on the prober's own request (`api-forbidden`: its ServiceAccount's RBAC revoked; the restart patch refused)",
+            probe,
+            inject: step(move || async move { lab.knobs.set_fault(Fault::ApiForbidden, true) }),
+            expected: "reloader_trigger/prober_error",
+            verdict_within: Duration::from_secs(30),
+            restore: step(move || async move { lab.knobs.set_fault(Fault::ApiForbidden, false) }),
+            settle: None,
+            recover_within: Duration::from_secs(40),
+        },
+    )
+    .await;
+    assert!(prober.stop().await.is_some_and(|s| s.success()));
+    row
 }
