@@ -13,9 +13,10 @@ mod support;
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use futures::future::{FutureExt, LocalBoxFuture};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
@@ -24,11 +25,15 @@ use kube::api::{
 };
 use reqwest::Method;
 use secret_canary::config::{Config, ProbeConfig, StoreAuth};
+use secret_canary::probe::cluster::RESTARTED_AT;
 use secret_canary_lab::faults::{Fault, Knob, Latency};
-use support::prober::{resources, LoggedRun, Prober, Resources};
+use secret_canary_lab::lab::kubeconfig_yaml;
+use secret_canary_lab::truth::step as truth_step;
+use support::prober::{resources, sum, LoggedRun, Prober, Resources};
 use support::TestLab;
 
 /// One measured row of the matrix.
+#[derive(Default)]
 struct Row {
     fault: String,
     probe: String,
@@ -41,6 +46,11 @@ struct Row {
     failed_in_between: usize,
     /// From clearing the fault to the end of the first successful run.
     recovered_after: f64,
+    /// From injection to the first scrape of `/metrics` showing the
+    /// signal (see [`Export`]), if any.
+    exported_after: Option<f64>,
+    /// Which exported signal that was.
+    exported: String,
 }
 
 fn secs(a: DateTime<Utc>, b: DateTime<Utc>) -> f64 {
@@ -49,15 +59,18 @@ fn secs(a: DateTime<Utc>, b: DateTime<Utc>) -> f64 {
 
 fn print_rows(title: &str, rows: &[Row]) {
     let mut out = format!(
-        "\n### {title}\n\n| fault | probe | expected | observed | seen after (s) | recovered? | failed runs after clear | time to recover (s) | detail |\n|---|---|---|---|---|---|---|---|---|\n"
+        "\n### {title}\n\n| fault | probe | expected | observed | exported after (s) | exported signal | seen after (s) | recovered? | failed runs after clear | time to recover (s) | detail |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
     );
     for r in rows {
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {:.1} | yes | {} | {:.1} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {:.1} | yes | {} | {:.1} | {} |\n",
             r.fault,
             r.probe,
             r.expected,
             r.observed,
+            r.exported_after
+                .map_or_else(|| "–".to_string(), |s| format!("{s:.2}")),
+            r.exported,
             r.seen_after,
             r.failed_in_between,
             r.recovered_after,
@@ -172,6 +185,7 @@ fn row(
         seen_after: secs(injected, run.finished.unwrap()),
         failed_in_between: recovery.0,
         recovered_after: recovery.1,
+        ..Row::default()
     }
 }
 
@@ -374,6 +388,7 @@ async fn store_faults_sigterm_and_short_lived_tokens() {
         seen_after: secs(injected, aborted.finished.unwrap()),
         failed_in_between: 0,
         recovered_after: 0.0,
+        ..Row::default()
     });
     drop(prober);
 
@@ -444,6 +459,7 @@ async fn store_faults_sigterm_and_short_lived_tokens() {
         seen_after: secs(started, runs.last().unwrap().finished.unwrap()),
         failed_in_between: 0,
         recovered_after: 0.0,
+        ..Row::default()
     });
     assert!(prober.stop().await.is_some_and(|s| s.success()));
 
@@ -479,19 +495,124 @@ struct FaultRow<'a> {
     recover_within: Duration,
 }
 
+/// What `probe` has counted on `/metrics` that says "broken": failed runs
+/// (`stage_failures_total`) and ticks skipped because a watcher was failing.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Counts {
+    failures: f64,
+    skipped: f64,
+}
+
+impl Counts {
+    fn of(metrics: &str, probe: &str) -> Counts {
+        Counts {
+            failures: sum(
+                metrics,
+                "secret_canary_stage_failures_total",
+                &[("probe", probe)],
+            ),
+            skipped: sum(
+                metrics,
+                "secret_canary_skipped_runs_total",
+                &[("probe", probe), ("reason", "watcher_failing")],
+            ),
+        }
+    }
+}
+
+/// The `stage_blocked` series of `probe` that is set, as `stage/reason`.
+fn blocked_series(metrics: &str, probe: &str) -> Option<String> {
+    let prefix = "secret_canary_stage_blocked{";
+    metrics.lines().find_map(|l| {
+        let (labels, v) = l.strip_prefix(prefix)?.split_once('}')?;
+        let set = v.trim().parse::<f64>().ok()? > 0.0;
+        if !set || !labels.contains(&format!("probe=\"{probe}\"")) {
+            return None;
+        }
+        let label = |k: &str| {
+            let rest = &labels[labels.find(&format!("{k}=\""))? + k.len() + 2..];
+            Some(rest[..rest.find('"')?].to_string())
+        };
+        Some(format!("{}/{}", label("stage")?, label("reason")?))
+    })
+}
+
+/// Scrape `/metrics` every 50 ms until `probe` exports a signal: a
+/// `stage_blocked` series set, or more failures or watcher skips than
+/// `base`. Returns the seconds from `since` to the scrape that showed it
+/// and which signal; `None` if `stop` was set first (one last scrape
+/// after it).
+async fn watch_export(
+    p: &Prober,
+    probe: &str,
+    base: Counts,
+    since: DateTime<Utc>,
+    stop: &AtomicBool,
+) -> Option<(f64, String)> {
+    loop {
+        let last = stop.load(Ordering::SeqCst);
+        let m = p.metrics().await;
+        let at = secs(since, Utc::now());
+        if let Some(b) = blocked_series(&m, probe) {
+            return Some((at, format!("stage_blocked {b}")));
+        }
+        let now = Counts::of(&m, probe);
+        if now.failures > base.failures {
+            return Some((at, "stage_failures_total".into()));
+        }
+        if now.skipped > base.skipped {
+            return Some((at, "skipped_runs_total watcher_failing".into()));
+        }
+        if last {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Wait for the verdict of the first run of `probe` started after
+/// `injected` (as [`expect_verdict`]) while watching `/metrics` for the
+/// exported signal (as [`watch_export`]).
+async fn verdict_and_export(
+    p: &Prober,
+    probe: &str,
+    base: Counts,
+    injected: DateTime<Utc>,
+    expected: &[&str],
+    limit: Duration,
+) -> (LoggedRun, Option<(f64, String)>) {
+    let stop = AtomicBool::new(false);
+    let verdict = async {
+        let r = expect_verdict(p, probe, injected, expected, limit).await;
+        stop.store(true, Ordering::SeqCst);
+        r
+    };
+    futures::join!(verdict, watch_export(p, probe, base, injected, &stop))
+}
+
 /// Run one [`FaultRow`] against the prober; checks the process is alive and
 /// `/healthz` never failed.
 async fn run_row(prober: &mut Prober, fr: FaultRow<'_>) -> Row {
+    let base = Counts::of(&prober.metrics().await, fr.probe);
     (fr.inject)().await;
     let injected = Utc::now();
-    let r = expect_verdict(
+    let (r, export) = verdict_and_export(
         prober,
         fr.probe,
+        base,
         injected,
         &[fr.expected],
         fr.verdict_within,
     )
     .await;
+    if let Some((after, what)) = &export {
+        eprintln!(
+            "[{}] {}: exported {what} after {after:.2} s, verdict after {:.2} s",
+            fr.probe,
+            fr.label,
+            secs(injected, r.finished.unwrap())
+        );
+    }
     (fr.restore)().await;
     let cleared = Utc::now();
     let settled = match fr.settle {
@@ -503,7 +624,12 @@ async fn run_row(prober: &mut Prober, fr: FaultRow<'_>) -> Row {
     };
     let rec = expect_recovery(prober, fr.probe, cleared, settled, fr.recover_within).await;
     assert_alive(prober);
-    row(fr.label, fr.probe, fr.expected, injected, &r, rec)
+    let (exported_after, exported) = export.map_or((None, String::new()), |(a, w)| (Some(a), w));
+    Row {
+        exported_after,
+        exported,
+        ..row(fr.label, fr.probe, fr.expected, injected, &r, rec)
+    }
 }
 
 /// A lab fault switched on and off: the row of most pipeline faults.
@@ -559,13 +685,31 @@ async fn run_mid_run(prober: &mut Prober, mr: MidRunRow<'_>) -> Row {
         .await;
     // Into the chain (store written, ESO syncing) before disrupting.
     tokio::time::sleep(mr.into_run).await;
+    let base = Counts::of(&prober.metrics().await, probe);
     let injected = Utc::now();
     (mr.disrupt)().await;
-    let r = prober
-        .wait_run(probe, inflight.started, Duration::from_secs(30))
-        .await;
+    // Nothing should be exported as blocked or failed meanwhile.
+    let stop = AtomicBool::new(false);
+    let (r, export) = futures::join!(
+        async {
+            let r = prober
+                .wait_run(probe, inflight.started, Duration::from_secs(30))
+                .await;
+            stop.store(true, Ordering::SeqCst);
+            r
+        },
+        watch_export(prober, probe, base, injected, &stop)
+    );
     assert_eq!(r.run_id, inflight.run_id);
-    eprintln!("[{probe}] {label}: {} ({:?})", r.verdict(), r.detail);
+    assert!(
+        r.finished.unwrap() > injected,
+        "{label}: the run ended before the disruption landed: {r:?}"
+    );
+    eprintln!(
+        "[{probe}] {label}: {} ({:?}); exported meanwhile: {export:?}",
+        r.verdict(),
+        r.detail
+    );
     assert!(r.succeeded(), "{label}: run through the disruption: {r:?}");
     (mr.restore)().await;
     let cleared = match mr.recover_from {
@@ -574,7 +718,12 @@ async fn run_mid_run(prober: &mut Prober, mr: MidRunRow<'_>) -> Row {
     };
     let rec = expect_recovery(prober, probe, cleared, cleared, Duration::from_secs(30)).await;
     assert_alive(prober);
-    row(label, probe, "success", injected, &r, rec)
+    let (exported_after, exported) = export.map_or((None, "none".into()), |(a, w)| (Some(a), w));
+    Row {
+        exported_after,
+        exported,
+        ..row(label, probe, "success", injected, &r, rec)
+    }
 }
 
 /// ESO, Reloader, rollout, stale canary and API server faults on the
@@ -692,27 +841,6 @@ async fn pipeline_and_api_faults_on_the_reloader_chain() {
                 recover_from: RecoverFrom::Restore,
             },
         ];
-        // The API server answers 500 to everything and has cut the watches: the
-        // prober's watchers cannot resume, ESO cannot write.
-        let api_outage = FaultRow {
-            label: "API server answers 500 (watches cut)",
-            probe,
-            inject: step(move || async move {
-                lab.knobs.set_fault(Fault::ApiErrors, true);
-                lab.server.reset_watches();
-            }),
-            expected: "eso_sync/api_error",
-            verdict_within: Duration::from_secs(30),
-            restore: step(move || async move { lab.knobs.set_fault(Fault::ApiErrors, false) }),
-            // kube-rs watchers back off (growing delays) through a long API
-            // outage; give them time to re-establish before the run that must
-            // succeed. The recovery time is still measured from the restore.
-            // (Next: a watcher error seen before a run starts should not fail it
-            // if the watch recovers.)
-            settle: Some(step(|| tokio::time::sleep(Duration::from_secs(10)))),
-            recover_within: Duration::from_secs(60),
-        };
-
         let mut rows = Vec::new();
         for fr in faults {
             rows.push(run_row(&mut prober, fr).await);
@@ -720,7 +848,11 @@ async fn pipeline_and_api_faults_on_the_reloader_chain() {
         for mr in mid_run {
             rows.push(run_mid_run(&mut prober, mr).await);
         }
-        rows.push(run_row(&mut prober, api_outage).await);
+        // The API server answers 500 to everything and has cut the watches:
+        // ticks are skipped (no run measures the outage), and the watchers
+        // recover by themselves once it ends (issue 11 item 3; this row used
+        // to expect `eso_sync/api_error` and to need a 10 s settling pause).
+        rows.push(watch_recovered_row(&mut prober, lab).await);
         rows
     };
     assert!(prober.stop().await.is_some_and(|s| s.success()));
@@ -735,12 +867,11 @@ async fn pipeline_and_api_faults_on_the_reloader_chain() {
 /// Bank-Vaults restart chain.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn canary_secret_and_api_faults_on_volume_and_restart_chains() {
+    // The kubelet's crash back-off is the lab's default, upstream's (10 s,
+    // doubling): a crash loop is `canary_crashing` as soon as a new Pod shows
+    // CrashLoopBackOff (issue 11 item 8; this test used to shorten it to
+    // 200 ms).
     let lab = start_lab(&["canary-volume", "canary-bankvaults"]).await;
-    // Crashed containers restart soon (the kubelet's 10 s back-off, shortened).
-    lab.knobs.set_latency(
-        Knob::CrashBackoff,
-        Latency::Fixed(Duration::from_millis(200)),
-    );
     let config = derive_config(
         &lab,
         "matrix-canary.yaml",
@@ -780,7 +911,7 @@ async fn canary_secret_and_api_faults_on_volume_and_restart_chains() {
             ),
             lab_fault(
                 lab,
-                "canary crash-looping",
+                "canary crash-looping, upstream back-off (10 s doubling)",
                 "bv",
                 Fault::CanaryCrash,
                 "rollout/canary_crashing",
@@ -884,6 +1015,12 @@ async fn canary_secret_and_api_faults_on_volume_and_restart_chains() {
         for fr in faults {
             rows.push(run_row(&mut prober, fr).await);
         }
+        let crash = rows.last().unwrap();
+        assert!(
+            crash.seen_after < 10.0,
+            "canary_crashing only after {:.1} s (first back-off 10 s)",
+            crash.seen_after
+        );
         rows.push(run_mid_run(&mut prober, deleted).await);
         for fr in after {
             rows.push(run_row(&mut prober, fr).await);
@@ -1056,4 +1193,380 @@ async fn leak_flat_over_200_faulty_runs() {
     assert_alive(&mut prober);
     assert!(prober.stop().await.is_some_and(|s| s.success()));
     lab.stop().await;
+}
+
+/// `kubectl rollout restart deployment/<name>`: a strategic merge patch of
+/// the pod template's `restartedAt`, as another field manager.
+async fn kubectl_restart(api: &Api<Deployment>, name: &str) {
+    let value = Utc::now().to_rfc3339_opts(SecondsFormat::Nanos, true);
+    let patch = serde_json::json!({
+        "spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: value}}}}
+    });
+    let params = PatchParams {
+        field_manager: Some("kubectl-rollout".into()),
+        ..PatchParams::default()
+    };
+    api.patch(name, &params, &Patch::Strategic(patch))
+        .await
+        .expect("kubectl rollout restart");
+}
+
+/// The digest and `eso_sync` end of run `run_id`, from `/probes` (the
+/// board records a run before its result is logged).
+async fn eso_sync_end(p: &Prober, probe: &str, run_id: &str) -> (String, DateTime<Utc>) {
+    let mut last = serde_json::Value::Null;
+    for _ in 0..40 {
+        let view = p.probes().await;
+        last = view["probes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|v| v["name"] == probe)
+            .map(|v| v["last_run"].clone())
+            .unwrap_or_default();
+        if last["run_id"] == run_id {
+            let digest = last["digest"].as_str().expect("digest").to_string();
+            let end = last["stages"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|s| s["stage"] == "eso_sync")
+                .and_then(|s| s["completed_at"].as_str())
+                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                .expect("eso_sync completed")
+                .with_timezone(&Utc);
+            return (digest, end);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("/probes never showed run {run_id} of {probe}: {last}");
+}
+
+/// ESO's clock off by `skew`: three runs in a row pass, and each run's
+/// `eso_sync` ends within 5 ms of the lab's ground truth (ESO's status
+/// write, on the true clock) although ESO stamps `refreshTime` with its
+/// own clock.
+async fn skew_row(prober: &mut Prober, lab: &TestLab, label: &str, skew: Latency) -> Row {
+    const RUNS: usize = 3;
+    const TOLERANCE_MS: f64 = 5.0;
+    let probe = "env";
+    lab.knobs.set_latency(Knob::EsoClockSkew, skew);
+    let injected = Utc::now();
+    let mut after = injected;
+    let mut diffs = Vec::new();
+    let mut last = None;
+    for _ in 0..RUNS {
+        let r = expect_verdict(prober, probe, after, &["success"], Duration::from_secs(30)).await;
+        let (digest, end) = eso_sync_end(prober, probe, &r.run_id).await;
+        let truth = lab
+            .truth
+            .first_with_digest(truth_step::ESO_STATUS_SYNCED, &digest)
+            .expect("ground truth: ESO's status write of the run's digest")
+            .ts;
+        diffs.push((end - truth).num_microseconds().unwrap_or(i64::MAX) as f64 / 1000.0);
+        after = r.finished.unwrap();
+        last = Some(r);
+    }
+    lab.knobs.set_latency(Knob::EsoClockSkew, Latency::ZERO);
+    let cleared = Utc::now();
+    let rec = expect_recovery(prober, probe, cleared, cleared, Duration::from_secs(30)).await;
+    assert_alive(prober);
+    eprintln!("[{probe}] {label}: eso_sync end minus ground truth (ms): {diffs:?}");
+    // A comparison across clocks would be off by the skew (up to 2 s plus
+    // refreshTime's whole seconds). What is left is the watch event's
+    // delivery: the median within 5 ms, none beyond the end-to-end tests'
+    // 50 ms (one slow delivery on a loaded 2-core machine is not a skew).
+    let mut sorted = diffs.clone();
+    sorted.sort_by(f64::total_cmp);
+    assert!(
+        sorted[RUNS / 2].abs() <= TOLERANCE_MS && sorted.iter().all(|d| d.abs() <= 50.0),
+        "{label}: eso_sync off the ground truth: {diffs:?} ms"
+    );
+    let r = last.unwrap();
+    Row {
+        observed: format!("{RUNS} of {RUNS} runs succeeded"),
+        detail: format!(
+            "eso_sync end minus ESO's status write (true clock): {} ms",
+            diffs
+                .iter()
+                .map(|d| format!("{d:+.1}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        ..row(label, probe, "success", injected, &r, rec)
+    }
+}
+
+/// API server outage (500s, watches cut), then recovery: ticks are skipped
+/// while the watchers fail (the first run after the fault is `skipped`, the
+/// skip counted on `/metrics`); once the API answers again the watchers
+/// recover by themselves (back-off capped at 3 s) and the next run to end
+/// is not skipped and succeeds, with no settling pause.
+async fn watch_recovered_row(prober: &mut Prober, lab: &TestLab) -> Row {
+    let probe = "env";
+    let label = "watch recovered after an API outage (`api-errors` on/off, watches cut)";
+    let base = Counts::of(&prober.metrics().await, probe);
+    lab.knobs.set_fault(Fault::ApiErrors, true);
+    lab.server.reset_watches();
+    let injected = Utc::now();
+    let (r, export) = verdict_and_export(
+        prober,
+        probe,
+        base,
+        injected,
+        &["skipped"],
+        Duration::from_secs(40),
+    )
+    .await;
+    lab.knobs.set_fault(Fault::ApiErrors, false);
+    let cleared = Utc::now();
+    // The first run to end after the API came back.
+    let limit = Instant::now() + Duration::from_secs(40);
+    let next = loop {
+        if let Some(n) = prober
+            .runs()
+            .into_iter()
+            .find(|x| x.probe == probe && x.finished.is_some_and(|f| f >= cleared))
+        {
+            break n;
+        }
+        assert!(
+            Instant::now() < limit,
+            "no run of {probe} ended after the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!(
+        "[{probe}] after the outage: {} ({:?}), started {:+.2} s from clearing",
+        next.verdict(),
+        next.detail,
+        secs(cleared, next.started)
+    );
+    assert!(
+        next.succeeded(),
+        "the first run after the watch recovered: {next:?}"
+    );
+    let rec = expect_recovery(prober, probe, cleared, cleared, Duration::from_secs(30)).await;
+    assert_alive(prober);
+    let (exported_after, exported) = export.map_or((None, String::new()), |(a, w)| (Some(a), w));
+    Row {
+        exported_after,
+        exported,
+        detail: format!(
+            "ticks skipped (watcher_failing) while the watchers failed; the next run to end after clearing (started {:+.1} s from it): {}",
+            secs(cleared, next.started),
+            next.verdict()
+        ),
+        ..row(label, probe, "skipped, then success", injected, &r, rec)
+    }
+}
+
+/// Issue 11 ("Right on real clusters"): what a real cluster does that used
+/// to fail runs falsely or late, on the env chain (ESO + Reloader) and the
+/// Bank-Vaults restart chain, with the lab's upstream timings (crash
+/// back-off 10 s doubling, one ESO worker, graceful deletion, bookmarks once
+/// a minute), a 20 s deadline and the default `blocked_for` (10 s). Each
+/// row measures the time from the fault to the signal exported on
+/// `/metrics` (`secret_canary_stage_blocked`, or the failure or skip
+/// counter) and to the verdict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_11_rows_on_the_env_and_restart_chains() {
+    let lab = start_lab(&["canary-env", "canary-bankvaults"]).await;
+    let config = derive_config(
+        &lab,
+        "matrix-issue11.yaml",
+        &[("eso-reloader-env", "env"), ("bankvaults-restart", "bv")],
+        |p| p.deadline = Some(Duration::from_secs(20)),
+    );
+    let mut prober = Prober::start(
+        &config,
+        &lab.lab.dir.join("logs/prober-issue11.log"),
+        Duration::from_secs(3),
+    )
+    .await;
+    let now = Utc::now();
+    expect_verdict(&prober, "env", now, &["success"], Duration::from_secs(30)).await;
+    expect_verdict(&prober, "bv", now, &["success"], Duration::from_secs(30)).await;
+    let rows = {
+        let lab = &lab;
+        let deployments: Api<Deployment> = Api::namespaced(lab.client(), "canary");
+        let deployments = &deployments;
+        let restart = |label, probe, into_run, deployment| MidRunRow {
+            label,
+            probe,
+            into_run,
+            disrupt: step(move || kubectl_restart(deployments, deployment)),
+            restore: nothing(),
+            // The run after the restart (its rollout maybe still going)
+            // must pass too.
+            recover_from: RecoverFrom::Injection,
+        };
+        let mid_run = [
+            restart(
+                "concurrent `kubectl rollout restart`, 0.2 s into a run",
+                "env",
+                Duration::from_millis(200),
+                "canary-env",
+            ),
+            restart(
+                "concurrent `kubectl rollout restart`, 0.7 s into a run",
+                "env",
+                Duration::from_millis(700),
+                "canary-env",
+            ),
+        ];
+        let mut rows = Vec::new();
+        for mr in mid_run {
+            rows.push(run_mid_run(&mut prober, mr).await);
+        }
+        // The restart chain's run takes 0.2 s in the lab: with Pods taking
+        // 1 s to start (as an image start does), the restart lands after the
+        // prober's own restart patch, mid-rollout.
+        lab.knobs.set_latency(
+            Knob::KubeletStartLatency,
+            Latency::Fixed(Duration::from_secs(1)),
+        );
+        rows.push(
+            run_mid_run(
+                &mut prober,
+                restart(
+                    "concurrent `kubectl rollout restart`, 0.3 s into a run (Pods start in 1 s)",
+                    "bv",
+                    Duration::from_millis(300),
+                    "canary-bankvaults",
+                ),
+            )
+            .await,
+        );
+        lab.knobs.set_latency(
+            Knob::KubeletStartLatency,
+            Knob::KubeletStartLatency.default_latency(),
+        );
+        rows.push(
+            skew_row(
+                &mut prober,
+                lab,
+                "ESO's clock 2 s ahead (`eso-clock-skew 2s`)",
+                Latency::Fixed(Duration::from_secs(2)),
+            )
+            .await,
+        );
+        rows.push(
+            skew_row(
+                &mut prober,
+                lab,
+                "ESO's clock 2 s behind (`eso-clock-skew -2s`)",
+                Latency::Negative(Duration::from_secs(2)),
+            )
+            .await,
+        );
+        // Ready=False/SecretSyncedError: exported at once, the run ends
+        // after blocked_for (10 s), not at the 20 s deadline.
+        let eso_error = run_row(
+            &mut prober,
+            lab_fault(
+                lab,
+                "ESO SecretSyncedError, ended by `blocked_for` (10 s; deadline 20 s)",
+                "env",
+                Fault::EsoError,
+                "eso_sync/sync_error",
+                &[],
+            ),
+        )
+        .await;
+        assert!(
+            eso_error
+                .exported
+                .starts_with("stage_blocked eso_sync/sync_error"),
+            "exported: {}",
+            eso_error.exported
+        );
+        assert!(
+            eso_error.seen_after < 18.0,
+            "not ended by blocked_for: {:.1} s",
+            eso_error.seen_after
+        );
+        rows.push(eso_error);
+        rows.push(
+            run_row(
+                &mut prober,
+                lab_fault(
+                    lab,
+                    "Bank-Vaults webhook failing open (`webhook-fail-open`: Pods admitted unmutated)",
+                    "bv",
+                    Fault::WebhookFailOpen,
+                    "canary_observe/unresolved_reference",
+                    &["canary-bankvaults"],
+                ),
+            )
+            .await,
+        );
+        rows
+    };
+    assert_alive(&mut prober);
+    assert!(prober.stop().await.is_some_and(|s| s.success()));
+    let mut rows = rows;
+    rows.push(forbidden_row(&lab).await);
+    print_rows(
+        "issue 11: real-cluster behaviours (env and restart chains, upstream timings)",
+        &rows,
+    );
+    lab.stop().await;
+}
+
+/// A 403 on the prober's own request: a prober authenticated with its own
+/// ServiceAccount's token (not the lab admin's) on the Bank-Vaults restart
+/// chain, whose restart patch the API server refuses once RBAC is revoked
+/// (`api-forbidden`): `prober_error`, not `api_error`, so the page goes to
+/// the prober's owners.
+async fn forbidden_row(lab: &TestLab) -> Row {
+    let probe = "bv-sa";
+    let kubeconfig = lab.lab.dir.join("kubeconfig-secret-canary");
+    std::fs::write(
+        &kubeconfig,
+        kubeconfig_yaml(
+            &lab.api_url,
+            &lab.server.issue_token("canary", "secret-canary"),
+        ),
+    )
+    .unwrap();
+    let config = derive_config(
+        lab,
+        "matrix-issue11-sa.yaml",
+        &[("bankvaults-restart", probe)],
+        |p| p.deadline = Some(Duration::from_secs(20)),
+    );
+    let mut c = Config::load(&config).unwrap();
+    c.kubernetes.kubeconfig = Some(kubeconfig);
+    std::fs::write(&config, serde_yaml::to_string(&c).unwrap()).unwrap();
+    let mut prober = Prober::start(
+        &config,
+        &lab.lab.dir.join("logs/prober-issue11-sa.log"),
+        Duration::from_secs(3),
+    )
+    .await;
+    expect_verdict(
+        &prober,
+        probe,
+        Utc::now(),
+        &["success"],
+        Duration::from_secs(30),
+    )
+    .await;
+    let row = run_row(
+        &mut prober,
+        FaultRow {
+            label: "403 on the prober's own request (`api-forbidden`: its ServiceAccount's RBAC revoked; the restart patch refused)",
+            probe,
+            inject: step(move || async move { lab.knobs.set_fault(Fault::ApiForbidden, true) }),
+            expected: "reloader_trigger/prober_error",
+            verdict_within: Duration::from_secs(30),
+            restore: step(move || async move { lab.knobs.set_fault(Fault::ApiForbidden, false) }),
+            settle: None,
+            recover_within: Duration::from_secs(40),
+        },
+    )
+    .await;
+    assert!(prober.stop().await.is_some_and(|s| s.success()));
+    row
 }

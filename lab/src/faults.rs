@@ -44,6 +44,11 @@ pub enum Fault {
     StoreUnreachable,
     /// The API server answers 500 to a share of requests (not to the admin API).
     ApiErrors,
+    /// RBAC revoked for ServiceAccounts: the API server answers 403
+    /// Forbidden to every request made with a ServiceAccount token (not the
+    /// admin's, not TokenReview, not the admin API). The lab's controllers use
+    /// the admin's token; a prober given a ServiceAccount token gets 403s.
+    ApiForbidden,
     /// The API server delays every response by the `api-latency` knob.
     ApiSlow,
     /// Open watch streams are cut (and new ones are cut soon after opening).
@@ -56,7 +61,7 @@ pub enum Fault {
 
 impl Fault {
     /// Every fault, in a fixed order.
-    pub const ALL: [Fault; 15] = [
+    pub const ALL: [Fault; 16] = [
         Fault::EsoStall,
         Fault::EsoError,
         Fault::ReloaderAbsent,
@@ -68,6 +73,7 @@ impl Fault {
         Fault::WebhookFailOpen,
         Fault::StoreUnreachable,
         Fault::ApiErrors,
+        Fault::ApiForbidden,
         Fault::ApiSlow,
         Fault::WatchDrop,
         Fault::WatchExpire,
@@ -88,6 +94,7 @@ impl Fault {
             Fault::WebhookFailOpen => "webhook-fail-open",
             Fault::StoreUnreachable => "store-unreachable",
             Fault::ApiErrors => "api-errors",
+            Fault::ApiForbidden => "api-forbidden",
             Fault::ApiSlow => "api-slow",
             Fault::WatchDrop => "watch-drop",
             Fault::WatchExpire => "watch-expire",

@@ -1135,6 +1135,37 @@ async fn fault_switches_change_behaviour() {
     lab.knobs.set_fault(Fault::ApiErrors, false);
     api.get("f").await.unwrap();
 
+    // api-forbidden: 403 to ServiceAccount tokens; the admin, the admin API
+    // and TokenReview are unaffected.
+    let sa_token = lab.server.issue_token("default", "prober");
+    let as_sa = || {
+        lab.http
+            .get(format!("{}/api/v1/namespaces/default/secrets/f", lab.url))
+            .bearer_auth(&sa_token)
+            .send()
+    };
+    assert_eq!(as_sa().await.unwrap().status(), 200);
+    lab.knobs.set_fault(Fault::ApiForbidden, true);
+    let refused = as_sa().await.unwrap();
+    assert_eq!(refused.status(), 403);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["reason"], "Forbidden");
+    api.get("f").await.unwrap();
+    let review = lab
+        .http
+        .post(format!(
+            "{}/apis/authentication.k8s.io/v1/tokenreviews",
+            lab.url
+        ))
+        .bearer_auth(&sa_token)
+        .json(&json!({"spec": {"token": sa_token}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(review.status(), 201);
+    lab.knobs.set_fault(Fault::ApiForbidden, false);
+    assert_eq!(as_sa().await.unwrap().status(), 200);
+
     // api-slow: every response waits for the api-latency knob.
     lab.knobs
         .set_latency(Knob::ApiLatency, Latency::Fixed(Duration::from_millis(300)));

@@ -43,6 +43,8 @@ impl LoggedRun {
         match (&self.result, &self.stage, &self.reason) {
             (Some(r), _, _) if r == "success" => "success".into(),
             (Some(_), Some(s), Some(r)) => format!("{s}/{r}"),
+            // A skipped tick (a watcher was failing) has no stage.
+            (Some(r), None, None) => r.clone(),
             (r, _, _) => format!("{r:?}"),
         }
     }

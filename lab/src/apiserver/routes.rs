@@ -204,6 +204,16 @@ pub(super) async fn handle(State(st): State<ServeState>, req: Request) -> Respon
     if path == "/lab" || path.starts_with("/lab/") {
         return admin::handle(&st.shared, &identity, req).await;
     }
+    if st.shared.knobs.is_on(Fault::ApiForbidden)
+        && !identity.admin
+        && !path.ends_with("/tokenreviews")
+    {
+        return ApiError::forbidden(format!(
+            "{} cannot access {path}: the lab's api-forbidden fault is on (RBAC revoked)",
+            identity.username
+        ))
+        .into_response();
+    }
     match serve_api(&st, req, &path).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
