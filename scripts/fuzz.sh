@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# A long fuzzing session over every parser of outside data (src/fuzz_tests.rs:
+# A long fuzzing session over every parser of outside data (src/fuzz_tests/:
 # config, store answers and a hostile store, canary answers, Kubernetes
 # objects). Usage: scripts/fuzz.sh [CASES_PER_PROPERTY] (default 20000).
-# Failures are saved to proptest-regressions/fuzz_tests.txt (commit it: every
+# Failures are saved to proptest-regressions/fuzz_tests/, one file per source file (commit them: every
 # later `cargo test` replays them first). Prints the wall time and result.
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -3,6 +3,7 @@
 
     helm.py lint   CHART [--values-json FILE]
     helm.py render CHART [--values-json FILE] [--release NAME] [--namespace NS]
+                         [--drop-api GROUP/VERSION]... [--add-api GROUP/VERSION]...
 
 `lint` runs Helm's own linter. helm-sdkpy's Lint takes no values, so the
 chart is copied to a temporary directory whose values.yaml is replaced by the
@@ -18,6 +19,12 @@ helm-sdkpy exposes no `helm template`/dry run, so this runs a real
 on 127.0.0.1 that serves discovery, answers 404 to every read and records
 every object created. Helm itself maps each kind through discovery, so an
 unknown kind or a malformed manifest fails the install as it would in a cluster.
+`--drop-api` removes a group/version from the stand-in's discovery (a cluster
+without the Prometheus Operator: `--drop-api monitoring.coreos.com/v1`);
+`--add-api` serves one of OPTIONAL_RESOURCES too (ESO's older
+`external-secrets.io/v1beta1`, OpenShift's `security.openshift.io/v1`, the
+Operator's `monitoring.coreos.com/v1alpha1`). The chart sees them through
+`.Capabilities.APIVersions`, as on a real cluster.
 
 Used by tests/chart.rs; needs `.venv` with helm-sdkpy (scripts/setup.sh).
 """
@@ -62,6 +69,17 @@ RESOURCES: dict[str, list[tuple[str, str, bool]]] = {
         ("secretstores", "SecretStore", True),
         ("clustersecretstores", "ClusterSecretStore", False),
     ],
+}
+
+# Group/versions a cluster may or may not serve (`--add-api`).
+OPTIONAL_RESOURCES: dict[str, list[tuple[str, str, bool]]] = {
+    "external-secrets.io/v1beta1": [
+        ("externalsecrets", "ExternalSecret", True),
+        ("secretstores", "SecretStore", True),
+        ("clustersecretstores", "ClusterSecretStore", False),
+    ],
+    "security.openshift.io/v1": [("securitycontextconstraints", "SecurityContextConstraints", False)],
+    "monitoring.coreos.com/v1alpha1": [("alertmanagerconfigs", "AlertmanagerConfig", True)],
 }
 
 SEVERITY = {1: "info", 2: "warning", 3: "error"}
@@ -141,13 +159,13 @@ class StandIn(BaseHTTPRequestHandler):
         if path == "/api":
             return {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []}
         if path == "/apis":
-            groups = []
+            by_group: dict[str, list[dict]] = {}
             for gv in RESOURCES:
                 if "/" not in gv:
                     continue
                 group, version = gv.split("/")
-                v = {"groupVersion": gv, "version": version}
-                groups.append({"name": group, "versions": [v], "preferredVersion": v})
+                by_group.setdefault(group, []).append({"groupVersion": gv, "version": version})
+            groups = [{"name": g, "versions": vs, "preferredVersion": vs[0]} for g, vs in by_group.items()]
             return {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}
         gv = path[len("/api/"):] if path.startswith("/api/") else path[len("/apis/"):]
         if path.startswith(("/api/", "/apis/")) and gv in RESOURCES:
@@ -203,8 +221,16 @@ class StandIn(BaseHTTPRequestHandler):
         self.not_found()
 
 
-def render(chart: str, values: dict, release: str, namespace: str) -> int:
+def render(chart: str, values: dict, release: str, namespace: str,
+           drop: list[str] | None = None, add: list[str] | None = None) -> int:
     helm = import_helm()
+    for gv in drop or []:
+        if RESOURCES.pop(gv, None) is None:
+            fail(f"--drop-api {gv}: not served by the stand-in ({', '.join(RESOURCES)})")
+    for gv in add or []:
+        if gv not in OPTIONAL_RESOURCES:
+            fail(f"--add-api {gv}: unknown ({', '.join(OPTIONAL_RESOURCES)})")
+        RESOURCES[gv] = OPTIONAL_RESOURCES[gv]
     StandIn.created = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), StandIn)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -263,11 +289,13 @@ def main() -> int:
     parser.add_argument("--values-json", help="a JSON file of values (lint: the whole values; render: overrides)")
     parser.add_argument("--release", default="secret-canary")
     parser.add_argument("--namespace", default="secret-canary")
+    parser.add_argument("--drop-api", action="append", default=[], help="render: a group/version the cluster does not serve")
+    parser.add_argument("--add-api", action="append", default=[], help="render: an optional group/version the cluster serves")
     args = parser.parse_args()
     values = load_values(args.values_json)
     if args.command == "lint":
         return lint(args.chart, values)
-    return render(args.chart, values, args.release, args.namespace)
+    return render(args.chart, values, args.release, args.namespace, args.drop_api, args.add_api)
 
 
 if __name__ == "__main__":

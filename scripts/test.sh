@@ -26,5 +26,6 @@ if cargo nextest --version >/dev/null 2>&1; then
   # (No doc tests exist: every example is a unit or end-to-end test.)
   cargo nextest run --workspace --no-fail-fast "$@"
 else
+  echo "== cargo-nextest is missing (see scripts/setup.sh): falling back to cargo test"
   cargo test --workspace --no-fail-fast "$@"
 fi

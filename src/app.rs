@@ -12,12 +12,13 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::cadence::Cadence;
 use crate::config::{Config, KubernetesConfig, ProbeConfig};
 use crate::http::{self, Exporter, ProbeBoard};
 use crate::metrics::Metrics;
 use crate::probe::{self, Outcome, ProbeRunner, RunProgress, RunResult};
 use crate::progress::Display;
-use crate::schedule::{self, Cadence, SystemClock, Ticker};
+use crate::schedule::{self, SystemClock, Ticker};
 
 /// Default `--listen`.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:9850";
@@ -53,9 +54,10 @@ pub enum Error {
     /// A probe could not start its watchers.
     #[error(transparent)]
     ProbeStart(#[from] probe::Error),
-    /// A probe's schedule is unusable (the validator should have said so).
+    /// The config does not pass validation (it is normally loaded with
+    /// [`Config::load`], which validates it).
     #[error(transparent)]
-    Schedule(#[from] schedule::ScheduleError),
+    Config(#[from] crate::config::ConfigError),
     /// The exporter failed.
     #[error(transparent)]
     Http(#[from] http::Error),
@@ -65,7 +67,7 @@ impl Error {
     /// The process exit code: 2 for usage and configuration errors, 1 else.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Kubeconfig { .. } | Error::UnknownProbe { .. } | Error::Schedule(_) => 2,
+            Error::Kubeconfig { .. } | Error::UnknownProbe { .. } | Error::Config(_) => 2,
             Error::Http(http::Error::Bind { .. }) => 2,
             _ => 1,
         }
@@ -183,7 +185,7 @@ async fn execute(
         };
         metrics.record_outcome(&probe.config, &outcome);
         board.record(&outcome);
-        let e2e = crate::report::end_to_end(&outcome).map(|d| d.as_secs_f64());
+        let e2e = crate::slo::end_to_end(&outcome).map(|d| d.as_secs_f64());
         match (outcome.result, outcome.failure) {
             (RunResult::Success, _) => tracing::info!(
                 digest = outcome.digest.as_deref().unwrap_or(""),
@@ -247,11 +249,9 @@ pub async fn run(
         }
     };
     let leadership = elector.as_ref().map(|e| e.leadership());
-    let cadences = config
-        .probes
-        .iter()
-        .map(Cadence::of)
-        .collect::<Result<Vec<_>, _>>()?;
+    // A valid config gives every probe a cadence (its cron parsed once, on load).
+    config.validate()?;
+    let cadences: Vec<Cadence> = config.probes.iter().filter_map(|p| p.cadence()).collect();
     let all: Vec<&ProbeConfig> = config.probes.iter().collect();
     let probes = start_runners(&all, &client, &shutdown).await?;
     let board = Arc::new(board_for(&probes));

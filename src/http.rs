@@ -20,8 +20,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ProbeConfig;
 use crate::metrics;
-use crate::probe::Outcome;
 use crate::report::{self, ProbeReport};
+use crate::vocab::Outcome;
 
 /// Why the exporter could not serve.
 #[derive(Debug, thiserror::Error)]
@@ -151,7 +151,7 @@ impl ProbeBoard {
                     ProbeView {
                         name: e.config.name.clone(),
                         ready: (e.ready)(),
-                        schedule: e.config.schedule.clone(),
+                        schedule: e.config.schedule.as_deref().map(str::to_string),
                         interval_seconds: e.config.interval.map(|d| d.as_secs_f64()),
                         last_run: last.as_ref().map(|o| report::probe_report(&e.config, o)),
                     }

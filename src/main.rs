@@ -4,6 +4,9 @@
 //! Exit codes: 0 success (`once`: every probe passed); 1 a probe failed or
 //! broke its SLO, or the prober failed at run time; 2 usage or config errors.
 
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -14,8 +14,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::ProbeConfig;
-use crate::probe::{Outcome, RunProgress, Stage, StageTiming};
 use crate::report::{self, human};
+use crate::vocab::{Outcome, RunProgress, Stage, StageTiming};
 
 /// How often the bars redraw the running clocks.
 const TICK: Duration = Duration::from_millis(100);
@@ -414,7 +414,7 @@ probes:
                 timing(Stage::StoreWrite, 1500, Some(12)),
                 timing(Stage::EsoSync, 1488, None),
             ],
-            sync_trigger: Some(crate::probe::SyncTrigger::Forced),
+            sync_trigger: Some(crate::vocab::SyncTrigger::Forced),
         };
         let line = status_line(probe, &p, Duration::from_millis(1600));
         assert!(line.starts_with("▸ eso_sync 1."), "{line}");
@@ -440,7 +440,7 @@ probes:
                 timing(Stage::EsoSync, 8, None),
                 timing(Stage::SecretUpdate, 8, None),
             ];
-            p.sync_trigger = Some(crate::probe::SyncTrigger::Natural);
+            p.sync_trigger = Some(crate::vocab::SyncTrigger::Natural);
         });
         tokio::time::sleep(Duration::from_millis(30)).await;
         drop(tx);
@@ -451,11 +451,11 @@ probes:
             started_at: Utc::now(),
             finished_at: Utc::now(),
             stages: vec![timing(Stage::StoreWrite, 20, Some(12))],
-            failure: Some(crate::probe::Failure {
+            failure: Some(crate::vocab::Failure {
                 stage: Stage::EsoSync,
-                reason: crate::probe::Reason::Aborted,
+                reason: crate::vocab::Reason::Aborted,
             }),
-            result: crate::probe::RunResult::Aborted,
+            result: crate::vocab::RunResult::Aborted,
             detail: None,
             sync_trigger: None,
         };

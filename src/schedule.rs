@@ -4,7 +4,6 @@
 //! while the process stalled are not replayed in a burst.
 
 use std::future::Future;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,78 +12,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ProbeConfig;
 use crate::metrics::Metrics;
 
-/// Why a probe has no usable cadence (the validator reports the same text).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ScheduleError {
-    /// The expression does not parse.
-    #[error("invalid cron expression {expr:?}: {message}")]
-    InvalidCron {
-        /// The expression as written.
-        expr: String,
-        /// What the parser said, plus a hint.
-        message: String,
-    },
-    /// The expression parses but has no future fire time (e.g. a past year).
-    #[error("cron expression {0:?} never fires after now")]
-    NeverFires(String),
-    /// Neither `schedule` nor `interval` is set (the validator refuses this).
-    #[error("probe {0}: neither `schedule` nor `interval` is set")]
-    Missing(String),
-}
-
-/// Parse a cron expression in the `cron` crate's syntax.
-///
-/// The crate wants 6 or 7 space-separated fields: `sec min hour
-/// day-of-month month day-of-week [year]`, or `@hourly`-style shorthands.
-/// A classic 5-field crontab line is refused rather than guessed at, because
-/// the crate numbers days of the week 1-7 from Sunday while crontab numbers
-/// them 0-6: silently adding a seconds field would shift numeric weekdays.
-pub fn parse_cron(expr: &str) -> Result<cron::Schedule, ScheduleError> {
-    let fields = expr.split_whitespace().count();
-    let invalid = |message: String| ScheduleError::InvalidCron {
-        expr: expr.to_string(),
-        message,
-    };
-    if fields == 5 && !expr.trim_start().starts_with('@') {
-        return Err(invalid(format!(
-            "5 fields, but the seconds field comes first (6 or 7 fields: sec min hour day-of-month month day-of-week [year]); \
-             e.g. `0 {}`; days of the week are 1-7 from Sunday, so prefer names (MON-FRI)",
-            expr.trim()
-        )));
-    }
-    let schedule = cron::Schedule::from_str(expr).map_err(|e| {
-        invalid(format!(
-            "{e} (6 or 7 fields: sec min hour day-of-month month day-of-week [year])"
-        ))
-    })?;
-    if schedule.upcoming(Utc).next().is_none() {
-        return Err(ScheduleError::NeverFires(expr.to_string()));
-    }
-    Ok(schedule)
-}
-
-/// How often a probe runs.
-#[derive(Debug, Clone)]
-pub enum Cadence {
-    /// A run every `interval`, the first at start-up.
-    Interval(Duration),
-    /// A run at every fire time of the cron expression (UTC).
-    Cron(Box<cron::Schedule>),
-}
-
-impl Cadence {
-    /// The cadence a (validated) probe config asks for.
-    pub fn of(probe: &ProbeConfig) -> Result<Cadence, ScheduleError> {
-        match (&probe.schedule, probe.interval) {
-            (Some(expr), _) => Ok(Cadence::Cron(Box::new(parse_cron(expr)?))),
-            (None, Some(interval)) => Ok(Cadence::Interval(interval)),
-            (None, None) => Err(ScheduleError::Missing(probe.name.clone())),
-        }
-    }
-}
+pub use crate::cadence::{parse_cron, Cadence, ScheduleError};
 
 /// Where wall-clock time comes from (cron fire times are wall-clock times).
 pub trait WallClock: Send + Sync {
@@ -300,28 +230,6 @@ mod tests {
             Cadence::Interval(Duration::from_secs(secs)),
             Arc::new(SystemClock),
         )
-    }
-
-    #[test]
-    fn five_field_cron_is_refused_with_a_hint() {
-        let e = parse_cron("*/5 * * * *").unwrap_err().to_string();
-        assert!(e.contains("seconds field comes first"), "{e}");
-        assert!(e.contains("`0 */5 * * * *`"), "{e}");
-    }
-
-    #[test]
-    fn six_and_seven_fields_and_shorthands_parse() {
-        parse_cron("0 */5 * * * *").unwrap();
-        parse_cron("0 0 9 * * MON-FRI 2099").unwrap();
-        parse_cron("@hourly").unwrap();
-        assert!(matches!(
-            parse_cron("0 0 0 1 1 * 2001"),
-            Err(ScheduleError::NeverFires(_))
-        ));
-        assert!(matches!(
-            parse_cron("0 61 * * * *"),
-            Err(ScheduleError::InvalidCron { .. })
-        ));
     }
 
     #[tokio::test(start_paused = true)]

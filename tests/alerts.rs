@@ -227,3 +227,106 @@ fn rules_only_use_metrics_the_prober_exports_or_the_rules_record() {
         }
     }
 }
+
+/// Alert names in an inhibition rule's matchers: `alertname="A"` or
+/// `alertname=~"A|B"`.
+fn matcher_alerts(matchers: &serde_yaml::Value) -> Vec<String> {
+    matchers
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m.as_str())
+        .filter_map(|m| {
+            m.strip_prefix("alertname=~\"")
+                .or_else(|| m.strip_prefix("alertname=\""))
+        })
+        .flat_map(|rest| {
+            rest.trim_end_matches('"')
+                .split('|')
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn inhibition_rules_pass_amtool_and_make_one_page_per_outage() {
+    let path = ops::root().join("alerts/alertmanager-inhibit.yml");
+    let text = ops::read(&path);
+    // amtool checks a whole configuration: a minimal route around the rules.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("alertmanager.yml");
+    std::fs::write(
+        &config,
+        format!("route:\n  receiver: x\nreceivers:\n  - name: x\n{text}"),
+    )
+    .unwrap();
+    let amtool = ops::find_tool("amtool", "AMTOOL", &[]);
+    let out = ops::run_ok(Command::new(amtool).arg("check-config").arg(&config));
+    assert!(out.contains("SUCCESS"), "{out}");
+
+    let doc = ops::yaml(&path);
+    let alerts = ops::alerts();
+    let names: BTreeSet<String> = alerts.iter().filter_map(|r| r.alert.clone()).collect();
+    let mut held_by_page = BTreeSet::new();
+    for rule in doc["inhibit_rules"].as_sequence().unwrap() {
+        let sources = matcher_alerts(&rule["source_matchers"]);
+        let targets = matcher_alerts(&rule["target_matchers"]);
+        assert!(!sources.is_empty() && !targets.is_empty(), "{rule:?}");
+        for a in sources.iter().chain(&targets) {
+            assert!(names.contains(a), "inhibition names unknown alert {a}");
+        }
+        for s in &sources {
+            assert!(!targets.contains(s), "{s} would inhibit itself");
+        }
+        // Only the same probe is held back.
+        let equal: Vec<&str> = rule["equal"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        assert_eq!(equal, ["cluster", "namespace", "job", "probe"], "{rule:?}");
+        if sources == ["SecretCanaryProbeFailing"] {
+            held_by_page.extend(targets);
+        }
+    }
+    // The page holds back every other alert of the pipeline team about a
+    // probe, and its `for:` is no longer than any of theirs, so it is sent
+    // first; it keeps firing after recovery.
+    let page = alerts
+        .iter()
+        .find(|r| r.alert.as_deref() == Some("SecretCanaryProbeFailing"))
+        .expect("the page");
+    assert_eq!(page.labels["severity"], "critical");
+    let seconds = |d: &str| -> u64 {
+        let (n, unit) = d.split_at(d.len() - 1);
+        n.parse::<u64>().unwrap()
+            * match unit {
+                "s" => 1,
+                "m" => 60,
+                "h" => 3600,
+                _ => panic!("{d}"),
+            }
+    };
+    let page_for = seconds(page.for_.as_deref().unwrap());
+    for a in &alerts {
+        let name = a.alert.clone().unwrap();
+        if name == "SecretCanaryProbeFailing" || a.labels["team"] != "secret-pipeline" {
+            continue;
+        }
+        assert!(
+            held_by_page.contains(&name),
+            "the page does not hold back {name}"
+        );
+        assert!(
+            seconds(a.for_.as_deref().unwrap_or("0s")) >= page_for,
+            "{name} can fire before the page"
+        );
+    }
+    let rules = ops::read(&ops::rule_files()[0]);
+    assert!(
+        rules.contains("keep_firing_for: 35m"),
+        "the page outlasts the others' windows"
+    );
+}

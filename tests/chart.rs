@@ -107,6 +107,24 @@ fn combinations() -> Vec<(&'static str, Value)> {
         ),
         ("ha-metrics-auth", ha_values()),
         (
+            "cluster-store-custom-prefix",
+            json!({
+                "store": {"pathPrefix": "teams/payments/canary"},
+                "secretStore": {"kind": "ClusterSecretStore"},
+                "variants": {"esoVolume": {"enabled": true}, "bankVaults": {"enabled": true}}
+            }),
+        ),
+        (
+            "existing-store-openshift",
+            json!({
+                "secretStore": {"create": false, "kind": "ClusterSecretStore", "name": "vault-platform"},
+                "adaptSecurityContext": "force",
+                "commonLabels": {"team": "platform"},
+                "image": {"registry": "registry.example:5000", "digest": "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"},
+                "prober": {"topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway"}]}
+            }),
+        ),
+        (
             "lease-existing-token",
             json!({
                 "leaderElection": {"enabled": true, "leaseName": "prober-lease"},
@@ -193,7 +211,15 @@ fn yaml_docs(text: &str) -> Vec<Value> {
 }
 
 fn render(overrides: &Value) -> Rendered {
-    let out = helm_py(&["render", CHART], Some(overrides));
+    render_on(overrides, &[])
+}
+
+/// Render against a stand-in cluster whose API discovery differs from the
+/// default (`--drop-api GV`, `--add-api GV`; see scripts/helm.py).
+fn render_on(overrides: &Value, apis: &[&str]) -> Rendered {
+    let mut args = vec!["render", CHART];
+    args.extend_from_slice(apis);
+    let out = helm_py(&args, Some(overrides));
     assert!(
         out.status.success(),
         "helm install (render) failed for {overrides}:\n{}",
@@ -371,6 +397,18 @@ fn check_custom(obj: &Value) {
     let kind = obj["kind"].as_str().unwrap();
     let name = &obj["metadata"]["name"];
     let (api, required): (&str, &[&str]) = match kind {
+        "ClusterSecretStore" => (
+            "external-secrets.io/v1",
+            &[
+                "/spec/provider/vault/server",
+                "/spec/provider/vault/auth/kubernetes/serviceAccountRef/namespace",
+                "/spec/conditions/0/namespaces/0",
+            ],
+        ),
+        "AlertmanagerConfig" => (
+            "monitoring.coreos.com/v1alpha1",
+            &["/spec/inhibitRules/0/sourceMatch/0/name"],
+        ),
         "ServiceMonitor" => (
             "monitoring.coreos.com/v1",
             &["/spec/selector/matchLabels", "/spec/endpoints/0/port"],
@@ -593,7 +631,8 @@ fn rbac_checker_catches_what_it_must() {
 fn check_restricted(what: &str, spec: &PodSpec) {
     let pod = spec.security_context.clone().unwrap_or_default();
     assert_eq!(pod.run_as_non_root, Some(true), "{what}: runAsNonRoot");
-    assert!(pod.run_as_user.is_some_and(|u| u != 0), "{what}: runAsUser");
+    // Absent in the adaptive mode (the platform assigns a non-root UID).
+    assert!(pod.run_as_user.is_none_or(|u| u != 0), "{what}: runAsUser");
     assert_eq!(
         pod.seccomp_profile.as_ref().map(|s| s.type_.as_str()),
         Some("RuntimeDefault"),
@@ -894,6 +933,11 @@ fn file_bytes(p: &Path) -> Vec<u8> {
 fn the_charts_copies_of_rules_and_dashboards_equal_their_sources() {
     let hint = "run scripts/sync-chart-files.sh";
     let files = chart_dir().join("files");
+    let inhibit = ops::root().join("alerts/alertmanager-inhibit.yml");
+    assert!(
+        file_bytes(&inhibit) == file_bytes(&files.join("alertmanager-inhibit.yml")),
+        "files/alertmanager-inhibit.yml differs from alerts/; {hint}"
+    );
     for (sources, copies) in [
         (ops::rule_files(), files.clone()),
         (ops::dashboard_files(), files.join("dashboards")),
@@ -977,11 +1021,10 @@ fn the_default_image_is_the_dockerfiles() {
     let values = values_with(&json!({}));
     let dockerfile = ops::read(&ops::root().join("Dockerfile"));
     let chart: Value = serde_yaml::from_str(&ops::read(&chart_dir().join("Chart.yaml"))).unwrap();
-    assert_eq!(
-        values["image"]["repository"], "secret-canary",
-        "docs/real-cluster.md builds secret-canary:<appVersion>"
-    );
+    assert_eq!(values["image"]["registry"], "ghcr.io");
+    assert_eq!(values["image"]["repository"], "secret-canary/secret-canary");
     assert_eq!(values["image"]["tag"], "", "the tag defaults to appVersion");
+    assert_eq!(values["image"]["digest"], "");
     let cargo: toml_lite::Manifest = toml_lite::parse(&ops::read(&ops::root().join("Cargo.toml")));
     assert_eq!(
         chart["appVersion"],
@@ -1351,6 +1394,553 @@ fn externalsecret_patch_is_granted_exactly_for_the_force_synced_probes() {
     let r = render(&json!({}));
     let (_, config) = prober_config(&r);
     assert!(config.probes.iter().all(|p| !p.chain.force_sync));
+}
+
+fn image_of(d: &Deployment) -> String {
+    d.spec.template.spec.as_ref().unwrap().containers[0]
+        .image
+        .clone()
+        .unwrap()
+}
+
+#[test]
+fn the_image_reference_is_fully_qualified_and_a_digest_wins() {
+    let image = |v: Value| image_of(&prober_deployment(&render(&v)));
+    assert_eq!(
+        image(json!({})),
+        "ghcr.io/secret-canary/secret-canary:0.1.0"
+    );
+    assert_eq!(
+        image(json!({"image": {"registry": "registry.example:5000", "tag": "dev"}})),
+        "registry.example:5000/secret-canary/secret-canary:dev"
+    );
+    let digest = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    assert_eq!(
+        image(json!({"image": {"tag": "ignored", "digest": digest}})),
+        format!("ghcr.io/secret-canary/secret-canary@{digest}")
+    );
+    // kind: an image loaded into the nodes, no registry.
+    assert_eq!(
+        image(json!({"image": {"registry": "", "repository": "secret-canary"}})),
+        "secret-canary:0.1.0"
+    );
+    // Every container of the chart runs the same image.
+    let r = render(&json!({"image": {"digest": digest}}));
+    for d in r.of_kind("Deployment") {
+        let d: Deployment = serde_json::from_value(d.clone()).unwrap();
+        assert!(image_of(&d).ends_with(digest));
+    }
+}
+
+#[test]
+fn monitoring_objects_render_only_where_their_api_is_served() {
+    let kinds = |r: &Rendered| -> BTreeSet<String> {
+        ["ServiceMonitor", "PrometheusRule", "AlertmanagerConfig"]
+            .into_iter()
+            .filter(|k| !r.of_kind(k).is_empty())
+            .map(String::from)
+            .collect()
+    };
+    let set = |ks: &[&str]| ks.iter().map(|k| k.to_string()).collect::<BTreeSet<_>>();
+    let amc = json!({"alertmanagerConfig": {"enabled": true}});
+    // With the Operator's APIs (v1alpha1 for AlertmanagerConfig, opt-in).
+    assert_eq!(
+        kinds(&render_on(
+            &amc,
+            &["--add-api", "monitoring.coreos.com/v1alpha1"]
+        )),
+        set(&["ServiceMonitor", "PrometheusRule", "AlertmanagerConfig"])
+    );
+    assert_eq!(
+        kinds(&render(&amc)),
+        set(&["ServiceMonitor", "PrometheusRule"])
+    );
+    // A cluster without the Prometheus Operator: the install succeeds without them.
+    let bare = render_on(&amc, &["--drop-api", "monitoring.coreos.com/v1"]);
+    assert!(kinds(&bare).is_empty(), "{:?}", kinds(&bare));
+    // skipIfMissing: false renders them regardless (helm template for GitOps);
+    // the stand-in then refuses the unknown kind, as a cluster would.
+    let out = helm_py(
+        &["render", CHART, "--drop-api", "monitoring.coreos.com/v1"],
+        Some(&json!({"serviceMonitor": {"skipIfMissing": false}})),
+    );
+    assert!(
+        !out.status.success(),
+        "an unknown kind must fail the install"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("ServiceMonitor"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Relabelings, metric relabelings and the namespaces.
+    let r = render(&json!({
+        "serviceMonitor": {
+            "namespace": "monitoring",
+            "relabelings": [{"targetLabel": "cluster", "replacement": "prod-eu"}],
+            "metricRelabelings": [{"sourceLabels": ["__name__"], "regex": "secret_canary_schedule_.*", "action": "drop"}]
+        },
+        "prometheusRule": {"namespace": "monitoring"}
+    }));
+    let sm = r.of_kind("ServiceMonitor")[0];
+    assert_eq!(sm["metadata"]["namespace"], "monitoring");
+    assert_eq!(
+        sm["spec"]["namespaceSelector"]["matchNames"][0],
+        "secret-canary"
+    );
+    let ep = &sm["spec"]["endpoints"][0];
+    assert_eq!(ep["relabelings"][0]["targetLabel"], "cluster");
+    assert_eq!(ep["metricRelabelings"][0]["action"], "drop");
+    assert_eq!(
+        r.of_kind("PrometheusRule")[0]["metadata"]["namespace"],
+        "monitoring"
+    );
+    // The bearer token Secret must be in the ServiceMonitor's namespace: refused.
+    let out = helm_py(
+        &["render", CHART],
+        Some(
+            &json!({"serviceMonitor": {"namespace": "monitoring"}, "metrics": {"auth": {"enabled": true}}}),
+        ),
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("serviceMonitor.namespace"));
+}
+
+#[test]
+fn the_eso_api_version_is_detected_or_chosen() {
+    let versions = |r: &Rendered| -> BTreeSet<String> {
+        r.all()
+            .filter(|o| {
+                o["apiVersion"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .starts_with("external-secrets.io/")
+            })
+            .map(|o| o["apiVersion"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let one = |v: &str| BTreeSet::from([v.to_string()]);
+    assert_eq!(versions(&render(&json!({}))), one("external-secrets.io/v1"));
+    // Both served: v1.
+    assert_eq!(
+        versions(&render_on(
+            &json!({}),
+            &["--add-api", "external-secrets.io/v1beta1"]
+        )),
+        one("external-secrets.io/v1")
+    );
+    // An older ESO serving only v1beta1.
+    let old = render_on(
+        &json!({}),
+        &[
+            "--drop-api",
+            "external-secrets.io/v1",
+            "--add-api",
+            "external-secrets.io/v1beta1",
+        ],
+    );
+    assert_eq!(versions(&old), one("external-secrets.io/v1beta1"));
+    assert!(!old.of_kind("ExternalSecret").is_empty());
+    // Chosen.
+    let chosen = render_on(
+        &json!({"externalSecrets": {"apiVersion": "external-secrets.io/v1beta1"}}),
+        &["--add-api", "external-secrets.io/v1beta1"],
+    );
+    assert_eq!(versions(&chosen), one("external-secrets.io/v1beta1"));
+}
+
+#[test]
+fn any_path_prefix_renders_a_config_the_prober_accepts() {
+    // (values.schema.json refuses a leading or trailing `/`.)
+    for prefix in ["canary", "teams/payments/canary", "x"] {
+        let r = render(&json!({
+            "store": {"pathPrefix": prefix},
+            "variants": {"esoVolume": {"enabled": true}, "bankVaults": {"enabled": true}}
+        }));
+        let (_, config) = prober_config(&r);
+        let bare = prefix.trim_end_matches('/');
+        for p in &config.probes {
+            assert_eq!(p.store.path, format!("{bare}/{}", p.name), "{prefix}");
+            assert!(p.store.path_in_prefix(), "{prefix}: {}", p.store.path);
+        }
+        // ESO and vault-env read exactly where the prober writes.
+        for es in r.of_kind("ExternalSecret") {
+            let key = es["spec"]["data"][0]["remoteRef"]["key"].as_str().unwrap();
+            assert!(key.starts_with(&format!("{bare}/")), "{prefix}: {key}");
+            assert!(!key.contains("//"), "{key}");
+        }
+        let bv = deployment(&r, "bank-vaults");
+        let c = &bv.spec.template.spec.unwrap().containers[0];
+        assert_eq!(
+            c.env.as_ref().unwrap()[0].value.as_deref(),
+            Some(format!("vault:secret/data/{bare}/bank-vaults#value").as_str())
+        );
+    }
+}
+
+#[test]
+fn externalsecrets_read_a_cluster_secret_store_or_an_existing_store() {
+    // The chart's example as a ClusterSecretStore: cluster-scoped, limited to
+    // the canary namespace, its ServiceAccount named with its namespace.
+    let r = render(
+        &json!({"secretStore": {"kind": "ClusterSecretStore"}, "canary": {"namespace": "canaries"}}),
+    );
+    assert!(r.of_kind("SecretStore").is_empty());
+    let css = r.of_kind("ClusterSecretStore");
+    assert_eq!(css.len(), 1);
+    assert!(css[0]["metadata"]["namespace"].is_null(), "cluster-scoped");
+    assert_eq!(
+        css[0]["spec"]["provider"]["vault"]["auth"]["kubernetes"]["serviceAccountRef"]["namespace"],
+        "canaries"
+    );
+    assert_eq!(css[0]["spec"]["conditions"][0]["namespaces"][0], "canaries");
+    for es in r.of_kind("ExternalSecret") {
+        assert_eq!(es["spec"]["secretStoreRef"]["kind"], "ClusterSecretStore");
+        assert_eq!(
+            es["spec"]["secretStoreRef"]["name"],
+            css[0]["metadata"]["name"]
+        );
+    }
+    // An existing store of either kind: none created, referenced by name.
+    for kind in ["SecretStore", "ClusterSecretStore"] {
+        let r = render(
+            &json!({"secretStore": {"create": false, "kind": kind, "name": "vault-platform"}}),
+        );
+        assert!(r.of_kind("SecretStore").is_empty() && r.of_kind("ClusterSecretStore").is_empty());
+        let es = r.of_kind("ExternalSecret");
+        assert!(!es.is_empty());
+        for es in es {
+            assert_eq!(es["spec"]["secretStoreRef"]["kind"], kind);
+            assert_eq!(es["spec"]["secretStoreRef"]["name"], "vault-platform");
+        }
+    }
+    let out = helm_py(
+        &["render", CHART],
+        Some(&json!({"secretStore": {"create": false}})),
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("secretStore.name is required"));
+}
+
+fn pod_specs(r: &Rendered) -> Vec<(String, PodSpec)> {
+    let mut out: Vec<(String, PodSpec)> = r
+        .of_kind("Deployment")
+        .into_iter()
+        .map(|d| {
+            let d: Deployment = serde_json::from_value(d.clone()).unwrap();
+            (d.metadata.name.unwrap(), d.spec.template.spec.unwrap())
+        })
+        .collect();
+    for p in r.of_kind("Pod") {
+        let p: Pod = serde_json::from_value(p.clone()).unwrap();
+        out.push((p.metadata.name.unwrap(), p.spec.unwrap()));
+    }
+    out
+}
+
+#[test]
+fn security_contexts_are_values_and_adapt_to_assigned_uids() {
+    let every =
+        json!({"variants": {"esoVolume": {"enabled": true}, "bankVaults": {"enabled": true}}});
+    // Defaults: fixed non-root IDs.
+    for (name, spec) in pod_specs(&render(&every)) {
+        let sc = spec.security_context.unwrap();
+        assert_eq!(
+            (sc.run_as_user, sc.run_as_group, sc.fs_group),
+            (Some(65532), Some(65532), Some(65532)),
+            "{name}"
+        );
+    }
+    // OpenShift (security.openshift.io/v1 served) with `auto`, or `force`:
+    // no fixed IDs anywhere, the rest of the restricted profile kept.
+    for (values, apis) in [
+        (every.clone(), vec!["--add-api", "security.openshift.io/v1"]),
+        (
+            {
+                let mut v = every.clone();
+                merge(&mut v, &json!({"adaptSecurityContext": "force"}));
+                v
+            },
+            vec![],
+        ),
+    ] {
+        let r = render_on(&values, &apis);
+        for (name, spec) in pod_specs(&r) {
+            let sc = spec.security_context.clone().unwrap();
+            assert_eq!(
+                (sc.run_as_user, sc.run_as_group, sc.fs_group),
+                (None, None, None),
+                "{name}"
+            );
+            assert_eq!(sc.run_as_non_root, Some(true), "{name}");
+            check_restricted(&name, &spec);
+        }
+    }
+    // `disabled` keeps them even on OpenShift.
+    let r = render_on(
+        &json!({"adaptSecurityContext": "disabled"}),
+        &["--add-api", "security.openshift.io/v1"],
+    );
+    assert_eq!(
+        prober_deployment(&r)
+            .spec
+            .template
+            .spec
+            .unwrap()
+            .security_context
+            .unwrap()
+            .run_as_user,
+        Some(65532)
+    );
+    // Overridden.
+    let r = render(
+        &json!({"podSecurityContext": {"runAsUser": 1001, "fsGroup": 2000}, "containerSecurityContext": {"readOnlyRootFilesystem": true, "allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": true}}),
+    );
+    let spec = prober_deployment(&r).spec.template.spec.unwrap();
+    let sc = spec.security_context.clone().unwrap();
+    assert_eq!(
+        (sc.run_as_user, sc.fs_group, sc.run_as_group),
+        (Some(1001), Some(2000), Some(65532))
+    );
+    check_restricted("overridden", &spec);
+}
+
+#[test]
+fn termination_grace_follows_prober_grace() {
+    let grace = |v: Value| {
+        prober_deployment(&render(&v))
+            .spec
+            .template
+            .spec
+            .unwrap()
+            .termination_grace_period_seconds
+            .unwrap()
+    };
+    assert_eq!(grace(json!({})), 20, "10s + 10 s margin");
+    assert_eq!(grace(json!({"prober": {"grace": "1m30s"}})), 100);
+    assert_eq!(
+        grace(json!({"prober": {"grace": "2500ms", "terminationGraceMargin": 5}})),
+        8
+    );
+    assert_eq!(grace(json!({"prober": {"grace": "1h"}})), 3610);
+    // The prober parses the same value (its --grace flag).
+    let d = prober_deployment(&render(&json!({"prober": {"grace": "1m30s"}})));
+    assert_eq!(flag(&prober_args(&d), "grace"), Some("1m30s"));
+}
+
+#[test]
+fn common_labels_topology_spread_and_revision_history() {
+    let r = render(&json!({
+        "commonLabels": {"team": "platform", "cost-center": "42"},
+        "prober": {"revisionHistoryLimit": 5, "topologySpreadConstraints": [
+            {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway"},
+            {"maxSkew": 2, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"x": "y"}}}
+        ]},
+        "variants": {"bankVaults": {"enabled": true}},
+        "metrics": {"auth": {"enabled": true}},
+        "leaderElection": {"enabled": true}
+    }));
+    for o in r.all() {
+        let labels = &o["metadata"]["labels"];
+        assert_eq!(
+            labels["team"], "platform",
+            "{} {}",
+            o["kind"], o["metadata"]["name"]
+        );
+        assert_eq!(labels["cost-center"], "42");
+    }
+    for d in r.of_kind("Deployment") {
+        assert_eq!(
+            d["spec"]["revisionHistoryLimit"], 5,
+            "{}",
+            d["metadata"]["name"]
+        );
+    }
+    let spec = prober_deployment(&r).spec.template.spec.unwrap();
+    let tsc = spec.topology_spread_constraints.unwrap();
+    assert_eq!(tsc.len(), 2);
+    let selector = tsc[0].label_selector.clone().unwrap().match_labels.unwrap();
+    assert_eq!(
+        selector
+            .get("app.kubernetes.io/component")
+            .map(String::as_str),
+        Some("prober")
+    );
+    assert_eq!(
+        tsc[1]
+            .label_selector
+            .clone()
+            .unwrap()
+            .match_labels
+            .unwrap()
+            .get("x")
+            .map(String::as_str),
+        Some("y")
+    );
+    // Defaults: 3 old ReplicaSets, no spread constraints.
+    let d = prober_deployment(&render(&json!({})));
+    assert_eq!(d.spec.revision_history_limit, Some(3));
+    assert!(d
+        .spec
+        .template
+        .spec
+        .unwrap()
+        .topology_spread_constraints
+        .is_none());
+}
+
+#[test]
+fn chart_yaml_names_home_and_sources() {
+    let chart: Value = serde_yaml::from_str(&ops::read(&chart_dir().join("Chart.yaml"))).unwrap();
+    assert!(
+        chart["home"]
+            .as_str()
+            .is_some_and(|h| h.starts_with("https://")),
+        "{chart}"
+    );
+    assert!(
+        chart["sources"][0]
+            .as_str()
+            .is_some_and(|h| h.starts_with("https://")),
+        "{chart}"
+    );
+}
+
+#[test]
+fn the_chart_readme_is_generated_from_values_and_current() {
+    let out = ops::run(
+        Command::new(ops::venv_python())
+            .arg(ops::root().join("scripts/chart-readme.py"))
+            .arg("--check"),
+    );
+    assert!(
+        out.status.success(),
+        "charts/secret-canary/README.md is stale: run scripts/chart-readme.py\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Every leaf key of values.yaml has a row.
+    let readme = ops::read(&chart_dir().join("README.md"));
+    let values: Value = serde_yaml::from_str(&ops::read(&chart_dir().join("values.yaml"))).unwrap();
+    fn leaves(v: &Value, at: String, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) if !m.is_empty() => {
+                for (k, v) in m {
+                    let p = if at.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{at}.{k}")
+                    };
+                    leaves(v, p, out);
+                }
+            }
+            _ => out.push(at),
+        }
+    }
+    let mut keys = Vec::new();
+    leaves(&values, String::new(), &mut keys);
+    // Every key has a row, or a parent written as one flow value does
+    // (`resources: {requests: {cpu: 10m}}` is one row).
+    for k in keys {
+        let mut at = k.as_str();
+        loop {
+            if readme.contains(&format!("| `{at}` |")) {
+                break;
+            }
+            match at.rsplit_once('.') {
+                Some((parent, _)) => at = parent,
+                None => panic!("README has no row for {k}"),
+            }
+        }
+    }
+    for alert in ops::alerts().into_iter().filter_map(|r| r.alert) {
+        assert!(
+            readme.contains(&format!("| {alert} |")),
+            "README lacks {alert}"
+        );
+    }
+}
+
+#[test]
+fn alert_values_change_the_rules_and_defaults_keep_the_source() {
+    let rules = |r: &Rendered| -> BTreeMap<String, Value> {
+        r.of_kind("PrometheusRule")[0]["spec"]["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|g| g["rules"].as_array().unwrap().clone())
+            .filter_map(|rule| Some((rule["alert"].as_str()?.to_string(), rule)))
+            .collect()
+    };
+    let defaults = rules(&render(&json!({})));
+    let r = render(&json!({"prometheusRule": {
+        "objective": 0.999,
+        "teams": {"secret-pipeline": "payments-platform"},
+        "additionalLabels": {"routing": "secrets"},
+        "alerts": {
+            "SecretCanaryErrorBudgetBurnSlow": {"for": "30m", "severity": "info", "labels": {"ticket": "yes"}},
+            "SecretCanaryProbeFailing": {"keepFiringFor": "45m"},
+            "SecretCanaryEsoSyncSlow": {"disabled": true}
+        }
+    }}));
+    let changed = rules(&r);
+    assert!(!changed.contains_key("SecretCanaryEsoSyncSlow"));
+    assert_eq!(changed.len(), defaults.len() - 1);
+    let slow = &changed["SecretCanaryErrorBudgetBurnSlow"];
+    assert_eq!(slow["for"], "30m");
+    assert_eq!(slow["labels"]["severity"], "info");
+    assert_eq!(slow["labels"]["ticket"], "yes");
+    assert_eq!(
+        changed["SecretCanaryProbeFailing"]["keep_firing_for"],
+        "45m"
+    );
+    for (name, rule) in &changed {
+        assert_eq!(rule["labels"]["routing"], "secrets", "{name}");
+        let team = rule["labels"]["team"].as_str().unwrap();
+        assert!(
+            team == "payments-platform" || team == "secret-canary",
+            "{name}: {team}"
+        );
+    }
+    // The objective: 0.1 % error budget in every burn-rate threshold.
+    let fast = changed["SecretCanaryErrorBudgetBurnFast"]["expr"]
+        .as_str()
+        .unwrap();
+    assert!(
+        fast.contains("> (14.4 * 0.001)") && !fast.contains("0.01)"),
+        "{fast}"
+    );
+    assert!(
+        changed["SecretCanaryErrorBudgetBurnFast"]["annotations"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("error budget (0.1 %)")
+    );
+    // The dashboard's objective constant follows.
+    let cm = r
+        .of_kind("ConfigMap")
+        .into_iter()
+        .find(|c| c["metadata"]["name"] == "secret-canary-dashboards")
+        .unwrap();
+    assert!(cm["data"]["secret-canary.json"]
+        .as_str()
+        .unwrap()
+        .contains("\"query\": \"0.999\""));
+    // Rendered rules still pass promtool.
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("rendered.rules.yml");
+    let groups = &r.of_kind("PrometheusRule")[0]["spec"];
+    std::fs::write(&f, serde_yaml::to_string(groups).unwrap()).unwrap();
+    ops::run_ok(
+        Command::new(ops::promtool())
+            .args(["check", "rules"])
+            .arg(&f),
+    );
+    // A nonsense objective is refused.
+    let out = helm_py(
+        &["render", CHART],
+        Some(&json!({"prometheusRule": {"objective": 99}})),
+    );
+    assert!(!out.status.success());
 }
 
 /// The one value of Cargo.toml this test needs, without a TOML dependency.

@@ -46,7 +46,7 @@ fn dashboards_use_a_current_schema_and_have_the_expected_variables() {
         let ds = var("datasource");
         assert_eq!(ds["type"], "datasource", "{name}");
         assert_eq!(ds["query"], "prometheus", "{name}");
-        for v in ["cluster", "probe"] {
+        for v in ["cluster", "namespace", "job", "probe"] {
             let v = var(v);
             assert_eq!(v["type"], "query", "{name}: {v}");
             assert_eq!(v["datasource"]["uid"], "${datasource}", "{name}: {v}");
@@ -225,4 +225,96 @@ fn variable_substitution_covers_grafana_forms() {
         ops::label_values_selector(r#"label_values(up{a=~"b,c"}, probe)"#).as_deref(),
         Some(r#"up{a=~"b,c"}"#)
     );
+}
+
+/// The labels that tell two probers' probes apart.
+const IDENTITY: [&str; 3] = ["cluster", "namespace", "job"];
+
+#[test]
+fn every_query_filters_and_aggregates_by_cluster_namespace_and_job() {
+    for (name, d) in dashboards() {
+        for q in ops::dashboard_queries(&name, &d) {
+            if q.panel == "variable cluster" {
+                continue;
+            }
+            let at = format!("{name} / {} [{}]", q.panel, q.ref_id);
+            // Every selector of a secret-canary series carries the variables.
+            for (i, _) in q.expr.match_indices("secret_canary_") {
+                let rest = &q.expr[i..];
+                let name_end = rest
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+                    .unwrap_or(rest.len());
+                if i > 0 && q.expr[..i].ends_with(':') {
+                    continue; // inside a recorded name (probe:secret_canary_...)
+                }
+                let sel = &rest[name_end..];
+                assert!(
+                    sel.starts_with('{'),
+                    "{at}: a selector without labels: {}",
+                    &rest[..name_end]
+                );
+                let sel = &sel[..sel.find('}').unwrap()];
+                let need: &[&str] = match q.panel.as_str() {
+                    "variable namespace" => &["cluster"],
+                    "variable job" => &["cluster", "namespace"],
+                    _ => &IDENTITY,
+                };
+                for l in need {
+                    assert!(
+                        sel.contains(&format!("{l}=~\"${l}\"")),
+                        "{at}: {l} not filtered in {sel}"
+                    );
+                }
+            }
+            // Every aggregation keeps them (histogram buckets summed by `le`
+            // for one heatmap are the exception).
+            for (i, _) in q.expr.match_indices(" by (") {
+                let labels = &q.expr[i + 5..];
+                let labels = &labels[..labels.find(')').unwrap()];
+                if labels == "le" {
+                    continue;
+                }
+                for l in IDENTITY {
+                    assert!(
+                        labels.split(", ").any(|x| x == l),
+                        "{at}: by ({labels}) drops {l}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_error_budget_panel_says_what_window_it_covers() {
+    for (name, d) in dashboards() {
+        let budget: Vec<&Json> = ops::panels(&d)
+            .into_iter()
+            .filter(|p| {
+                p["title"]
+                    .as_str()
+                    .is_some_and(|t| t.contains("Error budget remaining"))
+            })
+            .collect();
+        assert_eq!(budget.len(), 1, "{name}");
+        let p = budget[0];
+        let title = p["title"].as_str().unwrap();
+        let exprs: Vec<&str> = p["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|t| t["expr"].as_str())
+            .collect();
+        // The window in the title is the one the query uses.
+        assert!(title.contains("30-day"), "{title}");
+        assert!(exprs[0].contains("[30d]"), "{}", exprs[0]);
+        // And a second query says how much of it the data covers.
+        assert!(
+            exprs
+                .iter()
+                .any(|e| e.contains("count_over_time(") && e.contains("[30d]")),
+            "{exprs:?}"
+        );
+        assert!(p["description"].as_str().unwrap().contains("data covers"));
+    }
 }

@@ -2,24 +2,38 @@
 //! runs started on it, each ending as exactly one [`Outcome`].
 //!
 //! ```text
-//! store    write the fresh value to KV v2 (vaultrs; login, renewal)
-//! cluster  shared watchers: ExternalSecret, Secret, Deployment, canary Pods
-//! canary   client of the canary Pods' /digest long-poll
-//! run      stage bookkeeping and failure attribution (the stage table)
-//! outcome  what a run produces: Stage, Reason, Outcome
+//! plan      which hops the chain has (read once from the config)
+//! store     write the fresh value to KV v2 (vaultrs; login, renewal)
+//! cluster   shared watchers: ExternalSecret, Secret, Deployment, canary Pods
+//! canary    client of the canary Pods' /digest long-poll
+//! events    a run's subscriptions to the watchers, its baseline and facts
+//! poll      the run's canary pollers, one per target Pod
+//! tracker   stage bookkeeping (the stage table), no I/O
+//!   attribution  why a stage did not complete: Reason + typed Cause
+//! run       the driver: write, nudge, follow, conclude
 //! ```
+//!
+//! What a run produces (Stage, Reason, Outcome) is [`crate::vocab`],
+//! re-exported here.
+//!
+//! Inside `probe`, top to bottom (each uses only those below it):
+//! `run` -> `events`, `poll` -> `tracker` -> `plan`, `store`, `cluster`,
+//! `canary` (and [`crate::vocab`], [`crate::config`] below them all).
 
 pub mod canary;
 pub mod cluster;
-pub mod outcome;
+pub mod events;
+pub mod plan;
+pub mod poll;
 pub mod run;
 pub mod store;
+pub mod tracker;
 
-pub use outcome::{
+pub use crate::vocab::{
     Failure, Outcome, Reason, RunProgress, RunResult, Stage, StageTiming, SyncTrigger,
 };
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
 
@@ -64,11 +78,11 @@ pub enum Error {
 /// Dropping it stops its watchers.
 pub struct ProbeRunner {
     config: ProbeConfig,
-    plan: run::Plan,
+    plan: plan::Plan,
     store: store::Store,
     cluster: cluster::Cluster,
     /// The canary client, or why it could not be built (reported by runs).
-    canary: Result<canary::CanaryClient, String>,
+    canary: Result<canary::CanaryClient, Arc<canary::CanaryError>>,
     /// The digest of the last value written, the "old" value of the next run
     /// when no Secret shows it.
     last_digest: Mutex<Option<String>>,
@@ -87,9 +101,9 @@ impl ProbeRunner {
         let cluster = cluster::Cluster::start(&config.chain, client, &stop);
         let canary =
             canary::CanaryClient::new(config.chain.canary.port, config.chain.canary.timeout)
-                .map_err(|e| e.to_string());
+                .map_err(Arc::new);
         Ok(ProbeRunner {
-            plan: run::Plan::of(&config.chain),
+            plan: plan::Plan::of(&config.chain),
             store: store::Store::new(config.store.clone()),
             cluster,
             canary,

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{human, Report, StageStatus};
-use crate::probe::{Stage, SyncTrigger};
+use crate::vocab::{Stage, SyncTrigger};
 
 /// When a stage counts as slower: both limits must be exceeded, so noise
 /// on a fast stage (relative) or on a slow one (absolute) is not flagged.

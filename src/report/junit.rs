@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use super::{
     compare, end_to_end_seconds, secs, slo_text, status_text, ProbeReport, Report, Verdict,
 };
-use crate::probe::RunResult;
+use crate::vocab::RunResult;
 
 /// Escape text for XML content and attribute values.
 fn esc(s: &str) -> String {

@@ -21,8 +21,9 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
 use crate::config::{Config, ProbeConfig};
-use crate::probe::{Failure, Outcome, RunResult, Stage, SyncTrigger};
+use crate::vocab::{Failure, Outcome, RunResult, Stage, SyncTrigger};
 
+pub use crate::slo::{end_to_end, passed, slo_breaches, Verdict};
 pub use compare::{Baseline, Comparison, Thresholds};
 
 /// Output format of `once`.
@@ -70,20 +71,6 @@ pub enum StageStatus {
     Failed,
     /// Never started (an earlier stage failed).
     NotStarted,
-}
-
-/// A stage's SLO verdict.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Verdict {
-    /// Completed within its threshold.
-    Met,
-    /// Completed, slower than its threshold.
-    Breached,
-    /// No threshold configured.
-    NoSlo,
-    /// A threshold is configured but the stage did not complete.
-    NotCompleted,
 }
 
 /// One stage of one run, ready to print or serialise.
@@ -157,35 +144,6 @@ fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Nanos, true)
 }
 
-/// The run's end-to-end duration: the engine's `end_to_end` timing if it
-/// reported one, else, for a successful run, from its first stage's start to
-/// its last stage's completion.
-pub fn end_to_end(outcome: &Outcome) -> Option<Duration> {
-    if let Some(d) = outcome.duration(Stage::EndToEnd) {
-        return Some(d);
-    }
-    if outcome.result != RunResult::Success {
-        return None;
-    }
-    let first = outcome.stages.first()?.started_at;
-    let last = outcome.stages.last()?.completed_at?;
-    (last - first).to_std().ok()
-}
-
-/// Completed stages (and `end_to_end`) slower than their SLO.
-pub fn slo_breaches(probe: &ProbeConfig, outcome: &Outcome) -> Vec<Stage> {
-    stage_reports(probe, outcome)
-        .into_iter()
-        .filter(|s| s.slo == Verdict::Breached)
-        .map(|s| s.stage)
-        .collect()
-}
-
-/// Whether a run succeeded and met every SLO.
-pub fn passed(probe: &ProbeConfig, outcome: &Outcome) -> bool {
-    outcome.result == RunResult::Success && slo_breaches(probe, outcome).is_empty()
-}
-
 /// Per stage of the probe's chain, then `end_to_end`: timing and SLO verdict.
 pub fn stage_reports(probe: &ProbeConfig, outcome: &Outcome) -> Vec<StageReport> {
     let mut rows = stage_rows(probe, outcome);
@@ -257,12 +215,7 @@ fn row(
     completed: Option<DateTime<Utc>>,
 ) -> StageReport {
     let slo = probe.slo(stage);
-    let verdict = match (slo, duration) {
-        (None, _) => Verdict::NoSlo,
-        (Some(limit), Some(d)) if d > limit => Verdict::Breached,
-        (Some(_), Some(_)) => Verdict::Met,
-        (Some(_), None) => Verdict::NotCompleted,
-    };
+    let verdict = Verdict::of(slo, duration);
     StageReport {
         stage,
         status,
@@ -537,7 +490,7 @@ fn table(report: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::probe::{Reason, StageTiming};
+    use crate::vocab::{Reason, StageTiming};
 
     const CONFIG: &str = r#"
 probes:
@@ -584,7 +537,7 @@ probes:
             failure: None,
             result: RunResult::Success,
             detail: None,
-            sync_trigger: Some(crate::probe::SyncTrigger::Natural),
+            sync_trigger: Some(crate::vocab::SyncTrigger::Natural),
         }
     }
 

@@ -286,6 +286,8 @@ pub fn label_values_selector(query: &str) -> Option<String> {
 #[derive(Debug, Clone)]
 pub struct Vars {
     pub cluster: String,
+    pub namespace: String,
+    pub job: String,
     pub probe: String,
     pub stage: String,
     pub rate_interval: String,
@@ -298,6 +300,8 @@ impl Default for Vars {
     fn default() -> Self {
         Vars {
             cluster: ".*".into(),
+            namespace: ".*".into(),
+            job: ".*".into(),
             probe: ".*".into(),
             stage: ".*".into(),
             rate_interval: "5m".into(),
@@ -309,11 +313,13 @@ impl Default for Vars {
 
 /// Replace Grafana variables (`$x`, `${x}`, `${x:regex}`) with values.
 pub fn substitute(expr: &str, vars: &Vars) -> String {
-    let table: [(&str, &str); 6] = [
+    let table: [(&str, &str); 8] = [
         ("__rate_interval", &vars.rate_interval),
         ("__interval", &vars.interval),
         ("__range", &vars.range),
         ("cluster", &vars.cluster),
+        ("namespace", &vars.namespace),
+        ("job", &vars.job),
         ("probe", &vars.probe),
         ("stage", &vars.stage),
     ];

@@ -1,12 +1,18 @@
-//! What one probe run produces: milestones per stage, or the first stage that
-//! did not complete and why. The fixed enums here are the only label values
-//! the metrics ever see for `stage`, `reason` and `result`.
+//! The run vocabulary, below everything that speaks of runs (config,
+//! probe, metrics, report): what one probe run produces, milestones per
+//! stage or the first stage that did not complete and why. The fixed enums
+//! here are the only label values the metrics ever see for `stage`,
+//! `reason` and `result`; the chain's stage list and the run deadline's
+//! default are defined here and nowhere else.
 
 use std::fmt;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+
+/// A run's deadline when the probe sets none.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(300);
 
 /// A hop of the delivery chain. A probe whose chain lacks a hop never reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -38,6 +44,23 @@ impl Stage {
         Stage::Rollout,
         Stage::CanaryObserve,
     ];
+
+    /// The stages of a chain, in chain order (without `end_to_end`): every
+    /// chain writes and observes; the other hops depend on what it has.
+    /// The one definition of "which stages a probe reports", shared by the
+    /// config, the engine, the metrics and the report.
+    pub fn chain(eso: bool, secret: bool, rolls: bool) -> Vec<Stage> {
+        Stage::CHAIN
+            .into_iter()
+            .filter(|s| match s {
+                Stage::StoreWrite | Stage::CanaryObserve => true,
+                Stage::EsoSync => eso,
+                Stage::SecretUpdate => secret,
+                Stage::ReloaderTrigger | Stage::Rollout => rolls,
+                Stage::EndToEnd => false,
+            })
+            .collect()
+    }
 
     /// The snake_case label value.
     pub fn as_str(self) -> &'static str {

@@ -1,0 +1,207 @@
+//! Unit tests of `metrics`.
+
+use super::*;
+use crate::config::Config;
+use crate::vocab::{Failure, StageTiming};
+use chrono::Utc;
+
+pub(crate) const TWO_PROBES: &str = r#"
+probes:
+  - name: eso-env
+    interval: 30s
+    slo: {eso_sync: 10s, end_to_end: 60s}
+    store: {address: "http://127.0.0.1:8200", path: canary/eso-env, auth: {token: {env: VAULT_TOKEN}}}
+    chain:
+      namespace: canary
+      external_secret: canary-env
+      secret: {name: canary-env}
+      rollout: {deployment: canary-env, trigger: reloader}
+      canary: {selector: app=canary-env, source: env}
+  - name: bank-vaults
+    schedule: "0 */5 * * * *"
+    store: {address: "http://127.0.0.1:8200", path: canary/bv, auth: {token: {file: /tmp/t}}}
+    chain:
+      namespace: canary
+      rollout: {deployment: canary-bv, trigger: restart}
+      canary: {selector: app=canary-bv, source: env}
+"#;
+
+fn config() -> Config {
+    Config::from_yaml(TWO_PROBES, "test.yaml").unwrap()
+}
+
+fn outcome(probe: &ProbeConfig, n: usize) -> Outcome {
+    let t0 = Utc::now();
+    let stages = probe.stages();
+    let fail_at = match n % 4 {
+        0 => None,
+        _ => Some(stages[n % stages.len()]),
+    };
+    let mut timings = Vec::new();
+    for (i, &stage) in stages.iter().enumerate() {
+        let completed = fail_at != Some(stage);
+        timings.push(StageTiming {
+            stage,
+            started_at: t0,
+            completed_at: completed.then_some(t0),
+            duration: completed
+                .then(|| Duration::from_millis(100 * (i as u64 + 1) * (n as u64 % 7 + 1))),
+        });
+        if !completed {
+            break;
+        }
+    }
+    let failure = fail_at.map(|stage| Failure {
+        stage,
+        reason: reasons(stage)[n % reasons(stage).len()],
+    });
+    Outcome {
+        probe: probe.name.clone(),
+        run_id: format!("run-{n}"),
+        digest: Some("ab".repeat(32)),
+        started_at: t0,
+        finished_at: t0 + chrono::Duration::milliseconds(1500),
+        stages: timings,
+        failure,
+        result: if n % 13 == 12 {
+            RunResult::Aborted
+        } else if failure.is_some() {
+            RunResult::Failure
+        } else {
+            RunResult::Success
+        },
+        detail: None,
+        sync_trigger: None,
+    }
+}
+
+#[test]
+fn every_expected_series_exists_at_start_up() {
+    let config = config();
+    let mut registry = Registry::default();
+    let _m = Metrics::for_config(&mut registry, &config);
+    let text = encode_openmetrics(&registry).unwrap();
+    assert_eq!(count_samples(&text), expected_series(&config), "{text}");
+    assert!(text.ends_with("# EOF\n"));
+    for needle in [
+        r#"secret_canary_runs_total{probe="eso-env",result="skipped"} 0"#,
+        r#"secret_canary_stage_failures_total{probe="eso-env",stage="eso_sync",reason="sync_error"} 0"#,
+        r#"secret_canary_stage_failures_total{probe="bank-vaults",stage="rollout",reason="canary_crashing"} 0"#,
+        r#"secret_canary_prober_errors_total{probe="bank-vaults"} 0"#,
+        r#"secret_canary_slo_threshold_seconds{probe="eso-env",stage="end_to_end"} 60.0"#,
+        r#"secret_canary_last_stage_duration_seconds{probe="eso-env",stage="end_to_end"} NaN"#,
+        r#"secret_canary_build_info{version=""#,
+        "# TYPE secret_canary_stage_duration_seconds histogram",
+        "# UNIT secret_canary_stage_duration_seconds seconds",
+    ] {
+        assert!(text.contains(needle), "missing {needle}\n{text}");
+    }
+    // The Bank-Vaults chain has no ESO stages.
+    assert!(!text.contains(r#"probe="bank-vaults",stage="eso_sync""#));
+}
+
+#[test]
+fn outcomes_never_grow_the_series_count() {
+    let config = config();
+    let mut registry = Registry::default();
+    let m = Metrics::for_config(&mut registry, &config);
+    for n in 0..100 {
+        for probe in &config.probes {
+            m.run_started(&probe.name);
+            m.record_outcome(probe, &outcome(probe, n));
+        }
+        m.record_skipped("eso-env");
+        m.observe_schedule_jitter("eso-env", Duration::from_millis(3));
+    }
+    let text = encode_openmetrics(&registry).unwrap();
+    assert_eq!(count_samples(&text), expected_series(&config));
+    assert_eq!(m.skipped("eso-env"), 100);
+    assert!(
+        text.contains(r#"# {run_id="run-"#),
+        "exemplars missing:\n{text}"
+    );
+}
+
+#[test]
+fn forced_runs_are_exported_apart_and_the_series_count_stays_exact() {
+    let mut config = config();
+    config.probes[0].chain.force_sync = true;
+    let probe = config.probes[0].clone();
+    let mut registry = Registry::default();
+    let m = Metrics::for_config(&mut registry, &config);
+    let text = encode_openmetrics(&registry).unwrap();
+    assert_eq!(count_samples(&text), expected_series(&config), "{text}");
+    assert!(
+        text.contains(
+            r#"secret_canary_forced_end_to_end_duration_seconds_count{probe="eso-env"} 0"#
+        ),
+        "{text}"
+    );
+    assert!(!text.contains(r#"forced_end_to_end_duration_seconds_count{probe="bank-vaults"}"#));
+    for n in 0..40 {
+        let mut o = outcome(&probe, n);
+        o.sync_trigger = Some(if n % 2 == 0 {
+            SyncTrigger::Forced
+        } else {
+            SyncTrigger::Natural
+        });
+        m.record_outcome(&probe, &o);
+    }
+    let text = encode_openmetrics(&registry).unwrap();
+    assert_eq!(count_samples(&text), expected_series(&config));
+    // n % 4 == 0 succeeds (all even, so forced), but n = 12 is aborted.
+    assert!(
+        text.contains(
+            r#"secret_canary_forced_end_to_end_duration_seconds_count{probe="eso-env"} 9"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"secret_canary_end_to_end_duration_seconds_count{probe="eso-env"} 0"#),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_success_sets_last_run_gauges_and_a_prober_error_is_told_apart() {
+    let config = config();
+    let probe = &config.probes[0];
+    let mut registry = Registry::default();
+    let m = Metrics::for_config(&mut registry, &config);
+    let ok = outcome(probe, 0);
+    m.record_outcome(probe, &ok);
+    let mut bad = outcome(probe, 1);
+    bad.failure = Some(Failure {
+        stage: Stage::StoreWrite,
+        reason: Reason::ProberError,
+    });
+    bad.result = RunResult::Failure;
+    m.record_outcome(probe, &bad);
+    let text = encode_openmetrics(&registry).unwrap();
+    assert!(text.contains(r#"secret_canary_last_run_success{probe="eso-env"} 0"#));
+    assert!(text.contains(r#"secret_canary_prober_errors_total{probe="eso-env"} 1"#));
+    assert!(text.contains(
+            r#"secret_canary_stage_failures_total{probe="eso-env",stage="store_write",reason="prober_error"} 1"#
+        ));
+    assert!(text.contains(r#"secret_canary_runs_total{probe="eso-env",result="success"} 1"#));
+    let prefix = r#"secret_canary_last_success_timestamp_seconds{probe="eso-env"} "#;
+    let ts: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((ts - epoch_seconds(ok.finished_at)).abs() < 1e-3, "{ts}");
+}
+
+#[test]
+fn prometheus_text_has_no_exemplars() {
+    let config = config();
+    let mut registry = Registry::default();
+    let m = Metrics::for_config(&mut registry, &config);
+    m.record_outcome(&config.probes[0], &outcome(&config.probes[0], 0));
+    let text = encode_prometheus_text(&registry).unwrap();
+    assert!(!text.contains("# {"));
+    assert!(!text.contains("# EOF"));
+    assert_eq!(count_samples(&text), expected_series(&config));
+}

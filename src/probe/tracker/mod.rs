@@ -1,0 +1,570 @@
+//! The stage tracker of one run: fed watcher events and canary answers in
+//! arrival order, it decides when each stage starts and ends. It does no
+//! I/O and reads no clock of its own, so unit tests drive it with made-up
+//! stamps. Why a stage did not complete is decided in [`attribution`].
+//!
+//! | stage | starts | ends |
+//! |---|---|---|
+//! | `store_write` | just before the KV v2 write | the write's response (new version) |
+//! | `eso_sync` | store write done | an ExternalSecret status event with `Ready=True` and `refreshTime` ≥ the write's start floored to whole seconds, arriving once the Secret has been seen with the new digest (ESO writes the Secret before its status, so a sync that started just before our write in the same second does not count) |
+//! | `secret_update` | store write done | a Secret event whose `data[key]` SHA-256 equals the new digest |
+//! | `reloader_trigger` | `secret_update` end (trigger `reloader`), or store write done (trigger `restart`: the prober then patches `restartedAt` as `kubectl rollout restart` does) | a Deployment event whose pod template differs from the one at run start |
+//! | `rollout` | `reloader_trigger` end | a Deployment event showing the rollout of that generation complete, as `kubectl rollout status` decides |
+//! | `canary_observe` | `rollout` end, or `secret_update` end when nothing rolls | every ready Pod of the current ReplicaSet answered the new digest (long-poll of the canary's `/digest`) |
+//! | `end_to_end` | `store_write` start | `canary_observe` end |
+//!
+//! A stage the chain lacks is absent.
+
+pub mod attribution;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+
+use super::canary::CanaryError;
+use super::cluster::{
+    Change, DeploymentState, EsState, PodState, RolloutStatus, SecretState, View,
+};
+use super::plan::Plan;
+use super::store::Written;
+use super::{Reason, Stage, StageTiming, Stamp};
+use crate::config::Trigger;
+
+pub use attribution::{Cause, Facts, Finding};
+
+/// If ESO's status event arrived before the Secret showed the new value and
+/// no later status event comes within this time, the status update was a
+/// no-op (same second, same conditions) and the sync ended with the Secret.
+pub const ESO_STATUS_GRACE: Duration = Duration::from_secs(2);
+
+/// The state at run start that later events are compared with.
+#[derive(Debug, Clone, Default)]
+pub struct Baseline {
+    /// The Deployment's pod-template digest.
+    pub template: Option<String>,
+    /// The ReplicaSets (pod-template hashes) of the Pods already there.
+    pub owners: BTreeSet<String>,
+    /// Restart counts of the Pods already there.
+    pub restarts: BTreeMap<String, i32>,
+    /// The digest the canaries should be seeing before the write.
+    pub old_digest: Option<String>,
+    /// The chain's Secret did not exist at run start.
+    pub secret_absent: bool,
+}
+
+/// What a canary Pod answered last.
+#[derive(Debug, Clone)]
+pub enum PodAnswer {
+    /// A digest (or none: the canary has no value).
+    Digest(Option<String>),
+    /// No usable answer.
+    Failed(Arc<CanaryError>),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    start: Stamp,
+    end: Option<Stamp>,
+}
+
+#[derive(Debug, Default)]
+struct PodProgress {
+    last: Option<PodAnswer>,
+    done: Option<Stamp>,
+}
+
+/// A canary Pod to ask.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Pod name.
+    pub pod: String,
+    /// Pod IP.
+    pub ip: String,
+}
+
+/// How a run ended, before it becomes an [`super::Outcome`].
+#[derive(Debug, Clone)]
+pub enum End {
+    /// Every stage completed.
+    Success,
+    /// A stage failed for a reason that waiting will not change.
+    Failed(Stage, Finding),
+    /// A deadline passed.
+    Deadline,
+    /// Cancelled.
+    Aborted,
+}
+
+/// The stage bookkeeping of one run: fed events in arrival order, it
+/// decides when each stage starts and ends and, at the end, why it failed.
+#[derive(Debug)]
+pub struct Tracker {
+    plan: Plan,
+    new_digest: String,
+    base: Baseline,
+    run_deadline: Instant,
+    limits: BTreeMap<Stage, Duration>,
+    spans: BTreeMap<Stage, Span>,
+    write_floor: Option<DateTime<Utc>>,
+    secret_new: Option<Stamp>,
+    es_early: Option<Stamp>,
+    template_changed: Option<(Stamp, i64)>,
+    rollout_done: Option<Stamp>,
+    es_error: Option<String>,
+    es_deleted: bool,
+    secret_deleted: bool,
+    /// The Secret is absent now (deleted, or never there since run start).
+    secret_absent: bool,
+    deployment_deleted: bool,
+    stuck: Option<String>,
+    crash: Option<String>,
+    canary: BTreeMap<String, PodProgress>,
+    targets: Vec<Target>,
+    failed: Option<(Stage, Finding)>,
+}
+
+impl Tracker {
+    /// A run of `plan` writing a value whose digest is `new_digest`.
+    pub fn new(
+        plan: Plan,
+        new_digest: String,
+        base: Baseline,
+        run_deadline: Instant,
+        limits: BTreeMap<Stage, Duration>,
+    ) -> Tracker {
+        Tracker {
+            plan,
+            new_digest,
+            secret_absent: base.secret_absent,
+            base,
+            run_deadline,
+            limits,
+            spans: BTreeMap::new(),
+            write_floor: None,
+            secret_new: None,
+            es_early: None,
+            template_changed: None,
+            rollout_done: None,
+            es_error: None,
+            es_deleted: false,
+            secret_deleted: false,
+            deployment_deleted: false,
+            stuck: None,
+            crash: None,
+            canary: BTreeMap::new(),
+            targets: Vec::new(),
+            failed: None,
+        }
+    }
+
+    fn start(&mut self, stage: Stage, at: Stamp) {
+        self.spans.entry(stage).or_insert(Span {
+            start: at,
+            end: None,
+        });
+    }
+
+    /// End a started stage; an event that arrived before the stage's start
+    /// (two watch streams can deliver out of order) ends it at its start.
+    fn end(&mut self, stage: Stage, at: Stamp) -> Option<Stamp> {
+        let span = self.spans.get_mut(&stage)?;
+        if span.end.is_none() {
+            span.end = Some(if at.at < span.start.at {
+                span.start
+            } else {
+                at
+            });
+        }
+        span.end
+    }
+
+    fn started(&self, stage: Stage) -> bool {
+        self.spans.contains_key(&stage)
+    }
+
+    fn ended(&self, stage: Stage) -> Option<Stamp> {
+        self.spans.get(&stage).and_then(|s| s.end)
+    }
+
+    /// The digest the canaries should be seeing before the write.
+    pub fn old_digest(&self) -> Option<&str> {
+        self.base.old_digest.as_deref()
+    }
+
+    /// The store write is about to start (login is done).
+    pub fn store_starting(&mut self, at: Stamp) {
+        self.start(Stage::StoreWrite, at);
+    }
+
+    /// The store write failed.
+    pub fn store_failed(&mut self, at: Stamp, finding: Finding) {
+        self.start(Stage::StoreWrite, at);
+        self.fail(Stage::StoreWrite, finding);
+    }
+
+    /// The store write succeeded.
+    pub fn store_written(&mut self, w: &Written) {
+        self.start(Stage::StoreWrite, w.started);
+        self.end(Stage::StoreWrite, w.finished);
+        self.write_floor = DateTime::from_timestamp(w.started.wall.timestamp(), 0);
+        self.advance();
+    }
+
+    /// A failure that waiting will not change (the first one wins).
+    pub fn fail(&mut self, stage: Stage, finding: Finding) {
+        if self.failed.is_none() {
+            self.failed = Some((stage, finding));
+        }
+    }
+
+    /// Derive stage starts and ends from the facts seen so far.
+    fn advance(&mut self) {
+        let Some(written) = self.ended(Stage::StoreWrite) else {
+            return;
+        };
+        if self.plan.eso {
+            self.start(Stage::EsoSync, written);
+        }
+        if self.plan.secret {
+            self.start(Stage::SecretUpdate, written);
+        }
+        match (self.plan.trigger, self.plan.secret) {
+            (Some(Trigger::Restart), _) | (Some(_), false) => {
+                self.start(Stage::ReloaderTrigger, written)
+            }
+            (None, false) => self.start(Stage::CanaryObserve, written),
+            _ => {}
+        }
+        if let Some(s) = self.secret_new {
+            if let Some(end) = self.end(Stage::SecretUpdate, s) {
+                match self.plan.trigger {
+                    Some(Trigger::Reloader) => self.start(Stage::ReloaderTrigger, end),
+                    None => self.start(Stage::CanaryObserve, end),
+                    _ => {}
+                }
+            }
+        }
+        if let Some((changed, _)) = self.template_changed {
+            if self.started(Stage::ReloaderTrigger) {
+                if let Some(end) = self.end(Stage::ReloaderTrigger, changed) {
+                    self.start(Stage::Rollout, end);
+                }
+            }
+        }
+        if let Some(done) = self.rollout_done {
+            if self.started(Stage::Rollout) {
+                if let Some(end) = self.end(Stage::Rollout, done) {
+                    self.start(Stage::CanaryObserve, end);
+                }
+            }
+        }
+    }
+
+    /// An ExternalSecret event.
+    pub fn on_external_secret(&mut self, c: &Change<EsState>) {
+        let Some(es) = &c.state else {
+            self.es_deleted = true;
+            self.es_early = None;
+            return;
+        };
+        if let Some(cond) = es.sync_failed() {
+            self.es_error = Some(format!("{}: {}", cond.reason, cond.message));
+        }
+        let Some(floor) = self.write_floor else {
+            return;
+        };
+        let qualifies = es.is_ready() && es.refresh_time.is_some_and(|t| t >= floor);
+        if !qualifies {
+            self.es_early = None;
+            return;
+        }
+        if !self.plan.secret || self.secret_new.is_some() {
+            self.end(Stage::EsoSync, c.stamp);
+        } else {
+            self.es_early = Some(c.stamp);
+        }
+    }
+
+    /// A Secret event.
+    pub fn on_secret(&mut self, c: &Change<SecretState>) {
+        match &c.state {
+            None => {
+                self.secret_deleted = true;
+                self.secret_absent = true;
+            }
+            Some(s)
+                if s.digest.as_deref() == Some(self.new_digest.as_str())
+                    && self.secret_new.is_none() =>
+            {
+                if self.write_floor.is_some() {
+                    self.secret_new = Some(c.stamp);
+                    self.advance();
+                }
+            }
+            Some(_) => self.secret_absent = false,
+        }
+    }
+
+    /// A Deployment event.
+    pub fn on_deployment(&mut self, c: &Change<DeploymentState>) {
+        let Some(d) = &c.state else {
+            self.deployment_deleted = true;
+            return;
+        };
+        if self.write_floor.is_none() {
+            return;
+        }
+        match &self.base.template {
+            None => self.base.template = Some(d.template.clone()),
+            Some(t) if *t != d.template && self.template_changed.is_none() => {
+                self.template_changed = Some((c.stamp, d.generation));
+            }
+            Some(_) => {}
+        }
+        if let Some(f) = d.replica_failure() {
+            self.stuck = Some(format!("ReplicaFailure {}: {}", f.reason, f.message));
+        }
+        if let Some((_, generation)) = self.template_changed {
+            if d.generation >= generation {
+                self.on_rollout_status(c.stamp, d.rollout());
+            }
+        }
+        self.advance();
+    }
+
+    /// The rollout of the changed template, as the Deployment reports it.
+    fn on_rollout_status(&mut self, at: Stamp, status: RolloutStatus) {
+        match status {
+            RolloutStatus::Complete if self.rollout_done.is_none() => self.rollout_done = Some(at),
+            RolloutStatus::DeadlineExceeded(m) => {
+                let said = format!("ProgressDeadlineExceeded: {m}");
+                self.stuck = Some(said.clone());
+                if self.started(Stage::Rollout) && self.ended(Stage::Rollout).is_none() {
+                    let finding = Finding::new(Reason::RolloutStuck, Cause::Reported(said));
+                    self.fail(Stage::Rollout, finding);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A canary Pod event (crash evidence).
+    pub fn on_pod(&mut self, c: &Change<PodState>) {
+        let Some(p) = &c.state else { return };
+        if let Some(crash) = &p.crash {
+            self.crash = Some(format!("Pod {}: {crash}", c.name));
+        } else if p.restarts > self.base.restarts.get(&c.name).copied().unwrap_or(0) {
+            self.crash = Some(format!(
+                "Pod {} restarted ({} restarts)",
+                c.name, p.restarts
+            ));
+        }
+    }
+
+    /// The canary Pods to ask now: ready, not terminating, and (after a
+    /// rollout) of a ReplicaSet that was not there at run start; plus how
+    /// many there must be.
+    pub fn targets(
+        &self,
+        pods: &View<PodState>,
+        deployment: Option<&DeploymentState>,
+    ) -> (Vec<Target>, usize) {
+        let rolled = self.plan.trigger.is_some();
+        let targets = pods
+            .objects
+            .iter()
+            .filter(|(_, p)| p.ready && !p.terminating)
+            .filter(|(_, p)| {
+                !rolled
+                    || p.owner
+                        .as_ref()
+                        .is_none_or(|o| !self.base.owners.contains(o))
+            })
+            .filter_map(|(name, p)| {
+                p.ip.as_ref().map(|ip| Target {
+                    pod: name.clone(),
+                    ip: ip.clone(),
+                })
+            })
+            .collect();
+        let expected = match deployment {
+            Some(d) if self.plan.deployment => d.spec_replicas.max(1) as usize,
+            _ => 1,
+        };
+        (targets, expected)
+    }
+
+    /// The canary stage is running (pollers should be).
+    pub fn observing(&self) -> bool {
+        self.started(Stage::CanaryObserve) && self.ended(Stage::CanaryObserve).is_none()
+    }
+
+    /// Set the current targets; ends `canary_observe` once each has
+    /// answered the new digest.
+    pub fn set_targets(&mut self, targets: Vec<Target>, expected: usize) {
+        self.targets = targets;
+        if !self.observing() || self.targets.len() < expected || self.targets.is_empty() {
+            return;
+        }
+        let mut last: Option<Stamp> = None;
+        for t in &self.targets {
+            match self.canary.get(&t.pod).and_then(|p| p.done) {
+                Some(d) => {
+                    if last.is_none_or(|l| d.at > l.at) {
+                        last = Some(d);
+                    }
+                }
+                None => return,
+            }
+        }
+        if let Some(end) = last {
+            self.end(Stage::CanaryObserve, end);
+        }
+    }
+
+    /// A canary Pod answered (or failed to).
+    pub fn on_canary(&mut self, pod: &str, at: Stamp, answer: PodAnswer) {
+        if let PodAnswer::Digest(Some(d)) = &answer {
+            if *d == self.new_digest {
+                self.canary
+                    .entry(pod.to_string())
+                    .or_default()
+                    .done
+                    .get_or_insert(at);
+            } else if self.plan.env_canary && self.plan.trigger.is_some() {
+                // An env value is fixed at process start: a Pod of the new
+                // ReplicaSet with another value will never see ours.
+                let old = self.base.old_digest.as_deref() == Some(d.as_str());
+                let detail = format!(
+                    "Pod {pod} of the new ReplicaSet reports {} digest {}",
+                    if old { "the old" } else { "another" },
+                    attribution::short(d)
+                );
+                let finding = Finding::new(Reason::ValueMismatch, Cause::Reported(detail));
+                self.fail(Stage::CanaryObserve, finding);
+            }
+        }
+        self.canary.entry(pod.to_string()).or_default().last = Some(answer);
+    }
+
+    /// Check the ESO grace period (see [`ESO_STATUS_GRACE`]).
+    pub fn tick(&mut self, now: Instant) {
+        if let Some(at) = self.eso_grace_from() {
+            if now >= at.at + ESO_STATUS_GRACE {
+                self.end(Stage::EsoSync, at);
+            }
+        }
+    }
+
+    /// When `eso_sync` ends by [`ESO_STATUS_GRACE`] if no later status
+    /// event comes: at the Secret's change when ESO's status came first;
+    /// or, when ESO reported a sync of our write but the Secret is gone
+    /// (deleted, and not recreated: e.g. `creationPolicy: None`), at ESO's
+    /// status (ESO did its part, the missing Secret is what fails the run).
+    fn eso_grace_from(&self) -> Option<Stamp> {
+        if self.ended(Stage::EsoSync).is_some() {
+            return None;
+        }
+        match (self.es_early, self.secret_new) {
+            (Some(_), Some(s)) => Some(s),
+            (Some(e), None) if self.secret_absent => Some(e),
+            _ => None,
+        }
+    }
+
+    fn stage_deadline(&self, stage: Stage, span: &Span) -> Instant {
+        let own = self.limits.get(&stage).map(|l| span.start.at + *l);
+        own.map_or(self.run_deadline, |d| d.min(self.run_deadline))
+    }
+
+    /// When the canary stage must be done.
+    pub fn canary_deadline(&self) -> Instant {
+        self.spans
+            .get(&Stage::CanaryObserve)
+            .map_or(self.run_deadline, |s| {
+                self.stage_deadline(Stage::CanaryObserve, s)
+            })
+    }
+
+    /// The `end_to_end` deadline, once the store write has started.
+    fn end_to_end_deadline(&self) -> Option<Instant> {
+        let limit = self.limits.get(&Stage::EndToEnd)?;
+        self.spans
+            .get(&Stage::StoreWrite)
+            .map(|s| s.start.at + *limit)
+    }
+
+    /// When the run next has to look without an event: the earliest deadline
+    /// or grace period.
+    pub fn next_wakeup(&self) -> Instant {
+        let mut next = self.run_deadline;
+        for (stage, span) in &self.spans {
+            if span.end.is_none() {
+                next = next.min(self.stage_deadline(*stage, span));
+            }
+        }
+        if let Some(at) = self.eso_grace_from() {
+            next = next.min(at.at + ESO_STATUS_GRACE);
+        }
+        if let Some(d) = self.end_to_end_deadline() {
+            next = next.min(d);
+        }
+        next
+    }
+
+    /// How the run ends now, if it does.
+    pub fn verdict(&self, now: Instant) -> Option<End> {
+        if let Some((s, f)) = &self.failed {
+            return Some(End::Failed(*s, f.clone()));
+        }
+        let all_done = self.plan.stages().iter().all(|s| self.ended(*s).is_some());
+        if all_done {
+            return Some(End::Success);
+        }
+        (now >= self.next_wakeup() && self.expired(now)).then_some(End::Deadline)
+    }
+
+    fn expired(&self, now: Instant) -> bool {
+        if now >= self.run_deadline {
+            return true;
+        }
+        if self.end_to_end_deadline().is_some_and(|d| now >= d) {
+            return true;
+        }
+        self.spans
+            .iter()
+            .any(|(stage, span)| span.end.is_none() && now >= self.stage_deadline(*stage, span))
+    }
+
+    /// The stages' timings, in chain order, then `end_to_end`.
+    pub fn timings(&self) -> Vec<StageTiming> {
+        let timing = |stage: Stage, start: Stamp, end: Option<Stamp>| StageTiming {
+            stage,
+            started_at: start.wall,
+            completed_at: end.map(|e| e.wall),
+            duration: end.map(|e| e.at.saturating_duration_since(start.at)),
+        };
+        let mut out: Vec<StageTiming> = self
+            .plan
+            .stages()
+            .into_iter()
+            .filter_map(|s| {
+                self.spans
+                    .get(&s)
+                    .map(|span| timing(s, span.start, span.end))
+            })
+            .collect();
+        if let Some(w) = self.spans.get(&Stage::StoreWrite) {
+            out.push(timing(
+                Stage::EndToEnd,
+                w.start,
+                self.ended(Stage::CanaryObserve),
+            ));
+        }
+        out
+    }
+}
