@@ -92,7 +92,7 @@ fn derive_config(
         })
         .collect();
     let path = lab.lab.dir.join(file);
-    std::fs::write(&path, serde_yaml::to_string(&c).unwrap()).unwrap();
+    std::fs::write(&path, serde_norway::to_string(&c).unwrap()).unwrap();
     path
 }
 

@@ -24,6 +24,7 @@ pub mod bins;
 pub mod lab;
 pub mod pki;
 pub mod process;
+pub mod registry;
 pub mod setup;
 pub mod webhook;
 
