@@ -196,6 +196,21 @@ async fn push_image(b: &Binaries, registry: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// The `helm test` Pod's output, from the node agent's container log (the
+/// node agent serves no kubelet API, so `helm test --logs` cannot fetch it).
+fn test_log(lab: &RealLab, ns: &str) -> String {
+    let f = lab
+        .dir
+        .join("pods")
+        .join(ns)
+        .join("secret-canary-test-once/once.log");
+    format!(
+        "\n--- {}\n{}",
+        f.display(),
+        std::fs::read_to_string(&f).unwrap_or_default()
+    )
+}
+
 /// Everything namespaced the chart could have left in `ns`.
 async fn leftovers(kubectl: &Path, kubeconfig: &Path, ns: &str) -> Vec<String> {
     let kinds = "deployments,replicasets,pods,services,configmaps,secrets,serviceaccounts,roles,rolebindings,networkpolicies,poddisruptionbudgets,leases,externalsecrets,secretstores";
@@ -273,6 +288,16 @@ async fn helm_install_on_the_real_cluster() {
             bao.put_kubernetes_role(&format!("{ns}-eso"), &format!("{release}-canary"), &ns, &r)
                 .await
                 .unwrap();
+            // The canary path exists before the install, as after a team's
+            // first `vault kv put`: on an empty path ESO's first sync creates
+            // the Secret (no Reloader rollout follows), and the prober's
+            // first run waits for a rollout until its deadline.
+            bao.kv_put(
+                &format!("{prefix}/eso-env"),
+                &serde_json::json!({"value": "seed"}),
+            )
+            .await
+            .unwrap();
         }
     };
 
@@ -289,11 +314,11 @@ async fn helm_install_on_the_real_cluster() {
             format!("store.address={vault}"),
             format!("store.auth.kubernetes.role={ns}-prober"),
             format!("secretStore.role={ns}-eso"),
-            // The prober's first run is at start; the next only after the
-            // test's `helm test` (whose `once` writes the same store path:
-            // a scheduled run in between would supersede its value, and
-            // that run would wait for it until its deadline).
-            "variants.esoEnv.interval=10m".to_string(),
+            // The default interval (1m): the first run one interval after
+            // start. `helm test` right after a passed run, so that the next
+            // scheduled run (which writes the same store path and would
+            // supersede the test's value) comes after the test's `once`.
+            "variants.esoEnv.interval=1m".to_string(),
         ]
     };
     let sets = |v: &[String]| {
@@ -333,13 +358,16 @@ async fn helm_install_on_the_real_cluster() {
         image,
         format!("{registry}/secret-canary:{}", env!("CARGO_PKG_VERSION")).as_str()
     );
-    wait_probe_passes(&client, ns, "eso-env", Duration::from_secs(180)).await;
+    wait_probe_passes(&client, ns, "eso-env", Duration::from_secs(240)).await;
 
     let (ok, text) = helm
-        .run(&["test", release, "-n", ns, "--logs", "--timeout", "4m"])
+        .run(&["test", release, "-n", ns, "--timeout", "4m"])
         .await;
     if !ok {
-        failures.push(format!("helm test (default values):\n{text}"));
+        failures.push(format!(
+            "helm test (default values):\n{text}{}",
+            test_log(&lab, ns)
+        ));
     }
 
     // helm upgrade with a changed probe: the prober rolls.
@@ -375,7 +403,7 @@ async fn helm_install_on_the_real_cluster() {
     })
     .await;
     eprintln!("prober rolled: {before:?} -> {after:?}");
-    wait_probe_passes(&client, ns, "eso-env", Duration::from_secs(180)).await;
+    wait_probe_passes(&client, ns, "eso-env", Duration::from_secs(240)).await;
 
     let (ok, text) = helm
         .run(&["uninstall", release, "-n", ns, "--wait", "--timeout", "3m"])
@@ -433,18 +461,19 @@ async fn helm_install_on_the_real_cluster() {
         .run(&args.iter().map(String::as_str).collect::<Vec<_>>())
         .await;
     if ok {
-        wait_probe_passes(&client, ns, "eso-env", Duration::from_secs(180)).await;
+        wait_probe_passes(&client, ns, "eso-env", Duration::from_secs(240)).await;
         assert_eq!(
             prober_pods(&client, ns).await.len(),
             2,
             "two prober replicas"
         );
         let (ok, text) = helm
-            .run(&["test", release, "-n", ns, "--logs", "--timeout", "4m"])
+            .run(&["test", release, "-n", ns, "--timeout", "4m"])
             .await;
         if !ok {
             failures.push(format!(
-                "helm test (ClusterSecretStore, prefix, 2 replicas):\n{text}"
+                "helm test (ClusterSecretStore, prefix, 2 replicas):\n{text}{}",
+                test_log(&lab, ns)
             ));
         }
         let _ = helm.run(&["uninstall", release, "-n", ns, "--wait"]).await;
