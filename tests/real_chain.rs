@@ -89,6 +89,15 @@ async fn eso_reloader_env_chain_passes_once_on_the_real_cluster() {
         started.elapsed().as_secs_f64()
     );
 
+    // Ready (every canary Deployment rolled out) within 20 s on an idle
+    // 2-core machine (measured 10.7-11.9 s); a generous bound here, as CI
+    // machines are shared.
+    assert!(
+        lab.ready_after < Duration::from_secs(60),
+        "ready after {:?}",
+        lab.ready_after
+    );
+
     // The DIR contract of the simulated lab.
     for f in [
         "kubeconfig",

@@ -61,6 +61,12 @@ enum Command {
         /// then left out of the scenario).
         #[arg(long, default_value = "Ignore", value_parser = ["Ignore", "Fail", "off"])]
         webhook_failure_policy: String,
+        /// With `--cluster real`: the node agent's sync period, after which
+        /// (plus up to 50 % jitter) Secret volumes are refreshed. The lab's
+        /// default is short for tests; the upstream kubelet's is `1m` (use it
+        /// for benchmarks).
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        node_sync_period: Duration,
     },
     /// Switch a fault on or off in a running lab.
     Fault {
@@ -119,6 +125,7 @@ async fn main() -> ExitCode {
             cluster: ClusterKind::Real,
             control_plane_only,
             webhook_failure_policy,
+            node_sync_period,
         } => {
             let canary_bin = if control_plane_only {
                 None
@@ -132,7 +139,15 @@ async fn main() -> ExitCode {
                 }
             };
             let webhook = (webhook_failure_policy != "off").then_some(webhook_failure_policy);
-            up_real(dir, scenario, api_port, canary_bin, webhook).await
+            up_real(
+                dir,
+                scenario,
+                api_port,
+                canary_bin,
+                webhook,
+                node_sync_period,
+            )
+            .await
         }
         Command::Fault { dir, name, state } => {
             admin(
@@ -206,12 +221,14 @@ async fn up_real(
     api_port: u16,
     canary_bin: Option<PathBuf>,
     webhook_failure_policy: Option<String>,
+    node_sync_period: Duration,
 ) -> anyhow::Result<()> {
     use secret_canary_lab::real::{lab::RealLab, RealOptions};
     let mut opts = RealOptions::new(&dir);
     opts.api_port = api_port;
     opts.canary_bin = canary_bin;
     opts.webhook_failure_policy = webhook_failure_policy;
+    opts.node.volume_sync_period = node_sync_period;
     opts.scenario = scenario;
     // Stop what was started on SIGTERM/SIGINT during the start too (dropping
     // the start kills every process it started).

@@ -659,10 +659,16 @@ pub(super) async fn mount_projected(run: &Arc<PodRun>, cancel: &CancellationToke
     }
 }
 
+/// Projected tokens are renewed after this much of their life (the
+/// kubelet's token manager renews at 80 % of the TTL; ours live 1 h).
+const TOKEN_RENEW_AFTER: Duration = Duration::from_secs(48 * 60);
+
 /// The kubelet's resync of Secret volumes: every sync period plus up to
 /// 50 % jitter, each Secret read with GET and the volume rewritten (atomic
-/// `..data` swap) when its content differs.
+/// `..data` swap) when its content differs. Projected volumes (the token)
+/// are rewritten when their token nears its end.
 pub(super) async fn volume_resync(run: Arc<PodRun>, cfg: &NodeConfig, cancel: CancellationToken) {
+    let mut tokens_written = tokio::time::Instant::now();
     let vols: Vec<(String, k8s_openapi::api::core::v1::SecretVolumeSource)> = run
         .spec
         .volumes
@@ -670,14 +676,19 @@ pub(super) async fn volume_resync(run: Arc<PodRun>, cfg: &NodeConfig, cancel: Ca
         .flatten()
         .filter_map(|v| v.secret.clone().map(|s| (v.name.clone(), s)))
         .collect();
-    if vols.is_empty() {
-        return;
-    }
     loop {
         let period = cfg.volume_sync_period;
         let jitter = period.mul_f64(rand::rng().random_range(0.0..0.5));
         if !sleep_or_cancel(period + jitter, &cancel).await {
             return;
+        }
+        if tokens_written.elapsed() >= TOKEN_RENEW_AFTER {
+            match try_mount_projected(&run).await {
+                Ok(()) => tokens_written = tokio::time::Instant::now(),
+                Err(e) => {
+                    tracing::warn!(ns = %run.ns, pod = %run.name, error = %e, "node agent: token renewal failed; retrying")
+                }
+            }
         }
         for (vol_name, sv) in &vols {
             let name = sv.secret_name.clone().unwrap_or_default();
