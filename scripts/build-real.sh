@@ -9,6 +9,8 @@
 #   etcd-<v>/        etcd
 #   helm-<v>/        helm
 #   eso-<v>/         external-secrets, crds/*.yaml (from the same module version)
+#   ggcr-<v>/        crane, registry (go-containerregistry: the image tooling of
+#                    scripts/build-image.sh and the lab's loopback OCI registry)
 #
 # A component whose directory exists is skipped, so a second run is instant.
 # Each build goes to a temporary directory renamed into place only when
@@ -39,13 +41,14 @@ logs=$cache/logs
 jobs=${SECRET_CANARY_GO_JOBS:-2}
 
 # component -> version, in build order (the control plane first: it is needed first).
-components=(kubernetes etcd helm eso)
+components=(kubernetes etcd helm eso ggcr)
 version_of() {
   case $1 in
     kubernetes) echo "$KUBERNETES" ;;
     etcd) echo "$ETCD" ;;
     helm) echo "$HELM" ;;
     eso) echo "$ESO" ;;
+    ggcr) echo "$GGCR" ;;
   esac
 }
 dir_of() { echo "$cache/$1-$(version_of "$1")"; }
@@ -110,6 +113,7 @@ check_pin k8s k8s.io/kubernetes "$KUBERNETES"
 check_pin etcd go.etcd.io/etcd/server/v3 "$ETCD"
 check_pin helm helm.sh/helm/v3 "$HELM"
 check_pin eso github.com/external-secrets/external-secrets "$ESO"
+check_pin ggcr github.com/google/go-containerregistry "$GGCR"
 
 now() { date +%s.%N; }
 timer=()
@@ -148,6 +152,10 @@ build_helm() {
 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=$km -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$kn \
 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=$km -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$kn" \
     helm.sh/helm/v3/cmd/helm helm
+}
+build_ggcr() {
+  gobuild ggcr ggcr "$1" "" github.com/google/go-containerregistry/cmd/crane crane
+  gobuild ggcr ggcr "$1" "" github.com/google/go-containerregistry/cmd/registry registry
 }
 build_eso() {
   gobuild eso eso "$1" "" github.com/external-secrets/external-secrets external-secrets || return

@@ -117,7 +117,12 @@ enum Command {
         file: PathBuf,
     },
     /// The canary workload: serves the SHA-256 digest of the secret value it sees.
-    Canary(secret_canary::canary::CanaryArgs),
+    Canary {
+        #[command(flatten)]
+        args: secret_canary::canary::CanaryArgs,
+        #[command(flatten)]
+        log: LogArgs,
+    },
 }
 
 fn main() -> ExitCode {
@@ -243,9 +248,10 @@ fn main() -> ExitCode {
                 }
             })
         }
-        Command::Canary(args) => runtime(|cancel| async move {
+        Command::Canary { args, log } => runtime(|cancel| async move {
             // The canary logs what it serves and when it stops, never the value.
-            if let Err(e) = telemetry::init(LogFormat::Text, "info") {
+            let level = log.log_level.as_deref().unwrap_or("info");
+            if let Err(e) = telemetry::init(log.log_format, level) {
                 eprintln!("secret-canary canary: {e}");
             }
             match secret_canary::canary::run(args, cancel).await {

@@ -230,7 +230,7 @@ fn rules_only_use_metrics_the_prober_exports_or_the_rules_record() {
 
 /// Alert names in an inhibition rule's matchers: `alertname="A"` or
 /// `alertname=~"A|B"`.
-fn matcher_alerts(matchers: &serde_yaml::Value) -> Vec<String> {
+fn matcher_alerts(matchers: &serde_norway::Value) -> Vec<String> {
     matchers
         .as_sequence()
         .into_iter()

@@ -278,3 +278,27 @@ async fn file_source_long_poll_wakes_within_milliseconds_of_an_atomic_swap() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[tokio::test]
+async fn log_format_json_gives_json_lines_without_the_value() {
+    let dir = tempdir("json-logs");
+    let value = secret_value();
+    let canary = Canary::start(
+        &dir,
+        &["--from-env", "CANARY_VALUE", "--log-format", "json"],
+        &[("CANARY_VALUE", &value)],
+    )
+    .await;
+    let (status, _) = canary.get("/readyz").await;
+    assert_eq!(status, 200);
+    let (_, output) = canary.terminate().await;
+    let lines: Vec<&str> = output.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "the canary logged nothing");
+    for l in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l}"));
+        assert!(v.get("level").is_some(), "no level: {l}");
+    }
+    assert!(!output.contains(&value), "the value leaked: {output}");
+    std::fs::remove_dir_all(&dir).ok();
+}

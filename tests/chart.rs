@@ -48,7 +48,7 @@ fn merge(base: &mut Value, over: &Value) {
 /// The chart's values.yaml with `overrides` merged in.
 fn values_with(overrides: &Value) -> Value {
     let text = ops::read(&chart_dir().join("values.yaml"));
-    let mut values: Value = serde_yaml::from_str(&text).unwrap();
+    let mut values: Value = serde_norway::from_str(&text).unwrap();
     merge(&mut values, overrides);
     values
 }
@@ -204,7 +204,7 @@ impl Rendered {
 }
 
 fn yaml_docs(text: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(text)
+    serde_norway::Deserializer::from_str(text)
         .map(|d| Value::deserialize(d).unwrap_or_else(|e| panic!("bad YAML document: {e}\n{text}")))
         .filter(|v| !v.is_null())
         .collect()
@@ -988,7 +988,7 @@ fn prometheus_rule_and_dashboard_configmap_carry_the_sources() {
             "https://github.com/secret-canary/secret-canary/blob/main/docs/runbooks.md",
             "https://runbooks.example/secret-canary.md",
         );
-        let doc: Value = serde_yaml::from_str(&text).unwrap();
+        let doc: Value = serde_norway::from_str(&text).unwrap();
         expected.extend(doc["groups"].as_array().unwrap().clone());
     }
     assert_eq!(
@@ -1020,7 +1020,7 @@ fn prometheus_rule_and_dashboard_configmap_carry_the_sources() {
 fn the_default_image_is_the_dockerfiles() {
     let values = values_with(&json!({}));
     let dockerfile = ops::read(&ops::root().join("Dockerfile"));
-    let chart: Value = serde_yaml::from_str(&ops::read(&chart_dir().join("Chart.yaml"))).unwrap();
+    let chart: Value = serde_norway::from_str(&ops::read(&chart_dir().join("Chart.yaml"))).unwrap();
     assert_eq!(values["image"]["registry"], "ghcr.io");
     assert_eq!(values["image"]["repository"], "secret-canary/secret-canary");
     assert_eq!(values["image"]["tag"], "", "the tag defaults to appVersion");
@@ -1791,7 +1791,7 @@ fn common_labels_topology_spread_and_revision_history() {
 
 #[test]
 fn chart_yaml_names_home_and_sources() {
-    let chart: Value = serde_yaml::from_str(&ops::read(&chart_dir().join("Chart.yaml"))).unwrap();
+    let chart: Value = serde_norway::from_str(&ops::read(&chart_dir().join("Chart.yaml"))).unwrap();
     assert!(
         chart["home"]
             .as_str()
@@ -1820,7 +1820,8 @@ fn the_chart_readme_is_generated_from_values_and_current() {
     );
     // Every leaf key of values.yaml has a row.
     let readme = ops::read(&chart_dir().join("README.md"));
-    let values: Value = serde_yaml::from_str(&ops::read(&chart_dir().join("values.yaml"))).unwrap();
+    let values: Value =
+        serde_norway::from_str(&ops::read(&chart_dir().join("values.yaml"))).unwrap();
     fn leaves(v: &Value, at: String, out: &mut Vec<String>) {
         match v {
             Value::Object(m) if !m.is_empty() => {
@@ -1929,7 +1930,7 @@ fn alert_values_change_the_rules_and_defaults_keep_the_source() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("rendered.rules.yml");
     let groups = &r.of_kind("PrometheusRule")[0]["spec"];
-    std::fs::write(&f, serde_yaml::to_string(groups).unwrap()).unwrap();
+    std::fs::write(&f, serde_norway::to_string(groups).unwrap()).unwrap();
     ops::run_ok(
         Command::new(ops::promtool())
             .args(["check", "rules"])

@@ -107,7 +107,7 @@ fn derive_config(
         })
         .collect();
     let path = lab.lab.dir.join(file);
-    std::fs::write(&path, serde_yaml::to_string(&c).unwrap()).unwrap();
+    std::fs::write(&path, serde_norway::to_string(&c).unwrap()).unwrap();
     path
 }
 
@@ -1538,7 +1538,7 @@ async fn forbidden_row(lab: &TestLab) -> Row {
     );
     let mut c = Config::load(&config).unwrap();
     c.kubernetes.kubeconfig = Some(kubeconfig);
-    std::fs::write(&config, serde_yaml::to_string(&c).unwrap()).unwrap();
+    std::fs::write(&config, serde_norway::to_string(&c).unwrap()).unwrap();
     let mut prober = Prober::start(
         &config,
         &lab.lab.dir.join("logs/prober-issue11-sa.log"),

@@ -525,7 +525,7 @@ async fn one_outage(outage: Outage) -> (Notes, std::collections::BTreeSet<String
         p.store.timeout = Some(Duration::from_millis(1500));
     }
     let config_path = dir.join("prober-outage.yaml");
-    std::fs::write(&config_path, serde_yaml::to_string(&config).unwrap()).unwrap();
+    std::fs::write(&config_path, serde_norway::to_string(&config).unwrap()).unwrap();
     let prober = support::prober::Prober::start(
         &config_path,
         &dir.join("prober-outage.log"),

@@ -148,7 +148,7 @@ pub fn scenario_yaml(
             {"name": "canary-bankvaults", "service_account": "canary-bankvaults", "namespace": NAMESPACE, "policy": "read-canary"},
         ],
     });
-    serde_yaml::to_string(&doc).unwrap_or_default()
+    serde_norway::to_string(&doc).unwrap_or_default()
 }
 
 /// Base64 for the one Secret the bench writes (no extra dependency).
@@ -293,7 +293,7 @@ pub fn shared_prober_yaml(chains: &[Chain], probes: usize, spec: &ProberSpec<'_>
     let n = chains.len().max(1);
     let period = spec.interval.as_secs().max(1);
     let shares = probes.div_ceil(n).max(1) as u64;
-    let mut doc: Value = serde_yaml::from_str(&prober_yaml(chains, spec)).unwrap_or_default();
+    let mut doc: Value = serde_norway::from_str(&prober_yaml(chains, spec)).unwrap_or_default();
     let Some(list) = doc["probes"].as_array().cloned() else {
         return String::new();
     };
@@ -310,7 +310,7 @@ pub fn shared_prober_yaml(chains: &[Chain], probes: usize, spec: &ProberSpec<'_>
         })
         .collect();
     doc["probes"] = json!(out);
-    serde_yaml::to_string(&doc).unwrap_or_default()
+    serde_norway::to_string(&doc).unwrap_or_default()
 }
 
 /// A prober config with one probe per chain, named after the chain.
@@ -368,7 +368,7 @@ pub fn prober_yaml(chains: &[Chain], spec: &ProberSpec<'_>) -> String {
         "kubernetes": {"kubeconfig": spec.kubeconfig},
         "probes": probes,
     });
-    serde_yaml::to_string(&doc).unwrap_or_default()
+    serde_norway::to_string(&doc).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -19,6 +19,12 @@ Vault must let the prober write `<store.mount>/data/<store.pathPrefix>/*`
 and ESO read it (docs/real-cluster.md has the commands); `helm install`
 prints what exactly in its notes.
 
+`helm uninstall` removes every object of the release except the Pod of the
+last `helm test` (`<fullname>-test-once`): Helm never deletes test hooks on
+uninstall, and the chart keeps that Pod until the next `helm test` so that
+`--logs` can read it. Remove it with
+`kubectl -n NAMESPACE delete pod -l app.kubernetes.io/component=test`.
+
 ## Image
 
 `image.registry`/`image.repository`:`image.tag` (default: the chart's
@@ -31,6 +37,18 @@ docker build -t registry.example/secret-canary:{{APP_VERSION}} .
 docker push registry.example/secret-canary:{{APP_VERSION}}
 helm install ... --set image.registry=registry.example --set image.repository=secret-canary
 # kind: kind load docker-image secret-canary:{{APP_VERSION}}; --set image.registry= --set image.repository=secret-canary
+```
+
+Without a container engine, `scripts/build-image.sh` builds the same image:
+a static binary (`cargo build --release --target x86_64-unknown-linux-gnu`
+with `+crt-static`) in one layer on an empty base, entrypoint
+`/usr/local/bin/secret-canary`, user `65532:65532`, assembled and pushed by
+`crane` (go-containerregistry, built by `scripts/build-real.sh`); it prints
+the pushed image by digest, for `image.digest`:
+
+```sh
+crane auth login registry.example -u USER -p TOKEN    # once
+scripts/build-image.sh registry.example/secret-canary:{{APP_VERSION}}
 ```
 
 ## What the chart adapts to

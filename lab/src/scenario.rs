@@ -26,7 +26,7 @@ pub enum Error {
     },
     /// The YAML is not a scenario.
     #[error("invalid scenario: {0}")]
-    Parse(#[from] serde_yaml::Error),
+    Parse(#[from] serde_norway::Error),
     /// An object lacks apiVersion, kind or metadata.name.
     #[error("invalid scenario: objects[{index}] needs apiVersion, kind and metadata.name")]
     Object {
@@ -87,7 +87,7 @@ impl Scenario {
         for (k, v) in vars {
             text = text.replace(&format!("${{{k}}}"), v);
         }
-        let s: Scenario = serde_yaml::from_str(&text)?;
+        let s: Scenario = serde_norway::from_str(&text)?;
         for (index, o) in s.objects.iter().enumerate() {
             let ok = o.get("apiVersion").and_then(|v| v.as_str()).is_some()
                 && o.get("kind").and_then(|v| v.as_str()).is_some()

@@ -119,9 +119,9 @@ pub struct StoreConfig {
     pub timeout: Option<Duration>,
     /// How to log in: `{token: {env: VAULT_TOKEN}}`, `{token: {file: /path}}`,
     /// `{kubernetes: {role: canary}}` or `{approle: {role_id: .., secret_id: {file: ..}}}`.
-    // serde_yaml 0.9 reads an enum nested in an enum only as a YAML tag
+    // serde_norway 0.9 reads an enum nested in an enum only as a YAML tag
     // (`!env X`); the singleton-map form is what people write.
-    #[serde(with = "serde_yaml::with::singleton_map_recursive")]
+    #[serde(with = "serde_norway::with::singleton_map_recursive")]
     pub auth: StoreAuth,
 }
 
@@ -321,7 +321,7 @@ pub enum ConfigError {
         line: Option<usize>,
         /// 1-based column of the error, when known.
         column: Option<usize>,
-        /// serde_yaml's message: field path, what is wrong, line and column.
+        /// serde_norway's message: field path, what is wrong, line and column.
         message: String,
     },
     /// Well-formed but inconsistent: every problem found, each naming its field.
@@ -387,7 +387,7 @@ impl Config {
         origin: impl AsRef<std::path::Path>,
     ) -> Result<Config, ConfigError> {
         let origin = origin.as_ref();
-        let config: Config = serde_yaml::from_str(text).map_err(|e| {
+        let config: Config = serde_norway::from_str(text).map_err(|e| {
             let location = e.location();
             ConfigError::Syntax {
                 path: origin.to_path_buf(),

@@ -49,7 +49,7 @@ fn seed() -> impl Strategy<Value = &'static str> {
     proptest::sample::select(SEEDS)
 }
 
-/// The config path serde_yaml and the validator use for a node
+/// The config path serde_norway and the validator use for a node
 /// (`probes[1].store.auth`).
 fn config_path(path: &[Seg]) -> String {
     let mut s = String::new();
@@ -199,7 +199,7 @@ proptest! {
     #[test]
     fn config_arbitrary_documents(doc in any_json(), wrap in any::<bool>()) {
         let doc = if wrap { json!({"probes": [doc]}) } else { doc };
-        let text = serde_yaml::to_string(&doc).unwrap();
+        let text = serde_norway::to_string(&doc).unwrap();
         if let Err(e) = Config::from_yaml(&text, "fuzz.yaml") {
             assert_names_something(&e);
         }
@@ -222,9 +222,9 @@ proptest! {
     /// the validator's field).
     #[test]
     fn config_mutated_structure(seed in seed(), pick in any::<prop::sample::Index>(), m in mutation()) {
-        let mut doc: Value = serde_yaml::from_str(seed).unwrap();
+        let mut doc: Value = serde_norway::from_str(seed).unwrap();
         let path = mutate(&mut doc, pick, m);
-        let text = serde_yaml::to_string(&doc).unwrap();
+        let text = serde_norway::to_string(&doc).unwrap();
         if let Err(e) = Config::from_yaml(&text, "fuzz.yaml") {
             assert_names_something(&e);
             if path.len() >= 2 && matches!(&path[0], Seg::Key(k) if k == "probes") {

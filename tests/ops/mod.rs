@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::Value as Json;
-use serde_yaml::Value as Yaml;
+use serde_norway::Value as Yaml;
 
 /// The repository root (the product crate's manifest directory).
 pub fn root() -> PathBuf {
@@ -116,7 +116,7 @@ pub fn read(path: &Path) -> String {
 }
 
 pub fn yaml(path: &Path) -> Yaml {
-    serde_yaml::from_str(&read(path)).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    serde_norway::from_str(&read(path)).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 pub fn json(path: &Path) -> Json {
@@ -145,7 +145,7 @@ fn string_map(v: Option<&Yaml>) -> BTreeMap<String, String> {
                 .map(|(k, v)| {
                     let v = match v {
                         Yaml::String(s) => s.clone(),
-                        other => serde_yaml::to_string(other).unwrap().trim().to_string(),
+                        other => serde_norway::to_string(other).unwrap().trim().to_string(),
                     };
                     (k.as_str().unwrap_or_default().to_string(), v)
                 })
@@ -345,19 +345,19 @@ pub fn recording_rules_file(queries: &[PanelQuery], vars: &Vars) -> String {
         .iter()
         .enumerate()
         .map(|(i, q)| {
-            let mut m = serde_yaml::Mapping::new();
+            let mut m = serde_norway::Mapping::new();
             m.insert("record".into(), format!("dashboard_query:{i}").into());
             m.insert("expr".into(), substitute(&q.expr, vars).into());
             Yaml::Mapping(m)
         })
         .collect();
-    let mut g = serde_yaml::Mapping::new();
+    let mut g = serde_norway::Mapping::new();
     g.insert("name".into(), "dashboard-queries".into());
     g.insert("rules".into(), Yaml::Sequence(rules));
     groups.push(Yaml::Mapping(g));
-    let mut doc = serde_yaml::Mapping::new();
+    let mut doc = serde_norway::Mapping::new();
     doc.insert("groups".into(), Yaml::Sequence(groups));
-    serde_yaml::to_string(&Yaml::Mapping(doc)).unwrap()
+    serde_norway::to_string(&Yaml::Mapping(doc)).unwrap()
 }
 
 /// Anchors of a Markdown file, as GitHub makes them from headings (lower

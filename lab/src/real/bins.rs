@@ -19,6 +19,8 @@ pub struct Versions {
     pub eso: String,
     /// Helm.
     pub helm: String,
+    /// go-containerregistry (`crane`, `registry`).
+    pub ggcr: String,
 }
 
 impl Versions {
@@ -37,6 +39,7 @@ impl Versions {
             etcd: get("ETCD"),
             eso: get("ESO"),
             helm: get("HELM"),
+            ggcr: get("GGCR"),
         }
     }
 }
@@ -58,6 +61,10 @@ pub enum Binary {
     ExternalSecrets,
     /// Helm.
     Helm,
+    /// go-containerregistry's loopback OCI registry.
+    Registry,
+    /// go-containerregistry's `crane` (scripts/build-image.sh).
+    Crane,
 }
 
 impl Binary {
@@ -74,6 +81,8 @@ impl Binary {
             Binary::Kubectl => (format!("kubernetes-{}", v.kubernetes), "kubectl"),
             Binary::ExternalSecrets => (format!("eso-{}", v.eso), "external-secrets"),
             Binary::Helm => (format!("helm-{}", v.helm), "helm"),
+            Binary::Registry => (format!("ggcr-{}", v.ggcr), "registry"),
+            Binary::Crane => (format!("ggcr-{}", v.ggcr), "crane"),
         }
     }
 }
@@ -157,7 +166,7 @@ mod tests {
     #[test]
     fn versions_are_pinned() {
         let v = Versions::pinned();
-        for x in [&v.kubernetes, &v.etcd, &v.eso, &v.helm] {
+        for x in [&v.kubernetes, &v.etcd, &v.eso, &v.helm, &v.ggcr] {
             assert!(x.starts_with('v'), "{v:?}");
         }
     }

@@ -116,6 +116,10 @@ pub struct RealLabInfo {
     /// Scenario Deployments left out on this cluster, and why.
     #[serde(default)]
     pub skipped: Vec<String>,
+    /// The OCI registry the node agent pulls from (`127.0.0.1:PORT`; empty:
+    /// none, go-containerregistry is not built).
+    #[serde(default)]
+    pub registry: String,
 }
 
 /// A running real-cluster lab.
@@ -137,6 +141,8 @@ pub struct RealLab {
     pub ready_after: Duration,
     /// Scenario Deployments left out, with the reason.
     pub skipped: Vec<String>,
+    /// The OCI registry the node agent pulls from (`127.0.0.1:PORT`).
+    pub registry: Option<String>,
     cancel: CancellationToken,
     tasks: Vec<(&'static str, JoinHandle<()>)>,
 }
@@ -199,6 +205,7 @@ impl RealLab {
             truth,
             ready_after: Duration::ZERO,
             skipped: Vec::new(),
+            registry: None,
             cancel: CancellationToken::new(),
             tasks: Vec::new(),
         };
@@ -267,6 +274,19 @@ impl RealLab {
             .map_err(|e| ClusterError::Client(e.to_string()))?;
         let mut node_cfg = opts.node.clone();
         node_cfg.kubelet_version = self.cluster.binaries.versions.kubernetes.clone();
+        // The OCI registry of images the node agent pulls.
+        let logs = self.dir.join("logs");
+        let registry =
+            super::registry::start(&self.cluster.binaries, &logs, opts.ready_timeout).await?;
+        if let Some((proc, addr)) = registry {
+            self.cluster.procs.push(proc);
+            node_cfg.images = Some(super::registry::node_images(
+                &self.cluster,
+                &addr,
+                &self.dir,
+            ));
+            self.registry = Some(addr);
+        }
         let (truth, dir, vault_addr) = (
             self.truth.clone(),
             self.dir.clone(),
@@ -532,6 +552,7 @@ impl RealLab {
                 ("etcd", &v.etcd),
                 ("eso", &v.eso),
                 ("helm", &v.helm),
+                ("ggcr", &v.ggcr),
             ]
             .into_iter()
             .map(|(k, v)| (k.to_string(), v.clone()))
@@ -550,6 +571,7 @@ impl RealLab {
             lab_ready_ms: self.ready_after.as_millis() as u64,
             tasks: self.tasks.iter().map(|(n, _)| n.to_string()).collect(),
             skipped: self.skipped.clone(),
+            registry: self.registry.clone().unwrap_or_default(),
         };
         // Written last: its presence means "ready".
         w(
@@ -630,7 +652,7 @@ pub fn prober_without(text: &str, dropped: &[String]) -> String {
     if dropped.is_empty() {
         return text.to_string();
     }
-    let Ok(mut v) = serde_yaml::from_str::<serde_yaml::Value>(text) else {
+    let Ok(mut v) = serde_norway::from_str::<serde_norway::Value>(text) else {
         return text.to_string();
     };
     if let Some(probes) = v.get_mut("probes").and_then(|p| p.as_sequence_mut()) {
@@ -645,7 +667,7 @@ pub fn prober_without(text: &str, dropped: &[String]) -> String {
             })
         });
     }
-    let body = serde_yaml::to_string(&v).unwrap_or_else(|_| text.to_string());
+    let body = serde_norway::to_string(&v).unwrap_or_else(|_| text.to_string());
     format!(
         "# Written by secret-canary-lab (real cluster); left out: {}\n{body}",
         dropped.join(", ")

@@ -27,6 +27,7 @@ pub mod faults;
 pub mod lab;
 pub mod pki;
 pub mod process;
+pub mod registry;
 pub mod setup;
 pub mod webhook;
 

@@ -206,7 +206,7 @@ pub fn read_crds(dir: &Path) -> Result<Vec<Value>, Error> {
             path: f.display().to_string(),
             source,
         })?;
-        for doc in serde_yaml::Deserializer::from_str(&text) {
+        for doc in serde_norway::Deserializer::from_str(&text) {
             let v: Value = serde::Deserialize::deserialize(doc)
                 .map_err(|e| client_err(&format!("CRD file {}", f.display()), e))?;
             if v.get("kind").and_then(Value::as_str) == Some("CustomResourceDefinition") {

@@ -54,6 +54,12 @@ pub(crate) fn image_is_canary(image: &str) -> bool {
 }
 
 pub(super) async fn prepare(run: &PodRun, c: &Container) -> Result<Launch, PrepError> {
+    // An image of the lab's registry: pulled and run inside its rootfs.
+    if let Some(rt) = run.kl.node.as_ref().and_then(|n| n.images.clone()) {
+        if rt.serves(c.image.as_deref().unwrap_or_default()).is_some() {
+            return super::runtime::prepare(run, c, &rt).await;
+        }
+    }
     if run.kl.node.is_some() {
         super::node::pull_image(c).map_err(PrepError::Image)?;
     }

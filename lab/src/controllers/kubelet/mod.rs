@@ -42,11 +42,13 @@
 mod atomic_writer;
 mod container;
 mod env;
+pub mod image;
 mod ip_pool;
 mod mounts;
 pub mod node;
 mod pod;
 mod readiness;
+mod runtime;
 mod secrets;
 mod status;
 mod supervise;

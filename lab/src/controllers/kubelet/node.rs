@@ -67,6 +67,9 @@ pub struct NodeConfig {
     pub image_pull_backoff: Duration,
     /// `status.nodeInfo.kubeletVersion`.
     pub kubelet_version: String,
+    /// Images of the lab's registry, pulled and run in their rootfs
+    /// ([`super::image`], [`super::runtime`]); `None`: none.
+    pub images: Option<std::sync::Arc<super::image::ImageRuntime>>,
 }
 
 impl NodeConfig {
@@ -80,6 +83,7 @@ impl NodeConfig {
             status_period: Duration::from_secs(10),
             image_pull_backoff: Duration::from_secs(10),
             kubelet_version: "v0.0.0-secret-canary-lab".into(),
+            images: None,
         }
     }
 

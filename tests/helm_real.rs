@@ -1,0 +1,539 @@
+//! `helm install` of charts/secret-canary on the real cluster tier, as a
+//! platform team would run it: the image built by scripts/build-image.sh
+//! (the binary cargo built for these tests, in an OCI image assembled by
+//! crane) and pushed to the real lab's loopback registry; the node agent
+//! pulls it and runs its entrypoint in the image's rootfs; the prober runs
+//! in the cluster as the chart deploys it, with only the chart's Role, and
+//! authenticates to OpenBao with its ServiceAccount token.
+//!
+//! One real lab, several releases in turn, each in its own namespace:
+//! - default values (the real tier has no monitoring CRDs, so this is also
+//!   "a cluster without the Prometheus Operator"; ESO v0.16.2 serves only
+//!   external-secrets.io/v1beta1, so the API version is detected): install
+//!   succeeds, the prober's /probes shows its probe passing, `helm test`
+//!   passes, `helm upgrade` with a changed probe rolls the prober, `helm
+//!   uninstall` leaves nothing in the namespace;
+//! - ClusterSecretStore, a custom path prefix, two replicas with leader
+//!   election: install, probe passing (on the leader), `helm test`;
+//! - an image the registry does not have: ErrImagePull / ImagePullBackOff.
+//!
+//! Needs the real binaries (scripts/build-real.sh, with helm and
+//! go-containerregistry); without them: SKIP, loudly, unless
+//! SECRET_CANARY_REQUIRE_REAL is set.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::ListParams;
+use kube::Api;
+use secret_canary_lab::real::lab::RealLab;
+use secret_canary_lab::real::{Binaries, Binary, RealOptions};
+use serde_json::Value;
+
+fn real_binaries() -> Option<Binaries> {
+    let b = Binaries::pinned();
+    let missing: Vec<String> = [
+        Binary::Etcd,
+        Binary::KubeApiserver,
+        Binary::KubeControllerManager,
+        Binary::KubeScheduler,
+        Binary::ExternalSecrets,
+        Binary::Helm,
+        Binary::Registry,
+        Binary::Crane,
+    ]
+    .into_iter()
+    .filter_map(|x| b.require(x).err().map(|e| e.path))
+    .collect();
+    if missing.is_empty() {
+        return Some(b);
+    }
+    let msg = format!(
+        "the real cluster's binaries are not built: {}; run scripts/build-real.sh",
+        missing.join(", ")
+    );
+    if std::env::var_os("SECRET_CANARY_REQUIRE_REAL").is_some() {
+        panic!("{msg} (SECRET_CANARY_REQUIRE_REAL is set)");
+    }
+    eprintln!("\n********************************************************************");
+    eprintln!("SKIP (helm install on the real cluster): {msg}");
+    eprintln!("********************************************************************\n");
+    None
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+struct Helm {
+    bin: PathBuf,
+    kubeconfig: PathBuf,
+    home: PathBuf,
+}
+
+impl Helm {
+    /// Run helm; returns (success, stdout+stderr).
+    async fn run(&self, args: &[&str]) -> (bool, String) {
+        let out = tokio::process::Command::new(&self.bin)
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("HELM_CACHE_HOME", self.home.join("cache"))
+            .env("HELM_CONFIG_HOME", self.home.join("config"))
+            .env("HELM_DATA_HOME", self.home.join("data"))
+            .kill_on_drop(true)
+            .output()
+            .await
+            .expect("helm runs");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!("$ helm {}\n{text}", args.join(" "));
+        (out.status.success(), text)
+    }
+}
+
+/// Poll `check` until it returns `Some`, or panic naming `what`.
+async fn wait<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let start = Instant::now();
+    loop {
+        match check().await {
+            Ok(v) => return v,
+            Err(e) if start.elapsed() > limit => panic!("{what}: not after {limit:?}: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+}
+
+/// `/probes` of every Running prober Pod of `release` in `ns`, by Pod IP.
+async fn probes(client: &kube::Client, ns: &str) -> Result<Vec<Value>, String> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let list = pods
+        .list(&ListParams::default().labels("app.kubernetes.io/component=prober"))
+        .await
+        .map_err(|e| e.to_string())?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let mut out = Vec::new();
+    for p in list.items {
+        let Some(ip) = p.status.as_ref().and_then(|s| s.pod_ip.clone()) else {
+            continue;
+        };
+        let url = format!("http://{ip}:9850/probes");
+        if let Ok(r) = http.get(&url).send().await {
+            if let Ok(v) = r.json::<Value>().await {
+                out.push(v);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Wait until some prober Pod reports a passed run of `probe`.
+async fn wait_probe_passes(client: &kube::Client, ns: &str, probe: &str, limit: Duration) {
+    let what = format!("a passed run of {probe} in {ns}/probes");
+    let view = wait(limit, &what, || async {
+        let views = probes(client, ns).await?;
+        for v in &views {
+            for p in v["probes"].as_array().into_iter().flatten() {
+                if p["name"] == probe && p["last_run"]["passed"] == true {
+                    return Ok(p.clone());
+                }
+            }
+        }
+        Err(format!("{views:?}"))
+    })
+    .await;
+    eprintln!(
+        "{ns}: {probe} passed in the cluster: {}",
+        serde_json::to_string(&view["last_run"]["stages"]).unwrap_or_default()
+    );
+}
+
+async fn prober_pods(client: &kube::Client, ns: &str) -> Vec<String> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    pods.list(&ListParams::default().labels("app.kubernetes.io/component=prober"))
+        .await
+        .map(|l| {
+            l.items
+                .into_iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .filter_map(|p| p.metadata.name)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Build the image from the binary cargo built for these tests and push it.
+async fn push_image(b: &Binaries, registry: &str) -> String {
+    let crane = b.require(Binary::Crane).unwrap();
+    let out = tokio::process::Command::new(repo().join("scripts/build-image.sh"))
+        .arg("--binary")
+        .arg(support::canary_bin())
+        .arg("--crane")
+        .arg(&crane)
+        .arg(format!(
+            "{registry}/secret-canary:{}",
+            env!("CARGO_PKG_VERSION")
+        ))
+        .output()
+        .await
+        .expect("build-image.sh runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stderr}");
+    assert!(out.status.success(), "build-image.sh failed:\n{stderr}");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The `helm test` Pod's output, from the node agent's container log (the
+/// node agent serves no kubelet API, so `helm test --logs` cannot fetch it).
+fn test_log(lab: &RealLab, ns: &str) -> String {
+    let f = lab
+        .dir
+        .join("pods")
+        .join(ns)
+        .join("secret-canary-test-once/once.log");
+    format!(
+        "\n--- {}\n{}",
+        f.display(),
+        std::fs::read_to_string(&f).unwrap_or_default()
+    )
+}
+
+/// Everything namespaced the chart could have left in `ns`.
+async fn leftovers(kubectl: &Path, kubeconfig: &Path, ns: &str) -> Vec<String> {
+    let kinds = "deployments,replicasets,pods,services,configmaps,secrets,serviceaccounts,roles,rolebindings,networkpolicies,poddisruptionbudgets,leases,externalsecrets,secretstores";
+    let out = tokio::process::Command::new(kubectl)
+        .args(["--kubeconfig"])
+        .arg(kubeconfig)
+        .args(["get", kinds, "-n", ns, "-o", "name"])
+        .output()
+        .await
+        .expect("kubectl runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        // What every namespace has.
+        .filter(|l| l != "configmap/kube-root-ca.crt" && l != "serviceaccount/default")
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn helm_install_on_the_real_cluster() {
+    let Some(bins) = real_binaries() else { return };
+    support::init_tracing();
+    let dir = tempfile::Builder::new()
+        .prefix("secret-canary-helm-")
+        .tempdir()
+        .expect("temp dir");
+    let mut opts = RealOptions::new(dir.path());
+    opts.canary_bin = Some(support::canary_bin());
+    // The chart's chains only: no Bank-Vaults webhook.
+    opts.webhook_failure_policy = None;
+    let t = Instant::now();
+    let lab = RealLab::start(opts).await.expect("the real lab starts");
+    eprintln!("real lab ready in {:.1} s", t.elapsed().as_secs_f64());
+    let registry = lab.registry.clone().expect("the real lab runs a registry");
+
+    let t = Instant::now();
+    let by_digest = push_image(&bins, &registry).await;
+    eprintln!(
+        "image {by_digest} built and pushed in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let digest = by_digest.rsplit('@').next().unwrap().to_string();
+
+    let helm = Helm {
+        bin: bins.require(Binary::Helm).unwrap(),
+        kubeconfig: lab.cluster.kubeconfig.clone(),
+        home: dir.path().join("helm"),
+    };
+    let kubectl = bins.require(Binary::Kubectl).unwrap();
+    let client = lab.cluster.client();
+    let chart = repo().join("charts/secret-canary");
+    let chart = chart.to_str().unwrap();
+    let vault = lab.vault.addr.clone();
+
+    // OpenBao: each release's prober may write its prefix, its canaries'
+    // ESO store may read it; Kubernetes auth bound to their ServiceAccounts.
+    let grant = |prefix: &str, ns: &str, release: &str| {
+        let (prefix, ns, release) = (prefix.to_string(), ns.to_string(), release.to_string());
+        let bao = &lab.bao;
+        async move {
+            let w = format!("write-{ns}");
+            let r = format!("read-{ns}");
+            bao.put_policy(&w, &format!(
+                "path \"secret/data/{prefix}/*\" {{\n  capabilities = [\"create\", \"update\", \"read\"]\n}}\npath \"secret/metadata/{prefix}/*\" {{\n  capabilities = [\"read\", \"update\"]\n}}\n"
+            )).await.unwrap();
+            bao.put_policy(
+                &r,
+                &format!("path \"secret/data/{prefix}/*\" {{\n  capabilities = [\"read\"]\n}}\n"),
+            )
+            .await
+            .unwrap();
+            bao.put_kubernetes_role(&format!("{ns}-prober"), &release, &ns, &w)
+                .await
+                .unwrap();
+            bao.put_kubernetes_role(&format!("{ns}-eso"), &format!("{release}-canary"), &ns, &r)
+                .await
+                .unwrap();
+            // The canary path exists before the install, as after a team's
+            // first `vault kv put`: on an empty path ESO's first sync creates
+            // the Secret (no Reloader rollout follows), and the prober's
+            // first run waits for a rollout until its deadline.
+            bao.kv_put(
+                &format!("{prefix}/eso-env"),
+                &serde_json::json!({"value": "seed"}),
+            )
+            .await
+            .unwrap();
+        }
+    };
+
+    let mut failures: Vec<String> = Vec::new();
+
+    // --- 1. default values ---------------------------------------------------
+    let ns = "sc-default";
+    let release = "secret-canary";
+    grant("canary", ns, release).await;
+    let common = |ns: &str| {
+        vec![
+            format!("image.registry={registry}"),
+            "image.repository=secret-canary".to_string(),
+            format!("store.address={vault}"),
+            format!("store.auth.kubernetes.role={ns}-prober"),
+            format!("secretStore.role={ns}-eso"),
+            // The default interval (1m): the first run one interval after
+            // start. `helm test` right after a passed run, so that the next
+            // scheduled run (which writes the same store path and would
+            // supersede the test's value) comes after the test's `once`.
+            "variants.esoEnv.interval=1m".to_string(),
+        ]
+    };
+    let sets = |v: &[String]| {
+        v.iter()
+            .flat_map(|s| ["--set".to_string(), s.clone()])
+            .collect::<Vec<_>>()
+    };
+    let mut args: Vec<String> = [
+        "install",
+        release,
+        chart,
+        "-n",
+        ns,
+        "--create-namespace",
+        "--wait",
+        "--timeout",
+        "4m",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(sets(&common(ns)));
+    let t = Instant::now();
+    let (ok, text) = helm
+        .run(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .await;
+    assert!(ok, "helm install (default values) failed:\n{text}");
+    eprintln!(
+        "helm install --wait (default values): {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    // The chart's image reference is the one the node agent pulled.
+    let deploys: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let d = deploys.get(release).await.unwrap();
+    let d = serde_json::to_value(&d).unwrap();
+    let image = d["spec"]["template"]["spec"]["containers"][0]["image"].clone();
+    assert_eq!(
+        image,
+        format!("{registry}/secret-canary:{}", env!("CARGO_PKG_VERSION")).as_str()
+    );
+    wait_probe_passes(&client, ns, "eso-env", Duration::from_secs(240)).await;
+
+    let (ok, text) = helm
+        .run(&["test", release, "-n", ns, "--timeout", "4m"])
+        .await;
+    if !ok {
+        failures.push(format!(
+            "helm test (default values):\n{text}{}",
+            test_log(&lab, ns)
+        ));
+    }
+
+    // helm upgrade with a changed probe: the prober rolls.
+    let before = prober_pods(&client, ns).await;
+    let mut args: Vec<String> = [
+        "upgrade",
+        release,
+        chart,
+        "-n",
+        ns,
+        "--wait",
+        "--timeout",
+        "4m",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut values = common(ns);
+    values.push("variants.esoEnv.slo.end_to_end=3m".into());
+    // ...and by digest this time: the reference the registry resolves.
+    values.push(format!("image.digest={digest}"));
+    args.extend(sets(&values));
+    let (ok, text) = helm
+        .run(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .await;
+    assert!(ok, "helm upgrade failed:\n{text}");
+    let after = wait(Duration::from_secs(120), "the prober rolled", || async {
+        let now = prober_pods(&client, ns).await;
+        if !now.is_empty() && now.iter().all(|p| !before.contains(p)) {
+            Ok(now)
+        } else {
+            Err(format!("before {before:?}, now {now:?}"))
+        }
+    })
+    .await;
+    eprintln!("prober rolled: {before:?} -> {after:?}");
+    wait_probe_passes(&client, ns, "eso-env", Duration::from_secs(240)).await;
+
+    let (ok, text) = helm
+        .run(&["uninstall", release, "-n", ns, "--wait", "--timeout", "3m"])
+        .await;
+    assert!(ok, "helm uninstall failed:\n{text}");
+    // Helm never deletes test hooks on uninstall (pkg/action/uninstall.go
+    // runs only the delete hooks); the chart keeps its test Pod until the
+    // next `helm test` (before-hook-creation) so that `helm test --logs`
+    // can read it. The chart README says so; everything else must go.
+    let test_pod = format!("pod/{release}-test-once");
+    let left = wait(
+        Duration::from_secs(90),
+        "nothing left after helm uninstall",
+        || async {
+            let mut l = leftovers(&kubectl, &lab.cluster.kubeconfig, ns).await;
+            l.retain(|x| *x != test_pod);
+            if l.is_empty() {
+                Ok(l)
+            } else {
+                Err(format!("{l:?}"))
+            }
+        },
+    )
+    .await;
+    assert!(left.is_empty());
+
+    // --- 2. ClusterSecretStore, custom prefix, two replicas, leader election --
+    let ns = "sc-ha";
+    let release = "secret-canary";
+    let prefix = "teams/payments/canary";
+    grant(prefix, ns, release).await;
+    let mut values = common(ns);
+    values.extend([
+        "secretStore.kind=ClusterSecretStore".to_string(),
+        format!("secretStore.name={ns}-store"),
+        format!("store.pathPrefix={prefix}"),
+        "replicaCount=2".into(),
+        "leaderElection.enabled=true".into(),
+    ]);
+    let mut args: Vec<String> = [
+        "install",
+        release,
+        chart,
+        "-n",
+        ns,
+        "--create-namespace",
+        "--wait",
+        "--timeout",
+        "4m",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(sets(&values));
+    let (ok, text) = helm
+        .run(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .await;
+    if ok {
+        wait_probe_passes(&client, ns, "eso-env", Duration::from_secs(240)).await;
+        assert_eq!(
+            prober_pods(&client, ns).await.len(),
+            2,
+            "two prober replicas"
+        );
+        let (ok, text) = helm
+            .run(&["test", release, "-n", ns, "--timeout", "4m"])
+            .await;
+        if !ok {
+            failures.push(format!(
+                "helm test (ClusterSecretStore, prefix, 2 replicas):\n{text}{}",
+                test_log(&lab, ns)
+            ));
+        }
+        let _ = helm.run(&["uninstall", release, "-n", ns, "--wait"]).await;
+    } else {
+        failures.push(format!(
+            "helm install (ClusterSecretStore, prefix, 2 replicas):\n{text}"
+        ));
+    }
+
+    // --- 3. an image the registry does not have --------------------------------
+    let ns = "sc-noimage";
+    let mut values = common(ns);
+    values.push("image.tag=does-not-exist".into());
+    let mut args: Vec<String> = [
+        "install",
+        "secret-canary",
+        chart,
+        "-n",
+        ns,
+        "--create-namespace",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(sets(&values));
+    let (ok, text) = helm
+        .run(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .await;
+    assert!(ok, "{text}");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let reason = wait(Duration::from_secs(60), "ErrImagePull", || async {
+        let list = pods
+            .list(&ListParams::default().labels("app.kubernetes.io/component=prober"))
+            .await
+            .map_err(|e| e.to_string())?;
+        let reasons: Vec<String> = list
+            .items
+            .iter()
+            .flat_map(|p| {
+                p.status
+                    .iter()
+                    .flat_map(|s| s.container_statuses.iter().flatten())
+            })
+            .filter_map(|c| c.state.as_ref()?.waiting.as_ref()?.reason.clone())
+            .collect();
+        reasons
+            .iter()
+            .find(|r| *r == "ErrImagePull" || *r == "ImagePullBackOff")
+            .cloned()
+            .ok_or(format!("{reasons:?}"))
+    })
+    .await;
+    eprintln!("missing image: {reason}");
+
+    lab.stop().await;
+    if !failures.is_empty() {
+        let kept = dir.keep();
+        panic!(
+            "{}\nlab dir kept: {}",
+            failures.join("\n\n"),
+            kept.display()
+        );
+    }
+}
