@@ -77,7 +77,7 @@ for bundle in /etc/ssl/certs/ca-certificates.crt /etc/pki/tls/certs/ca-bundle.cr
 done
 # A dynamically linked binary: its shared libraries and loader, at their paths.
 linkage=static
-if ldd "$binary" >/dev/null 2>&1; then
+if ldd "$binary" 2>/dev/null | grep -q "=>"; then
   linkage=dynamic
   for lib in $(ldd "$binary" | grep -oE '/[^ ]+' | sort -u); do
     real=$(readlink -f "$lib")
