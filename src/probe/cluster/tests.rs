@@ -1,6 +1,11 @@
 //! Unit tests of `cluster`.
 
+use std::collections::BTreeMap;
+
+use super::follow::classify;
+use super::state::is_zero_duration;
 use super::*;
+use crate::probe::{Reason, Stamp};
 use serde_json::json;
 
 #[test]
