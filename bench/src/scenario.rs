@@ -310,6 +310,11 @@ pub fn shared_prober_yaml(chains: &[Chain], probes: usize, spec: &ProberSpec<'_>
         })
         .collect();
     doc["probes"] = json!(out);
+    // Probes share a chain taking turns (staggered cron, one run at a time
+    // per chain), which the prober refuses unless told.
+    if shares > 1 {
+        doc["allow_shared_objects"] = json!(true);
+    }
     serde_norway::to_string(&doc).unwrap_or_default()
 }
 

@@ -27,6 +27,12 @@ pub struct Config {
     pub kubernetes: KubernetesConfig,
     /// The probes; names must be unique.
     pub probes: Vec<ProbeConfig>,
+    /// Let probes share a store path, ExternalSecret or Deployment. Off by
+    /// default: two probes on one chain take each other's runs for their
+    /// own. Only for probes whose schedules never overlap (the benchmark's
+    /// scale phase staggers many probes over a few chains this way).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_shared_objects: bool,
 }
 
 /// How the prober reaches the API server.
