@@ -1320,13 +1320,13 @@ async fn watch_recovered_row(prober: &mut Prober, lab: &TestLab) -> Row {
     .await;
     lab.knobs.set_fault(Fault::ApiErrors, false);
     let cleared = Utc::now();
-    // The first run to end after the API came back.
+    // The first run to start after the API came back.
     let limit = Instant::now() + Duration::from_secs(40);
     let next = loop {
         if let Some(n) = prober
             .runs()
             .into_iter()
-            .find(|x| x.probe == probe && x.finished.is_some_and(|f| f >= cleared))
+            .find(|x| x.probe == probe && x.started >= cleared && x.finished.is_some())
         {
             break n;
         }
@@ -1342,8 +1342,12 @@ async fn watch_recovered_row(prober: &mut Prober, lab: &TestLab) -> Row {
         next.detail,
         secs(cleared, next.started)
     );
+    // The prober's own watch fault from the outage must not decide it: not
+    // skipped, not `api_error`. The lab's Deployment controller backs off
+    // after the 500s like upstream's workqueue (up to seconds), so this run
+    // may still time out at a pipeline stage; a success follows below.
     assert!(
-        next.succeeded(),
+        next.succeeded() || next.reason.as_deref() == Some("timeout"),
         "the first run after the watch recovered: {next:?}"
     );
     let rec = expect_recovery(prober, probe, cleared, cleared, Duration::from_secs(30)).await;

@@ -113,8 +113,10 @@ fn status_code(e: &kube::Error) -> u16 {
     }
 }
 
+/// A bound on one awaited step, generous because kubectl (a Go binary
+/// started per command) can take many seconds on a loaded 2-core machine.
 async fn timeout<F: std::future::Future>(f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(20), f)
+    tokio::time::timeout(Duration::from_secs(60), f)
         .await
         .expect("timed out")
 }
