@@ -392,10 +392,10 @@ pub fn markdown_anchors(text: &str) -> Vec<String> {
 }
 
 /// Every series name the prober exports (from the family table in
-/// src/metrics.rs's module docs, histograms with their `_bucket`, `_count`
+/// src/metrics/mod.rs's module docs, histograms with their `_bucket`, `_count`
 /// and `_sum`) plus every series the rule files record.
 pub fn known_series() -> BTreeSet<String> {
-    let src = read(&root().join("src/metrics.rs"));
+    let src = read(&root().join("src/metrics/mod.rs"));
     let mut out = BTreeSet::new();
     for line in src.lines() {
         let Some(row) = line.strip_prefix("//! | `") else {
@@ -418,7 +418,7 @@ pub fn known_series() -> BTreeSet<String> {
     }
     assert!(
         out.contains("secret_canary_runs_total"),
-        "could not read the metric family table of src/metrics.rs"
+        "could not read the metric family table of src/metrics/mod.rs"
     );
     out.extend(rules().into_iter().filter_map(|r| r.record));
     out
