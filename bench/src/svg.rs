@@ -11,7 +11,7 @@ use crate::stats::percentile;
 
 const PROBER: &str = "#1f77b4";
 const BASELINE: &str = "#ff7f0e";
-const FONT: &str = "font-family=\"sans-serif\" font-size=\"12\"";
+const FONT: &str = "font-family=\"sans-serif\"";
 
 /// Escape text for SVG.
 fn esc(s: &str) -> String {
@@ -81,7 +81,7 @@ pub fn accuracy(res: &AccuracyResult) -> String {
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"920\" height=\"{height}\" viewBox=\"0 0 920 {height}\">\n\
          <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
          <text x=\"460\" y=\"22\" text-anchor=\"middle\" {FONT} font-size=\"15\">Stage timing error, |measured − true| (log scale): secret-canary vs kubectl polling</text>\n\
-         <text x=\"{left}\" y=\"40\" {FONT}><tspan fill=\"{PROBER}\">● secret-canary ({} runs)</tspan>   <tspan fill=\"{BASELINE}\">● kubectl-polling baseline ({} runs)</tspan>   │ p50   ┃ p99</text>\n",
+         <text x=\"{left}\" y=\"40\" {FONT} font-size=\"12\"><tspan fill=\"{PROBER}\">● secret-canary ({} runs)</tspan>   <tspan fill=\"{BASELINE}\">● kubectl-polling baseline ({} runs)</tspan>   │ p50   ┃ p99</text>\n",
         res.prober_runs, res.baseline_runs
     );
     let bottom = top + row_h * rows.len() as f64;
@@ -90,14 +90,14 @@ pub fn accuracy(res: &AccuracyResult) -> String {
         let _ = writeln!(
             s,
             "<line x1=\"{x:.1}\" y1=\"{top}\" x2=\"{x:.1}\" y2=\"{bottom}\" stroke=\"#ddd\"/>\
-             <text x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"middle\" {FONT}>{}</text>",
+             <text x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"middle\" {FONT} font-size=\"12\">{}</text>",
             bottom + 16.0,
             fmt_ms(t)
         );
     }
     let _ = writeln!(
         s,
-        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" {FONT}>error (ms)</text>",
+        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" {FONT} font-size=\"12\">error (ms)</text>",
         (left + right) / 2.0,
         bottom + 34.0
     );
@@ -106,7 +106,7 @@ pub fn accuracy(res: &AccuracyResult) -> String {
         let _ = writeln!(
             s,
             "<line x1=\"{left}\" y1=\"{y0}\" x2=\"{right}\" y2=\"{y0}\" stroke=\"#eee\"/>\
-             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\" {FONT}>{}</text>",
+             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\" {FONT} font-size=\"12\">{}</text>",
             left - 8.0,
             y0 + row_h / 2.0 + 4.0,
             esc(&row.stage)
@@ -194,7 +194,7 @@ fn panel(s: &mut String, p: &Panel, x0: f64, y0: f64, w: f64, h: f64) {
         let _ = writeln!(
             s,
             "<line x1=\"{x:.1}\" y1=\"{:.1}\" x2=\"{x:.1}\" y2=\"{:.1}\" stroke=\"#ddd\"/>\
-             <text x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"middle\" {FONT}>{t}</text>",
+             <text x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"middle\" {FONT} font-size=\"12\">{t}</text>",
             yaxis.x1,
             yaxis.x0,
             yaxis.x0 + 15.0
@@ -202,7 +202,7 @@ fn panel(s: &mut String, p: &Panel, x0: f64, y0: f64, w: f64, h: f64) {
     }
     let _ = writeln!(
         s,
-        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" {FONT}>probes</text>",
+        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" {FONT} font-size=\"12\">probes</text>",
         x0 + w / 2.0,
         y0 + h
     );
@@ -211,7 +211,7 @@ fn panel(s: &mut String, p: &Panel, x0: f64, y0: f64, w: f64, h: f64) {
         let _ = writeln!(
             s,
             "<line x1=\"{:.1}\" y1=\"{y:.1}\" x2=\"{:.1}\" y2=\"{y:.1}\" stroke=\"#ddd\"/>\
-             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\" {FONT}>{t} {}</text>",
+             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\" {FONT} font-size=\"12\">{t} {}</text>",
             xaxis.x0,
             xaxis.x1,
             xaxis.x0 - 4.0,
@@ -224,7 +224,7 @@ fn panel(s: &mut String, p: &Panel, x0: f64, y0: f64, w: f64, h: f64) {
         let _ = writeln!(
             s,
             "<line x1=\"{:.1}\" y1=\"{y:.1}\" x2=\"{:.1}\" y2=\"{y:.1}\" stroke=\"#c00\" stroke-dasharray=\"4 3\"/>\
-             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\" {FONT} fill=\"#c00\">{}</text>",
+             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\" {FONT} font-size=\"12\" fill=\"#c00\">{}</text>",
             xaxis.x0,
             xaxis.x1,
             xaxis.x1 - 2.0,
@@ -253,7 +253,7 @@ fn panel(s: &mut String, p: &Panel, x0: f64, y0: f64, w: f64, h: f64) {
         }
         let _ = writeln!(
             s,
-            "<text x=\"{:.1}\" y=\"{:.1}\" {FONT} fill=\"{color}\">● {}</text>",
+            "<text x=\"{:.1}\" y=\"{:.1}\" {FONT} font-size=\"12\" fill=\"{color}\">● {}</text>",
             xaxis.x0 + 8.0,
             y0 + 40.0 + 15.0 * i as f64,
             esc(label)
@@ -340,5 +340,19 @@ mod tests {
         assert_eq!(a.matches("<circle").count(), 5);
         let f = footprint(&[], None);
         assert!(f.ends_with("</svg>\n"));
+        for svg in [&a, &f] {
+            // No element carries an attribute twice (a well-formedness error).
+            for element in svg.split('<').skip(1) {
+                let tag = element.split('>').next().unwrap_or_default();
+                let mut names: Vec<&str> = tag
+                    .split_whitespace()
+                    .filter_map(|a| a.split_once('=').map(|(n, _)| n))
+                    .collect();
+                let n = names.len();
+                names.sort_unstable();
+                names.dedup();
+                assert_eq!(names.len(), n, "duplicate attribute in <{tag}>");
+            }
+        }
     }
 }
