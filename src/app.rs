@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::registry::Registry;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -18,7 +17,7 @@ use crate::http::{self, Exporter, ProbeBoard};
 use crate::metrics::Metrics;
 use crate::probe::{self, Outcome, ProbeRunner, RunProgress, RunResult};
 use crate::progress::Display;
-use crate::schedule::{self, SystemClock, Ticker};
+use crate::schedule::{self, Scheduler, SystemClock, Ticker};
 
 /// Default `--listen`.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:9850";
@@ -278,11 +277,12 @@ pub async fn run(
     let exporter_stop = CancellationToken::new();
     let mut exporter = tokio::spawn(
         Exporter::new(Arc::new(registry), board.clone())
+            .with_generation(metrics.generation())
             .with_bearer_token(opts.metrics_token.clone())
             .serve(listener, exporter_stop.clone()),
     );
 
-    let mut drivers = JoinSet::new();
+    let mut scheduler = Scheduler::new(metrics.clone());
     for (probe, cadence) in probes.into_iter().zip(cadences) {
         let name = probe.config.name.clone();
         let (metrics_for_runs, board, cancel) = (metrics.clone(), board.clone(), shutdown.clone());
@@ -309,15 +309,11 @@ pub async fn run(
                 execute(&probe, &metrics, &board, cancel, None).await;
             }
         };
-        drivers.spawn(schedule::drive(
-            name,
-            Ticker::new(cadence, Arc::new(SystemClock)),
-            metrics.clone(),
-            shutdown.clone(),
-            run_one,
-        ));
+        scheduler.add(name, Ticker::new(cadence, Arc::new(SystemClock)), run_one);
     }
-    tracing::info!(probes = drivers.len(), listen = %opts.listen, "prober running");
+    let scheduled = scheduler.len();
+    let mut drivers = spawn_scheduler(scheduler, shutdown.clone());
+    tracing::info!(probes = scheduled, listen = %opts.listen, "prober running");
 
     // The exporter only stops early on an error; then the prober stops too,
     // since unexported probes are no use.
@@ -360,15 +356,57 @@ pub async fn run(
     Ok(())
 }
 
-/// Wait for the schedulers (and their in-flight runs) up to `grace`.
-async fn drain(drivers: &mut JoinSet<()>, grace: Duration) {
-    let all = async { while drivers.join_next().await.is_some() {} };
-    if tokio::time::timeout(grace, all).await.is_err() {
+/// Run the scheduler on a thread of its own (a current-thread runtime
+/// that only keeps the timer heap), spawning the runs on this runtime: ticks
+/// are not delayed behind the runs' work on a busy runtime. The receiver
+/// resolves when the scheduler has stopped and its in-flight runs ended.
+fn spawn_scheduler(
+    scheduler: Scheduler,
+    shutdown: CancellationToken,
+) -> tokio::sync::oneshot::Receiver<()> {
+    let (done, finished) = tokio::sync::oneshot::channel();
+    let scheduler = scheduler.spawn_runs_on(tokio::runtime::Handle::current());
+    let timer = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    let (handoff, receive) = std::sync::mpsc::channel::<(Scheduler, CancellationToken)>();
+    let thread = timer.map_err(|e| e.to_string()).and_then(|timer| {
+        let done = done;
+        std::thread::Builder::new()
+            .name("secret-canary-scheduler".into())
+            .spawn(move || {
+                if let Ok((scheduler, shutdown)) = receive.recv() {
+                    timer.block_on(scheduler.run(shutdown));
+                }
+                let _ = done.send(());
+            })
+            .map_err(|e| e.to_string())
+    });
+    match thread {
+        Ok(_) => {
+            // The thread is waiting on the hand-off; it cannot have gone.
+            let _ = handoff.send((scheduler, shutdown));
+            finished
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot start the scheduler thread; scheduling on the main runtime");
+            let (done, finished) = tokio::sync::oneshot::channel();
+            tokio::spawn(async move {
+                scheduler.run(shutdown).await;
+                let _ = done.send(());
+            });
+            finished
+        }
+    }
+}
+
+/// Wait for the scheduler (and its in-flight runs) up to `grace`.
+async fn drain(drivers: &mut tokio::sync::oneshot::Receiver<()>, grace: Duration) {
+    if tokio::time::timeout(grace, drivers).await.is_err() {
         tracing::warn!(
             grace_seconds = grace.as_secs_f64(),
             "runs did not end within the grace period; abandoning them"
         );
-        drivers.abort_all();
     }
 }
 

@@ -4,10 +4,16 @@
 //! outcome as JSON). With a bearer token set (`--metrics-token-file`),
 //! `/metrics` and `/probes` answer 401 without it; the health endpoints stay
 //! open for the kubelet.
+//!
+//! With the metrics' [`Generation`] given ([`Exporter::with_generation`]),
+//! the exposition is encoded once per change of the metrics (a run ending,
+//! a tick skipped, a gauge flipping) and per format; a scrape in between
+//! gets the cached bytes.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -19,7 +25,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ProbeConfig;
-use crate::metrics;
+use crate::metrics::{self, Generation};
 use crate::report::{self, ProbeReport};
 use crate::vocab::Outcome;
 
@@ -161,6 +167,19 @@ impl ProbeBoard {
     }
 }
 
+/// One encoded exposition and the metrics generation it shows.
+struct Encoded {
+    generation: u64,
+    body: Bytes,
+}
+
+/// The last exposition of each format, valid while the generation holds.
+struct ExpositionCache {
+    generation: Generation,
+    openmetrics: Mutex<Option<Encoded>>,
+    prometheus_text: Mutex<Option<Encoded>>,
+}
+
 /// Everything the handlers share.
 #[derive(Clone)]
 pub struct Exporter {
@@ -168,6 +187,8 @@ pub struct Exporter {
     board: Arc<ProbeBoard>,
     /// When set, `/metrics` and `/probes` require `Authorization: Bearer <it>`.
     token: Option<Arc<str>>,
+    /// When set, expositions are reused until the metrics change.
+    cache: Option<Arc<ExpositionCache>>,
 }
 
 impl Exporter {
@@ -177,7 +198,57 @@ impl Exporter {
             registry,
             board,
             token: None,
+            cache: None,
         }
+    }
+
+    /// Encode the exposition only when `generation` (bumped by every change
+    /// to the registry's metrics, [`metrics::Metrics::generation`]) moved
+    /// since the last scrape; serve the cached bytes otherwise. Every writer
+    /// of the registry must bump it, or scrapes show stale values.
+    pub fn with_generation(mut self, generation: Generation) -> Self {
+        self.cache = Some(Arc::new(ExpositionCache {
+            generation,
+            openmetrics: Mutex::new(None),
+            prometheus_text: Mutex::new(None),
+        }));
+        self
+    }
+
+    /// The exposition in one format, from the cache when it is current.
+    fn exposition(&self, prometheus_text: bool) -> Result<Bytes, std::fmt::Error> {
+        let encode = |capacity: usize| {
+            let mut out = String::with_capacity(capacity);
+            if prometheus_text {
+                prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)?;
+            } else {
+                prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+            }
+            Ok::<_, std::fmt::Error>(Bytes::from(out))
+        };
+        let Some(cache) = &self.cache else {
+            return encode(0);
+        };
+        let slot = if prometheus_text {
+            &cache.prometheus_text
+        } else {
+            &cache.openmetrics
+        };
+        // Read the generation before encoding: a change during the encoding
+        // bumps it again, so the next scrape encodes anew.
+        let generation = cache.generation.get();
+        // Encoding is synchronous: holding the lock makes concurrent scrapes
+        // of a stale cache wait for one encoding instead of each doing one.
+        let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = slot.as_ref().filter(|e| e.generation == generation) {
+            return Ok(e.body.clone());
+        }
+        let body = encode(slot.as_ref().map_or(0, |e| e.body.len() + 1024))?;
+        *slot = Some(Encoded {
+            generation,
+            body: body.clone(),
+        });
+        Ok(body)
     }
 
     /// Require `Authorization: Bearer <token>` on `/metrics` and `/probes`.
@@ -238,17 +309,13 @@ fn wants_prometheus_text(headers: &HeaderMap) -> bool {
 }
 
 async fn metrics_handler(State(ex): State<Exporter>, headers: HeaderMap) -> Response {
-    let (body, content_type) = if wants_prometheus_text(&headers) {
-        (
-            metrics::encode_prometheus_text(&ex.registry),
-            prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
-        )
+    let text = wants_prometheus_text(&headers);
+    let content_type = if text {
+        prometheus_client::encoding::prometheus_text::CONTENT_TYPE
     } else {
-        (
-            metrics::encode_openmetrics(&ex.registry),
-            metrics::OPENMETRICS_CONTENT_TYPE,
-        )
+        metrics::OPENMETRICS_CONTENT_TYPE
     };
+    let body = ex.exposition(text);
     match body {
         Ok(body) => ([(header::CONTENT_TYPE, content_type)], body).into_response(),
         Err(e) => {

@@ -11,10 +11,10 @@
 
 use std::time::{Duration, Instant};
 
+use crate::metrics::FlagGauge;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, PostParams};
-use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -219,7 +219,7 @@ impl Elector {
     pub fn start(
         client: kube::Client,
         config: LeaderElectionConfig,
-        gauge: Gauge,
+        gauge: FlagGauge,
         shutdown: CancellationToken,
     ) -> Elector {
         let (tx, rx) = watch::channel(None);
@@ -280,7 +280,7 @@ enum Attempt {
 async fn campaign(
     api: Api<Lease>,
     cfg: LeaderElectionConfig,
-    gauge: Gauge,
+    gauge: FlagGauge,
     tx: watch::Sender<Option<CancellationToken>>,
     shutdown: CancellationToken,
     stop: CancellationToken,
@@ -573,7 +573,7 @@ mod tests {
                 Some(Elector::start(
                     client.clone(),
                     fast(&format!("c{i}")),
-                    Gauge::default(),
+                    FlagGauge::default(),
                     shutdown.clone(),
                 ))
             })

@@ -1,11 +1,16 @@
 //! When probe runs start: ticks from a cron expression or a fixed interval,
-//! one scheduler per probe, never two runs of a probe at once (a tick that
-//! finds the previous run still going is counted `skipped`), and ticks missed
-//! while the process stalled are not replayed in a burst.
+//! every probe's from one timer heap driven by one task ([`Scheduler`]),
+//! each run spawned as its own task, never two runs of a probe at once (a
+//! tick that finds the previous run still going is counted `skipped`), and
+//! ticks missed while the process stalled are not replayed in a burst.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+
+use futures::future::BoxFuture;
 
 use chrono::{DateTime, Utc};
 use tokio::task::JoinHandle;
@@ -95,6 +100,18 @@ enum Next {
     Never,
 }
 
+/// What a ticker says when asked at its wake-up time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fire {
+    /// A tick is due.
+    Tick(Tick),
+    /// Not yet (a cron tick whose wall-clock time has not come; ask again at
+    /// [`Ticker::wake_at`]).
+    NotYet,
+    /// The schedule has no more fire times.
+    Done,
+}
+
 impl Ticker {
     /// A ticker whose first tick is due now (interval) or at the cron
     /// expression's next fire time.
@@ -110,13 +127,31 @@ impl Ticker {
         }
     }
 
-    /// Wait for the next tick; `None` once the schedule has no more fire times.
-    pub async fn tick(&mut self) -> Option<Tick> {
+    /// When to ask [`Ticker::fire`] next (monotonic); `None` once the
+    /// schedule has no more fire times. A cron tick's wall-clock time is
+    /// turned into an instant now and looked at again at least every 30 s,
+    /// so a wall-clock step (NTP, suspend) is noticed.
+    pub fn wake_at(&self) -> Option<Instant> {
+        match &self.next {
+            Next::Instant(due) => Some(*due),
+            Next::Wall(due) => {
+                let wait = (*due - self.clock.now()).to_std().unwrap_or_default();
+                Some(Instant::now() + wait.min(MAX_CRON_SLEEP))
+            }
+            Next::Never => None,
+        }
+    }
+
+    /// The tick due now, if one is: for the latest due time that has
+    /// passed (earlier ones count as missed), and the next due time set.
+    pub fn fire(&mut self) -> Fire {
         match (&self.cadence, &self.next) {
             (Cadence::Interval(period), Next::Instant(due)) => {
                 let (period, mut due) = (*period, *due);
-                tokio::time::sleep_until(due).await;
                 let fired = Instant::now();
+                if fired < due {
+                    return Fire::NotYet;
+                }
                 let mut missed = 0;
                 // Fire once for the latest due time that has passed.
                 if !period.is_zero() {
@@ -125,19 +160,14 @@ impl Ticker {
                     due += period.saturating_mul(u32::try_from(missed).unwrap_or(u32::MAX));
                 }
                 self.next = Next::Instant(due + period.max(Duration::from_millis(1)));
-                Some(Tick { due, fired, missed })
+                Fire::Tick(Tick { due, fired, missed })
             }
             (Cadence::Cron(schedule), Next::Wall(due)) => {
                 let mut due = *due;
-                loop {
-                    let now = self.clock.now();
-                    if now >= due {
-                        break;
-                    }
-                    let wait = (due - now).to_std().unwrap_or_default();
-                    tokio::time::sleep(wait.min(MAX_CRON_SLEEP)).await;
-                }
                 let (fired, now_wall) = (Instant::now(), self.clock.now());
+                if now_wall < due {
+                    return Fire::NotYet;
+                }
                 let mut missed = 0;
                 let mut later = schedule.after(&due);
                 let mut upcoming = None;
@@ -155,67 +185,177 @@ impl Ticker {
                 self.next = upcoming.map_or(Next::Never, Next::Wall);
                 let behind = (now_wall - due).to_std().unwrap_or_default();
                 let due_instant = fired.checked_sub(behind).unwrap_or(fired);
-                Some(Tick {
+                Fire::Tick(Tick {
                     due: due_instant,
                     fired,
                     missed,
                 })
             }
-            _ => None,
+            _ => Fire::Done,
+        }
+    }
+
+    /// Wait for the next tick; `None` once the schedule has no more fire times.
+    pub async fn tick(&mut self) -> Option<Tick> {
+        loop {
+            tokio::time::sleep_until(self.wake_at()?).await;
+            match self.fire() {
+                Fire::Tick(t) => return Some(t),
+                Fire::NotYet => continue,
+                Fire::Done => return None,
+            }
         }
     }
 }
 
-/// Tick `probe`'s schedule until `cancel` fires, calling `run` for each tick
-/// unless the previous run is still going (then the tick counts as
-/// `skipped`). Records schedule lateness and missed ticks into `metrics`.
-/// After cancellation it waits for the in-flight run, which sees the same
-/// cancellation and ends `aborted`.
+type RunFn = Box<dyn Fn(Tick) -> BoxFuture<'static, ()> + Send + Sync>;
+
+struct Entry {
+    probe: String,
+    ticker: Ticker,
+    run: RunFn,
+    in_flight: Option<JoinHandle<()>>,
+}
+
+/// Every probe's ticks from one timer: a heap of next wake-up instants
+/// driven by one task, which spawns each due run as its own task (runs
+/// never wait behind each other or behind the scheduler), never two runs of
+/// a probe at once (a tick that finds the previous run still going is
+/// counted `skipped`), and ticks missed while the process stalled are
+/// counted, not replayed.
+pub struct Scheduler {
+    metrics: Metrics,
+    entries: Vec<Entry>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Scheduler {
+    /// A scheduler with no probes, spawning runs on the current runtime.
+    pub fn new(metrics: Metrics) -> Scheduler {
+        Scheduler {
+            metrics,
+            entries: Vec::new(),
+            runtime: tokio::runtime::Handle::current(),
+        }
+    }
+
+    /// Spawn runs on `runtime` (the scheduler itself may run elsewhere,
+    /// e.g. on a thread of its own so a busy runtime does not delay ticks).
+    pub fn spawn_runs_on(mut self, runtime: tokio::runtime::Handle) -> Scheduler {
+        self.runtime = runtime;
+        self
+    }
+
+    /// Add a probe: `run` is called for each tick it does not skip.
+    pub fn add<F, Fut>(&mut self, probe: String, ticker: Ticker, run: F)
+    where
+        F: Fn(Tick) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.entries.push(Entry {
+            probe,
+            ticker,
+            run: Box::new(move |t| Box::pin(run(t))),
+            in_flight: None,
+        });
+    }
+
+    /// How many probes are scheduled.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no probe is scheduled.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Tick every probe until `cancel` fires, recording lateness and missed
+    /// and skipped ticks into the metrics. After cancellation it waits for
+    /// the runs in flight, which see the same cancellation and end `aborted`.
+    pub async fn run(mut self, cancel: CancellationToken) {
+        let mut heap: BinaryHeap<Reverse<(Instant, usize)>> = self
+            .entries
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| e.ticker.wake_at().map(|at| Reverse((at, i))))
+            .collect();
+        while let Some(&Reverse((at, _))) = heap.peek() {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep_until(at) => {}
+            }
+            let now = Instant::now();
+            while let Some(&Reverse((at, i))) = heap.peek() {
+                if at > now {
+                    break;
+                }
+                heap.pop();
+                if let Some(next) = self.fire(i) {
+                    heap.push(Reverse((next, i)));
+                }
+            }
+        }
+        for e in &mut self.entries {
+            if let Some(handle) = e.in_flight.take() {
+                if let Err(err) = handle.await {
+                    tracing::error!(probe = e.probe, error = %err, "probe run task failed");
+                }
+            }
+        }
+    }
+
+    /// Handle entry `i`'s wake-up; its next wake-up time, if any.
+    fn fire(&mut self, i: usize) -> Option<Instant> {
+        let e = &mut self.entries[i];
+        let tick = match e.ticker.fire() {
+            Fire::Tick(t) => t,
+            Fire::NotYet => return e.ticker.wake_at(),
+            Fire::Done => {
+                tracing::warn!(
+                    probe = e.probe,
+                    "schedule has no further fire times; probe stops running"
+                );
+                return None;
+            }
+        };
+        if tick.missed > 0 {
+            tracing::warn!(
+                probe = e.probe,
+                missed = tick.missed,
+                "schedule fell behind; missed ticks are dropped"
+            );
+            self.metrics.record_missed_ticks(&e.probe, tick.missed);
+        }
+        if e.in_flight.as_ref().is_some_and(|h| !h.is_finished()) {
+            tracing::info!(
+                probe = e.probe,
+                "previous run still in progress; tick skipped"
+            );
+            self.metrics.record_skipped(&e.probe);
+        } else {
+            self.metrics.observe_schedule_jitter(tick.lateness());
+            e.in_flight = Some(self.runtime.spawn((e.run)(tick)));
+        }
+        e.ticker.wake_at()
+    }
+}
+
+/// Tick one probe's schedule until `cancel` fires (a [`Scheduler`] of one).
 pub async fn drive<F, Fut>(
     probe: String,
-    mut ticker: Ticker,
+    ticker: Ticker,
     metrics: Metrics,
     cancel: CancellationToken,
     run: F,
 ) where
-    F: Fn(Tick) -> Fut,
+    F: Fn(Tick) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let mut in_flight: Option<JoinHandle<()>> = None;
-    loop {
-        let tick = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => break,
-            tick = ticker.tick() => tick,
-        };
-        let Some(tick) = tick else {
-            tracing::warn!(
-                probe,
-                "schedule has no further fire times; probe stops running"
-            );
-            break;
-        };
-        if tick.missed > 0 {
-            tracing::warn!(
-                probe,
-                missed = tick.missed,
-                "schedule fell behind; missed ticks are dropped"
-            );
-            metrics.record_missed_ticks(&probe, tick.missed);
-        }
-        if in_flight.as_ref().is_some_and(|h| !h.is_finished()) {
-            tracing::info!(probe, "previous run still in progress; tick skipped");
-            metrics.record_skipped(&probe);
-            continue;
-        }
-        metrics.observe_schedule_jitter(&probe, tick.lateness());
-        in_flight = Some(tokio::spawn(run(tick)));
-    }
-    if let Some(handle) = in_flight {
-        if let Err(e) = handle.await {
-            tracing::error!(probe, error = %e, "probe run task failed");
-        }
-    }
+    let mut scheduler = Scheduler::new(metrics);
+    scheduler.add(probe, ticker, run);
+    scheduler.run(cancel).await;
 }
 
 #[cfg(test)]
@@ -325,5 +465,48 @@ mod tests {
         assert_eq!(started.load(Ordering::SeqCst), 3);
         assert_eq!(max_running.load(Ordering::SeqCst), 1);
         assert_eq!(metrics.skipped("p"), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_scheduler_ticks_every_probe_and_a_slow_run_delays_no_other() {
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        let cancel = CancellationToken::new();
+        let start = Instant::now();
+        let starts: Arc<std::sync::Mutex<Vec<(usize, Duration)>>> = Arc::default();
+        let mut scheduler = Scheduler::new(metrics.clone());
+        for (i, period) in [(0usize, 10u64), (1, 10), (2, 15)] {
+            let starts = starts.clone();
+            scheduler.add(format!("p{i}"), interval_ticker(period), move |_t: Tick| {
+                let starts = starts.clone();
+                async move {
+                    starts.lock().unwrap().push((i, start.elapsed()));
+                    // Probe 0's runs never end within the test.
+                    if i == 0 {
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                    }
+                }
+            });
+        }
+        assert_eq!(scheduler.len(), 3);
+        let driver = tokio::spawn(scheduler.run(cancel.clone()));
+        tokio::time::sleep(Duration::from_secs(31)).await;
+        cancel.cancel();
+        // Probe 0's run is still going: the scheduler waits for it, so stop it.
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        driver.await.unwrap();
+        let starts = starts.lock().unwrap().clone();
+        let of = |p: usize| -> Vec<u64> {
+            starts
+                .iter()
+                .filter(|(i, _)| *i == p)
+                .map(|(_, d)| d.as_secs())
+                .collect()
+        };
+        assert_eq!(of(0), [0]);
+        assert_eq!(of(1), [0, 10, 20, 30]);
+        assert_eq!(of(2), [0, 15, 30]);
+        assert_eq!(metrics.skipped("p0"), 3);
+        assert_eq!(metrics.skipped("p1"), 0);
     }
 }

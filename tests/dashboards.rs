@@ -83,7 +83,10 @@ fn panels_are_well_formed_and_query_through_the_datasource_variable() {
                     expr.contains("$cluster"),
                     "{name}: {title}: no $cluster filter: {expr}"
                 );
-                if !expr.contains("secret_canary_build_info") {
+                // Process-wide series (no probe label): build info and the
+                // scheduler's jitter.
+                let process_wide = ["secret_canary_build_info", "secret_canary_schedule_jitter"];
+                if !process_wide.iter().any(|m| expr.contains(m)) {
                     assert!(
                         expr.contains("$probe"),
                         "{name}: {title}: no $probe filter: {expr}"

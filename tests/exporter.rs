@@ -59,7 +59,7 @@ fn outcome(probe: &ProbeConfig, n: usize) -> Outcome {
         }
     }
     let failure = fail_at.map(|stage| {
-        let reasons = metrics::reasons(stage);
+        let reasons = metrics::reasons_for(probe, stage);
         Failure {
             stage,
             reason: reasons[n % reasons.len()],
@@ -92,6 +92,7 @@ struct Running {
     server: tokio::task::JoinHandle<Result<(), secret_canary::http::Error>>,
     config: Config,
     ready: Arc<AtomicBool>,
+    metrics: Metrics,
 }
 
 async fn start(outcomes_per_probe: usize) -> Running {
@@ -113,14 +114,16 @@ async fn start(outcomes_per_probe: usize) -> Running {
             board.record(&o);
         }
         metrics.record_skipped("eso-env");
-        metrics.observe_schedule_jitter("bank-vaults", Duration::from_micros(700 * n as u64));
+        metrics.observe_schedule_jitter(Duration::from_micros(700 * n as u64));
         metrics.record_missed_ticks("eso-volume", 1);
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let cancel = CancellationToken::new();
     let server = tokio::spawn(
-        Exporter::new(Arc::new(registry), Arc::new(board)).serve(listener, cancel.clone()),
+        Exporter::new(Arc::new(registry), Arc::new(board))
+            .with_generation(metrics.generation())
+            .serve(listener, cancel.clone()),
     );
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
@@ -133,6 +136,7 @@ async fn start(outcomes_per_probe: usize) -> Running {
         server,
         config,
         ready,
+        metrics,
     }
 }
 
@@ -218,6 +222,52 @@ async fn openmetrics_by_default_with_exemplars_and_a_bounded_series_count() {
         .to_str()
         .unwrap()
         .starts_with("application/openmetrics-text"));
+    r.cancel.cancel();
+}
+
+#[tokio::test]
+async fn a_scrape_between_changes_is_the_cached_exposition_and_a_change_shows() {
+    let r = start(10).await;
+    let scrape = |accept: &'static str| {
+        let (client, url) = (r.client.clone(), format!("{}/metrics", r.base));
+        async move {
+            let resp = client.get(url).header("accept", accept).send().await;
+            resp.unwrap().text().await.unwrap()
+        }
+    };
+    let line = |body: &str| {
+        body.lines()
+            .find(|l| {
+                l.starts_with(r#"secret_canary_runs_total{probe="eso-env",result="skipped"}"#)
+            })
+            .map(str::to_string)
+            .unwrap()
+    };
+    let mut skipped = 10;
+    for accept in ["application/openmetrics-text", "text/plain"] {
+        let first = scrape(accept).await;
+        assert_eq!(first, scrape(accept).await, "{accept}");
+        assert!(
+            line(&first).ends_with(&format!(" {skipped}")),
+            "{}",
+            line(&first)
+        );
+        r.metrics.record_skipped("eso-env");
+        skipped += 1;
+        let after = scrape(accept).await;
+        assert!(
+            line(&after).ends_with(&format!(" {skipped}")),
+            "{accept}: {}",
+            line(&after)
+        );
+        r.metrics.leader_gauge().set(1);
+        assert!(scrape(accept).await.contains("secret_canary_leader 1"));
+        r.metrics.leader_gauge().set(0);
+        assert!(scrape(accept).await.contains("secret_canary_leader 0"));
+        let o = outcome(&r.config.probes[0], 3);
+        r.metrics.record_outcome(&r.config.probes[0], &o);
+        assert_ne!(after, scrape(accept).await);
+    }
     r.cancel.cancel();
 }
 
@@ -323,7 +373,6 @@ fn stage_and_reason_label_values_are_the_enums() {
     assert!(metrics::reasons(Stage::EndToEnd).is_empty());
     for stage in Stage::CHAIN {
         assert!(metrics::reasons(stage).contains(&Reason::Timeout));
-        assert!(metrics::reasons(stage).contains(&Reason::ProberError));
         assert!(!metrics::reasons(stage).contains(&Reason::Aborted));
     }
 }

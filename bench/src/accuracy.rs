@@ -96,6 +96,17 @@ pub struct Row {
     pub baseline_ms: Summary,
 }
 
+/// Every run's error for one stage, ms.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct StageSamples {
+    /// Stage.
+    pub stage: String,
+    /// |prober − truth|, ms.
+    pub prober_ms: Vec<f64>,
+    /// |baseline − truth|, ms.
+    pub baseline_ms: Vec<f64>,
+}
+
 /// What the accuracy phase found.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct AccuracyResult {
@@ -119,6 +130,8 @@ pub struct AccuracyResult {
     pub rows: Vec<Row>,
     /// Per stage over every chain variant.
     pub overall: Vec<Row>,
+    /// Every scored error per stage over every chain variant (for the picture).
+    pub samples: Vec<StageSamples>,
     /// Wall time of the phase.
     pub seconds: f64,
 }
@@ -281,12 +294,18 @@ async fn measure(
         if t.is_empty() {
             continue;
         }
+        let (prober, baseline) = (gather(&prober_err), gather(&baseline_err));
         res.overall.push(Row {
             kind: Kind::Env,
             stage,
             truth_ms: summarize(&t),
-            prober_ms: summarize(&gather(&prober_err)),
-            baseline_ms: summarize(&gather(&baseline_err)),
+            prober_ms: summarize(&prober),
+            baseline_ms: summarize(&baseline),
+        });
+        res.samples.push(StageSamples {
+            stage: stage.to_string(),
+            prober_ms: prober,
+            baseline_ms: baseline,
         });
     }
     res.seconds = started.elapsed().as_secs_f64();

@@ -87,6 +87,8 @@ pub struct Measurement {
     pub scrape_ms: Summary,
     /// Exposition size, bytes.
     pub scrape_bytes: usize,
+    /// Samples (series) in the exposition.
+    pub series: usize,
     /// End-to-end durations of the window's runs, p50 seconds (histogram).
     pub e2e_p50: f64,
 }
@@ -236,6 +238,10 @@ async fn run_prober(
     for _ in 0..opts.scrapes {
         if let Ok((t, d)) = prober.scrape().await {
             m.scrape_bytes = t.len();
+            m.series = t
+                .lines()
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .count();
             lat.push(d.as_secs_f64() * 1000.0);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -18,6 +18,7 @@ mod proxy;
 mod report;
 mod scenario;
 mod stats;
+mod svg;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -346,6 +347,17 @@ fn write_results(
         std::fs::create_dir_all(parent)?;
     }
     std::fs::write(&out, results.markdown())?;
+    // The pictures go next to the results (bench/accuracy.svg, bench/footprint.svg).
+    let dir = out.parent().unwrap_or(root);
+    if let Some(a) = &results.accuracy {
+        std::fs::write(dir.join("accuracy.svg"), svg::accuracy(a))?;
+    }
+    if !results.cost.is_empty() || results.scale.is_some() {
+        std::fs::write(
+            dir.join("footprint.svg"),
+            svg::footprint(&results.cost, results.scale.as_ref()),
+        )?;
+    }
     std::fs::write(
         work.join("results.json"),
         serde_json::to_vec_pretty(&results)?,

@@ -1,49 +1,66 @@
 //! Every metric family the prober exports, registered once at start-up into
 //! one prometheus-client `Registry`. Label values come only from the config
 //! (`probe`) and from fixed enums (`stage`, `reason`, `result`), and every
-//! expected series is created zero-valued before the first run.
+//! expected series is created zero-valued before the first run: only the
+//! series the probe's chain can produce (its stages, the reasons each stage
+//! can fail with, histogram buckets from its SLOs and deadlines, see
+//! [`duration_buckets`]), so a probe costs about 100–150 series.
+//!
+//! Every mutation bumps a generation counter ([`Metrics::generation`]); the
+//! exporter encodes the registry once per generation and serves the cached
+//! bytes to every scrape in between.
 //!
 //! | family | type | labels | meaning |
 //! |---|---|---|---|
-//! | `secret_canary_stage_duration_seconds` | histogram | probe, stage | how long each completed hop took (exemplar: run_id) |
-//! | `secret_canary_end_to_end_duration_seconds` | histogram | probe | store write start to canary observation, successful runs (exemplar: run_id) |
-//! | `secret_canary_forced_stage_duration_seconds` | histogram | probe, stage | as `stage_duration`, for runs that forced ESO's sync (`force_sync`); only probes with it enabled |
-//! | `secret_canary_forced_end_to_end_duration_seconds` | histogram | probe | as `end_to_end_duration`, forced runs |
+//! | `secret_canary_stage_duration_seconds` | histogram | probe, stage | how long each completed hop took (exemplar: run_id); probes without `force_sync` |
+//! | `secret_canary_end_to_end_duration_seconds` | histogram | probe | store write start to canary observation, successful runs (exemplar: run_id); probes without `force_sync` |
+//! | `secret_canary_forced_stage_duration_seconds` | histogram | probe, stage | as `stage_duration`, for probes that force ESO's sync (`force_sync`) |
+//! | `secret_canary_forced_end_to_end_duration_seconds` | histogram | probe | as `end_to_end_duration`, probes that force ESO's sync |
 //! | `secret_canary_runs_total` | counter | probe, result | runs by result: success, failure, skipped, aborted |
 //! | `secret_canary_stage_failures_total` | counter | probe, stage, reason | failed runs by the first stage that did not complete and why |
 //! | `secret_canary_prober_errors_total` | counter | probe | runs that failed because of the prober itself (reason `prober_error`) |
 //! | `secret_canary_last_run_timestamp_seconds` | gauge | probe | when the last completed run ended (0: none yet) |
 //! | `secret_canary_last_success_timestamp_seconds` | gauge | probe | when the last successful run ended (0: none yet) |
 //! | `secret_canary_last_run_success` | gauge | probe | 1 if the last run succeeded, else 0 (like blackbox `probe_success`) |
-//! | `secret_canary_last_stage_duration_seconds` | gauge | probe, stage | the last run's stage durations (NaN: not completed) |
+//! | `secret_canary_last_stage_duration_seconds` | gauge | probe, stage | the last run's stage durations (NaN: not completed); probes without `force_sync` |
 //! | `secret_canary_run_in_progress` | gauge | probe | 1 while a run is going |
-//! | `secret_canary_slo_breaches_total` | counter | probe, stage | completed stages slower than their SLO |
+//! | `secret_canary_slo_breaches_total` | counter | probe, stage | completed stages slower than their SLO; probes without `force_sync` |
 //! | `secret_canary_slo_threshold_seconds` | gauge | probe, stage | the configured SLO thresholds |
-//! | `secret_canary_schedule_jitter_seconds` | histogram | probe | how late a run started after its tick was due |
+//! | `secret_canary_schedule_jitter_seconds` | histogram | - | how late a run started after its tick was due (one scheduler for every probe) |
 //! | `secret_canary_schedule_missed_ticks_total` | counter | probe | ticks dropped because the process stalled |
+//! | `secret_canary_stage_blocked` | gauge | probe, stage, reason | 1 while the cluster reports the run in flight blocked at this stage for this reason; 0 otherwise |
+//! | `secret_canary_skipped_runs_total` | counter | probe, reason | ticks that did not start a run: run_in_progress, watcher_failing |
+//! | `secret_canary_change_log_overflows_total` | counter | probe | times a watcher's bounded change log overflowed before a run read it |
 //! | `secret_canary_leader` | gauge | - | 1 while this replica runs the probes (holds the Lease, or leader election is off) |
 //! | `secret_canary_build_info` | gauge | version, revision | always 1 |
 //!
 //! A forced run (`chain.force_sync`, `once --force-sync`) skips ESO's
-//! refreshInterval, so its durations would flatter the propagation SLO: they
-//! go to the `forced_` histograms only and leave `last_stage_duration` and
-//! `slo_breaches_total` to natural runs. Results, failures and timestamps
-//! count every run, forced or not.
+//! refreshInterval, so its durations would flatter the propagation SLO: a
+//! probe that forces (every run of it does) has the `forced_` histograms
+//! instead of the natural ones, and no `last_stage_duration` or
+//! `slo_breaches_total`, which are about natural runs. Results, failures and
+//! timestamps count every run, forced or not.
 
-use std::sync::atomic::AtomicU64;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::exemplar::HistogramWithExemplars;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::config::{Config, ProbeConfig};
 use crate::slo;
-use crate::vocab::{Outcome, Reason, RunResult, Stage, SyncTrigger};
+use crate::vocab::{Outcome, Reason, RunResult, Stage};
 
 /// The metric name prefix.
 pub const PREFIX: &str = "secret_canary";
@@ -52,37 +69,70 @@ pub const PREFIX: &str = "secret_canary";
 pub const OPENMETRICS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Stage duration buckets, seconds: 10 ms to 1 h (ESO refresh intervals
-/// reach an hour, webhook-injected rollouts take minutes).
-pub const DURATION_BUCKETS: [f64; 17] = [
-    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
-    1800.0, 3600.0,
+/// The compact default stage duration buckets, seconds: 10 ms to 1 h, each
+/// 4–6 times the last (10 above 30 s, where only long deadlines reach). A
+/// stage's histogram has those below its deadline, the deadline itself,
+/// and its SLO threshold (see [`duration_buckets`]).
+pub const DEFAULT_DURATION_BUCKETS: [f64; 8] = [0.01, 0.05, 0.25, 1.0, 5.0, 30.0, 300.0, 3600.0];
+
+/// Schedule jitter buckets, seconds: 1 ms to 10 s (one histogram for the
+/// whole scheduler).
+pub const JITTER_BUCKETS: [f64; 11] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5, 10.0,
 ];
 
-/// Schedule jitter buckets, seconds: 0.5 ms to 10 s.
-pub const JITTER_BUCKETS: [f64; 14] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
+/// A default bucket this close (as a ratio) to a configured boundary (an
+/// SLO threshold or the deadline) is left out: it would add a series
+/// without adding resolution.
+const NEAR: f64 = 1.5;
 
-/// The failure reasons a stage can report: the label matrix of
-/// `secret_canary_stage_failures_total`. The probe engine attributes each
-/// failure to one of these; a pair outside the matrix is still recorded but
-/// was not pre-created. `aborted` is not a failure (shutdown) and appears
-/// only in `secret_canary_runs_total{result="aborted"}`.
+/// The buckets of `stage`'s duration histogram for `probe`: the default
+/// buckets below the stage's deadline (no completed stage is slower, so
+/// buckets above it would stay empty), the deadline, and the stage's SLO
+/// threshold T when it has one, so whether a quantile is within the SLO
+/// (`histogram_quantile(0.99, ...) <= T`) is answered exactly; elsewhere a
+/// quantile is interpolated within a bucket 4–6 times wide. Defaults within
+/// a factor 1.5 of T or the deadline are left out. Sorted, distinct.
+pub fn duration_buckets(probe: &ProbeConfig, stage: Stage) -> Vec<f64> {
+    let deadline = probe
+        .stage_deadline(stage)
+        .min(probe.deadline())
+        .as_secs_f64();
+    let mut fixed = vec![deadline];
+    if let Some(t) = probe.slo(stage) {
+        let t = t.as_secs_f64();
+        if t > 0.0 && t < deadline {
+            fixed.push(t);
+        }
+    }
+    let near = |b: f64| fixed.iter().any(|&f| b < f * NEAR && b > f / NEAR);
+    let mut buckets: Vec<f64> = DEFAULT_DURATION_BUCKETS
+        .iter()
+        .copied()
+        .filter(|&b| b < deadline && !near(b))
+        .chain(fixed.iter().copied().filter(|&b| b > 0.0))
+        .collect();
+    buckets.sort_by(f64::total_cmp);
+    buckets.dedup();
+    buckets
+}
+
+/// Every reason any run may report for `stage` (the union over chains).
+/// `aborted` is not a failure (shutdown) and appears only in
+/// `secret_canary_runs_total{result="aborted"}`.
 pub fn reasons(stage: Stage) -> &'static [Reason] {
     use Reason::*;
     match stage {
         Stage::StoreWrite => &[Timeout, StoreError, AuthError, ProberError],
+        // Every watched stage: not_found (404), prober_error (the prober's
+        // own RBAC or credentials refused: 400/401/403/422) and api_error
+        // from its watcher's faults.
+        // prober_error also: a force-sync patch refused, or one ESO would
+        // ignore (refreshPolicy CreatedOnce, refreshInterval 0).
         Stage::EsoSync => &[Timeout, SyncError, NotFound, ApiError, ProberError],
         // sync_error: ESO reported an error after writing an older value.
-        Stage::SecretUpdate => &[
-            Timeout,
-            SyncError,
-            NotFound,
-            ApiError,
-            ValueMismatch,
-            ProberError,
-        ],
+        Stage::SecretUpdate => &[Timeout, SyncError, NotFound, ApiError, ProberError],
+        // prober_error also: a restart patch refused.
         Stage::ReloaderTrigger => &[Timeout, NotFound, ApiError, ProberError],
         Stage::Rollout => &[
             Timeout,
@@ -92,6 +142,8 @@ pub fn reasons(stage: Stage) -> &'static [Reason] {
             ApiError,
             ProberError,
         ],
+        // prober_error also: the canary HTTP client could not be built.
+        // unresolved_reference: a canary runs with a literal `vault:` value.
         Stage::CanaryObserve => &[
             Timeout,
             CanaryUnreachable,
@@ -157,6 +209,19 @@ pub struct SkipLabels {
     pub probe: String,
     /// Why the tick was skipped.
     pub reason: SkipReason,
+}
+
+/// The reasons `stage` of `probe` can fail with: the label matrix of its
+/// `secret_canary_stage_failures_total` series, a superset of what the
+/// probe engine attributes (src/probe/tracker/attribution.rs). Every stage
+/// the chain has is watched, and a watch the prober's own RBAC or
+/// credentials refuse (401/403) fails it with `prober_error`, so no reason
+/// of [`reasons`] depends on the probe's config (`prober_error` on
+/// `eso_sync` is not only the force-sync patch, nor on `reloader_trigger`
+/// only the restart patch). A pair outside the matrix is still recorded
+/// but was not pre-created.
+pub fn reasons_for(_probe: &ProbeConfig, stage: Stage) -> Vec<Reason> {
+    reasons(stage).to_vec()
 }
 
 /// Every run result, each a `secret_canary_runs_total` series.
@@ -237,24 +302,160 @@ pub struct RunIdExemplar {
     pub run_id: String,
 }
 
-type DurationFamily<L> = Family<L, HistogramWithExemplars<RunIdExemplar>>;
+type Exemplared = HistogramWithExemplars<RunIdExemplar>;
 type F64Gauge = Gauge<f64, AtomicU64>;
 
-fn duration_histogram() -> HistogramWithExemplars<RunIdExemplar> {
-    HistogramWithExemplars::new(DURATION_BUCKETS.into_iter())
+/// One probe's duration histograms, each with its own buckets.
+#[derive(Debug)]
+struct ProbeDurations {
+    /// The probe forces ESO's sync: the series are the `forced_` ones.
+    forced: bool,
+    stages: Vec<(StageLabels, Exemplared)>,
+    end_to_end: (ProbeLabels, Exemplared),
 }
 
-fn jitter_histogram() -> Histogram {
-    Histogram::new(JITTER_BUCKETS)
+#[derive(Debug, Default)]
+struct DurationsInner {
+    order: Vec<Arc<ProbeDurations>>,
+    index: HashMap<String, usize>,
+}
+
+/// The duration histograms of every probe: a collector, because a
+/// prometheus-client `Family` gives every series the same buckets and
+/// these are chosen per probe and stage ([`duration_buckets`]).
+#[derive(Debug, Default)]
+struct Durations {
+    inner: RwLock<DurationsInner>,
+}
+
+impl Durations {
+    fn add(&self, probe: &ProbeConfig) {
+        let name = probe.name.as_str();
+        let hist = |stage| Exemplared::new(duration_buckets(probe, stage).into_iter());
+        let series = ProbeDurations {
+            forced: probe.chain.force_sync,
+            stages: probe
+                .stages()
+                .into_iter()
+                .map(|stage| (stage_labels(name, stage), hist(stage)))
+                .collect(),
+            end_to_end: (probe_labels(name), hist(Stage::EndToEnd)),
+        };
+        let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        let at = inner.order.len();
+        inner.order.push(Arc::new(series));
+        if let Some(old) = inner.index.insert(name.to_string(), at) {
+            // A probe initialised twice keeps its first series.
+            inner.index.insert(name.to_string(), old);
+            inner.order.pop();
+        }
+    }
+
+    fn of(&self, probe: &str) -> Option<Arc<ProbeDurations>> {
+        let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        inner.index.get(probe).map(|&i| inner.order[i].clone())
+    }
+}
+
+const STAGE_DURATION_HELP: &str = "Duration of each completed stage of a probe run";
+const END_TO_END_HELP: &str =
+    "Duration from the store write starting to every canary observing the value, successful runs";
+const FORCED_STAGE_DURATION_HELP: &str =
+    "Duration of each completed stage of a probe run that forced ESO's sync (force-sync annotation)";
+const FORCED_END_TO_END_HELP: &str = "Duration from the store write starting to every canary observing the value, successful runs that forced ESO's sync";
+
+impl Collector for Durations {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        for forced in [false, true] {
+            let probes: Vec<_> = inner.order.iter().filter(|p| p.forced == forced).collect();
+            if probes.is_empty() {
+                continue;
+            }
+            let (stage_name, stage_help, e2e_name, e2e_help) = if forced {
+                (
+                    "forced_stage_duration",
+                    FORCED_STAGE_DURATION_HELP,
+                    "forced_end_to_end_duration",
+                    FORCED_END_TO_END_HELP,
+                )
+            } else {
+                (
+                    "stage_duration",
+                    STAGE_DURATION_HELP,
+                    "end_to_end_duration",
+                    END_TO_END_HELP,
+                )
+            };
+            let mut family = encoder.encode_descriptor(
+                stage_name,
+                stage_help,
+                Some(&Unit::Seconds),
+                MetricType::Histogram,
+            )?;
+            for p in &probes {
+                for (labels, h) in &p.stages {
+                    h.encode(family.encode_family(labels)?)?;
+                }
+            }
+            let mut family = encoder.encode_descriptor(
+                e2e_name,
+                e2e_help,
+                Some(&Unit::Seconds),
+                MetricType::Histogram,
+            )?;
+            for p in &probes {
+                let (labels, h) = &p.end_to_end;
+                h.encode(family.encode_family(labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The exposition's version: bumped after every change to a metric, so the
+/// exporter encodes once per change and serves copies in between.
+#[derive(Debug, Clone, Default)]
+pub struct Generation(Arc<AtomicU64>);
+
+impl Generation {
+    /// The current value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Something changed (call after the change).
+    pub fn bump(&self) {
+        self.0.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// A 0/1 gauge handed out of [`Metrics`] (the leader flag): setting it
+/// bumps the exposition's [`Generation`].
+#[derive(Debug, Clone, Default)]
+pub struct FlagGauge {
+    gauge: Gauge,
+    generation: Generation,
+}
+
+impl FlagGauge {
+    /// Set the gauge (only a change bumps the generation).
+    pub fn set(&self, v: i64) {
+        if self.gauge.set(v) != v {
+            self.generation.bump();
+        }
+    }
+
+    /// The current value.
+    pub fn get(&self) -> i64 {
+        self.gauge.get()
+    }
 }
 
 /// Handles to every family; cheap to clone (the families are shared).
 #[derive(Clone, Debug)]
 pub struct Metrics {
-    stage_duration: DurationFamily<StageLabels>,
-    end_to_end: DurationFamily<ProbeLabels>,
-    forced_stage_duration: DurationFamily<StageLabels>,
-    forced_end_to_end: DurationFamily<ProbeLabels>,
+    durations: Arc<Durations>,
     runs: Family<ResultLabels, Counter>,
     stage_failures: Family<FailureLabels, Counter>,
     prober_errors: Family<ProbeLabels, Counter>,
@@ -265,13 +466,14 @@ pub struct Metrics {
     in_progress: Family<ProbeLabels, Gauge>,
     slo_breaches: Family<StageLabels, Counter>,
     slo_threshold: Family<StageLabels, F64Gauge>,
-    jitter: Family<ProbeLabels, Histogram>,
+    jitter: Histogram,
     missed_ticks: Family<ProbeLabels, Counter>,
     build_info: Family<BuildLabels, Gauge>,
-    leader: Gauge,
+    leader: FlagGauge,
     stage_blocked: Family<FailureLabels, Gauge>,
     skipped_runs: Family<SkipLabels, Counter>,
     change_log_overflows: Family<ProbeLabels, Counter>,
+    generation: Generation,
 }
 
 fn probe_labels(probe: &str) -> ProbeLabels {
@@ -295,11 +497,9 @@ impl Metrics {
     /// Register every family into `registry` (pass an unprefixed registry:
     /// the names carry the `secret_canary_` prefix themselves).
     pub fn register(registry: &mut Registry) -> Metrics {
+        let generation = Generation::default();
         let m = Metrics {
-            stage_duration: Family::new_with_constructor(duration_histogram),
-            end_to_end: Family::new_with_constructor(duration_histogram),
-            forced_stage_duration: Family::new_with_constructor(duration_histogram),
-            forced_end_to_end: Family::new_with_constructor(duration_histogram),
+            durations: Arc::new(Durations::default()),
             runs: Family::default(),
             stage_failures: Family::default(),
             prober_errors: Family::default(),
@@ -310,39 +510,20 @@ impl Metrics {
             in_progress: Family::default(),
             slo_breaches: Family::default(),
             slo_threshold: Family::default(),
-            jitter: Family::new_with_constructor(jitter_histogram),
+            jitter: Histogram::new(JITTER_BUCKETS),
             missed_ticks: Family::default(),
             build_info: Family::default(),
-            leader: Gauge::default(),
+            leader: FlagGauge {
+                gauge: Gauge::default(),
+                generation: generation.clone(),
+            },
             stage_blocked: Family::default(),
             skipped_runs: Family::default(),
             change_log_overflows: Family::default(),
+            generation,
         };
         let r = registry.sub_registry_with_prefix(PREFIX);
-        r.register_with_unit(
-            "stage_duration",
-            "Duration of each completed stage of a probe run",
-            Unit::Seconds,
-            m.stage_duration.clone(),
-        );
-        r.register_with_unit(
-            "end_to_end_duration",
-            "Duration from the store write starting to every canary observing the value, successful runs",
-            Unit::Seconds,
-            m.end_to_end.clone(),
-        );
-        r.register_with_unit(
-            "forced_stage_duration",
-            "Duration of each completed stage of a probe run that forced ESO's sync (force-sync annotation)",
-            Unit::Seconds,
-            m.forced_stage_duration.clone(),
-        );
-        r.register_with_unit(
-            "forced_end_to_end_duration",
-            "Duration from the store write starting to every canary observing the value, successful runs that forced ESO's sync",
-            Unit::Seconds,
-            m.forced_end_to_end.clone(),
-        );
+        r.register_collector(Box::new(m.durations.clone()));
         r.register(
             "runs",
             "Probe runs by result (success, failure, skipped: previous run still going, aborted: shutdown)",
@@ -399,7 +580,7 @@ impl Metrics {
         );
         r.register_with_unit(
             "schedule_jitter",
-            "Delay between a tick being due and its run starting",
+            "Delay between a tick being due and its run starting, every probe",
             Unit::Seconds,
             m.jitter.clone(),
         );
@@ -411,7 +592,7 @@ impl Metrics {
         r.register(
             "leader",
             "Whether this replica runs the probes (1): it holds the leader Lease, or leader election is off",
-            m.leader.clone(),
+            m.leader.gauge.clone(),
         );
         r.register(
             "stage_blocked",
@@ -446,8 +627,13 @@ impl Metrics {
 
     /// The `secret_canary_leader` gauge, for the leader elector (or set to 1
     /// when leader election is off).
-    pub fn leader_gauge(&self) -> Gauge {
+    pub fn leader_gauge(&self) -> FlagGauge {
         self.leader.clone()
+    }
+
+    /// The exposition's version: it changes after every change to a metric.
+    pub fn generation(&self) -> Generation {
+        self.generation.clone()
     }
 
     /// Register into `registry` and create every series `config` implies.
@@ -464,7 +650,7 @@ impl Metrics {
     pub fn init_probe(&self, probe: &ProbeConfig) {
         let name = probe.name.as_str();
         let p = probe_labels(name);
-        let _ = self.end_to_end.get_or_create(&p);
+        self.durations.add(probe);
         for result in RESULTS {
             let _ = self.runs.get_or_create(&ResultLabels {
                 probe: name.to_string(),
@@ -476,7 +662,6 @@ impl Metrics {
         let _ = self.last_success.get_or_create(&p);
         let _ = self.last_run_success.get_or_create(&p);
         let _ = self.in_progress.get_or_create(&p);
-        let _ = self.jitter.get_or_create(&p);
         let _ = self.missed_ticks.get_or_create(&p);
         let _ = self.change_log_overflows.get_or_create(&p);
         for reason in SkipReason::ALL {
@@ -493,10 +678,7 @@ impl Metrics {
                     reason,
                 });
             }
-            let _ = self
-                .stage_duration
-                .get_or_create(&stage_labels(name, stage));
-            for &reason in reasons(stage) {
+            for reason in reasons_for(probe, stage) {
                 let _ = self.stage_failures.get_or_create(&FailureLabels {
                     probe: name.to_string(),
                     stage,
@@ -504,30 +686,29 @@ impl Metrics {
                 });
             }
         }
-        if probe.chain.force_sync {
-            let _ = self.forced_end_to_end.get_or_create(&p);
-            for stage in probe.stages() {
-                let _ = self
-                    .forced_stage_duration
-                    .get_or_create(&stage_labels(name, stage));
+        let natural = !probe.chain.force_sync;
+        if natural {
+            for stage in probe.stages().into_iter().chain([Stage::EndToEnd]) {
+                self.last_stage_duration
+                    .get_or_create(&stage_labels(name, stage))
+                    .set(f64::NAN);
             }
         }
-        for stage in probe.stages().into_iter().chain([Stage::EndToEnd]) {
-            self.last_stage_duration
-                .get_or_create(&stage_labels(name, stage))
-                .set(f64::NAN);
-        }
         for (stage, threshold) in &probe.slo {
-            let _ = self.slo_breaches.get_or_create(&stage_labels(name, *stage));
+            if natural {
+                let _ = self.slo_breaches.get_or_create(&stage_labels(name, *stage));
+            }
             self.slo_threshold
                 .get_or_create(&stage_labels(name, *stage))
                 .set(threshold.0.as_secs_f64());
         }
+        self.generation.bump();
     }
 
     /// A run of `probe` has started.
     pub fn run_started(&self, probe: &str) {
         self.in_progress.get_or_create(&probe_labels(probe)).set(1);
+        self.generation.bump();
     }
 
     /// A tick found the previous run of `probe` still going.
@@ -539,8 +720,10 @@ impl Metrics {
             })
             .inc();
         self.count_skip(probe, SkipReason::RunInProgress);
+        self.generation.bump();
     }
 
+    /// Callers bump the generation.
     fn count_skip(&self, probe: &str, reason: SkipReason) {
         self.skipped_runs
             .get_or_create(&SkipLabels {
@@ -584,6 +767,7 @@ impl Metrics {
                 })
                 .set(1);
         }
+        self.generation.bump();
     }
 
     /// Runs of `probe` found `n` more change-log overflows.
@@ -592,6 +776,7 @@ impl Metrics {
             self.change_log_overflows
                 .get_or_create(&probe_labels(probe))
                 .inc_by(n);
+            self.generation.bump();
         }
     }
 
@@ -600,17 +785,22 @@ impl Metrics {
         self.missed_ticks
             .get_or_create(&probe_labels(probe))
             .inc_by(n);
+        self.generation.bump();
     }
 
-    /// How late a run of `probe` started after its tick was due.
-    pub fn observe_schedule_jitter(&self, probe: &str, lateness: Duration) {
-        self.jitter
-            .get_or_create(&probe_labels(probe))
-            .observe(lateness.as_secs_f64());
+    /// How late a run (of any probe) started after its tick was due.
+    pub fn observe_schedule_jitter(&self, lateness: Duration) {
+        self.jitter.observe(lateness.as_secs_f64());
+        self.generation.bump();
     }
 
     /// Record a finished run (and clear run-in-progress).
     pub fn record_outcome(&self, probe: &ProbeConfig, outcome: &Outcome) {
+        self.record(probe, outcome);
+        self.generation.bump();
+    }
+
+    fn record(&self, probe: &ProbeConfig, outcome: &Outcome) {
         let name = probe.name.as_str();
         let p = probe_labels(name);
         self.in_progress.get_or_create(&p).set(0);
@@ -634,20 +824,18 @@ impl Metrics {
             })
         };
         let at = Some(SystemTime::from(outcome.finished_at));
-        let forced = outcome.sync_trigger == Some(SyncTrigger::Forced);
-        let (stage_family, e2e_family) = if forced {
-            (&self.forced_stage_duration, &self.forced_end_to_end)
-        } else {
-            (&self.stage_duration, &self.end_to_end)
-        };
+        // Whether runs force ESO's sync is the probe's config (every run of
+        // a `force_sync` probe does), so the series set follows the config.
+        let forced = probe.chain.force_sync;
+        let durations = self.durations.of(name);
         for stage in probe.stages() {
             let d = outcome.duration(stage);
             // Measured across a watch gap: reported, not a pipeline latency.
             let gap = outcome.watch_gaps.contains(&stage);
-            if let (Some(d), false) = (d, gap) {
-                stage_family
-                    .get_or_create(&stage_labels(name, stage))
-                    .observe(d.as_secs_f64(), exemplar(), at);
+            if let (Some(d), Some(series), false) = (d, &durations, gap) {
+                if let Some((_, h)) = series.stages.iter().find(|(l, _)| l.stage == stage) {
+                    h.observe(d.as_secs_f64(), exemplar(), at);
+                }
             }
             if !forced {
                 self.last_stage_duration
@@ -656,10 +844,9 @@ impl Metrics {
             }
         }
         let e2e = slo::end_to_end(outcome);
-        if let (Some(d), false) = (e2e, outcome.watch_gaps.contains(&Stage::EndToEnd)) {
-            e2e_family
-                .get_or_create(&p)
-                .observe(d.as_secs_f64(), exemplar(), at);
+        let gap = outcome.watch_gaps.contains(&Stage::EndToEnd);
+        if let (Some(d), Some(series), false) = (e2e, &durations, gap) {
+            series.end_to_end.1.observe(d.as_secs_f64(), exemplar(), at);
         }
         if !forced {
             self.last_stage_duration
@@ -710,37 +897,44 @@ impl Metrics {
     }
 }
 
+/// How many samples (exposition lines) one probe adds to a registry built
+/// by [`Metrics::for_config`], before and after any number of runs whose
+/// failures stay inside [`reasons_for`].
+pub fn series_of_probe(p: &ProbeConfig) -> usize {
+    let stages = p.stages();
+    let n = stages.len();
+    let natural = !p.chain.force_sync;
+    // Each histogram series is its buckets, +Inf, _sum and _count.
+    let histograms: usize = stages
+        .iter()
+        .copied()
+        .chain([Stage::EndToEnd])
+        .map(|s| duration_buckets(p, s).len() + 3)
+        .sum();
+    let failures: usize = stages.iter().map(|s| reasons_for(p, *s).len()).sum();
+    let blocked: usize = stages.iter().map(|s| blocked_reasons(*s).len()).sum();
+    histograms          // (forced_)stage_duration, (forced_)end_to_end_duration
+        + RESULTS.len() // runs_total
+        + failures      // stage_failures_total
+        + 1             // prober_errors_total
+        + 3             // last_run_timestamp, last_success_timestamp, last_run_success
+        + if natural { n + 1 } else { 0 } // last_stage_duration (+ end_to_end)
+        + 1             // run_in_progress
+        + if natural { p.slo.len() } else { 0 } // slo_breaches_total
+        + p.slo.len()   // slo_threshold_seconds
+        + 1             // schedule_missed_ticks_total
+        + blocked       // stage_blocked
+        + SkipReason::ALL.len() // skipped_runs_total
+        + 1 // change_log_overflows_total
+}
+
 /// How many samples (exposition lines) a registry built by
 /// [`Metrics::for_config`] has, before and after any number of runs whose
-/// failures stay inside [`reasons`]: the series count is a function of the
-/// config alone.
+/// failures stay inside [`reasons_for`]: the series count is a function of
+/// the config alone.
 pub fn expected_series(config: &Config) -> usize {
-    // Each histogram series is its buckets, +Inf, _sum and _count.
-    let duration_hist = DURATION_BUCKETS.len() + 3;
-    let jitter_hist = JITTER_BUCKETS.len() + 3;
-    let per_probe = |p: &ProbeConfig| {
-        let stages = p.stages();
-        let n = stages.len();
-        let failures: usize = stages.iter().map(|s| reasons(*s).len()).sum();
-        let blocked: usize = stages.iter().map(|s| blocked_reasons(*s).len()).sum();
-        n * duration_hist   // stage_duration
-            + duration_hist // end_to_end_duration
-            + RESULTS.len() // runs_total
-            + failures      // stage_failures_total
-            + 1             // prober_errors_total
-            + 3             // last_run_timestamp, last_success_timestamp, last_run_success
-            + (n + 1)       // last_stage_duration (+ end_to_end)
-            + 1             // run_in_progress
-            + 2 * p.slo.len() // slo_breaches_total, slo_threshold_seconds
-            + jitter_hist   // schedule_jitter
-            + 1 // schedule_missed_ticks_total
-            + blocked // stage_blocked
-            + SkipReason::ALL.len() // skipped_runs_total
-            + 1 // change_log_overflows_total
-            + if p.chain.force_sync { (n + 1) * duration_hist } else { 0 } // forced_*
-    };
-    // build_info and leader, then each probe's series.
-    2 + config.probes.iter().map(per_probe).sum::<usize>()
+    // build_info, leader and the scheduler's jitter histogram, then each probe's series.
+    2 + (JITTER_BUCKETS.len() + 3) + config.probes.iter().map(series_of_probe).sum::<usize>()
 }
 
 /// The registry in the OpenMetrics text format (ends with `# EOF`).

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::config::Config;
-use crate::vocab::{Failure, StageTiming};
+use crate::vocab::{Failure, StageTiming, SyncTrigger};
 use chrono::Utc;
 
 pub(crate) const TWO_PROBES: &str = r#"
@@ -51,9 +51,12 @@ fn outcome(probe: &ProbeConfig, n: usize) -> Outcome {
             break;
         }
     }
-    let failure = fail_at.map(|stage| Failure {
-        stage,
-        reason: reasons(stage)[n % reasons(stage).len()],
+    let failure = fail_at.map(|stage| {
+        let reasons = reasons_for(probe, stage);
+        Failure {
+            stage,
+            reason: reasons[n % reasons.len()],
+        }
     });
     Outcome {
         probe: probe.name.clone(),
@@ -112,7 +115,7 @@ fn outcomes_never_grow_the_series_count() {
             m.record_outcome(probe, &outcome(probe, n));
         }
         m.record_skipped("eso-env");
-        m.observe_schedule_jitter("eso-env", Duration::from_millis(3));
+        m.observe_schedule_jitter(Duration::from_millis(3));
     }
     let text = encode_openmetrics(&registry).unwrap();
     assert_eq!(count_samples(&text), expected_series(&config));
@@ -139,18 +142,19 @@ fn forced_runs_are_exported_apart_and_the_series_count_stays_exact() {
         "{text}"
     );
     assert!(!text.contains(r#"forced_end_to_end_duration_seconds_count{probe="bank-vaults"}"#));
+    // A probe that forces has no natural histograms, last-run durations or breaches.
+    assert!(!text.contains(r#"secret_canary_end_to_end_duration_seconds_count{probe="eso-env"}"#));
+    assert!(!text.contains(r#"last_stage_duration_seconds{probe="eso-env""#));
+    assert!(!text.contains(r#"slo_breaches_total{probe="eso-env""#));
+    assert!(text.contains(r#"slo_threshold_seconds{probe="eso-env",stage="eso_sync"} 10.0"#));
     for n in 0..40 {
         let mut o = outcome(&probe, n);
-        o.sync_trigger = Some(if n % 2 == 0 {
-            SyncTrigger::Forced
-        } else {
-            SyncTrigger::Natural
-        });
+        o.sync_trigger = Some(SyncTrigger::Forced);
         m.record_outcome(&probe, &o);
     }
     let text = encode_openmetrics(&registry).unwrap();
     assert_eq!(count_samples(&text), expected_series(&config));
-    // n % 4 == 0 succeeds (all even, so forced), but n = 12 is aborted.
+    // n % 4 == 0 succeeds (10 of 40), but n = 12 is aborted.
     assert!(
         text.contains(
             r#"secret_canary_forced_end_to_end_duration_seconds_count{probe="eso-env"} 9"#
@@ -158,9 +162,149 @@ fn forced_runs_are_exported_apart_and_the_series_count_stays_exact() {
         "{text}"
     );
     assert!(
-        text.contains(r#"secret_canary_end_to_end_duration_seconds_count{probe="eso-env"} 0"#),
+        text.contains(r#"secret_canary_end_to_end_duration_seconds_count{probe="bank-vaults"} 0"#),
         "{text}"
     );
+}
+
+#[test]
+fn buckets_come_from_the_deadline_and_the_slo() {
+    let config = config();
+    let eso = &config.probes[0];
+    // Default deadline 300 s, no SLO on store_write: the defaults below 300 s and 300 s.
+    assert_eq!(
+        duration_buckets(eso, Stage::StoreWrite),
+        [0.01, 0.05, 0.25, 1.0, 5.0, 30.0, 300.0]
+    );
+    // eso_sync has a 10 s SLO.
+    assert_eq!(
+        duration_buckets(eso, Stage::EsoSync),
+        [0.01, 0.05, 0.25, 1.0, 5.0, 10.0, 30.0, 300.0]
+    );
+    // end_to_end's 60 s SLO.
+    assert_eq!(
+        duration_buckets(eso, Stage::EndToEnd),
+        [0.01, 0.05, 0.25, 1.0, 5.0, 30.0, 60.0, 300.0]
+    );
+    // A 40 s deadline: 30 s is too close to it to add resolution.
+    let mut short = eso.clone();
+    short.deadline = Some(Duration::from_secs(40));
+    assert_eq!(
+        duration_buckets(&short, Stage::StoreWrite),
+        [0.01, 0.05, 0.25, 1.0, 5.0, 40.0]
+    );
+    for p in &config.probes {
+        for stage in p.stages().into_iter().chain([Stage::EndToEnd]) {
+            let b = duration_buckets(p, stage);
+            assert!(b.windows(2).all(|w| w[0] < w[1]), "{b:?}");
+            if let Some(t) = p.slo(stage) {
+                assert!(b.contains(&t.as_secs_f64()), "{stage}: {b:?}");
+            }
+        }
+    }
+}
+
+const VOLUME_PROBE: &str = r#"
+probes:
+  - name: eso-volume
+    interval: 30s
+    slo: {end_to_end: 120s}
+    store: {address: "http://127.0.0.1:8200", path: canary/eso-volume, auth: {token: {env: VAULT_TOKEN}}}
+    chain:
+      namespace: canary
+      external_secret: canary-volume
+      secret: {name: canary-volume}
+      canary: {selector: app=canary-volume, source: file}
+"#;
+
+/// One more probe's series and bytes in an exposition that has one like it
+/// already (the families' HELP and TYPE lines are paid once, not per
+/// probe): OpenMetrics, after 200 runs of every outcome with UUID-long run
+/// ids, so every bucket a stage reaches holds an exemplar.
+fn footprint(probe: &ProbeConfig) -> (usize, usize) {
+    let exposition = |copies: usize| {
+        let mut registry = Registry::default();
+        let m = Metrics::register(&mut registry);
+        for c in 0..copies {
+            let mut p = probe.clone();
+            p.name = format!("{}-{c}", probe.name);
+            m.init_probe(&p);
+            for n in 0..200 {
+                let mut o = outcome(&p, n);
+                o.run_id = format!("{n:08}-0000-4000-8000-000000000000");
+                m.record_outcome(&p, &o);
+            }
+        }
+        encode_openmetrics(&registry).unwrap()
+    };
+    let (one, two) = (exposition(1), exposition(2));
+    (
+        count_samples(&two) - count_samples(&one),
+        two.len() - one.len(),
+    )
+}
+
+#[test]
+fn a_probe_is_at_most_120_series_and_12_kib() {
+    let volume = Config::from_yaml(VOLUME_PROBE, "v.yaml").unwrap();
+    let mut forced = volume.probes[0].clone();
+    forced.chain.force_sync = true;
+    let config = config();
+    // Includes a run's blocking signals (`stage_blocked`, one series per
+    // stage and reason the cluster can report), skip reasons and
+    // change-log overflows.
+    for (probe, max_series, max_bytes) in [
+        // ESO + Secret volume, as in the benchmark (natural and forced).
+        (&volume.probes[0], 120, 12 * 1024),
+        (&forced, 120, 12 * 1024),
+        // Bank-Vaults restart chain.
+        (&config.probes[1], 120, 12 * 1024),
+        // The six-stage ESO + Reloader chain with two SLOs is the largest.
+        (&config.probes[0], 160, 16 * 1024),
+    ] {
+        let (series, bytes) = footprint(probe);
+        assert_eq!(series, series_of_probe(probe), "{}", probe.name);
+        println!("{}: {series} series, {bytes} bytes", probe.name);
+        assert!(series <= max_series, "{}: {series} series", probe.name);
+        assert!(bytes <= max_bytes, "{}: {bytes} bytes", probe.name);
+    }
+}
+
+#[test]
+fn every_mutation_moves_the_generation() {
+    let config = config();
+    let mut registry = Registry::default();
+    let m = Metrics::for_config(&mut registry, &config);
+    let g = m.generation();
+    let probe = &config.probes[0];
+    let mut last = g.get();
+    let mut moved = |what: &str| {
+        let now = g.get();
+        assert!(now > last, "{what} did not bump the generation");
+        last = now;
+    };
+    m.run_started(&probe.name);
+    moved("run_started");
+    m.record_outcome(probe, &outcome(probe, 0));
+    moved("record_outcome");
+    m.record_skipped(&probe.name);
+    moved("record_skipped");
+    m.record_missed_ticks(&probe.name, 2);
+    moved("record_missed_ticks");
+    m.observe_schedule_jitter(Duration::from_millis(1));
+    moved("observe_schedule_jitter");
+    m.leader_gauge().set(1);
+    moved("leader");
+    m.set_blocked(&probe.name, Some((Stage::EsoSync, Reason::SyncError)));
+    moved("set_blocked");
+    m.set_blocked(&probe.name, None);
+    moved("set_blocked(None)");
+    m.record_change_log_overflows(&probe.name, 1);
+    moved("record_change_log_overflows");
+    let mut skipped = outcome(probe, 1);
+    skipped.result = RunResult::Skipped;
+    m.record_outcome(probe, &skipped);
+    moved("record_outcome(skipped: watcher_failing)");
 }
 
 #[test]

@@ -1,8 +1,11 @@
 //! The prober's client of the canary Pods: ask a Pod which digest it sees,
 //! or long-poll until it sees another one. Answers are parsed strictly; a
-//! bad answer is a typed error with a reason, never a panic.
+//! bad answer is a typed error with a reason, never a panic. Every probe
+//! with the same canary timeout uses one HTTP client (one connection pool).
 
+use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -194,10 +197,37 @@ pub fn parse_answer(body: &[u8]) -> Result<Answer, String> {
     })
 }
 
-/// A client of every canary Pod of one probe.
+/// The HTTP clients of the canaries, by connect timeout: every probe with
+/// the same canary timeout (normally all of them) shares one client and its
+/// connection pool. A client ends with the last probe using it.
+static SHARED: LazyLock<Mutex<HashMap<Duration, Weak<reqwest::Client>>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+fn shared_http(connect_timeout: Duration) -> Result<Arc<reqwest::Client>, CanaryError> {
+    let mut shared = SHARED.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(c) = shared.get(&connect_timeout).and_then(Weak::upgrade) {
+        return Ok(c);
+    }
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = Arc::new(
+        reqwest::Client::builder()
+            .connect_timeout(connect_timeout)
+            // Pod IPs are reached directly, never through a proxy from the env.
+            .no_proxy()
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .map_err(CanaryError::Client)?,
+    );
+    shared.retain(|_, c| c.strong_count() > 0);
+    shared.insert(connect_timeout, Arc::downgrade(&http));
+    Ok(http)
+}
+
+/// A client of every canary Pod of one probe (the HTTP client underneath is
+/// shared by every probe with the same canary timeout).
 #[derive(Debug, Clone)]
 pub struct CanaryClient {
-    http: reqwest::Client,
+    http: Arc<reqwest::Client>,
     port: u16,
     timeout: Duration,
 }
@@ -205,17 +235,9 @@ pub struct CanaryClient {
 impl CanaryClient {
     /// Canaries listen on `port`; plain requests time out after `timeout`.
     pub fn new(port: u16, timeout: Option<Duration>) -> Result<CanaryClient, CanaryError> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let timeout = timeout.unwrap_or(DEFAULT_TIMEOUT);
-        let http = reqwest::Client::builder()
-            .connect_timeout(timeout)
-            // Pod IPs are reached directly, never through a proxy from the env.
-            .no_proxy()
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build()
-            .map_err(CanaryError::Client)?;
         Ok(CanaryClient {
-            http,
+            http: shared_http(timeout)?,
             port,
             timeout,
         })
@@ -399,6 +421,15 @@ mod tests {
         assert!(parse_answer(&body(b)).is_err(), "no digest and no error");
         assert!(parse_answer(b"<html>").is_err());
         assert!(parse_answer(b"").is_err());
+    }
+
+    #[test]
+    fn probes_share_one_http_client() {
+        let a = CanaryClient::new(8080, None).unwrap();
+        let b = CanaryClient::new(9090, Some(DEFAULT_TIMEOUT)).unwrap();
+        let c = CanaryClient::new(8080, Some(Duration::from_millis(1234))).unwrap();
+        assert!(Arc::ptr_eq(&a.http, &b.http));
+        assert!(!Arc::ptr_eq(&a.http, &c.http));
     }
 
     #[tokio::test]

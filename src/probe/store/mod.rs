@@ -1,11 +1,14 @@
 //! The store side of a run: log in to Vault / OpenBao with vaultrs, keep the
-//! token alive, and write the fresh test value to KV v2. Errors are typed and
+//! token alive, and write the fresh test value to KV v2. Probes with the
+//! same store address and credential share one client and one token. Errors are typed and
 //! map to a bounded [`Reason`]; the value is never logged.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, Mutex as StdMutex, Weak};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -258,18 +261,74 @@ impl Lease {
     }
 }
 
-struct Inner {
-    client: Option<VaultClient>,
+/// The logged-in client of a session and its lease.
+struct Login {
+    /// Replaced whole on each login, so writes use it without a lock.
+    client: Option<Arc<VaultClient>>,
     lease: Option<Lease>,
-    metadata_done: bool,
+    /// Counts logins, so a write denied on an old token does not log in again
+    /// when another probe already did.
+    epoch: u64,
 }
 
-/// The store client of one probe. Calls are serialised (a probe has one run
-/// at a time).
+/// One store client and token for every probe with the same address and
+/// credential: one HTTP client (connection pool, TLS config) and one login
+/// instead of one per probe. Logins and renewals are serialised; writes run
+/// concurrently on the current client.
+struct Session {
+    /// The address, namespace, CA bundle, timeout and auth of the probes
+    /// that share it (their paths differ).
+    config: StoreConfig,
+    timeout: Duration,
+    login: Mutex<Login>,
+}
+
+/// Live sessions by (address, namespace, CA bundle, timeout, auth); a
+/// session ends with the last probe using it.
+static SESSIONS: LazyLock<StdMutex<HashMap<String, Weak<Session>>>> =
+    LazyLock::new(|| StdMutex::new(HashMap::new()));
+
+/// Which probes may share a session: the same address, namespace, CA
+/// bundle, timeout and credential source (a file's or variable's content is
+/// read at each login, so its rotation is seen by every probe).
+fn session_key(config: &StoreConfig) -> String {
+    serde_json::json!([
+        config.address.trim(),
+        config.namespace,
+        config.ca_bundle,
+        config.timeout.map(|t| t.as_nanos().to_string()),
+        serde_json::to_value(&config.auth).unwrap_or_default(),
+    ])
+    .to_string()
+}
+
+fn shared_session(config: &StoreConfig) -> Arc<Session> {
+    let key = session_key(config);
+    let mut sessions = SESSIONS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(s) = sessions.get(&key).and_then(Weak::upgrade) {
+        return s;
+    }
+    sessions.retain(|_, s| s.strong_count() > 0);
+    let session = Arc::new(Session {
+        config: config.clone(),
+        timeout: config.timeout.unwrap_or(DEFAULT_TIMEOUT),
+        login: Mutex::new(Login {
+            client: None,
+            lease: None,
+            epoch: 0,
+        }),
+    });
+    sessions.insert(key, Arc::downgrade(&session));
+    session
+}
+
+/// The store client of one probe: its path, on a [`Session`] shared with
+/// every probe that has the same address and credential.
 pub struct Store {
     config: StoreConfig,
     timeout: Duration,
-    inner: Mutex<Inner>,
+    session: Arc<Session>,
+    metadata_done: AtomicBool,
 }
 
 impl Store {
@@ -277,24 +336,19 @@ impl Store {
     pub fn new(config: StoreConfig) -> Store {
         let timeout = config.timeout.unwrap_or(DEFAULT_TIMEOUT);
         Store {
+            session: shared_session(&config),
             config,
             timeout,
-            inner: Mutex::new(Inner {
-                client: None,
-                lease: None,
-                metadata_done: false,
-            }),
+            metadata_done: AtomicBool::new(false),
         }
     }
 
     /// Log in or renew if needed, and cap the path's versions once. Done
     /// before the write so login time is not part of `store_write`.
     pub async fn prepare(&self) -> Result<(), StoreError> {
-        let mut inner = self.inner.lock().await;
-        self.ensure_session(&mut inner).await?;
-        if !inner.metadata_done {
-            inner.metadata_done = true;
-            if let Err(e) = self.set_max_versions(&inner).await {
+        let (client, _) = self.session.ensure().await?;
+        if !self.metadata_done.swap(true, Ordering::AcqRel) {
+            if let Err(e) = self.set_max_versions(&client).await {
                 tracing::info!(path = %self.config.path, error = %e, "could not set max_versions on the canary path; versions will accumulate");
             }
         }
@@ -310,30 +364,27 @@ impl Store {
                 prefix: self.config.path_prefix.clone(),
             });
         }
-        let mut inner = self.inner.lock().await;
-        self.ensure_session(&mut inner).await?;
-        match self.write_once(&inner, value).await {
+        let (client, epoch) = self.session.ensure().await?;
+        match self.write_once(&client, value).await {
             Err(e) if e.is_denied() => {
                 tracing::info!(error = %e, "store write denied; logging in again and retrying once");
-                inner.lease = None;
-                self.login(&mut inner).await?;
-                self.write_once(&inner, value).await
+                let client = self.session.relogin(epoch).await?;
+                self.write_once(&client, value).await
             }
             other => other,
         }
     }
 
-    async fn write_once(&self, inner: &Inner, value: &str) -> Result<Written, StoreError> {
-        let client = client_of(inner)?;
+    async fn write_once(&self, client: &VaultClient, value: &str) -> Result<Written, StoreError> {
         let mut data = BTreeMap::new();
         data.insert(self.config.key.as_str(), value);
         let started = Stamp::now();
-        let meta = self
-            .call(
-                Step::Write,
-                vaultrs::kv2::set(client, &self.config.mount, &self.config.path, &data),
-            )
-            .await?;
+        let meta = call(
+            self.timeout,
+            Step::Write,
+            vaultrs::kv2::set(client, &self.config.mount, &self.config.path, &data),
+        )
+        .await?;
         let finished = Stamp::now();
         let created_time = created_time(&meta.created_time);
         Ok(Written {
@@ -344,11 +395,11 @@ impl Store {
         })
     }
 
-    async fn set_max_versions(&self, inner: &Inner) -> Result<(), StoreError> {
-        let client = client_of(inner)?;
+    async fn set_max_versions(&self, client: &VaultClient) -> Result<(), StoreError> {
         let mut opts = vaultrs::api::kv2::requests::SetSecretMetadataRequest::builder();
         opts.max_versions(self.config.max_versions());
-        self.call(
+        call(
+            self.timeout,
             Step::SetMetadata,
             vaultrs::kv2::set_metadata(
                 client,
@@ -359,21 +410,75 @@ impl Store {
         )
         .await
     }
+}
 
-    /// Run one request under the store timeout.
-    async fn call<T>(
-        &self,
-        step: Step,
-        fut: impl Future<Output = Result<T, ClientError>>,
-    ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.timeout, fut).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(StoreError::from_client(step, e)),
-            Err(_) => Err(StoreError::Timeout {
-                step,
-                after: self.timeout,
-            }),
+/// Run one request under the store timeout.
+async fn call<T>(
+    timeout: Duration,
+    step: Step,
+    fut: impl Future<Output = Result<T, ClientError>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(StoreError::from_client(step, e)),
+        Err(_) => Err(StoreError::Timeout {
+            step,
+            after: timeout,
+        }),
+    }
+}
+
+impl Session {
+    /// The current client, logged in (or renewed) first if needed, and its
+    /// login epoch.
+    async fn ensure(&self) -> Result<(Arc<VaultClient>, u64), StoreError> {
+        let mut login = self.login.lock().await;
+        let now = Instant::now();
+        match (&login.client, login.lease) {
+            (Some(_), Some(lease)) if lease.needs_refresh(now) => {
+                if lease.renewable {
+                    match self.renew(&mut login).await {
+                        Ok(()) => return current(&login),
+                        Err(e) => {
+                            tracing::info!(error = %e, "token renewal failed; logging in again")
+                        }
+                    }
+                }
+                self.login(&mut login).await?;
+            }
+            (Some(_), Some(_)) => {}
+            _ => self.login(&mut login).await?,
         }
+        current(&login)
+    }
+
+    /// Log in again unless another probe did since `epoch`; the client to
+    /// use now.
+    async fn relogin(&self, epoch: u64) -> Result<Arc<VaultClient>, StoreError> {
+        let mut login = self.login.lock().await;
+        if login.epoch == epoch || login.client.is_none() {
+            login.lease = None;
+            self.login(&mut login).await?;
+        }
+        current(&login).map(|(c, _)| c)
+    }
+
+    async fn renew(&self, login: &mut Login) -> Result<(), StoreError> {
+        let client = current(login)?.0;
+        let obtained = Instant::now();
+        let auth = call(self.timeout, Step::RenewToken, client.renew(None)).await?;
+        let lease = Lease {
+            obtained,
+            ttl: ttl(auth.lease_duration),
+            renewable: auth.renewable,
+        };
+        // A renewal capped by the token's max TTL: log in again next time.
+        let capped = matches!(lease.ttl, Some(t) if t < Duration::from_secs(15));
+        login.lease = Some(Lease {
+            renewable: lease.renewable && !capped,
+            ..lease
+        });
+        Ok(())
     }
 
     fn build_client(&self) -> Result<VaultClient, StoreError> {
@@ -414,50 +519,10 @@ impl Store {
         })
     }
 
-    async fn ensure_session(&self, inner: &mut Inner) -> Result<(), StoreError> {
-        if inner.client.is_none() {
-            inner.client = Some(self.build_client()?);
-        }
-        let now = Instant::now();
-        match inner.lease {
-            None => self.login(inner).await,
-            Some(lease) if lease.needs_refresh(now) => {
-                if lease.renewable {
-                    match self.renew(inner).await {
-                        Ok(()) => return Ok(()),
-                        Err(e) => {
-                            tracing::info!(error = %e, "token renewal failed; logging in again")
-                        }
-                    }
-                }
-                self.login(inner).await
-            }
-            Some(_) => Ok(()),
-        }
-    }
-
-    async fn renew(&self, inner: &mut Inner) -> Result<(), StoreError> {
-        let client = client_of(inner)?;
-        let obtained = Instant::now();
-        let auth = self.call(Step::RenewToken, client.renew(None)).await?;
-        let lease = Lease {
-            obtained,
-            ttl: ttl(auth.lease_duration),
-            renewable: auth.renewable,
-        };
-        // A renewal capped by the token's max TTL: log in again next time.
-        let capped = matches!(lease.ttl, Some(t) if t < Duration::from_secs(15));
-        inner.lease = Some(Lease {
-            renewable: lease.renewable && !capped,
-            ..lease
-        });
-        Ok(())
-    }
-
-    async fn login(&self, inner: &mut Inner) -> Result<(), StoreError> {
-        if inner.client.is_none() {
-            inner.client = Some(self.build_client()?);
-        }
+    /// Log in on a new client (the old one stays usable by writes in
+    /// flight) and make it the current one.
+    async fn login(&self, login: &mut Login) -> Result<(), StoreError> {
+        let mut client = self.build_client()?;
         let obtained = Instant::now();
         let (token, lease) = match &self.config.auth {
             StoreAuth::Token(source) => {
@@ -470,13 +535,12 @@ impl Store {
                 token_file,
             } => {
                 let jwt = read_credential(&TokenSource::File(token_file.clone()))?;
-                let client = client_of(inner)?;
-                let auth = self
-                    .call(
-                        Step::Login,
-                        vaultrs::auth::kubernetes::login(client, mount, role, &jwt),
-                    )
-                    .await?;
+                let auth = call(
+                    self.timeout,
+                    Step::Login,
+                    vaultrs::auth::kubernetes::login(&client, mount, role, &jwt),
+                )
+                .await?;
                 let lease = Lease {
                     obtained,
                     ttl: ttl(auth.lease_duration),
@@ -490,13 +554,12 @@ impl Store {
                 secret_id,
             } => {
                 let secret_id = read_credential(secret_id)?;
-                let client = client_of(inner)?;
-                let auth = self
-                    .call(
-                        Step::Login,
-                        vaultrs::auth::approle::login(client, mount, role_id, &secret_id),
-                    )
-                    .await?;
+                let auth = call(
+                    self.timeout,
+                    Step::Login,
+                    vaultrs::auth::approle::login(&client, mount, role_id, &secret_id),
+                )
+                .await?;
                 let lease = Lease {
                     obtained,
                     ttl: ttl(auth.lease_duration),
@@ -505,13 +568,6 @@ impl Store {
                 (auth.client_token, Some(lease))
             }
         };
-        let client = inner
-            .client
-            .as_mut()
-            .ok_or_else(|| StoreError::BadResponse {
-                step: Step::Login,
-                message: "store client missing after build".into(),
-            })?;
         client.set_token(&token);
         let lease = match lease {
             Some(l) => l,
@@ -519,7 +575,7 @@ impl Store {
                 // A static token: learn its lease so it is renewed (or the
                 // file re-read) before it expires. A token that may not look
                 // itself up is still tried; the write will tell.
-                match self.call(Step::LookupToken, client.lookup()).await {
+                match call(self.timeout, Step::LookupToken, client.lookup()).await {
                     Ok(info) => Lease {
                         obtained,
                         ttl: ttl(info.ttl),
@@ -542,15 +598,18 @@ impl Store {
                 }
             }
         };
-        inner.lease = Some(lease);
+        login.client = Some(Arc::new(client));
+        login.lease = Some(lease);
+        login.epoch += 1;
         Ok(())
     }
 }
 
-fn client_of(inner: &Inner) -> Result<&VaultClient, StoreError> {
-    inner
+fn current(login: &Login) -> Result<(Arc<VaultClient>, u64), StoreError> {
+    login
         .client
-        .as_ref()
+        .clone()
+        .map(|c| (c, login.epoch))
         .ok_or_else(|| StoreError::BadResponse {
             step: Step::Write,
             message: "store client not built".into(),

@@ -243,3 +243,30 @@ async fn approle_short_lived_tokens_do_not_fail_writes() {
     std::fs::remove_file(secret_file).ok();
     std::fs::remove_file(bad).ok();
 }
+
+#[test]
+fn probes_with_the_same_address_and_credential_share_a_session() {
+    let cfg = |path: &str, env: &str| StoreConfig {
+        address: "http://127.0.0.1:8200".into(),
+        mount: "secret".into(),
+        path: path.into(),
+        path_prefix: "canary/".into(),
+        max_versions: None,
+        key: "value".into(),
+        namespace: None,
+        ca_bundle: None,
+        timeout: None,
+        auth: StoreAuth::Token(TokenSource::Env(env.into())),
+    };
+    let a = Store::new(cfg("canary/a", "SC_SHARE_TOKEN"));
+    let b = Store::new(cfg("canary/b", "SC_SHARE_TOKEN"));
+    let c = Store::new(cfg("canary/c", "SC_OTHER_TOKEN"));
+    assert!(Arc::ptr_eq(&a.session, &b.session));
+    assert!(!Arc::ptr_eq(&a.session, &c.session));
+    let weak = Arc::downgrade(&a.session);
+    drop((a, b));
+    assert!(
+        weak.upgrade().is_none(),
+        "the session ends with its last probe"
+    );
+}
