@@ -76,10 +76,14 @@ for bundle in /etc/ssl/certs/ca-certificates.crt /etc/pki/tls/certs/ca-bundle.cr
   fi
 done
 # A dynamically linked binary: its shared libraries and loader, at their paths.
+# (ldd's output is read whole: `ldd | grep -q` under pipefail fails at random
+# when grep exits first and ldd dies of SIGPIPE, and a dynamic binary would
+# then ship without its loader: exit 127 in the container.)
 linkage=static
-if ldd "$binary" 2>/dev/null | grep -q "=>"; then
+libs=$(ldd "$binary" 2>/dev/null || true)
+if grep -q "=>" <<<"$libs"; then
   linkage=dynamic
-  for lib in $(ldd "$binary" | grep -oE '/[^ ]+' | sort -u); do
+  for lib in $(grep -oE '/[^ ]+' <<<"$libs" | sort -u); do
     real=$(readlink -f "$lib")
     install -D -m 0755 "$real" "$fs$lib"
   done

@@ -51,7 +51,7 @@ for _ in $(seq 1 100); do
 done
 kubectl get deploy,pods,secrets,externalsecrets -A || true
 
-if [ -x "$bin/secret-canary" ] && "$bin/secret-canary" --help 2>/dev/null | grep -q ' run '; then
+if [ -x "$bin/secret-canary" ] && grep -q ' run ' <<<"$("$bin/secret-canary" --help 2>/dev/null)"; then
   echo
   echo "== the first rotations: secret-canary once --config $dir/prober.yaml"
   echo "   (each probe writes a fresh value to OpenBao and times every hop; the table is what a pipeline gate sees)"
