@@ -24,6 +24,9 @@
 #                                         <cache>/real/logs/build-real.log)
 #   scripts/build-real.sh --check         exit 0 when everything is built, else 1
 #   scripts/build-real.sh --print-dir     print the cache directory
+#   scripts/build-real.sh --bin-dir       print a directory holding the built
+#                                         kubectl and helm, for PATH (exit 1
+#                                         when they are not built yet)
 #
 # Go is a test-harness language only: nothing here is part of the product.
 # Environment: SECRET_CANARY_CACHE (cache root), SECRET_CANARY_GO_JOBS (go build
@@ -64,6 +67,19 @@ case ${1:-} in
   --background) mode=background ;;
   --check) mode=check ;;
   --print-dir) echo "$cache"; exit 0 ;;
+  --bin-dir)
+    # A recent kubectl and helm for the tests and the demo: a new machine may
+    # have none, or Debian's kubectl 1.20.
+    bin=$cache/bin
+    mkdir -p "$bin"
+    for tool in "kubernetes kubectl" "helm helm"; do
+      set -- $tool
+      [ -x "$(dir_of "$1")/$2" ] || { say "not built yet: $1 (run scripts/build-real.sh)"; exit 1; }
+      ln -sfn "$(dir_of "$1")/$2" "$bin/$2"
+    done
+    echo "$bin"
+    exit 0
+    ;;
   --foreground) ;; # internal: the detached child of --background
   -h | --help) sed -n '2,30p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
   *) say "unknown argument: $1 (see --help)"; exit 2 ;;

@@ -19,6 +19,8 @@ cd "$root"
 scripts/setup.sh
 cargo build --workspace --bins --quiet
 [ "$cluster" = real ] && scripts/build-real.sh
+# A recent kubectl when one is built (scripts/build-real.sh), else the machine's.
+if kbin=$(scripts/build-real.sh --bin-dir 2>/dev/null); then PATH="$kbin:$PATH"; fi
 
 dir=${LAB_DIR:-$root/.lab/demo}
 port=${PORT:-9850}

