@@ -183,6 +183,8 @@ impl Restartable {
 
 /// What the faults act on, filled in as the lab starts its components.
 pub struct Control {
+    /// `DIR/lab.json`, whose component pids follow a restart.
+    lab_json: std::path::PathBuf,
     admin: kube::Client,
     bao: BaoAdmin,
     apiserver: ProcHandle,
@@ -203,8 +205,14 @@ pub struct Control {
 
 impl Control {
     /// A controller over the admin client, OpenBao and the API server process.
-    pub fn new(admin: kube::Client, bao: BaoAdmin, apiserver: ProcHandle) -> Control {
+    pub fn new(
+        lab_json: std::path::PathBuf,
+        admin: kube::Client,
+        bao: BaoAdmin,
+        apiserver: ProcHandle,
+    ) -> Control {
         Control {
+            lab_json,
             admin,
             bao,
             apiserver,
@@ -314,7 +322,8 @@ impl Control {
             }
             ("apiserver-down", true) => self.apiserver.down(Duration::from_secs(10)).await?,
             ("apiserver-down", false) => {
-                self.apiserver.up().await?;
+                let pid = self.apiserver.up().await?;
+                self.record_pid(&self.apiserver.name, pid);
                 self.wait_api_ready(Duration::from_secs(120)).await?;
             }
             ("webhook-down", _) | ("webhook-down-fail", _) => {
@@ -362,6 +371,30 @@ impl Control {
             .insert(name.to_string(), on);
         tracing::info!(fault = name, on, "real fault set");
         Ok(())
+    }
+
+    /// A restarted component's new pid in `lab.json` (for `status` and for
+    /// whoever stops what the lab started). Best effort: `lab.json` is
+    /// written once the lab is ready.
+    fn record_pid(&self, component: &str, pid: u32) {
+        let Ok(text) = std::fs::read_to_string(&self.lab_json) else {
+            return;
+        };
+        let Ok(mut info) = serde_json::from_str::<RealLabInfo>(&text) else {
+            return;
+        };
+        for c in info.components.iter_mut().filter(|c| c.name == component) {
+            c.pid = pid;
+        }
+        // Written aside and renamed: a reader never sees half a file.
+        let tmp = self.lab_json.with_extension("json.tmp");
+        let written = serde_json::to_string_pretty(&info)
+            .map_err(|e| e.to_string())
+            .and_then(|text| super::pki::write_private(&tmp, &text).map_err(|e| e.to_string()))
+            .and_then(|()| std::fs::rename(&tmp, &self.lab_json).map_err(|e| e.to_string()));
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "could not record {component}'s new pid in lab.json");
+        }
     }
 
     async fn image_unpullable(&self) -> Result<(), Error> {
@@ -418,13 +451,18 @@ impl Control {
         Ok(())
     }
 
-    /// Until the restarted API server answers a request.
+    /// Until the restarted API server says it is ready (`/readyz`: every
+    /// post-start hook done, not merely answering).
     async fn wait_api_ready(&self, limit: Duration) -> Result<(), Error> {
         let start = Instant::now();
-        let ns: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.admin.clone());
         loop {
-            let last = match tokio::time::timeout(Duration::from_secs(5), ns.get("default")).await {
-                Ok(Ok(_)) => return Ok(()),
+            let req = axum::http::Request::get("/readyz")
+                .body(Vec::new())
+                .map_err(|e| Error::Api(e.to_string()))?;
+            let answer = self.admin.request_text(req);
+            let last = match tokio::time::timeout(Duration::from_secs(5), answer).await {
+                Ok(Ok(t)) if t.trim() == "ok" => return Ok(()),
+                Ok(Ok(t)) => t,
                 Ok(Err(e)) => e.to_string(),
                 Err(_) => "no answer within 5 s".to_string(),
             };

@@ -220,7 +220,12 @@ impl RealLab {
                 return Err(Error::Apply("no kube-apiserver process".into()));
             }
         };
-        let control = Arc::new(Control::new(cluster.client(), bao.clone(), apiserver));
+        let control = Arc::new(Control::new(
+            cluster.dir.join("lab.json"),
+            cluster.client(),
+            bao.clone(),
+            apiserver,
+        ));
         let cancel = CancellationToken::new();
         let admin_token = uuid::Uuid::new_v4().simple().to_string();
         let (control_url, control_task) =
