@@ -11,7 +11,10 @@
 //! mutation served as a real admission webhook ([`super::webhook`]; the real
 //! vault-secrets-webhook cannot be had from the module proxy); without it
 //! ([`RealOptions::webhook_failure_policy`] `None`) its Deployments and
-//! probes are left out.
+//! probes are left out. A loopback control endpoint (`control_url` and
+//! `admin_token` in `lab.json`) switches the real faults
+//! ([`super::faults`]), since the processes and tasks they act on belong
+//! to this process.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
