@@ -231,8 +231,12 @@ pub(super) fn pre_stop_sleep(c: &Container) -> Duration {
 /// How long a stopping container gets between SIGTERM (or its preStop
 /// hook) and SIGKILL: the deletion's grace period when one was given, else
 /// the spec's `terminationGracePeriodSeconds` (30 s by default). Node mode
-/// honours it as a kubelet does; the simulated cluster caps it at
-/// [`GRACE_CAP`].
+/// honours it as a kubelet does, at least 2 s (the kubelet's
+/// `minimumGracePeriodInSeconds`: a force deletion still gets SIGTERM
+/// first); the simulated cluster caps it at [`GRACE_CAP`].
+/// The kubelet's `minimumGracePeriodInSeconds`.
+const MIN_NODE_GRACE: Duration = Duration::from_secs(2);
+
 pub(super) fn grace_period(
     spec: &PodSpec,
     deletion_grace: Option<i64>,
@@ -244,7 +248,7 @@ pub(super) fn grace_period(
         .max(0);
     let grace = Duration::from_secs(u64::try_from(secs).unwrap_or(30));
     if node_mode {
-        grace
+        grace.max(MIN_NODE_GRACE)
     } else {
         grace.min(GRACE_CAP)
     }
@@ -369,7 +373,8 @@ mod tests {
             grace_period(&PodSpec::default(), None, true),
             Duration::from_secs(30)
         );
-        assert_eq!(grace_period(&spec, Some(-1), true), Duration::ZERO);
+        assert_eq!(grace_period(&spec, Some(0), true), MIN_NODE_GRACE);
+        assert_eq!(grace_period(&spec, Some(-1), false), Duration::ZERO);
     }
 
     #[test]
