@@ -74,7 +74,9 @@ enum Command {
         #[arg(long)]
         dir: PathBuf,
         /// Fault name (simulated cluster: eso-stall, eso-error, reloader-absent,
-        /// rollout-stuck, canary-crash, ...; real cluster: eso-stop, secret-delete).
+        /// rollout-stuck, canary-crash, ...; real cluster: eso-stop, eso-token-revoke,
+        /// secret-delete, reloader-stop, image-unpullable, apiserver-down,
+        /// webhook-down, webhook-down-fail, prober-role-no-patch).
         name: String,
         /// `on` or `off`.
         #[arg(value_parser = ["on", "off"])]
@@ -265,7 +267,12 @@ async fn up_real(
         println!("  left out     {s}");
     }
     for p in &lab.cluster.procs {
-        println!("  {:<24} pid {:<8} log {}", p.name, p.pid, p.log.display());
+        println!(
+            "  {:<24} pid {:<8} log {}",
+            p.name,
+            p.pid(),
+            p.log.display()
+        );
     }
     println!("stop with Ctrl-C or SIGTERM");
     let result = tokio::select! {
@@ -314,7 +321,7 @@ async fn admin(
         .map_err(|e| anyhow::anyhow!("no running lab in {}: {e}", dir.display()))?;
     if let Ok(real) = serde_json::from_str::<secret_canary_lab::real::lab::RealLabInfo>(&text) {
         if real.cluster == "real" {
-            return real_admin(&real, path);
+            return real_admin(&real, path).await;
         }
     }
     let info: LabInfo =
@@ -343,9 +350,9 @@ async fn admin(
     Ok(())
 }
 
-/// `fault`, `knob` and `status` against a real-cluster lab: only `status`
-/// (the components and whether they run); faults there are made by real
-/// means and are not switches yet.
+/// `fault`, `knob` and `status` against a real-cluster lab: faults are
+/// made by real means by the `up` process (its control endpoint); there are
+/// no latency knobs.
 fn real_info(dir: &Path) -> Option<secret_canary_lab::real::lab::RealLabInfo> {
     let text = std::fs::read_to_string(dir.join("lab.json")).ok()?;
     serde_json::from_str::<secret_canary_lab::real::lab::RealLabInfo>(&text)
@@ -370,10 +377,13 @@ async fn real_fault(dir: &Path, name: &str, state: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn real_admin(info: &secret_canary_lab::real::lab::RealLabInfo, path: &str) -> anyhow::Result<()> {
+async fn real_admin(
+    info: &secret_canary_lab::real::lab::RealLabInfo,
+    path: &str,
+) -> anyhow::Result<()> {
     if path != "knobs" {
         anyhow::bail!(
-            "the real cluster (--cluster real) has no fault switches or latency knobs: its faults are made by real means (stop a process, revoke a token, delete an object), and `fault` supports: {}; and `status`", secret_canary_lab::real::faults::SUPPORTED.join(", ")
+            "the real cluster (--cluster real) has no latency knobs: its faults are made by real means (stop a process, revoke a token, delete an object, edit a Role); `fault` supports: {}; and `status`", secret_canary_lab::real::faults::SUPPORTED.join(", ")
         );
     }
     println!(
@@ -393,6 +403,10 @@ fn real_admin(info: &secret_canary_lab::real::lab::RealLabInfo, path: &str) -> a
             if alive { "running" } else { "gone" },
             c.log
         );
+    }
+    match secret_canary_lab::real::faults::status(info).await {
+        Ok(text) => println!("{text}"),
+        Err(e) => println!("  faults: {e}"),
     }
     Ok(())
 }

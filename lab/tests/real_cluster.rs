@@ -388,9 +388,79 @@ fn real_control_plane_with_rbac_and_audit() {
         .any(|e| e["objectRef"]["resource"] == "serviceaccounts"
             && e["objectRef"].get("subresource").is_none()));
 
+    // `fault`, `knob` and `status` through the CLI: an unsupported name is a
+    // clear error listing what is supported; a fault whose component this
+    // lab does not run says so; `apiserver-down` stops kube-apiserver and
+    // starts it again with the same flags (the lab stays up).
+    let cli = |args: &[&str]| {
+        Command::new(LAB)
+            .args(args)
+            .args(["--dir", dir.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    let supported = secret_canary_lab::real::faults::SUPPORTED;
+    for args in [
+        &["fault", "eso-stall", "on"][..],
+        &["knob", "eso-latency", "1s"][..],
+    ] {
+        let o = cli(args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            supported.iter().all(|n| err.contains(n)) && err.contains("--cluster real"),
+            "{args:?}: {err}"
+        );
+    }
+    let o = cli(&["fault", "eso-stop", "on"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("external-secrets") && err.contains("not running"),
+        "{err}"
+    );
+    let o = cli(&["status"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && out.contains("apiserver-down"),
+        "{out}"
+    );
+    let down = Instant::now();
+    let o = cli(&["fault", "apiserver-down", "on"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        !kubectl(&b, kc, &["get", "--raw", "/readyz", "--request-timeout=2s"])
+            .status
+            .success()
+    );
+    let o = cli(&["fault", "apiserver-down", "off"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    eprintln!(
+        "kube-apiserver down and up again in {:.1} s",
+        down.elapsed().as_secs_f64()
+    );
+    let readyz = ok(
+        &kubectl(&b, kc, &["get", "--raw", "/readyz"]),
+        "get --raw /readyz after the restart",
+    );
+    let after: RealLabInfo =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("lab.json")).unwrap()).unwrap();
+    let pid = |i: &RealLabInfo| {
+        i.components
+            .iter()
+            .find(|c| c.name == "kube-apiserver")
+            .map(|c| c.pid)
+    };
+    assert_ne!(pid(&after), pid(&info), "lab.json keeps the old pid");
+    assert!(alive(pid(&after).unwrap()));
+    assert_eq!(readyz.trim(), "ok");
+    assert!(lab.child.try_wait().unwrap().is_none(), "the lab exited");
+
     // SIGTERM stops every component.
     let status = lab.terminate(Duration::from_secs(60));
     assert!(status.success(), "{status}: {}", lab.stderr());
+    // lab.json follows kube-apiserver's restart (its new pid).
+    let info: RealLabInfo =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("lab.json")).unwrap()).unwrap();
     for c in &info.components {
         assert!(!alive(c.pid), "{} (pid {}) still runs", c.name, c.pid);
     }

@@ -3,7 +3,9 @@
 //! authorizer, keeps its Lease, runs the Pods the real scheduler binds to it
 //! as local `secret-canary` processes (env from a Secret, a Secret volume
 //! refreshed on its sync period, readiness probes), reports ErrImagePull for
-//! any other image, and deletes a Pod gracefully.
+//! any other image, and deletes a Pod gracefully, honouring its
+//! `terminationGracePeriodSeconds` (SIGTERM, the grace, SIGKILL, the final
+//! delete) or the deletion's own grace period.
 //!
 //! Needs the real binaries (`scripts/build-real.sh`) and
 //! `target/debug/secret-canary`; without them it says SKIP loudly and passes
@@ -308,6 +310,66 @@ async fn node_agent_runs_what_the_real_scheduler_binds() {
         }
     })
     .await;
+
+    // The Pod's terminationGracePeriodSeconds is honoured (not the sim's 3 s
+    // cap): a process that ignores SIGTERM keeps running for the whole
+    // grace, then gets SIGKILL and the node makes the final delete. A
+    // deletion's own grace (`--grace-period=1`) overrides the spec's.
+    for (name, delete_grace, min, max) in [
+        ("grace-spec", None, 5.5, 20.0),
+        // 1 s asked, the kubelet's 2 s minimum given.
+        ("grace-delete", Some(1), 1.5, 5.5),
+    ] {
+        let pod: Pod = serde_json::from_value(json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {
+                "terminationGracePeriodSeconds": 6,
+                "containers": [{
+                    "name": "stubborn",
+                    "image": "secret-canary:latest",
+                    "command": ["/bin/sh", "-c", "trap '' TERM; while true; do sleep 0.2; done"],
+                }],
+            },
+        }))
+        .unwrap();
+        pods.create(&PostParams::default(), &pod).await.unwrap();
+        wait_for(Duration::from_secs(60), &format!("{name} running"), || {
+            let pods = pods.clone();
+            async move {
+                let p = pods.get(name).await.ok()?;
+                let st = p.status?.container_statuses?;
+                st.first()?.state.as_ref()?.running.as_ref().map(|_| ())
+            }
+        })
+        .await;
+        let deleted = Instant::now();
+        let params = DeleteParams {
+            grace_period_seconds: delete_grace,
+            ..DeleteParams::default()
+        };
+        pods.delete(name, &params).await.unwrap();
+        // Still there (Terminating) while the grace runs.
+        if delete_grace.is_none() {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            assert!(
+                pods.get_opt(name).await.unwrap().is_some(),
+                "{name}: gone before its grace period ended"
+            );
+        }
+        wait_for(Duration::from_secs(30), &format!("{name} gone"), || {
+            let pods = pods.clone();
+            async move { pods.get_opt(name).await.ok()?.is_none().then_some(()) }
+        })
+        .await;
+        let took = deleted.elapsed().as_secs_f64();
+        eprintln!("{name}: deleted (grace {delete_grace:?}, spec 6 s) and gone after {took:.1} s");
+        assert!(
+            (min..max).contains(&took),
+            "{name}: gone after {took:.1} s, want {min}..{max} s"
+        );
+    }
 
     cancel.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(20), node).await;

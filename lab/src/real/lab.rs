@@ -11,7 +11,10 @@
 //! mutation served as a real admission webhook ([`super::webhook`]; the real
 //! vault-secrets-webhook cannot be had from the module proxy); without it
 //! ([`RealOptions::webhook_failure_policy`] `None`) its Deployments and
-//! probes are left out.
+//! probes are left out. A loopback control endpoint (`control_url` and
+//! `admin_token` in `lab.json`) switches the real faults
+//! ([`super::faults`]), since the processes and tasks they act on belong
+//! to this process.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -25,6 +28,7 @@ use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::faults::{self, Control, Restartable, Starter};
 use super::setup::{self, ESO_NAMESPACE, ESO_SERVICE_ACCOUNT, RELOADER_NAMESPACE};
 use super::{Binary, Error as ClusterError, Proc, RealCluster, RealOptions};
 use crate::controllers::{bankvaults, kubelet, reloader, Context};
@@ -120,6 +124,14 @@ pub struct RealLabInfo {
     /// none, go-containerregistry is not built).
     #[serde(default)]
     pub registry: String,
+    /// The lab's fault control endpoint (`http://127.0.0.1:PORT`, bearer
+    /// `admin_token`; see [`super::faults`]).
+    #[serde(default)]
+    pub control_url: String,
+    /// A kubeconfig of the prober's least-privilege identity
+    /// (`canary/secret-canary` with the chart's Role), when a scenario runs.
+    #[serde(default)]
+    pub prober_kubeconfig: String,
 }
 
 /// A running real-cluster lab.
@@ -143,6 +155,13 @@ pub struct RealLab {
     pub skipped: Vec<String>,
     /// The OCI registry the node agent pulls from (`127.0.0.1:PORT`).
     pub registry: Option<String>,
+    /// What the real faults act on ([`super::faults`]).
+    pub control: Arc<Control>,
+    /// The control endpoint's URL and bearer token.
+    control_url: String,
+    admin_token: String,
+    /// `DIR/pki/prober.kubeconfig`, when a scenario runs.
+    pub prober_kubeconfig: Option<PathBuf>,
     cancel: CancellationToken,
     tasks: Vec<(&'static str, JoinHandle<()>)>,
 }
@@ -196,6 +215,34 @@ impl RealLab {
                 return Err(e.into());
             }
         };
+        let apiserver = match cluster.proc("kube-apiserver") {
+            Some(p) => p.handle(),
+            None => {
+                cluster.stop().await;
+                vault.stop().await;
+                return Err(Error::Apply("no kube-apiserver process".into()));
+            }
+        };
+        let control = Arc::new(Control::new(
+            cluster.dir.join("lab.json"),
+            cluster.client(),
+            bao.clone(),
+            apiserver,
+        ));
+        let cancel = CancellationToken::new();
+        let admin_token = uuid::Uuid::new_v4().simple().to_string();
+        let (control_url, control_task) =
+            match serve_control(control.clone(), admin_token.clone(), cancel.clone()).await {
+                Ok(x) => x,
+                Err(source) => {
+                    cluster.stop().await;
+                    vault.stop().await;
+                    return Err(Error::Dir {
+                        path: "control endpoint on 127.0.0.1".into(),
+                        source,
+                    });
+                }
+            };
         let mut lab = RealLab {
             dir: cluster.dir.clone(),
             cluster,
@@ -206,8 +253,12 @@ impl RealLab {
             ready_after: Duration::ZERO,
             skipped: Vec::new(),
             registry: None,
-            cancel: CancellationToken::new(),
-            tasks: Vec::new(),
+            control,
+            control_url,
+            admin_token,
+            prober_kubeconfig: None,
+            cancel,
+            tasks: vec![("control", control_task)],
         };
         // Ground truth from the audit log, from the first event on.
         let (log, admin, t, cancel) = (
@@ -355,7 +406,15 @@ impl RealLab {
             &self.dir.join("logs/external-secrets.log"),
         )
         .map_err(ClusterError::from)?;
+        let _ = self.control.eso.set(eso.handle());
         self.cluster.procs.push(eso);
+        if let Some(role) = scenario
+            .vault_roles
+            .iter()
+            .find(|r| r.name == ESO_OPENBAO_ROLE)
+        {
+            let _ = self.control.eso_role.set(role.clone());
+        }
 
         // Reloader: the lab's, as its ServiceAccount.
         let reloader_kc = setup::service_account_kubeconfig(
@@ -371,15 +430,21 @@ impl RealLab {
         // Reloader's patches are timed by the audit log, not its own clock.
         let mut rctx = ctx(reloader_client);
         rctx.truth = Arc::new(Truth::in_memory());
-        let cancel = self.cancel.clone();
-        self.tasks.push((
-            "reloader",
-            tokio::spawn(async move {
-                if let Err(e) = reloader::run(rctx, cancel).await {
-                    tracing::error!(error = %e, "Reloader stopped");
-                }
-            }),
-        ));
+        // Stopped and started again by the `reloader-stop` fault.
+        let start: Starter = Arc::new(move |token| {
+            let rctx = rctx.clone();
+            Box::pin(async move {
+                Ok(tokio::spawn(async move {
+                    if let Err(e) = reloader::run(rctx, token).await {
+                        tracing::error!(error = %e, "Reloader stopped");
+                    }
+                }))
+            })
+        });
+        let reloader = Restartable::start("reloader", start, self.cancel.clone())
+            .await
+            .map_err(Error::Apply)?;
+        let _ = self.control.reloader.set(reloader);
 
         // The scenario, without what this cluster cannot run.
         let (objects, dropped) = match webhook_policy {
@@ -394,6 +459,13 @@ impl RealLab {
             crate::lab::create_object(&admin, o)
                 .await
                 .map_err(|e| Error::Apply(e.to_string()))?;
+        }
+        if objects.iter().any(|o| {
+            o["kind"] == "ServiceAccount"
+                && o.pointer("/metadata/namespace") == Some(&Value::from("canary"))
+                && o.pointer("/metadata/name") == Some(&Value::from(PROBER_SERVICE_ACCOUNT))
+        }) {
+            self.prober_identity(&admin).await?;
         }
         if let Some(text) = &scenario.prober {
             let text = prober_without(text, &dropped);
@@ -454,8 +526,33 @@ impl RealLab {
         use super::webhook::{configuration, Webhook, VAULT_ENV};
         use k8s_openapi::api::core::v1::Pod;
         let cert = &self.cluster.webhook_cert;
-        let wh = Webhook::start(&cert.cert, &cert.key, self.cancel.clone()).await?;
-        self.tasks.push(("bank-vaults-webhook", wh.task));
+        let token = self.cancel.child_token();
+        let wh = Webhook::start(&cert.cert, &cert.key, token.clone()).await?;
+        // Served again on the same address after a `webhook-down` fault.
+        let port = wh
+            .url
+            .rsplit_once(':')
+            .and_then(|(_, rest)| rest.split('/').next())
+            .and_then(|p| p.parse::<u16>().ok())
+            .unwrap_or(0);
+        let (c, k) = (cert.cert.clone(), cert.key.clone());
+        let start: Starter = Arc::new(move |token| {
+            let (c, k) = (c.clone(), k.clone());
+            Box::pin(async move {
+                Webhook::start_on(&c, &k, port, token)
+                    .await
+                    .map(|w| w.task)
+                    .map_err(|e| e.to_string())
+            })
+        });
+        let restartable = Restartable::running(
+            "bank-vaults-webhook",
+            start,
+            self.cancel.clone(),
+            token,
+            wh.task,
+        );
+        let _ = self.control.webhook.set((restartable, policy.to_string()));
         let config = configuration(&wh.url, &self.cluster.ca_pem, policy);
         crate::lab::create_object(admin, &config)
             .await
@@ -508,6 +605,42 @@ impl RealLab {
         Ok(())
     }
 
+    /// The prober's least-privilege identity: a Role with the chart's rules
+    /// for the reference canaries, bound to `canary/secret-canary`, and a
+    /// kubeconfig with its token (the `prober-role-no-patch` fault edits
+    /// this Role).
+    async fn prober_identity(&mut self, admin: &kube::Client) -> Result<(), Error> {
+        let rules = faults::prober_role_rules();
+        let role = serde_json::json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": {"name": faults::PROBER_ROLE, "namespace": "canary"},
+            "rules": rules,
+        });
+        let binding = serde_json::json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": faults::PROBER_ROLE, "namespace": "canary"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": faults::PROBER_ROLE},
+            "subjects": [{"kind": "ServiceAccount", "name": PROBER_SERVICE_ACCOUNT, "namespace": "canary"}],
+        });
+        for o in [&role, &binding] {
+            crate::lab::create_object(admin, o)
+                .await
+                .map_err(|e| Error::Apply(e.to_string()))?;
+        }
+        let _ = self.control.prober_role.set(rules);
+        let path = setup::service_account_kubeconfig(
+            &self.cluster,
+            "canary",
+            PROBER_SERVICE_ACCOUNT,
+            "prober.kubeconfig",
+        )
+        .await?;
+        self.prober_kubeconfig = Some(path);
+        Ok(())
+    }
+
     fn write(&self, name: &str, text: &str) -> Result<(), Error> {
         super::pki::write_private(&self.dir.join(name), text).map_err(|e| Error::Dir {
             path: self.dir.join(name).display().to_string(),
@@ -540,7 +673,7 @@ impl RealLab {
         let v = &self.cluster.binaries.versions;
         let info = RealLabInfo {
             api_url: self.cluster.api_url.clone(),
-            admin_token: String::new(),
+            admin_token: self.admin_token.clone(),
             vault_addr: self.vault.addr.clone(),
             pid: std::process::id(),
             cluster: "real".into(),
@@ -563,15 +696,32 @@ impl RealLab {
                 .iter()
                 .map(|p| ComponentInfo {
                     name: p.name.clone(),
-                    pid: p.pid,
+                    pid: p.pid(),
                     log: path(&p.log),
                 })
                 .collect(),
             ready_ms: self.cluster.ready_after.as_millis() as u64,
             lab_ready_ms: self.ready_after.as_millis() as u64,
-            tasks: self.tasks.iter().map(|(n, _)| n.to_string()).collect(),
+            tasks: self
+                .tasks
+                .iter()
+                .map(|(n, _)| n.to_string())
+                .chain(self.control.reloader.get().map(|_| "reloader".to_string()))
+                .chain(
+                    self.control
+                        .webhook
+                        .get()
+                        .map(|_| "bank-vaults-webhook".to_string()),
+                )
+                .collect(),
             skipped: self.skipped.clone(),
             registry: self.registry.clone().unwrap_or_default(),
+            control_url: self.control_url.clone(),
+            prober_kubeconfig: self
+                .prober_kubeconfig
+                .as_deref()
+                .map(path)
+                .unwrap_or_default(),
         };
         // Written last: its presence means "ready".
         w(
@@ -583,6 +733,7 @@ impl RealLab {
     /// Stop the in-process components (the node agent stops its Pods'
     /// processes), then the control plane and OpenBao.
     pub async fn stop(self) {
+        self.control.shutdown().await;
         self.cancel.cancel();
         for (name, task) in self.tasks {
             if tokio::time::timeout(Duration::from_secs(15), task)
@@ -600,6 +751,29 @@ impl RealLab {
     pub async fn exited(&self) -> ClusterError {
         self.cluster.exited().await
     }
+}
+
+/// The OpenBao role ESO's SecretStore logs in with (the scenario's).
+const ESO_OPENBAO_ROLE: &str = "external-secrets";
+/// The prober's ServiceAccount in the canary namespace (the scenario's).
+const PROBER_SERVICE_ACCOUNT: &str = "secret-canary";
+
+/// Serve the fault control endpoint on a free loopback port until `cancel`.
+async fn serve_control(
+    control: Arc<Control>,
+    token: String,
+    cancel: CancellationToken,
+) -> std::io::Result<(String, JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let app = faults::router(control, token);
+    let task = tokio::spawn(async move {
+        let serve = axum::serve(listener, app).with_graceful_shutdown(cancel.cancelled_owned());
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "fault control endpoint stopped");
+        }
+    });
+    Ok((url, task))
 }
 
 /// `kubectl rollout status`'s success condition.

@@ -10,6 +10,7 @@
 //! setup     ServiceAccounts, RBAC and credentials of ESO, Reloader and OpenBao;
 //!           ESO's CRDs and process
 //! lab       `up --cluster real`: all of it, the node agent and the scenario
+//! faults    faults by real means, served on the lab's control endpoint
 //! ```
 //!
 //! [`RealCluster::start`] brings up etcd, kube-apiserver (TLS, ServiceAccount

@@ -201,8 +201,19 @@ impl Webhook {
         key: &Path,
         cancel: CancellationToken,
     ) -> Result<Webhook, Error> {
+        Webhook::start_on(cert, key, 0, cancel).await
+    }
+
+    /// [`Webhook::start`] on a given loopback port (0: any free one): the
+    /// `webhook-down` fault serves it again where its configuration points.
+    pub async fn start_on(
+        cert: &Path,
+        key: &Path,
+        port: u16,
+        cancel: CancellationToken,
+    ) -> Result<Webhook, Error> {
         let config = server_config(cert, key)?;
-        let tcp = TcpListener::bind(("127.0.0.1", 0))
+        let tcp = TcpListener::bind(("127.0.0.1", port))
             .await
             .map_err(Error::Bind)?;
         let addr = tcp.local_addr().map_err(Error::Bind)?;

@@ -321,7 +321,10 @@ impl Tracker {
         }
         if !self.plan.secret || self.secret_new.is_some() {
             self.end(Stage::EsoSync, c.stamp);
-        } else {
+        } else if self.es_early.is_none() {
+            // The first report of a sync counts: ESO re-reporting on its
+            // refresh (every `refreshInterval`, as often as the grace) while
+            // the Secret stays absent must not postpone the grace for ever.
             self.es_early = Some(c.stamp);
         }
     }

@@ -281,6 +281,16 @@ fn eso_synced_but_the_secret_gone_fails_secret_update_not_found() {
             reason: Reason::NotFound
         })
     );
+    // ESO keeps re-reporting its sync every refresh (2 s, as often as the
+    // grace): the first report ends the stage, later ones do not postpone
+    // it (they used to, so the run could time out at eso_sync).
+    let mut t = tracker(plan_eso_reloader(), &c);
+    t.store_written(&c.written(0, 10));
+    t.on_secret(&c.change(20, "s", None));
+    t.on_external_secret(&c.change(300, "es", Some(es_ready(c.secs(0)))));
+    t.on_external_secret(&c.change(2_250, "es", Some(es_ready(c.secs(2)))));
+    t.tick(c.at(300).at + ESO_STATUS_GRACE);
+    assert_eq!(t.ended(Stage::EsoSync), Some(c.at(300)));
     // Recreated meanwhile (ESO's Owner policy): ESO's sync waits for it.
     let mut t = tracker(plan_eso_reloader(), &c);
     t.store_written(&c.written(0, 10));

@@ -228,9 +228,30 @@ pub(super) fn pre_stop_sleep(c: &Container) -> Duration {
         .unwrap_or_default()
 }
 
-pub(super) fn grace_period(spec: &PodSpec) -> Duration {
-    let secs = spec.termination_grace_period_seconds.unwrap_or(30).max(0);
-    Duration::from_secs(u64::try_from(secs).unwrap_or(30)).min(GRACE_CAP)
+/// How long a stopping container gets between SIGTERM (or its preStop
+/// hook) and SIGKILL: the deletion's grace period when one was given, else
+/// the spec's `terminationGracePeriodSeconds` (30 s by default). Node mode
+/// honours it as a kubelet does, at least 2 s (the kubelet's
+/// `minimumGracePeriodInSeconds`: a force deletion still gets SIGTERM
+/// first); the simulated cluster caps it at [`GRACE_CAP`].
+/// The kubelet's `minimumGracePeriodInSeconds`.
+const MIN_NODE_GRACE: Duration = Duration::from_secs(2);
+
+pub(super) fn grace_period(
+    spec: &PodSpec,
+    deletion_grace: Option<i64>,
+    node_mode: bool,
+) -> Duration {
+    let secs = deletion_grace
+        .or(spec.termination_grace_period_seconds)
+        .unwrap_or(30)
+        .max(0);
+    let grace = Duration::from_secs(u64::try_from(secs).unwrap_or(30));
+    if node_mode {
+        grace.max(MIN_NODE_GRACE)
+    } else {
+        grace.min(GRACE_CAP)
+    }
 }
 
 /// Spawn, record, probe, wait. `None` when stopped by cancel, else the exit
@@ -314,7 +335,8 @@ pub(super) async fn run_container(
         _ = cancel.cancelled() => {
             // A `preStop: sleep` hook keeps the process serving (and Ready)
             // for part of the grace period before SIGTERM, as the kubelet.
-            let grace = grace_period(&run.spec);
+            let deletion_grace = run.deletion_grace.lock().ok().and_then(|g| *g);
+            let grace = grace_period(&run.spec, deletion_grace, run.kl.node.is_some());
             let pre_stop = pre_stop_sleep(c).min(grace);
             let exited = if pre_stop.is_zero() {
                 None
@@ -337,6 +359,23 @@ pub(super) async fn run_container(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grace_period_is_the_deletions_then_the_specs() {
+        let spec = PodSpec {
+            termination_grace_period_seconds: Some(45),
+            ..PodSpec::default()
+        };
+        assert_eq!(grace_period(&spec, None, true), Duration::from_secs(45));
+        assert_eq!(grace_period(&spec, Some(5), true), Duration::from_secs(5));
+        assert_eq!(grace_period(&spec, None, false), GRACE_CAP);
+        assert_eq!(
+            grace_period(&PodSpec::default(), None, true),
+            Duration::from_secs(30)
+        );
+        assert_eq!(grace_period(&spec, Some(0), true), MIN_NODE_GRACE);
+        assert_eq!(grace_period(&spec, Some(-1), false), Duration::ZERO);
+    }
 
     #[test]
     fn canary_images() {

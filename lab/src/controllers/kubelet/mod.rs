@@ -81,8 +81,9 @@ use secrets::{watch_secrets, SecretCache};
 /// Where a real Pod sees its ServiceAccount token.
 pub const SERVICE_ACCOUNT_MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
-/// The lab caps `terminationGracePeriodSeconds` so a stuck process cannot
-/// hold up a test for the default 30 s.
+/// The simulated cluster caps `terminationGracePeriodSeconds` so a stuck
+/// process cannot hold up a test for the default 30 s; node mode (the real
+/// cluster) honours it as a kubelet does.
 pub const GRACE_CAP: Duration = Duration::from_secs(3);
 
 /// The crash back-off grows to this many times its base (10 s → 5 min).
@@ -212,6 +213,8 @@ struct PodHandle {
     cancel: CancellationToken,
     /// Set once the Pod carries a deletionTimestamp, so it is stopped once.
     terminating: bool,
+    /// Its deletion's grace period, shared with the Pod's task.
+    deletion_grace: Arc<Mutex<Option<i64>>>,
 }
 
 /// State shared by the node's tasks.
@@ -258,6 +261,11 @@ impl Kubelet {
         if let Some(h) = running.get_mut(&key) {
             if deleting && !h.terminating {
                 h.terminating = true;
+                // The grace the deletion asked for (`--grace-period`, or the
+                // spec's), read by the containers as they stop.
+                if let Ok(mut g) = h.deletion_grace.lock() {
+                    *g = pod.metadata.deletion_grace_period_seconds;
+                }
                 h.cancel.cancel();
             }
             return;
@@ -277,14 +285,22 @@ impl Kubelet {
             return;
         }
         let pod_cancel = cancel.child_token();
+        let deletion_grace = Arc::new(Mutex::new(None));
         running.insert(
             key,
             PodHandle {
                 cancel: pod_cancel.clone(),
                 terminating: false,
+                deletion_grace: deletion_grace.clone(),
             },
         );
-        tasks.spawn(run_pod(self.clone(), pod, pod_cancel, cancel.clone()));
+        tasks.spawn(run_pod(
+            self.clone(),
+            pod,
+            pod_cancel,
+            cancel.clone(),
+            deletion_grace,
+        ));
     }
 
     async fn get_secret(&self, namespace: &str, name: &str) -> Result<Option<Secret>, String> {

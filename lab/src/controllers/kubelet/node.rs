@@ -18,6 +18,10 @@
 //! - Projected volumes (the ServiceAccount token the admission plugin adds):
 //!   written with a TokenRequest bound to the Pod.
 //! - Readiness probes run at the Pod's `periodSeconds` (default 10 s).
+//! - Termination: the deletion's grace period (`deletionGracePeriodSeconds`)
+//!   or the Pod's `terminationGracePeriodSeconds` (30 s by default), in
+//!   full: SIGTERM (after a `preStop` sleep), the grace, SIGKILL, then the
+//!   final delete. The simulated cluster caps it at 3 s.
 //! - `vault:` values are not resolved by the node (that is the Bank-Vaults
 //!   webhook's mutation plus vault-env, not a kubelet's job).
 

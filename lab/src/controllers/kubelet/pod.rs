@@ -31,6 +31,9 @@ pub(super) struct PodRun {
     pub(super) ip: Ipv4Addr,
     pub(super) model: Mutex<StatusModel>,
     pub(super) dirty: watch::Sender<()>,
+    /// The deletion's grace (`deletionGracePeriodSeconds`), set before the
+    /// Pod's token is cancelled for a graceful deletion.
+    pub(super) deletion_grace: Arc<Mutex<Option<i64>>>,
 }
 
 impl PodRun {
@@ -91,6 +94,7 @@ pub(super) async fn run_pod(
     pod: Pod,
     cancel: CancellationToken,
     lab: CancellationToken,
+    deletion_grace: Arc<Mutex<Option<i64>>>,
 ) {
     let ns = pod.namespace().unwrap_or_else(|| "default".into());
     let name = pod.name_any();
@@ -160,6 +164,7 @@ pub(super) async fn run_pod(
         ip,
         model: Mutex::new(model),
         dirty,
+        deletion_grace,
     });
     tracing::info!(%ns, %name, %ip, "kubelet: Pod admitted");
     let writer = tokio::spawn(status_writer(run.clone(), dirty_rx, cancel.clone()));
