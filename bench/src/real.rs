@@ -34,6 +34,7 @@ use serde_json::{json, Value};
 use crate::accuracy::{self, Row, StageSamples};
 use crate::prober::Prober;
 use crate::scenario::{self, Chain, EsoAuth, Kind, ProberSpec, NAMESPACE};
+use crate::stats::{summarize, Summary};
 use crate::Tools;
 
 /// The prober's ServiceAccount (the reference scenario's), audited by the
@@ -68,6 +69,17 @@ pub struct VerbCount {
     pub after: usize,
 }
 
+/// Audit windows of one writer's writes of one resource.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct TruthWindow {
+    /// ESO, Reloader, the deployment controller.
+    pub writer: String,
+    /// `secrets`, `externalsecrets/status`, `deployments`, ...
+    pub resource: String,
+    /// `stageTimestamp − requestReceivedTimestamp`, ms.
+    pub window_ms: Summary,
+}
+
 /// What the real phase found.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct RealResult {
@@ -91,6 +103,10 @@ pub struct RealResult {
     pub verbs: Vec<VerbCount>,
     /// The prober's user in the audit log.
     pub user: String,
+    /// The truth's own resolution: per writer and resource, the audit
+    /// window (request received → response complete, ms) of the writes the
+    /// truth is made of; the commit lies somewhere inside it.
+    pub truth_windows: Vec<TruthWindow>,
     /// Seconds the probes ran after ready.
     pub window_s: f64,
     /// Lab ready after, seconds.
@@ -353,6 +369,8 @@ async fn measure(
     res.overall = overall;
     res.samples = samples;
     res.verbs = count_verbs(&lab.cluster.audit_log, &res.user, ready_at)?;
+    let audit = std::fs::read_to_string(&lab.cluster.audit_log).unwrap_or_default();
+    res.truth_windows = truth_windows(&audit);
     Ok(res)
 }
 
@@ -418,6 +436,66 @@ pub fn count_verbs_in(text: &str, user: &str, ready: DateTime<Utc>) -> Vec<VerbC
     counts.into_values().collect()
 }
 
+/// The audit windows of the writes the truth is made of (ESO's, Reloader's
+/// and the deployment controller's creates, updates and patches).
+pub fn truth_windows(audit: &str) -> Vec<TruthWindow> {
+    let u = secret_canary_lab::real::audit_truth::Users::lab();
+    let writers = [
+        (u.eso.as_str(), "ESO"),
+        (u.reloader.as_str(), "Reloader"),
+        (u.deployment_controller.as_str(), "deployment controller"),
+    ];
+    let ts = |v: &Value| {
+        v.as_str()
+            .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+            .map(|t| t.with_timezone(&Utc))
+    };
+    let mut by: BTreeMap<(&str, String), Vec<f64>> = BTreeMap::new();
+    for line in audit.lines() {
+        let Ok(e) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        if e["stage"] != "ResponseComplete"
+            || !matches!(e["verb"].as_str(), Some("create" | "update" | "patch"))
+        {
+            continue;
+        }
+        let Some((_, writer)) = writers
+            .iter()
+            .find(|(user, _)| e["user"]["username"].as_str() == Some(*user))
+        else {
+            continue;
+        };
+        let (Some(a), Some(b)) = (ts(&e["requestReceivedTimestamp"]), ts(&e["stageTimestamp"]))
+        else {
+            continue;
+        };
+        let mut resource = e["objectRef"]["resource"]
+            .as_str()
+            .unwrap_or("?")
+            .to_string();
+        if let Some(sub) = e["objectRef"]["subresource"].as_str() {
+            resource = format!("{resource}/{sub}");
+        }
+        if !matches!(
+            resource.as_str(),
+            "secrets" | "externalsecrets/status" | "deployments" | "deployments/status"
+        ) {
+            continue;
+        }
+        by.entry((writer, resource))
+            .or_default()
+            .push((b - a).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+    }
+    by.into_iter()
+        .map(|((writer, resource), v)| TruthWindow {
+            writer: writer.to_string(),
+            resource,
+            window_ms: summarize(&v),
+        })
+        .collect()
+}
+
 /// Where the real phase keeps its files.
 pub fn dir(work: &Path) -> PathBuf {
     work.join("real")
@@ -458,6 +536,68 @@ mod tests {
         assert_eq!(get("watch", "pods"), Some((1, 1)));
         assert_eq!(get("patch", "deployments"), Some((0, 1)));
         assert_eq!(v.len(), 3);
+    }
+
+    #[test]
+    fn truth_windows_are_per_writer_and_resource() {
+        let u = secret_canary_lab::real::audit_truth::Users::lab();
+        let ev = |user: &str, res: &str, sub: Option<&str>, recv: &str, done: &str| {
+            json!({"stage": "ResponseComplete", "verb": "update", "user": {"username": user},
+                "objectRef": {"resource": res, "subresource": sub},
+                "requestReceivedTimestamp": recv, "stageTimestamp": done})
+            .to_string()
+        };
+        let log = [
+            ev(
+                &u.eso,
+                "secrets",
+                None,
+                "2026-01-01T00:00:00Z",
+                "2026-01-01T00:00:00.004Z",
+            ),
+            ev(
+                &u.eso,
+                "externalsecrets",
+                Some("status"),
+                "2026-01-01T00:00:00Z",
+                "2026-01-01T00:00:00.010Z",
+            ),
+            ev(
+                &u.reloader,
+                "deployments",
+                None,
+                "2026-01-01T00:00:00Z",
+                "2026-01-01T00:00:00.100Z",
+            ),
+            ev(
+                "someone",
+                "deployments",
+                None,
+                "2026-01-01T00:00:00Z",
+                "2026-01-01T00:00:01Z",
+            ),
+            ev(
+                &u.eso,
+                "serviceaccounts",
+                Some("token"),
+                "2026-01-01T00:00:00Z",
+                "2026-01-01T00:00:01Z",
+            ),
+        ]
+        .join("\n");
+        let w = truth_windows(&log);
+        let got: Vec<(String, String, f64)> = w
+            .iter()
+            .map(|x| (x.writer.clone(), x.resource.clone(), x.window_ms.max))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("ESO".into(), "externalsecrets/status".into(), 10.0),
+                ("ESO".into(), "secrets".into(), 4.0),
+                ("Reloader".into(), "deployments".into(), 100.0),
+            ]
+        );
     }
 
     #[test]
