@@ -721,6 +721,7 @@ The prober (**{} build**) runs as its own ServiceAccount (`{}`, a Role like the 
             ms(p.max)
         );
     }
+    truth_windows_md(s, r);
     let _ = writeln!(
         s,
         "\nReal cluster per chain variant (|prober − audit-log truth|, ms):\n"
@@ -773,6 +774,34 @@ The prober (**{} build**) runs as its own ServiceAccount (`{}`, a Role like the 
     let _ = writeln!(s);
     if let Some(d) = &r.detect {
         detect_md(s, d);
+    }
+}
+
+/// The truth's own resolution: the audit window of the writes it is made of.
+fn truth_windows_md(s: &mut String, r: &crate::real::RealResult) {
+    if r.truth_windows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "\nThe truth's own resolution: an audit event is stamped when the response completes (`stageTimestamp`), after the write was committed; the commit lies between `requestReceivedTimestamp` and `stageTimestamp`. That window, for the writes the truth is made of (ms):\n"
+    );
+    let _ = writeln!(
+        s,
+        "| writer | resource | n | p50 | p99 | max |\n|---|---|---|---|---|---|"
+    );
+    for w in &r.truth_windows {
+        let x = &w.window_ms;
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} |",
+            w.writer,
+            w.resource,
+            x.n,
+            ms(x.p50),
+            ms(x.p99),
+            ms(x.max)
+        );
     }
 }
 
@@ -891,6 +920,21 @@ mod real_tests {
         };
         let once = r.splice_real(prev);
         assert!(once.starts_with(prev.trim_end()) && once.contains("not built"));
+        let real = crate::real::RealResult {
+            truth_windows: vec![crate::real::TruthWindow {
+                writer: "ESO".into(),
+                resource: "secrets".into(),
+                window_ms: crate::stats::summarize(&[4.0, 6.0]),
+            }],
+            ..Default::default()
+        };
+        let with_real = Results {
+            real: Some(real),
+            ..Default::default()
+        };
+        let section = with_real.real_section(Some(prev));
+        assert!(section.contains("| ESO | secrets | 2 |"), "{section}");
+        assert!(section.contains("**LIST after start-up: 0**"));
         let twice = r.splice_real(&once);
         assert_eq!(once, twice);
         assert_eq!(twice.matches(REAL_BEGIN).count(), 1);
