@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Runs the benchmarks against the lab and a real OpenBao and writes
 # bench/results.md (accuracy against the lab's ground truth next to a
-# kubectl-polling baseline; memory, CPU and API load; 1,000-probe scale).
+# kubectl-polling baseline; memory, CPU and API load; 1,000-probe scale; the
+# real cluster tier: accuracy against the audit log, the prober's requests by
+# verb, time to detect real faults -- skipped with a message when the Go
+# components of scripts/build-real.sh are not built).
 # The measured binaries are release builds. A full run takes about 10-15
 # minutes on 2 cores after the build; `--quick` is a smoke run of a few minutes.
 #
 #   scripts/bench.sh                    # full sizes (see bench/README.md)
 #   scripts/bench.sh --quick            # small sizes, to check it works
 #   scripts/bench.sh --phases accuracy  # one phase; any secret-canary-bench option
+#   scripts/bench.sh --phases real      # the real cluster tier alone (replaces its section)
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"

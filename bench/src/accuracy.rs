@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use secret_canary_lab::lab::Lab;
+use secret_canary_lab::openbao::BaoAdmin;
 use secret_canary_lab::truth::{step, TruthRecord};
 use serde_json::Value;
 
@@ -66,19 +67,19 @@ pub struct Options {
 
 /// One stage's measurement in one run.
 #[derive(Debug, Clone, Copy)]
-struct StageObs {
-    start: DateTime<Utc>,
+pub(crate) struct StageObs {
+    pub(crate) start: DateTime<Utc>,
     /// Measured duration, seconds.
-    dur: f64,
+    pub(crate) dur: f64,
 }
 
 /// One scored run.
 #[derive(Debug, Clone)]
-struct Observed {
+pub(crate) struct Observed {
     chain: Chain,
     digest: String,
-    created: Option<DateTime<Utc>>,
-    stages: BTreeMap<&'static str, StageObs>,
+    pub(crate) created: Option<DateTime<Utc>>,
+    pub(crate) stages: BTreeMap<&'static str, StageObs>,
 }
 
 /// One row of the accuracy table: a stage of a chain variant.
@@ -230,7 +231,7 @@ async fn measure(
             res.prober_success += 1;
             let mut o = observed_from_report(chain, last);
             if let Some(w) = o.stages.get("store_write").copied() {
-                o.created = created_time(lab, &chain.store_path, w.start, w.dur).await;
+                o.created = created_time(&lab.bao, &chain.store_path, w.start, w.dur).await;
             }
             observed.push(o);
         }
@@ -267,6 +268,22 @@ async fn measure(
         score(&baseline, &truth, &lab.dir.join("baseline-scored.jsonl"));
     res.baseline_unscored = unscored;
 
+    let (rows, overall, samples) = tables(&truth_dur, &prober_err, &baseline_err);
+    res.rows = rows;
+    res.overall = overall;
+    res.samples = samples;
+    res.seconds = started.elapsed().as_secs_f64();
+    Ok(res)
+}
+
+/// The per-variant rows, the all-variants rows and every sample per stage,
+/// from the scored errors (`baseline` may be empty).
+pub(crate) fn tables(
+    truth_dur: &ByStage,
+    prober_err: &ByStage,
+    baseline_err: &ByStage,
+) -> (Vec<Row>, Vec<Row>, Vec<StageSamples>) {
+    let (mut rows, mut overall, mut samples) = (Vec::new(), Vec::new(), Vec::new());
     let kinds = [Kind::Env, Kind::Volume, Kind::Bankvaults];
     for kind in kinds {
         for stage in STAGES {
@@ -274,7 +291,7 @@ async fn measure(
             let Some(t) = truth_dur.get(&key) else {
                 continue;
             };
-            res.rows.push(Row {
+            rows.push(Row {
                 kind,
                 stage,
                 truth_ms: summarize(t),
@@ -284,32 +301,31 @@ async fn measure(
         }
     }
     for stage in STAGES {
-        let gather = |m: &BTreeMap<(Kind, &'static str), Vec<f64>>| -> Vec<f64> {
+        let gather = |m: &ByStage| -> Vec<f64> {
             kinds
                 .iter()
                 .flat_map(|k| m.get(&(*k, stage)).cloned().unwrap_or_default())
                 .collect()
         };
-        let t = gather(&truth_dur);
+        let t = gather(truth_dur);
         if t.is_empty() {
             continue;
         }
-        let (prober, baseline) = (gather(&prober_err), gather(&baseline_err));
-        res.overall.push(Row {
+        let (prober, baseline) = (gather(prober_err), gather(baseline_err));
+        overall.push(Row {
             kind: Kind::Env,
             stage,
             truth_ms: summarize(&t),
             prober_ms: summarize(&prober),
             baseline_ms: summarize(&baseline),
         });
-        res.samples.push(StageSamples {
+        samples.push(StageSamples {
             stage: stage.to_string(),
             prober_ms: prober,
             baseline_ms: baseline,
         });
     }
-    res.seconds = started.elapsed().as_secs_f64();
-    Ok(res)
+    (rows, overall, samples)
 }
 
 fn parse_ts(v: &Value) -> Option<DateTime<Utc>> {
@@ -323,7 +339,7 @@ fn stage_name(s: &str) -> Option<&'static str> {
 }
 
 /// A `/probes` `last_run` report as an observation.
-fn observed_from_report(chain: &Chain, report: &Value) -> Observed {
+pub(crate) fn observed_from_report(chain: &Chain, report: &Value) -> Observed {
     let mut stages = BTreeMap::new();
     for s in report["stages"].as_array().into_iter().flatten() {
         let (Some(name), Some(start), Some(dur)) = (
@@ -345,13 +361,13 @@ fn observed_from_report(chain: &Chain, report: &Value) -> Observed {
 
 /// OpenBao's `created_time` of the version written between `start` and
 /// `start + dur` (plus slack): the store write's true completion.
-async fn created_time(
-    lab: &Lab,
+pub(crate) async fn created_time(
+    bao: &BaoAdmin,
     path: &str,
     start: DateTime<Utc>,
     dur: f64,
 ) -> Option<DateTime<Utc>> {
-    let meta = lab.bao.kv_metadata(path).await.ok()?;
+    let meta = bao.kv_metadata(path).await.ok()?;
     let meta = meta.get("data").unwrap_or(&meta);
     let end = start + chrono::Duration::microseconds((dur * 1e6) as i64);
     let slack = chrono::Duration::milliseconds(500);
@@ -481,12 +497,12 @@ fn observed_from_baseline(chain: &Chain, v: &Value) -> Observed {
     }
 }
 
-type ByStage = BTreeMap<(Kind, &'static str), Vec<f64>>;
+pub(crate) type ByStage = BTreeMap<(Kind, &'static str), Vec<f64>>;
 
 /// Per (variant, stage): |measured − true| in ms, the true durations in ms,
 /// and how many runs could not be matched to the truth. Every scored stage
 /// also goes to `details` (JSONL) for post-mortems.
-fn score(
+pub(crate) fn score(
     observed: &[Observed],
     truth: &[TruthRecord],
     details: &Path,

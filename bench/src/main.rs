@@ -7,6 +7,8 @@
 //!           (kubectl get every second) on the same chains
 //! cost      RSS, CPU, API requests by verb, /metrics latency at 1/10/100 probes
 //! scale     1,000 probes on a few-second schedule: jitter, missed/skipped ticks
+//! real      the real cluster tier: 10 probes scored against the audit log,
+//!           the prober's API requests by verb, time to detect real faults
 //! ```
 //!
 //! `scripts/bench.sh` builds and runs it; `--quick` is a smoke run.
@@ -15,6 +17,7 @@ mod accuracy;
 mod cost;
 mod prober;
 mod proxy;
+mod real;
 mod report;
 mod scenario;
 mod stats;
@@ -47,8 +50,13 @@ pub struct Args {
     /// Scratch directory for the labs (kept for post-mortems).
     #[arg(long, default_value = "target/bench")]
     pub work: PathBuf,
-    /// Phases to run.
-    #[arg(long, value_delimiter = ',', default_value = "accuracy,cost,scale")]
+    /// Phases to run (`real` needs the Go components of
+    /// `scripts/build-real.sh`; it is skipped with a message without them).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "accuracy,cost,scale,real"
+    )]
     pub phases: Vec<String>,
     /// Small sizes: a smoke run of every phase in a few minutes.
     #[arg(long)]
@@ -92,6 +100,22 @@ pub struct Args {
     /// How long the scale phase runs its probes.
     #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
     pub scale_duration: Duration,
+    /// How long the real tier's probes run.
+    #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
+    pub real_duration: Duration,
+    /// Interval of the real tier's probes.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    pub real_interval: Duration,
+    /// The real tier's node agent sync period (Secret volume refresh; the
+    /// kubelet's default is 1 min).
+    #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
+    pub node_sync_period: Duration,
+    /// Leave out the real tier's time-to-detect faults.
+    #[arg(long)]
+    pub skip_detect: bool,
+    /// Build profile of the measured `secret-canary` (target/<profile>).
+    #[arg(long, default_value = "release")]
+    pub profile: String,
     /// kubectl for the baseline.
     #[arg(long, default_value = "/usr/bin/kubectl")]
     pub kubectl: PathBuf,
@@ -256,10 +280,14 @@ async fn run(mut args: Args) -> Result<()> {
         args.scrapes = args.scrapes.min(50);
         args.scale_probes = args.scale_probes.min(50);
         args.scale_duration = args.scale_duration.min(Duration::from_secs(30));
+        args.real_duration = args.real_duration.min(Duration::from_secs(120));
     }
     let root = args.root.canonicalize().context("workspace root")?;
     let tools = Tools {
-        prober_bin: prober::release_bin(&root, "secret-canary"),
+        prober_bin: root
+            .join("target")
+            .join(&args.profile)
+            .join("secret-canary"),
         baseline_script: root.join("bench/baseline.py"),
         kubectl: args.kubectl.clone(),
         python: args.python.clone(),
@@ -267,7 +295,7 @@ async fn run(mut args: Args) -> Result<()> {
     };
     if !tools.prober_bin.exists() {
         bail!(
-            "{} is missing: run `cargo build --release --bins` (scripts/bench.sh does)",
+            "{} is missing: run `cargo build --release --bins` (scripts/bench.sh does; `--profile debug`: `cargo build --bins`)",
             tools.prober_bin.display()
         );
     }
@@ -323,6 +351,25 @@ async fn run(mut args: Args) -> Result<()> {
         };
         results.scale = Some(cost::measure(&tools, &opts, &work.join("scale")).await?);
     }
+    if args.phases.iter().any(|p| p == "real") {
+        eprintln!("== real");
+        match real::missing() {
+            Some(why) => {
+                eprintln!("SKIP (real cluster tier): {why}");
+                results.real_skipped = Some(why);
+            }
+            None => {
+                let opts = real::Options {
+                    duration: args.real_duration,
+                    interval: args.real_interval,
+                    sync_period: args.node_sync_period,
+                    detect: !args.skip_detect,
+                    profile: args.profile.clone(),
+                };
+                results.real = Some(real::run(&tools, &opts, &real::dir(&work)).await?);
+            }
+        }
+    }
     write_results(&root, &args, &work, &mut results, started)?;
     eprintln!(
         "wrote {} in {:.0} s",
@@ -346,11 +393,25 @@ fn write_results(
     if let Some(parent) = out.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    std::fs::write(&out, results.markdown())?;
+    let sim_ran = ["accuracy", "cost", "scale"]
+        .iter()
+        .any(|p| args.phases.iter().any(|x| x == p));
+    let existing = std::fs::read_to_string(&out).ok();
+    match existing.filter(|_| !sim_ran) {
+        // A run of the real tier alone: replace its section, keep the rest.
+        Some(text) => std::fs::write(&out, results.splice_real(&text))?,
+        None => std::fs::write(&out, results.markdown())?,
+    }
     // The pictures go next to the results (bench/accuracy.svg, bench/footprint.svg).
     let dir = out.parent().unwrap_or(root);
     if let Some(a) = &results.accuracy {
-        std::fs::write(dir.join("accuracy.svg"), svg::accuracy(a))?;
+        std::fs::write(
+            dir.join("accuracy.svg"),
+            svg::accuracy(Some(a), results.real.as_ref()),
+        )?;
+    }
+    if let Some(r) = &results.real {
+        std::fs::write(dir.join("accuracy-real.svg"), svg::accuracy(None, Some(r)))?;
     }
     if !results.cost.is_empty() || results.scale.is_some() {
         std::fs::write(

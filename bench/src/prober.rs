@@ -1,7 +1,7 @@
 //! The measured process: `secret-canary run` started as a child, its
 //! resident memory and CPU time read from `/proc`, its exporter scraped.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -162,9 +162,4 @@ impl Prober {
             let _ = self.child.kill().await;
         }
     }
-}
-
-/// Where the release binaries are, relative to the workspace root.
-pub fn release_bin(root: &Path, name: &str) -> PathBuf {
-    root.join("target/release").join(name)
 }

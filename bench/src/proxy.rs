@@ -2,7 +2,8 @@
 //! every client's requests together (its controllers too); the prober's
 //! kubeconfig points here instead, so its own requests are counted by verb
 //! (`watch`, `list`, `get`, `patch`, ...) and resource, then passed on
-//! unchanged (watch responses are streamed through).
+//! unchanged (watch responses are streamed through). In front of OpenBao it
+//! times the store's answers on the wire (time to detect a store 403).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -20,10 +21,25 @@ use tokio_util::sync::CancellationToken;
 /// verb → resource → requests.
 pub type Counts = BTreeMap<String, BTreeMap<String, u64>>;
 
+/// One answer that passed through: when its head arrived from upstream,
+/// the request's method and path, the status.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// When the upstream's response head arrived.
+    pub at: chrono::DateTime<chrono::Utc>,
+    /// Request method.
+    pub method: String,
+    /// Request path.
+    pub path: String,
+    /// Response status.
+    pub status: u16,
+}
+
 struct Shared {
     upstream: String,
     client: Client<HttpConnector, Body>,
     counts: Mutex<Counts>,
+    answers: Mutex<Vec<Answer>>,
 }
 
 /// A running proxy.
@@ -44,6 +60,7 @@ impl Proxy {
             upstream: upstream.trim_end_matches('/').to_string(),
             client: Client::builder(TokioExecutor::new()).build_http(),
             counts: Mutex::new(Counts::new()),
+            answers: Mutex::new(Vec::new()),
         });
         let app = axum::Router::new()
             .fallback(forward)
@@ -58,6 +75,15 @@ impl Proxy {
             shared,
             url: format!("http://{addr}"),
         })
+    }
+
+    /// Every answer so far (the store's 403, timed on the wire).
+    pub fn answers(&self) -> Vec<Answer> {
+        self.shared
+            .answers
+            .lock()
+            .map(|a| a.clone())
+            .unwrap_or_default()
     }
 
     /// A copy of the counts so far.
@@ -147,6 +173,7 @@ async fn forward(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
     };
     let (mut parts, body) = req.into_parts();
+    let (method, path) = (parts.method.to_string(), parts.uri.path().to_string());
     parts.uri = uri;
     parts.headers.remove(header::HOST);
     match shared
@@ -154,7 +181,21 @@ async fn forward(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         .request(Request::from_parts(parts, body))
         .await
     {
-        Ok(resp) => resp.map(Body::new),
+        Ok(resp) => {
+            let answer = Answer {
+                at: chrono::Utc::now(),
+                method,
+                path,
+                status: resp.status().as_u16(),
+            };
+            if let Ok(mut a) = shared.answers.lock() {
+                // Bounded: the cost phase's proxies see many requests.
+                if a.len() < 10_000 {
+                    a.push(answer);
+                }
+            }
+            resp.map(Body::new)
+        }
         Err(e) => (StatusCode::BAD_GATEWAY, format!("lab API server: {e}")).into_response(),
     }
 }

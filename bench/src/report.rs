@@ -32,6 +32,10 @@ pub struct Results {
     pub cost: Vec<Measurement>,
     /// Scale phase.
     pub scale: Option<Measurement>,
+    /// The real cluster tier.
+    pub real: Option<crate::real::RealResult>,
+    /// Why the real tier was skipped.
+    pub real_skipped: Option<String>,
     /// Wall time of the whole benchmark, seconds.
     pub seconds: f64,
 }
@@ -145,7 +149,68 @@ impl Results {
         if let Some(m) = &self.scale {
             scale_md(&mut s, m, &self.cost);
         }
+        s.push_str(&self.real_section(None));
         s
+    }
+
+    /// The real tier's section, between markers so a run of the real tier
+    /// alone replaces it in place. `previous` is the current results.md,
+    /// whose simulated accuracy table is shown beside the real one when this
+    /// run did not measure it.
+    pub fn real_section(&self, previous: Option<&str>) -> String {
+        let mut s = String::new();
+        s.push_str(REAL_BEGIN);
+        s.push('\n');
+        let sim: Vec<SimRow> = match &self.accuracy {
+            Some(a) => a
+                .overall
+                .iter()
+                .map(|r| SimRow {
+                    stage: r.stage.to_string(),
+                    cells: format!(
+                        "{} | {} | {} | {}",
+                        r.prober_ms.n,
+                        ms(r.prober_ms.p50),
+                        ms(r.prober_ms.p99),
+                        ms(r.prober_ms.max)
+                    ),
+                })
+                .collect(),
+            None => previous.map(sim_rows_from_md).unwrap_or_default(),
+        };
+        let sim_from = match (&self.accuracy, previous) {
+            (Some(_), _) => "this run's accuracy phase".to_string(),
+            (None, Some(p)) => format!("the accuracy phase above (run of {})", md_date(p)),
+            (None, None) => "not measured".to_string(),
+        };
+        real_md(
+            &mut s,
+            self.real.as_ref(),
+            self.real_skipped.as_deref(),
+            &sim,
+            &sim_from,
+            &self.date,
+            &self.commit,
+        );
+        s.push_str(REAL_END);
+        s.push('\n');
+        s
+    }
+
+    /// `previous` (results.md) with its real-tier section replaced by this
+    /// run's (appended when it has none).
+    pub fn splice_real(&self, previous: &str) -> String {
+        let section = self.real_section(Some(previous));
+        match (previous.find(REAL_BEGIN), previous.find(REAL_END)) {
+            (Some(a), Some(b)) if b > a => {
+                let end = b + REAL_END.len();
+                let rest = previous[end..]
+                    .strip_prefix('\n')
+                    .unwrap_or(&previous[end..]);
+                format!("{}{section}{rest}", &previous[..a])
+            }
+            _ => format!("{}\n{section}", previous.trim_end()),
+        }
     }
 
     fn targets(&self, s: &mut String) {
@@ -522,4 +587,356 @@ fn scale_md(s: &mut String, m: &Measurement, cost: &[Measurement]) {
         s,
         "\nThe scale run talks to the lab's API server directly (no counting proxy) and the lab's readiness probes run every 10 s.\n"
     );
+}
+
+const REAL_BEGIN: &str =
+    "<!-- real-tier:begin (written by `secret-canary-bench --phases real`) -->";
+const REAL_END: &str = "<!-- real-tier:end -->";
+
+/// One simulated-lab accuracy row: the stage and its `n | p50 | p99 | max`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimRow {
+    /// Stage.
+    pub stage: String,
+    /// `n | p50 | p99 | max` (prober).
+    pub cells: String,
+}
+
+/// The prober's columns of the "All chain variants together" table of an
+/// earlier results.md.
+pub fn sim_rows_from_md(text: &str) -> Vec<SimRow> {
+    let Some(start) = text.find("All chain variants together") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for line in text[start..].lines().skip(1) {
+        if line.starts_with("Per chain variant") || line.starts_with("## ") {
+            break;
+        }
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        // "", stage, true p50, n, p50, p99, max, n, p50, p99, max, ""
+        if cells.len() >= 7 && cells[1].starts_with('`') {
+            out.push(SimRow {
+                stage: cells[1].trim_matches('`').to_string(),
+                cells: cells[3..7].join(" | "),
+            });
+        }
+    }
+    out
+}
+
+fn md_date(text: &str) -> String {
+    text.lines()
+        .find_map(|l| l.strip_prefix("| date | "))
+        .map(|l| l.trim_end_matches(" |").to_string())
+        .unwrap_or_else(|| "unknown date".into())
+}
+
+fn real_md(
+    s: &mut String,
+    r: Option<&crate::real::RealResult>,
+    skipped: Option<&str>,
+    sim: &[SimRow],
+    sim_from: &str,
+    date: &str,
+    commit: &str,
+) {
+    let _ = writeln!(
+        s,
+        "## Real cluster tier: accuracy, API load and time to detect\n"
+    );
+    let Some(r) = r else {
+        if let Some(why) = skipped {
+            let _ = writeln!(s, "Not measured in this run: {why}.\n");
+        } else {
+            let _ = writeln!(s, "Not measured in this run (`--phases real`).\n");
+        }
+        return;
+    };
+    let versions = r
+        .versions
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let _ = writeln!(
+        s,
+        "Run {date}, commit `{commit}`. `secret-canary-lab up --cluster real` ({versions}): real etcd, kube-apiserver, kube-controller-manager, kube-scheduler and External Secrets Operator; the lab's node agent, Reloader and Bank-Vaults webhook against the real API server with their own credentials. \
+{} probes on their own chains (4 ESO + Reloader + env, 3 ESO + Secret volume, 3 Bank-Vaults restart; ESO `refreshInterval: 2s`, Kubernetes auth) ran concurrently every {} for {:.0} s; the node agent refreshes Secret volumes on the **upstream kubelet profile: sync period {} plus up to 50 % jitter**. \
+The prober (**{} build**) runs as its own ServiceAccount (`{}`, a Role like the chart's). Every stage is scored against `truth.jsonl` (the API server's audit log `stageTimestamp`s and the node agent's records) with the same code as the simulated phase. \
+**Load average** when the probes started: {}; when they stopped: {} (2 cores shared with other jobs). Lab ready in {:.1} s; phase time {:.0} s.\n",
+        r.probes,
+        r.interval,
+        r.window_s,
+        r.sync_period,
+        r.profile,
+        r.user,
+        r.load.0,
+        r.load.1,
+        r.lab_ready_s,
+        r.seconds
+    );
+    real_targets(s, r);
+    let _ = writeln!(
+        s,
+        "![Stage timing error per stage on the real cluster (log scale)](accuracy-real.svg)\n"
+    );
+    let failures = if r.failures.is_empty() {
+        "none".to_string()
+    } else {
+        r.failures
+            .iter()
+            .map(|(k, v)| format!("`{k}` × {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let _ = writeln!(
+        s,
+        "Runs: {} ({} succeeded; failed: {failures}); {} successful runs could not be matched to the truth.\n",
+        r.runs, r.success, r.unscored
+    );
+    let _ = writeln!(
+        s,
+        "|stage|sim n|sim p50|sim p99|sim max|real true p50|real n|real p50|real p99|real max|\n|---|---|---|---|---|---|---|---|---|---|"
+    );
+    let _ = writeln!(
+        s,
+        "| | **simulated lab** (ms, {sim_from}) | | | | **real cluster** (ms) | | | | |"
+    );
+    for row in &r.overall {
+        let simc = sim
+            .iter()
+            .find(|x| x.stage == row.stage)
+            .map(|x| x.cells.clone())
+            .unwrap_or_else(|| "– | – | – | –".into());
+        let p = &row.prober_ms;
+        let _ = writeln!(
+            s,
+            "| `{}` | {simc} | {} | {} | {} | {} | {} |",
+            row.stage,
+            ms(row.truth_ms.p50),
+            p.n,
+            ms(p.p50),
+            ms(p.p99),
+            ms(p.max)
+        );
+    }
+    truth_windows_md(s, r);
+    let _ = writeln!(
+        s,
+        "\nReal cluster per chain variant (|prober − audit-log truth|, ms):\n"
+    );
+    let _ = writeln!(
+        s,
+        "| chain | stage | true p50 | n | p50 | p99 | max |\n|---|---|---|---|---|---|---|"
+    );
+    for row in &r.rows {
+        let p = &row.prober_ms;
+        let _ = writeln!(
+            s,
+            "| {} | `{}` | {} | {} | {} | {} | {} |",
+            row.kind.as_str(),
+            row.stage,
+            ms(row.truth_ms.p50),
+            p.n,
+            ms(p.p50),
+            ms(p.p99),
+            ms(p.max)
+        );
+    }
+    let after_runs = r.runs.max(1) as f64;
+    let lists_after: usize = r
+        .verbs
+        .iter()
+        .filter(|v| v.verb == "list")
+        .map(|v| v.after)
+        .sum();
+    let total_after: usize = r.verbs.iter().map(|v| v.after).sum();
+    let _ = writeln!(
+        s,
+        "\nThe prober's own API requests, from the API server's audit log (user `{}`; one per audit ID, so a watch counts once), split at the moment `/readyz` turned 200. **LIST after start-up: {lists_after}** ({total_after} requests in {:.0} s after start-up, {:.2} per run):\n",
+        r.user,
+        r.window_s,
+        total_after as f64 / after_runs
+    );
+    let _ = writeln!(s, "| verb | resource | start-up | after start-up | per run after start-up |\n|---|---|---|---|---|");
+    for v in &r.verbs {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {:.2} |",
+            v.verb,
+            v.resource,
+            v.startup,
+            v.after,
+            v.after as f64 / after_runs
+        );
+    }
+    let _ = writeln!(s);
+    if let Some(d) = &r.detect {
+        detect_md(s, d);
+    }
+}
+
+/// The truth's own resolution: the audit window of the writes it is made of.
+fn truth_windows_md(s: &mut String, r: &crate::real::RealResult) {
+    if r.truth_windows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "\nThe truth's own resolution: an audit event is stamped when the response completes (`stageTimestamp`), after the write was committed; the commit lies between `requestReceivedTimestamp` and `stageTimestamp`. That window, for the writes the truth is made of (ms):\n"
+    );
+    let _ = writeln!(
+        s,
+        "| writer | resource | n | p50 | p99 | max |\n|---|---|---|---|---|---|"
+    );
+    for w in &r.truth_windows {
+        let x = &w.window_ms;
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} |",
+            w.writer,
+            w.resource,
+            x.n,
+            ms(x.p50),
+            ms(x.p99),
+            ms(x.max)
+        );
+    }
+}
+
+/// The issue's targets that concern the real tier.
+fn real_targets(s: &mut String, r: &crate::real::RealResult) {
+    let yes = |ok: bool| if ok { "yes" } else { "**no**" };
+    let _ = writeln!(
+        s,
+        "| target (real cluster) | measured | met |\n|---|---|---|"
+    );
+    if let Some(worst) = r
+        .overall
+        .iter()
+        .filter(|x| x.prober_ms.n > 0)
+        .max_by(|a, b| a.prober_ms.p99.total_cmp(&b.prober_ms.p99))
+    {
+        let _ = writeln!(
+            s,
+            "| stage timing error p99 ≤ 5 ms | worst stage p99 {} ms (`{}`); p50 ≤ {} ms on every stage | {} |",
+            ms(worst.prober_ms.p99),
+            worst.stage,
+            ms(r.overall.iter().map(|x| x.prober_ms.p50).fold(0.0, f64::max)),
+            yes(worst.prober_ms.p99 <= 5.0)
+        );
+    }
+    let lists: usize = r
+        .verbs
+        .iter()
+        .filter(|v| v.verb == "list")
+        .map(|v| v.after)
+        .sum();
+    let _ = writeln!(
+        s,
+        "| zero periodic LIST calls | {lists} LIST after start-up in {:.0} s (audit log) | {} |",
+        r.window_s,
+        yes(lists == 0)
+    );
+    if let Some(d) = &r.detect {
+        let exports: Vec<f64> = d.rows.iter().filter_map(|x| x.to_export_ms()).collect();
+        if !exports.is_empty() {
+            let worst = exports.iter().copied().fold(0.0, f64::max);
+            let _ = writeln!(
+                s,
+                "| detection ≤ 1 s (cluster signal → exported) | worst {} ms over {} of {} faults | {} |",
+                ms(worst),
+                exports.len(),
+                d.rows.len(),
+                yes(worst <= 1000.0 && exports.len() == d.rows.len())
+            );
+        }
+    }
+    let _ = writeln!(s);
+}
+
+fn opt_ms(x: Option<f64>) -> String {
+    x.map(|v| format!("{v:.0}")).unwrap_or_else(|| "–".into())
+}
+
+fn detect_md(s: &mut String, d: &crate::real::detect::DetectResult) {
+    let _ = writeln!(s, "### Time to detect (real cluster)\n");
+    let _ = writeln!(
+        s,
+        "Each fault made by real means on the real tier (see `bench/src/real/detect.rs`), one probe on a chain of its own, a fresh prober whose first run starts at once. \
+Signal = the cluster's own report, timed by the API server's audit log (`stageTimestamp`) or OpenBao's audit log; export = the first `/metrics` scrape (every 20 ms, so up to 20 ms late) showing `secret_canary_stage_blocked{{…}} 1` for the run or the failed run counted; verdict = the run's end as `/probes` reports it. \
+A condition the prober reads as a cause (ExternalSecret `Ready=False`, a Pod in `ErrImagePull` or restarting) is exported as `stage_blocked` at once and ends the run after `blocked_for` (10 s default); `ProgressDeadlineExceeded`, `CrashLoopBackOff` and a store error end it at once. Load average at the start: {}.\n",
+        d.load
+    );
+    let _ = writeln!(s, "| fault | the cluster's signal | signal → export (ms) | exported as | signal → verdict (ms) | verdict | run-ending signal → failure exported (ms) |\n|---|---|---|---|---|---|---|");
+    for r in &d.rows {
+        let exported = match &r.blocked {
+            Some((_, st, re)) => format!("`stage_blocked{{stage=\"{st}\",reason=\"{re}\"}}`"),
+            None if r.failure_exported.is_some() => "failed run (`runs_total`)".into(),
+            None => "–".into(),
+        };
+        let fin = match &r.final_signal {
+            Some((what, _)) => format!("{} ({what})", opt_ms(r.final_to_export_ms())),
+            None => "–".into(),
+        };
+        let mut verdict = format!("`{}`", r.verdict);
+        if !r.note.is_empty() {
+            verdict.push_str(&format!(
+                " ({})",
+                r.note.replace('|', "/").replace('\n', " ")
+            ));
+        }
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {exported} | {} | {verdict} | {fin} |",
+            r.fault,
+            r.signal,
+            opt_ms(r.to_export_ms()),
+            opt_ms(r.to_verdict_ms()),
+        );
+    }
+    let _ = writeln!(s);
+}
+
+#[cfg(test)]
+mod real_tests {
+    use super::*;
+
+    #[test]
+    fn real_section_is_spliced_in_place_and_sim_rows_are_read_back() {
+        let prev = "# r\n\n| date | 2026-11-29 14:28 UTC |\n\nAll chain variants together (ms):\n\n| stage | true p50 | n | p50 | p99 | max | n | p50 | p99 | max |\n|---|---|---|---|---|---|---|---|---|---|\n| | | **prober** | | | | **kubectl baseline** | | | |\n| `store_write` | 3.79 | 210 | 0.66 | 11 | 18 | 60 | 6.14 | 28 | 28 |\n\nPer chain variant (ms)\n\n## Cost\n";
+        let rows = sim_rows_from_md(prev);
+        assert_eq!(
+            rows,
+            vec![SimRow {
+                stage: "store_write".into(),
+                cells: "210 | 0.66 | 11 | 18".into()
+            }]
+        );
+        let r = Results {
+            real_skipped: Some("not built".into()),
+            ..Default::default()
+        };
+        let once = r.splice_real(prev);
+        assert!(once.starts_with(prev.trim_end()) && once.contains("not built"));
+        let real = crate::real::RealResult {
+            truth_windows: vec![crate::real::TruthWindow {
+                writer: "ESO".into(),
+                resource: "secrets".into(),
+                window_ms: crate::stats::summarize(&[4.0, 6.0]),
+            }],
+            ..Default::default()
+        };
+        let with_real = Results {
+            real: Some(real),
+            ..Default::default()
+        };
+        let section = with_real.real_section(Some(prev));
+        assert!(section.contains("| ESO | secrets | 2 |"), "{section}");
+        assert!(section.contains("**LIST after start-up: 0**"));
+        let twice = r.splice_real(&once);
+        assert_eq!(once, twice);
+        assert_eq!(twice.matches(REAL_BEGIN).count(), 1);
+    }
 }

@@ -7,10 +7,12 @@ use std::fmt::Write as _;
 
 use crate::accuracy::AccuracyResult;
 use crate::cost::Measurement;
+use crate::real::RealResult;
 use crate::stats::percentile;
 
 const PROBER: &str = "#1f77b4";
 const BASELINE: &str = "#ff7f0e";
+const REAL: &str = "#2ca02c";
 const FONT: &str = "font-family=\"sans-serif\"";
 
 /// Escape text for SVG.
@@ -64,27 +66,75 @@ fn spread(i: usize) -> f64 {
 }
 
 /// Every stage's |measured − true| error, one row per stage: each run a
-/// dot (prober blue, baseline orange) on a log axis, with p50 and p99 ticks.
-pub fn accuracy(res: &AccuracyResult) -> String {
-    let rows = &res.samples;
-    let (left, right, top, row_h) = (130.0, 890.0, 50.0, 56.0);
-    let height = top + row_h * rows.len() as f64 + 60.0;
+/// dot (prober on the simulated lab blue, on the real cluster green,
+/// baseline orange) on a log axis, with p50 and p99 ticks. Either tier may
+/// be absent.
+pub fn accuracy(res: Option<&AccuracyResult>, real: Option<&RealResult>) -> String {
+    type Series<'a> = (String, &'static str, Vec<(&'a str, &'a [f64])>);
+    let mut series: Vec<Series> = Vec::new();
+    if let Some(a) = res {
+        series.push((
+            format!("secret-canary, simulated lab ({} runs)", a.prober_runs),
+            PROBER,
+            a.samples
+                .iter()
+                .map(|r| (r.stage.as_str(), r.prober_ms.as_slice()))
+                .collect(),
+        ));
+    }
+    if let Some(r) = real {
+        series.push((
+            format!("secret-canary, real cluster ({} runs)", r.runs),
+            REAL,
+            r.samples
+                .iter()
+                .map(|x| (x.stage.as_str(), x.prober_ms.as_slice()))
+                .collect(),
+        ));
+    }
+    if let Some(a) = res.filter(|a| a.baseline_runs > 0) {
+        series.push((
+            format!(
+                "kubectl-polling baseline, simulated lab ({} runs)",
+                a.baseline_runs
+            ),
+            BASELINE,
+            a.samples
+                .iter()
+                .map(|r| (r.stage.as_str(), r.baseline_ms.as_slice()))
+                .collect(),
+        ));
+    }
+    let stages: Vec<&str> = crate::accuracy::STAGES
+        .into_iter()
+        .filter(|st| {
+            series
+                .iter()
+                .any(|(_, _, v)| v.iter().any(|(x, _)| x == st))
+        })
+        .collect();
+    let (left, right, top, row_h) = (130.0, 890.0, 50.0, 24.0 * series.len().max(2) as f64);
+    let height = top + row_h * stages.len() as f64 + 60.0;
     let axis = LogAxis {
         lo: 0.01,
         hi: 3000.0,
         x0: left,
         x1: right,
     };
+    let legend: Vec<String> = series
+        .iter()
+        .map(|(label, color, _)| format!("<tspan fill=\"{color}\">● {}</tspan>", esc(label)))
+        .collect();
     let mut s = String::new();
     let _ = write!(
         s,
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"920\" height=\"{height}\" viewBox=\"0 0 920 {height}\">\n\
          <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-         <text x=\"460\" y=\"22\" text-anchor=\"middle\" {FONT} font-size=\"15\">Stage timing error, |measured − true| (log scale): secret-canary vs kubectl polling</text>\n\
-         <text x=\"{left}\" y=\"40\" {FONT} font-size=\"12\"><tspan fill=\"{PROBER}\">● secret-canary ({} runs)</tspan>   <tspan fill=\"{BASELINE}\">● kubectl-polling baseline ({} runs)</tspan>   │ p50   ┃ p99</text>\n",
-        res.prober_runs, res.baseline_runs
+         <text x=\"460\" y=\"22\" text-anchor=\"middle\" {FONT} font-size=\"15\">Stage timing error, |measured − true| (log scale)</text>\n\
+         <text x=\"20\" y=\"40\" {FONT} font-size=\"11\">{}   │ p50   ┃ p99</text>\n",
+        legend.join("   ")
     );
-    let bottom = top + row_h * rows.len() as f64;
+    let bottom = top + row_h * stages.len() as f64;
     for t in axis.ticks() {
         let x = axis.at(t);
         let _ = writeln!(
@@ -101,7 +151,8 @@ pub fn accuracy(res: &AccuracyResult) -> String {
         (left + right) / 2.0,
         bottom + 34.0
     );
-    for (r, row) in rows.iter().enumerate() {
+    let n = series.len().max(1) as f64;
+    for (r, stage) in stages.iter().enumerate() {
         let y0 = top + row_h * r as f64;
         let _ = writeln!(
             s,
@@ -109,34 +160,37 @@ pub fn accuracy(res: &AccuracyResult) -> String {
              <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\" {FONT} font-size=\"12\">{}</text>",
             left - 8.0,
             y0 + row_h / 2.0 + 4.0,
-            esc(&row.stage)
+            esc(stage)
         );
-        for (k, (samples, color)) in [(&row.prober_ms, PROBER), (&row.baseline_ms, BASELINE)]
-            .into_iter()
-            .enumerate()
-        {
-            let yc = y0 + row_h * (0.3 + 0.4 * k as f64);
+        for (k, (_, color, rows)) in series.iter().enumerate() {
+            let samples = rows
+                .iter()
+                .find(|(x, _)| x == stage)
+                .map(|(_, v)| *v)
+                .unwrap_or(&[]);
+            let band = row_h / n;
+            let yc = y0 + band * (k as f64 + 0.5);
             for (i, v) in samples.iter().enumerate() {
                 let _ = write!(
                     s,
                     "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"2\" fill=\"{color}\" fill-opacity=\"0.45\"/>",
                     axis.at(*v),
-                    yc + spread(i) * row_h * 0.12
+                    yc + spread(i) * band * 0.3
                 );
             }
             s.push('\n');
             if samples.is_empty() {
                 continue;
             }
-            let mut sorted = samples.clone();
+            let mut sorted = samples.to_vec();
             sorted.sort_by(f64::total_cmp);
             for (q, w) in [(50.0, 1.5), (99.0, 3.5)] {
                 let x = axis.at(percentile(&sorted, q));
                 let _ = writeln!(
                     s,
                     "<line x1=\"{x:.1}\" y1=\"{:.1}\" x2=\"{x:.1}\" y2=\"{:.1}\" stroke=\"{color}\" stroke-width=\"{w}\"/>",
-                    yc - row_h * 0.2,
-                    yc + row_h * 0.2
+                    yc - band * 0.4,
+                    yc + band * 0.4
                 );
             }
         }
@@ -335,12 +389,26 @@ mod tests {
             }],
             ..Default::default()
         };
-        let a = accuracy(&res);
+        let a = accuracy(Some(&res), None);
         assert!(a.starts_with("<svg") && a.ends_with("</svg>\n"));
         assert_eq!(a.matches("<circle").count(), 5);
+        let real = RealResult {
+            runs: 2,
+            samples: vec![StageSamples {
+                stage: "rollout".into(),
+                prober_ms: vec![1.0, 2.0],
+                baseline_ms: vec![],
+            }],
+            ..Default::default()
+        };
+        let both = accuracy(Some(&res), Some(&real));
+        assert_eq!(both.matches("<circle").count(), 7);
+        assert!(both.contains("real cluster (2 runs)") && both.contains(">rollout<"));
+        let alone = accuracy(None, Some(&real));
+        assert_eq!(alone.matches("<circle").count(), 2);
         let f = footprint(&[], None);
         assert!(f.ends_with("</svg>\n"));
-        for svg in [&a, &f] {
+        for svg in [&a, &f, &both, &alone] {
             // No element carries an attribute twice (a well-formedness error).
             for element in svg.split('<').skip(1) {
                 let tag = element.split('>').next().unwrap_or_default();

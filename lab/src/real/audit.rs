@@ -6,10 +6,18 @@
 //! 2. The writes the stages are timed by: ExternalSecret (and its status),
 //!    Deployment template and status, ReplicaSets, Pod creation, binding,
 //!    status and deletion: `RequestResponse`.
-//! 3. Everything else: `None`.
+//! 3. The prober's own identity ([`PROBER_USER`], the reference scenario's
+//!    ServiceAccount `canary/secret-canary`): every request at `Metadata`,
+//!    so its API load can be counted by verb (`bench/`, the real tier). It
+//!    comes after rule 2, so its Deployment patches keep their bodies.
+//! 4. Everything else: `None`.
 //!
 //! `RequestReceived` is omitted: the `ResponseComplete` stage's
 //! `stageTimestamp` is the completion time the truth is made of.
+
+/// The user the prober runs as when it uses the reference scenario's
+/// ServiceAccount: all its requests are audited (metadata only).
+pub const PROBER_USER: &str = "system:serviceaccount:canary:secret-canary";
 
 /// The policy file's text (`--audit-policy-file`).
 pub const POLICY: &str = r#"apiVersion: audit.k8s.io/v1
@@ -36,5 +44,16 @@ rules:
         resources: ["deployments", "deployments/status", "replicasets", "replicasets/status"]
       - group: ""
         resources: ["pods", "pods/status", "pods/binding"]
+  # The prober's own requests (metadata only), to count its API load.
+  - level: Metadata
+    users: ["system:serviceaccount:canary:secret-canary"]
   - level: None
 "#;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_prober_user_is_audited() {
+        assert!(super::POLICY.contains(&format!("users: [\"{}\"]", super::PROBER_USER)));
+    }
+}
