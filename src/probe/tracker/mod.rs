@@ -6,7 +6,7 @@
 //! | stage | starts | ends |
 //! |---|---|---|
 //! | `store_write` | just before the KV v2 write | the write's response (new version) |
-//! | `eso_sync` | store write done | an ExternalSecret status event with `Ready=True` whose sync mark (`refreshTime`, `syncedResourceVersion`) differs from the one at run start, arriving once the Secret has been seen with the new digest (ESO writes the Secret before its status). ESO's clock is only compared with itself. If ESO's status update changed nothing (the previous sync was in the same second), the stage ends with the Secret after a 2 s grace |
+//! | `eso_sync` | store write done | an ExternalSecret status event with `Ready=True` whose sync mark (`refreshTime`, `syncedResourceVersion`) differs from the one at run start, arriving once the Secret has been seen with the new digest (ESO writes the Secret before its status), or at most 200 ms before it when no later status follows within 200 ms (the two watches deliver independently). ESO's clock is only compared with itself. If ESO's status update changed nothing (the previous sync was in the same second), the stage ends with the Secret after a 2 s grace |
 //! | `secret_update` | store write done | a Secret event whose `data[key]` SHA-256 equals the new digest |
 //! | `reloader_trigger` | `secret_update` end (trigger `reloader`), or store write done (trigger `restart`: the prober then patches `restartedAt` as `kubectl rollout restart` does) | a Deployment event whose pod template carries this run's value: Reloader's hash of the Secret seen with the new digest (SHA-1 of its sorted `key=value` pairs joined by `;`) in `STAKATER_<NAME>_SECRET` or in `reloader.stakater.com/last-reloaded-from`; with `restart`, the exact `restartedAt` the prober sent. A concurrent `kubectl rollout restart`, an unrelated deploy or a late Reloader patch for an older value does not end it |
 //! | `rollout` | `reloader_trigger` end | a Deployment event showing the rollout complete, as `kubectl rollout status` decides, for that generation or a later one (a restart landing after ours lengthens it, never shortens it) |
@@ -40,6 +40,14 @@ pub use attribution::{Blocked, Cause, Facts, Finding};
 /// no later status event comes within this time, the status update was a
 /// no-op (same second, same conditions) and the sync ended with the Secret.
 pub const ESO_STATUS_GRACE: Duration = Duration::from_secs(2);
+
+/// ESO writes the Secret, then its status a few ms later, but the two
+/// watches deliver independently: on a real cluster the status event can
+/// arrive first. A status event that came at most this long before the
+/// Secret event is that same sync's, when no later status event follows
+/// within this time (a later one would be the sync's own status, the early
+/// one a sync that did not carry our value).
+pub const ESO_REORDER_WINDOW: Duration = Duration::from_millis(200);
 
 /// The state at run start that later events are compared with.
 #[derive(Debug, Clone, Default)]
@@ -319,6 +327,13 @@ impl Tracker {
             self.es_early = None;
             return;
         }
+        if let Some((decide_at, end)) = self.eso_pending() {
+            if c.stamp.at > decide_at {
+                // Arrived after the window: a later refresh, not this sync.
+                self.end(Stage::EsoSync, end);
+                return;
+            }
+        }
         if !self.plan.secret || self.secret_new.is_some() {
             self.end(Stage::EsoSync, c.stamp);
         } else if self.es_early.is_none() {
@@ -581,30 +596,37 @@ impl Tracker {
         self.canary.entry(pod.to_string()).or_default().last = Some(answer);
     }
 
-    /// Check the ESO grace period (see [`ESO_STATUS_GRACE`]).
+    /// Check the ESO grace period (see [`ESO_STATUS_GRACE`]) and the
+    /// reorder window (see [`ESO_REORDER_WINDOW`]).
     pub fn tick(&mut self, now: Instant) {
-        if let Some(at) = self.eso_grace_from() {
-            if now >= at.at + ESO_STATUS_GRACE {
-                self.end(Stage::EsoSync, at);
+        if let Some((decide_at, end)) = self.eso_pending() {
+            if now >= decide_at {
+                self.end(Stage::EsoSync, end);
             }
         }
     }
 
-    /// When `eso_sync` ends by [`ESO_STATUS_GRACE`] if no later status
-    /// event comes: at the Secret's change when ESO's status came first;
-    /// or, when ESO reported a sync of our write but the Secret is gone
-    /// (deleted, and not recreated: e.g. `creationPolicy: None`), at ESO's
-    /// status (ESO did its part, the missing Secret is what fails the run).
-    fn eso_grace_from(&self) -> Option<Stamp> {
+    /// When `eso_sync` ends if no later status event comes, and at which
+    /// stamp: at ESO's status when it arrived just before the Secret's
+    /// change (the watches' delivery order, [`ESO_REORDER_WINDOW`]); at the
+    /// Secret's change when ESO's status came long before it or changed
+    /// nothing ([`ESO_STATUS_GRACE`]); or, when ESO reported a sync of our
+    /// write but the Secret is gone (deleted, and not recreated: e.g.
+    /// `creationPolicy: None`), at ESO's status (ESO did its part, the
+    /// missing Secret is what fails the run).
+    fn eso_pending(&self) -> Option<(Instant, Stamp)> {
         if self.ended(Stage::EsoSync).is_some() {
             return None;
         }
         match (self.es_early, self.secret_new) {
-            (Some(_), Some(s)) => Some(s),
+            (Some(e), Some(s)) if s.at.saturating_duration_since(e.at) <= ESO_REORDER_WINDOW => {
+                Some((s.at + ESO_REORDER_WINDOW, e))
+            }
+            (Some(_), Some(s)) => Some((s.at + ESO_STATUS_GRACE, s)),
             // ESO wrote the Secret and its status update changed nothing
             // (the previous sync was in the same second): no event comes.
-            (None, Some(s)) if self.es_ready_now => Some(s),
-            (Some(e), None) if self.secret_absent => Some(e),
+            (None, Some(s)) if self.es_ready_now => Some((s.at + ESO_STATUS_GRACE, s)),
+            (Some(e), None) if self.secret_absent => Some((e.at + ESO_STATUS_GRACE, e)),
             _ => None,
         }
     }
@@ -640,8 +662,8 @@ impl Tracker {
                 next = next.min(self.stage_deadline(*stage, span));
             }
         }
-        if let Some(at) = self.eso_grace_from() {
-            next = next.min(at.at + ESO_STATUS_GRACE);
+        if let Some((decide_at, _)) = self.eso_pending() {
+            next = next.min(decide_at);
         }
         if let Some(d) = self.end_to_end_deadline() {
             next = next.min(d);

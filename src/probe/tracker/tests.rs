@@ -244,6 +244,38 @@ fn eso_status_of_an_earlier_sync_in_the_same_second_does_not_count() {
 }
 
 #[test]
+fn eso_status_delivered_just_before_its_secret_ends_the_sync_at_the_status() {
+    // Seen on the real cluster: ESO wrote the Secret, then its status 6 ms
+    // later, and the ExternalSecret watch delivered first. ESO's next
+    // refresh (2 s later) must not become the end of the stage.
+    let mut c = Clock::new();
+    let mut t = tracker(plan_eso_reloader(), &c);
+    t.store_written(&c.written(0, 10));
+    t.on_external_secret(&c.change(1_000, "es", Some(es_ready(c.secs(1)))));
+    t.on_secret(&c.change(1_005, "s", Some(secret(NEW))));
+    t.tick(c.at(1_100).at);
+    assert_eq!(t.ended(Stage::EsoSync), None, "waits for a later status");
+    assert!(t.next_wakeup() <= c.at(1_005).at + ESO_REORDER_WINDOW);
+    t.on_external_secret(&c.change(3_000, "es", Some(es_ready(c.secs(3)))));
+    assert_eq!(t.ended(Stage::EsoSync), Some(c.at(1_000)));
+    // The same without the later refresh: the window's end decides.
+    let mut t = tracker(plan_eso_reloader(), &c);
+    t.store_written(&c.written(0, 10));
+    t.on_external_secret(&c.change(1_000, "es", Some(es_ready(c.secs(1)))));
+    t.on_secret(&c.change(1_005, "s", Some(secret(NEW))));
+    t.tick(c.at(1_005).at + ESO_REORDER_WINDOW);
+    assert_eq!(t.ended(Stage::EsoSync), Some(c.at(1_000)));
+    // An early status of a sync that did not carry our value, then ours:
+    // the status right after the Secret is the sync's own.
+    let mut t = tracker(plan_eso_reloader(), &c);
+    t.store_written(&c.written(0, 10));
+    t.on_external_secret(&c.change(950, "es", Some(es_ready(c.secs(0)))));
+    t.on_secret(&c.change(1_000, "s", Some(secret(NEW))));
+    t.on_external_secret(&c.change(1_006, "es", Some(es_ready(c.secs(1)))));
+    assert_eq!(t.ended(Stage::EsoSync), Some(c.at(1_006)));
+}
+
+#[test]
 fn eso_status_no_op_ends_the_sync_with_the_secret_after_the_grace() {
     let mut c = Clock::new();
     let mut t = tracker(plan_eso_reloader(), &c);
