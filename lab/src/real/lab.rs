@@ -274,6 +274,7 @@ impl RealLab {
             .map_err(|e| ClusterError::Client(e.to_string()))?;
         let mut node_cfg = opts.node.clone();
         node_cfg.kubelet_version = self.cluster.binaries.versions.kubernetes.clone();
+        node_cfg.unroutable = self.cluster.egress.as_ref().map(|e| e.pods.clone());
         // The OCI registry of images the node agent pulls.
         let logs = self.dir.join("logs");
         let registry =

@@ -23,6 +23,7 @@
 pub mod audit;
 pub mod audit_truth;
 pub mod bins;
+pub mod egress;
 pub mod faults;
 pub mod lab;
 pub mod pki;
@@ -141,6 +142,12 @@ pub struct RealOptions {
     /// controller-manager's warm-up, and the rollouts it waits for show the
     /// controllers act.
     pub wait_controllers: bool,
+    /// Advertise Pods at addresses the host cannot reach (`100::/64`, see
+    /// [`crate::controllers::kubelet::unroutable`]):
+    /// a client dialling Pod IPs fails, as one outside a cluster's network
+    /// does, while the API server reaches Pods (`pods/proxy`, logs) through
+    /// the lab's egress proxy ([`egress`]). Off by default.
+    pub unroutable_pods: bool,
 }
 
 impl RealOptions {
@@ -156,6 +163,7 @@ impl RealOptions {
             node: crate::controllers::kubelet::NodeConfig::lab(NODE_NAME),
             webhook_failure_policy: Some("Ignore".into()),
             wait_controllers: true,
+            unroutable_pods: false,
         }
     }
 }
@@ -197,6 +205,9 @@ pub struct RealCluster {
     pub ready_after: Duration,
     /// Every component process, in start order.
     pub procs: Vec<Proc>,
+    /// The API server's egress proxy (`unroutable_pods`), with the Pods'
+    /// advertised addresses the node agent fills.
+    pub egress: Option<egress::EgressProxy>,
     client: kube::Client,
 }
 
@@ -374,6 +385,15 @@ impl RealCluster {
         };
 
         let p = |x: &Path| x.display().to_string();
+        let egress_config = dir.join("egress-selector.yaml");
+        let egress = if opts.unroutable_pods {
+            Some(
+                egress::start(&dir.join("egress.sock"))
+                    .map_err(|e| Error::Client(format!("egress proxy: {e}")))?,
+            )
+        } else {
+            None
+        };
         let mut procs: Vec<Proc> = Vec::new();
         let result = async {
             // etcd: plain HTTP on loopback only, data in DIR/etcd.
@@ -450,6 +470,14 @@ impl RealCluster {
                 "--audit-log-maxbackup=0".into(),
                 "--profiling=false".into(),
             ];
+            let mut apiserver_args = apiserver_args;
+            if let Some(e) = &egress {
+                apiserver_args.push(format!(
+                    "--egress-selector-config-file={}",
+                    p(&egress_config)
+                ));
+                pki::write_private(&egress_config, &egress::selector_config(&e.socket))?;
+            }
             procs.push(Proc::spawn(
                 "kube-apiserver",
                 &apiserver_bin,
@@ -580,6 +608,7 @@ impl RealCluster {
                 binaries: opts.binaries.clone(),
                 ready_after: started.elapsed(),
                 procs,
+                egress,
                 client,
             }),
             Err(e) => {

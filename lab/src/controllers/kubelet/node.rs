@@ -70,6 +70,9 @@ pub struct NodeConfig {
     /// Images of the lab's registry, pulled and run in their rootfs
     /// ([`super::image`], [`super::runtime`]); `None`: none.
     pub images: Option<std::sync::Arc<super::image::ImageRuntime>>,
+    /// Advertise Pods at addresses the host cannot reach (the API server
+    /// reaches them through the egress proxy); `None`: their loopback address.
+    pub unroutable: Option<std::sync::Arc<super::unroutable::UnroutablePods>>,
 }
 
 impl NodeConfig {
@@ -84,6 +87,7 @@ impl NodeConfig {
             image_pull_backoff: Duration::from_secs(10),
             kubelet_version: "v0.0.0-secret-canary-lab".into(),
             images: None,
+            unroutable: None,
         }
     }
 
