@@ -7,7 +7,8 @@
 //! `canary.access: proxy`; with `proxy` and with `auto` every reference
 //! chain passes through the API server's Pod proxy, every stage of the
 //! proxy runs scored against the audit-log truth as in tests/real_chain.rs
-//! (p99 bound `REAL_PROXY_ACCURACY_P99_MS`, default 150 ms).
+//! (p99 bound `REAL_PROXY_ACCURACY_P99_MS`, default 150 ms). `kubectl logs`
+//! of a canary reaches the node agent's kubelet API the same way.
 
 mod support;
 
@@ -16,7 +17,7 @@ use std::time::Instant;
 
 use k8s_openapi::api::core::v1::Pod;
 use secret_canary_lab::real::lab::RealLab;
-use secret_canary_lab::real::RealOptions;
+use secret_canary_lab::real::{Binaries, Binary, RealOptions};
 
 use support::real::{once, real_binaries, score_within, CHAINS};
 
@@ -84,6 +85,42 @@ async fn once_reaches_unroutable_canaries_through_the_pod_proxy() {
             failed.push(format!(
                 "Pod {:?} advertises {ip:?}, not 100::*",
                 p.metadata.name
+            ));
+        }
+    }
+
+    // `kubectl logs`: the API server asks the node agent's kubelet API
+    // (HTTPS, its CA-checked certificate) through the egress proxy.
+    if let Ok(kubectl) = Binaries::pinned().require(Binary::Kubectl) {
+        let running = list
+            .items
+            .iter()
+            .find(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"));
+        let name = running
+            .and_then(|p| p.metadata.name.clone())
+            .expect("a running canary Pod");
+        let out = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            tokio::process::Command::new(&kubectl)
+                .arg(format!("--kubeconfig={}", lab.cluster.kubeconfig.display()))
+                .args(["-n", "canary", "logs", &name, "--tail=5"])
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .expect("kubectl logs within 60 s")
+        .expect("kubectl runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        eprintln!(
+            "kubectl logs {name} -> {:?}\n{text}{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if !out.status.success() || !text.contains("canary serving") {
+            failed.push(format!(
+                "kubectl logs {name}: {:?}: {text}{}",
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr)
             ));
         }
     }

@@ -25,6 +25,7 @@ pub mod audit_truth;
 pub mod bins;
 pub mod egress;
 pub mod faults;
+pub mod kubelet_api;
 pub mod lab;
 pub mod pki;
 pub mod process;
@@ -461,6 +462,11 @@ impl RealCluster {
                 // Admission: the upstream default plugin set (no flag).
                 format!("--kubelet-client-certificate={}", p(&kubelet_client.cert)),
                 format!("--kubelet-client-key={}", p(&kubelet_client.key)),
+                // The node agent's kubelet API (container logs) serves a
+                // certificate from the lab's CA for 127.0.0.1, its InternalIP
+                // (its Hostname address does not resolve).
+                format!("--kubelet-certificate-authority={}", p(&ca.files.cert)),
+                "--kubelet-preferred-address-types=InternalIP".into(),
                 format!("--audit-policy-file={}", p(&audit_policy)),
                 format!("--audit-log-path={}", p(&audit_log)),
                 "--audit-log-format=json".into(),

@@ -73,6 +73,9 @@ pub struct NodeConfig {
     /// Advertise Pods at addresses the host cannot reach (the API server
     /// reaches them through the egress proxy); `None`: their loopback address.
     pub unroutable: Option<std::sync::Arc<super::unroutable::UnroutablePods>>,
+    /// The port of the node's kubelet API (`status.daemonEndpoints`); the
+    /// upstream default 10250 when nothing serves it.
+    pub kubelet_port: u16,
 }
 
 impl NodeConfig {
@@ -88,6 +91,7 @@ impl NodeConfig {
             kubelet_version: "v0.0.0-secret-canary-lab".into(),
             images: None,
             unroutable: None,
+            kubelet_port: 10250,
         }
     }
 
@@ -232,7 +236,7 @@ fn node_status(cfg: &NodeConfig, since: DateTime<Utc>) -> Value {
             {"type": "InternalIP", "address": "127.0.0.1"},
             {"type": "Hostname", "address": cfg.name},
         ],
-        "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": cfg.kubelet_port}},
         "nodeInfo": {
             "machineID": "secret-canary-lab",
             "systemUUID": "secret-canary-lab",
