@@ -125,6 +125,13 @@ fn combinations() -> Vec<(&'static str, Value)> {
             }),
         ),
         (
+            "canary-proxy-access",
+            json!({
+                "canary": {"access": "proxy"},
+                "networkPolicy": {"apiServerCIDRs": ["10.0.0.1/32"]}
+            }),
+        ),
+        (
             "lease-existing-token",
             json!({
                 "leaderElection": {"enabled": true, "leaseName": "prober-lease"},
@@ -568,9 +575,21 @@ fn rbac_has_no_wildcard_and_touches_secrets_only_by_name_and_never_cluster_wide(
         let problems = rbac_problems(&rules);
         assert!(problems.is_empty(), "{combo}:\n{}", problems.join("\n"));
         // Only Pods are granted without names (their names are generated),
-        // and Lease creation (see is_lease_create).
+        // and Lease creation (see is_lease_create); `get` on pods/proxy only
+        // when the prober reaches the canaries through the Pod proxy.
+        let (_, config) = prober_config(&r);
+        let proxied = config
+            .probes
+            .iter()
+            .any(|p| p.chain.canary.access != secret_canary::config::CanaryAccess::Direct);
+        let mut proxy_rules = 0;
         for (_, rule) in &rules {
             if strings(&rule["resourceNames"]).is_empty() && !is_lease_create(rule) {
+                if strings(&rule["resources"]) == ["pods/proxy"] {
+                    assert_eq!(strings(&rule["verbs"]), ["get"], "{combo}: {rule}");
+                    proxy_rules += 1;
+                    continue;
+                }
                 assert_eq!(strings(&rule["resources"]), ["pods"], "{combo}: {rule}");
                 assert_eq!(
                     strings(&rule["verbs"]),
@@ -579,6 +598,11 @@ fn rbac_has_no_wildcard_and_touches_secrets_only_by_name_and_never_cluster_wide(
                 );
             }
         }
+        assert_eq!(
+            proxy_rules,
+            usize::from(proxied),
+            "{combo}: pods/proxy granted exactly when canary.access is proxy or auto"
+        );
     }
 }
 

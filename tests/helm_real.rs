@@ -13,8 +13,11 @@
 //!   succeeds, the prober's /probes shows its probe passing, `helm test`
 //!   passes, `helm upgrade` with a changed probe rolls the prober, `helm
 //!   uninstall` leaves nothing in the namespace;
-//! - ClusterSecretStore, a custom path prefix, two replicas with leader
-//!   election: install, probe passing (on the leader), `helm test`;
+//! - one release per scenario, each in its own namespace: a
+//!   ClusterSecretStore, a custom path prefix (these two side by side, on
+//!   different store paths), then two replicas with leader election:
+//!   install, probe passing (on the leader), `helm test --logs` (the node
+//!   agent serves container logs to the API server, as a kubelet does);
 //! - an image the registry does not have: ErrImagePull / ImagePullBackOff.
 //!
 //! Needs the real binaries (scripts/build-real.sh, with helm and
@@ -196,8 +199,8 @@ async fn push_image(b: &Binaries, registry: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// The `helm test` Pod's output, from the node agent's container log (the
-/// node agent serves no kubelet API, so `helm test --logs` cannot fetch it).
+/// The `helm test` Pod's output, from the node agent's container log file
+/// (for a failure message when `helm test --logs` itself failed).
 fn test_log(lab: &RealLab, ns: &str) -> String {
     let f = lab
         .dir
@@ -361,11 +364,11 @@ async fn helm_install_on_the_real_cluster() {
     wait_probe_passes(&client, ns, "eso-env", Duration::from_secs(240)).await;
 
     let (ok, text) = helm
-        .run(&["test", release, "-n", ns, "--timeout", "4m"])
+        .run(&["test", release, "-n", ns, "--timeout", "4m", "--logs"])
         .await;
-    if !ok {
+    if !ok || !text.contains("POD LOGS: secret-canary-test-once") {
         failures.push(format!(
-            "helm test (default values):\n{text}{}",
+            "helm test --logs (default values):\n{text}{}",
             test_log(&lab, ns)
         ));
     }
@@ -430,57 +433,80 @@ async fn helm_install_on_the_real_cluster() {
     .await;
     assert!(left.is_empty());
 
-    // --- 2. ClusterSecretStore, custom prefix, two replicas, leader election --
-    let ns = "sc-ha";
-    let release = "secret-canary";
-    let prefix = "teams/payments/canary";
-    grant(prefix, ns, release).await;
-    let mut values = common(ns);
-    values.extend([
-        "secretStore.kind=ClusterSecretStore".to_string(),
-        format!("secretStore.name={ns}-store"),
-        format!("store.pathPrefix={prefix}"),
-        "replicaCount=2".into(),
-        "leaderElection.enabled=true".into(),
-    ]);
-    let mut args: Vec<String> = [
-        "install",
-        release,
-        chart,
-        "-n",
-        ns,
-        "--create-namespace",
-        "--wait",
-        "--timeout",
-        "4m",
-    ]
-    .map(String::from)
-    .to_vec();
-    args.extend(sets(&values));
-    let (ok, text) = helm
-        .run(&args.iter().map(String::as_str).collect::<Vec<_>>())
-        .await;
-    if ok {
-        wait_probe_passes(&client, ns, "eso-env", Duration::from_secs(240)).await;
-        assert_eq!(
-            prober_pods(&client, ns).await.len(),
-            2,
-            "two prober replicas"
-        );
-        let (ok, text) = helm
-            .run(&["test", release, "-n", ns, "--timeout", "4m"])
-            .await;
-        if !ok {
-            failures.push(format!(
-                "helm test (ClusterSecretStore, prefix, 2 replicas):\n{text}{}",
-                test_log(&lab, ns)
-            ));
+    // --- 2. one release per scenario, each in its own namespace -------------
+    // ClusterSecretStore and a custom path prefix side by side (different
+    // store paths, so their probers never write the same value), then two
+    // replicas with leader election (the default prefix again).
+    let scenario = |ns: &'static str, prefix: &'static str, extra: Vec<String>| {
+        let (helm, client, grant, common, sets) = (&helm, &client, &grant, &common, &sets);
+        async move {
+            grant(prefix, ns, release).await;
+            let mut values = common(ns);
+            values.push(format!("store.pathPrefix={prefix}"));
+            values.extend(extra);
+            let mut args: Vec<String> = [
+                "install",
+                release,
+                chart,
+                "-n",
+                ns,
+                "--create-namespace",
+                "--wait",
+                "--timeout",
+                "4m",
+            ]
+            .map(String::from)
+            .to_vec();
+            args.extend(sets(&values));
+            let (ok, text) = helm
+                .run(&args.iter().map(String::as_str).collect::<Vec<_>>())
+                .await;
+            if !ok {
+                return Err(format!("helm install ({ns}):\n{text}"));
+            }
+            wait_probe_passes(client, ns, "eso-env", Duration::from_secs(240)).await;
+            let replicas = prober_pods(client, ns).await.len();
+            // `--logs`: the node agent serves the test Pod's log to the API
+            // server (its kubelet API), as a kubelet does.
+            let (ok, text) = helm
+                .run(&["test", release, "-n", ns, "--timeout", "4m", "--logs"])
+                .await;
+            let _ = helm.run(&["uninstall", release, "-n", ns, "--wait"]).await;
+            if !ok || !text.contains("POD LOGS: secret-canary-test-once") {
+                return Err(format!("helm test --logs ({ns}):\n{text}"));
+            }
+            Ok(replicas)
         }
-        let _ = helm.run(&["uninstall", release, "-n", ns, "--wait"]).await;
-    } else {
-        failures.push(format!(
-            "helm install (ClusterSecretStore, prefix, 2 replicas):\n{text}"
-        ));
+    };
+    let (css, prefixed) = futures::join!(
+        scenario(
+            "sc-css",
+            "canary",
+            vec![
+                "secretStore.kind=ClusterSecretStore".to_string(),
+                "secretStore.name=sc-css-store".to_string(),
+            ]
+        ),
+        scenario("sc-prefix", "teams/payments/canary", vec![]),
+    );
+    let ha = scenario(
+        "sc-ha",
+        "canary",
+        vec![
+            "replicaCount=2".to_string(),
+            "leaderElection.enabled=true".to_string(),
+        ],
+    )
+    .await;
+    for r in [&css, &prefixed] {
+        if let Err(e) = r {
+            failures.push(e.clone());
+        }
+    }
+    match ha {
+        Ok(2) => {}
+        Ok(n) => failures.push(format!("two replicas: {n} prober Pods")),
+        Err(e) => failures.push(e),
     }
 
     // --- 3. an image the registry does not have --------------------------------

@@ -353,3 +353,50 @@ async fn progress_redraws_in_a_real_terminal_while_a_run_is_in_flight() {
     drop(tmux);
     lab.stop().await;
 }
+
+/// `canary.access: proxy` on the simulated cluster: the canary answers come
+/// through the API server's Pod proxy (`GET pods/NAME:PORT/proxy/digest`,
+/// the same long-poll), and the run passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_reaches_the_canary_through_the_pod_proxy() {
+    let lab = support::start_rolled_out(&["canary-volume"], Duration::from_secs(60)).await;
+    let text = std::fs::read_to_string(config_path(&lab)).unwrap();
+    let line = "canary: {selector: app=canary-volume, port: 8080, source: file}";
+    assert!(text.contains(line), "{text}");
+    let path = lab.dir.path().join("prober-proxy.yaml");
+    std::fs::write(
+        &path,
+        text.replace(
+            line,
+            "canary: {selector: app=canary-volume, port: 8080, source: file, access: proxy}",
+        ),
+    )
+    .unwrap();
+    let before = lab.server.request_counts().get("get", "pods/proxy");
+    let out = once(
+        &[
+            "-c",
+            path.to_str().unwrap(),
+            "-p",
+            "eso-volume",
+            "-o",
+            "json",
+        ],
+        Duration::from_secs(90),
+    )
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let r = json_of(&out);
+    assert!(
+        stage_seconds(&r, "eso-volume", "canary_observe").is_some(),
+        "{r:#}"
+    );
+    let proxied = lab.server.request_counts().get("get", "pods/proxy") - before;
+    assert!(proxied >= 1, "no request went through the Pod proxy");
+    lab.stop().await;
+}

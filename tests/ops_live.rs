@@ -6,6 +6,8 @@
 //! dashboard panel's query returns data. Then "one outage, one page": with
 //! the shipped inhibition rules, a store outage (OpenBao sealed) and an ESO
 //! stall each reach Alertmanager's receiver as one notification.
+//! And two prober replicas with leader election, scraped as two targets:
+//! while the leader succeeds and the follower runs, nothing fires or pages.
 
 mod ops;
 mod support;
@@ -387,7 +389,13 @@ struct Monitoring {
     _prom: Child,
 }
 
-async fn start_monitoring(http: &reqwest::Client, dir: &Path, prober: SocketAddr) -> Monitoring {
+async fn start_monitoring(
+    http: &reqwest::Client,
+    dir: &Path,
+    probers: &[SocketAddr],
+) -> Monitoring {
+    let targets: Vec<String> = probers.iter().map(|a| format!("'{a}'")).collect();
+    let targets = targets.join(", ");
     let (hook, inbox) = webhook_receiver().await;
     let inhibit = ops::read(&ops::root().join("alerts/alertmanager-inhibit.yml"));
     let am_addr = free_addr();
@@ -421,7 +429,7 @@ async fn start_monitoring(http: &reqwest::Client, dir: &Path, prober: SocketAddr
     std::fs::write(
         dir.join("prometheus.yml"),
         format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n{}alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['{am_addr}']\nscrape_configs:\n  - job_name: secret-canary\n    static_configs:\n      - targets: ['{prober}']\n        labels: {{cluster: lab, namespace: canary}}\n",
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n{}alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['{am_addr}']\nscrape_configs:\n  - job_name: secret-canary\n    static_configs:\n      - targets: [{targets}]\n        labels: {{cluster: lab, namespace: canary}}\n",
             rule_files.concat(),
         ),
     )
@@ -532,7 +540,7 @@ async fn one_outage(outage: Outage) -> (Notes, std::collections::BTreeSet<String
         Duration::from_secs(5),
     )
     .await;
-    let mon = start_monitoring(&http, &dir, prober.addr).await;
+    let mon = start_monitoring(&http, &dir, &[prober.addr]).await;
 
     // Healthy history; nothing notifies meanwhile.
     tokio::time::sleep(HISTORY).await;
@@ -660,4 +668,157 @@ async fn one_outage_yields_one_notification_live() {
             "{outage:?}: {expect_held} never fired, so the test shows no inhibition: {held:?}"
         );
     }
+}
+
+/// How long two replicas run side by side, the leader succeeding: 150 s
+/// here are two and a half hours in production, longer than every `for:`.
+const HA_WINDOW: Duration = Duration::from_secs(150);
+
+/// Two prober replicas with leader election, scraped as two targets: the
+/// leader succeeds, the follower runs (up, `secret_canary_leader` 0, no runs)
+/// and nothing pages or fires. The shipped rules take `max by (probe)` over
+/// replicas, and a follower exports no per-probe timestamps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_following_replica_never_pages_live() {
+    let lab = support::start_lab(None).await;
+    lab.wait_rolled_out("canary", &["canary-env"], Duration::from_secs(60))
+        .await;
+    let dir = lab.dir.path().to_path_buf();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let mut config =
+        secret_canary::config::Config::load(lab.prober_config.as_ref().unwrap()).unwrap();
+    config.probes.retain(|p| p.name == OUTAGE_PROBE);
+    for p in &mut config.probes {
+        p.interval = Some(Duration::from_secs(2));
+        p.schedule = None;
+        p.deadline = Some(Duration::from_secs(6));
+        p.slo.clear();
+    }
+    let config_path = dir.join("prober-ha.yaml");
+    std::fs::write(&config_path, serde_norway::to_string(&config).unwrap()).unwrap();
+    let flags = |identity: &str| -> Vec<String> {
+        [
+            "--leader-elect",
+            "--leader-elect-lease-namespace",
+            "canary",
+            "--leader-elect-lease-name",
+            "secret-canary-live-ha",
+            "--leader-elect-identity",
+            identity,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let leader = support::prober::Prober::command(&config_path, &dir.join("replica-a.log"))
+        .args(&flags("replica-a"))
+        .start()
+        .await;
+    // A leads before B starts (the Lease does not exist yet).
+    support::wait_for(Duration::from_secs(30), "replica-a leads", || {
+        let (http, url) = (http.clone(), format!("http://{}/metrics", leader.addr));
+        async move {
+            let Ok(r) = http.get(url).send().await else {
+                return false;
+            };
+            let text = r.text().await.unwrap_or_default();
+            support::prober::sample(&text, "secret_canary_leader", &[]) == Some(1.0)
+        }
+    })
+    .await;
+    let follower = support::prober::Prober::command(&config_path, &dir.join("replica-b.log"))
+        .args(&flags("replica-b"))
+        .start()
+        .await;
+    let mon = start_monitoring(&http, &dir, &[leader.addr, follower.addr]).await;
+    tokio::time::sleep(HA_WINDOW).await;
+
+    let by_instance = |v: &Value| -> Vec<(String, f64)> {
+        v["data"]["result"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| {
+                (
+                    r["metric"]["instance"].as_str().unwrap_or("?").to_string(),
+                    r["value"][1]
+                        .as_str()
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(f64::NAN),
+                )
+            })
+            .collect()
+    };
+    let up = by_instance(&query(&http, &mon.prom, "up{job=\"secret-canary\"}").await);
+    assert_eq!(up.len(), 2, "both replicas scraped: {up:?}");
+    assert!(
+        up.iter().all(|(_, v)| *v == 1.0),
+        "both replicas up: {up:?}"
+    );
+    let leaders = by_instance(&query(&http, &mon.prom, "secret_canary_leader").await);
+    let (a, b) = (leader.addr.to_string(), follower.addr.to_string());
+    assert!(
+        leaders.contains(&(a.clone(), 1.0)) && leaders.contains(&(b.clone(), 0.0)),
+        "replica-a leads, replica-b follows: {leaders:?}"
+    );
+    let runs = by_instance(
+        &query(
+            &http,
+            &mon.prom,
+            &format!("increase(secret_canary_runs_total{{probe=\"{OUTAGE_PROBE}\", result=\"success\"}}[2m])"),
+        )
+        .await,
+    );
+    let ran = |who: &str| {
+        runs.iter()
+            .filter(|(i, _)| i == who)
+            .map(|(_, v)| *v)
+            .sum::<f64>()
+    };
+    assert!(ran(&a) >= 30.0, "the leader succeeds: {runs:?}");
+    assert_eq!(ran(&b), 0.0, "the follower runs nothing: {runs:?}");
+    // The rules are loaded and evaluated (so "nothing fires" means something).
+    let rules: Value = http
+        .get(format!("{}/api/v1/rules?type=alert", mon.prom))
+        .send()
+        .await
+        .expect("rules")
+        .json()
+        .await
+        .expect("rules JSON");
+    let evaluated: Vec<&str> = rules["data"]["groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|g| g["rules"].as_array().into_iter().flatten())
+        .filter(|r| r["health"] == "ok")
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    for name in [
+        "SecretCanaryNoRecentSuccess",
+        "SecretCanaryProbeNotRunning",
+        "SecretCanaryProberAbsent",
+    ] {
+        assert!(
+            evaluated.contains(&name),
+            "{name} not evaluated: {evaluated:?}"
+        );
+    }
+    let firing = query(&http, &mon.prom, "ALERTS{alertstate=\"firing\"}").await;
+    assert_eq!(
+        firing["data"]["result"].as_array().map(Vec::len),
+        Some(0),
+        "no alert fires: {firing}"
+    );
+    assert!(
+        firing_notifications(&mon.inbox).0.is_empty(),
+        "nothing notified: {:?}",
+        firing_notifications(&mon.inbox)
+    );
+    follower.stop().await;
+    leader.stop().await;
+    lab.stop().await;
 }

@@ -21,8 +21,12 @@ prints what exactly in its notes.
 
 `helm uninstall` removes every object of the release except the Pod of the
 last `helm test` (`<fullname>-test-once`): Helm never deletes test hooks on
-uninstall, and the chart keeps that Pod until the next `helm test` so that
-`--logs` can read it. Remove it with
+uninstall, and the chart keeps that Pod until the next `helm test`
+(`hook-delete-policy: before-hook-creation`) so that `--logs` can read it.
+Not `before-hook-creation,hook-succeeded`: Helm (v3.22, `pkg/action/hooks.go`)
+deletes a succeeded hook inside the test run, before `helm test --logs` asks
+for its log (`pkg/action/release_testing.go`), so a passing test would end in
+"unable to get pod logs". Remove the Pod with
 `kubectl -n NAMESPACE delete pod -l app.kubernetes.io/component=test`.
 
 ## Image

@@ -67,6 +67,12 @@ enum Command {
         /// for benchmarks).
         #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
         node_sync_period: Duration,
+        /// With `--cluster real`: advertise Pods at addresses this host
+        /// cannot reach (IPv6 discard prefix 100::/64), as a prober outside a cluster's
+        /// network sees them; the API server reaches them (Pod proxy, logs)
+        /// through the lab's egress proxy (EgressSelectorConfiguration).
+        #[arg(long)]
+        unroutable_pods: bool,
     },
     /// Switch a fault on or off in a running lab.
     Fault {
@@ -131,6 +137,7 @@ async fn main() -> ExitCode {
             control_plane_only,
             webhook_failure_policy,
             node_sync_period,
+            unroutable_pods,
         } => {
             let canary_bin = if control_plane_only {
                 None
@@ -151,6 +158,7 @@ async fn main() -> ExitCode {
                 canary_bin,
                 webhook,
                 node_sync_period,
+                unroutable_pods,
             )
             .await
         }
@@ -233,6 +241,7 @@ async fn up_real(
     canary_bin: Option<PathBuf>,
     webhook_failure_policy: Option<String>,
     node_sync_period: Duration,
+    unroutable_pods: bool,
 ) -> anyhow::Result<()> {
     use secret_canary_lab::real::{lab::RealLab, RealOptions};
     let mut opts = RealOptions::new(&dir);
@@ -240,6 +249,7 @@ async fn up_real(
     opts.canary_bin = canary_bin;
     opts.webhook_failure_policy = webhook_failure_policy;
     opts.node.volume_sync_period = node_sync_period;
+    opts.unroutable_pods = unroutable_pods;
     opts.scenario = scenario;
     // Stop what was started on SIGTERM/SIGINT during the start too (dropping
     // the start kills every process it started).

@@ -267,6 +267,25 @@ pub struct CanaryConfig {
     /// Timeout of each canary request, long-polls excepted (default 5 s).
     #[serde(default, with = "humantime_serde")]
     pub timeout: Option<Duration>,
+    /// How the prober reaches the canary Pods (default `direct`, by Pod IP).
+    #[serde(default)]
+    pub access: CanaryAccess,
+}
+
+/// How the prober reaches a canary Pod's `/digest`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CanaryAccess {
+    /// By Pod IP: the prober runs inside the cluster network.
+    #[default]
+    Direct,
+    /// Through the API server's Pod proxy
+    /// (`pods/{name}:{port}/proxy/digest`, RBAC `get` on `pods/proxy`): for
+    /// a prober outside the cluster network (a pipeline with a kubeconfig).
+    Proxy,
+    /// Direct first; when a Pod IP cannot be connected to, the Pod proxy,
+    /// and the probe keeps using it.
+    Auto,
 }
 
 fn default_canary_port() -> u16 {

@@ -360,3 +360,31 @@ fn label_selectors() {
         );
     }
 }
+
+#[test]
+fn canary_access_defaults_to_direct_and_names_bad_values() {
+    let c = Config::from_yaml(GOOD, "x.yaml").unwrap();
+    assert!(c
+        .probes
+        .iter()
+        .all(|p| p.chain.canary.access == CanaryAccess::Direct));
+    for (word, want) in [
+        ("proxy", CanaryAccess::Proxy),
+        ("auto", CanaryAccess::Auto),
+        ("direct", CanaryAccess::Direct),
+    ] {
+        let y = GOOD.replace(
+            "{selector: app=canary-volume, source: file}",
+            &format!("{{selector: app=canary-volume, source: file, access: {word}}}"),
+        );
+        let c = Config::from_yaml(&y, "x.yaml").unwrap();
+        assert_eq!(c.probes[1].chain.canary.access, want);
+    }
+    let y = GOOD.replace(
+        "{selector: app=canary-volume, source: file}",
+        "{selector: app=canary-volume, source: file, access: tunnel}",
+    );
+    let e = Config::from_yaml(&y, "x.yaml").unwrap_err().to_string();
+    assert!(e.contains("unknown variant `tunnel`"), "{e}");
+    assert!(e.contains("probes[1].chain.canary"), "{e}");
+}

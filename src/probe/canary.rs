@@ -2,21 +2,38 @@
 //! or long-poll until it sees another one. Answers are parsed strictly; a
 //! bad answer is a typed error with a reason, never a panic. Every probe
 //! with the same canary timeout uses one HTTP client (one connection pool).
+//!
+//! A canary is reached by Pod IP (`canary.access: direct`), or through the
+//! API server's Pod proxy (`proxy`: `GET pods/{name}:{port}/proxy/digest`
+//! with the prober's Kubernetes credentials, for a prober outside the
+//! cluster network), or direct first and the proxy once a Pod IP cannot be
+//! connected to (`auto`, decided once per probe). The long-poll is the same
+//! request either way.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use http_body_util::BodyExt;
 
 use super::Reason;
+use crate::config::CanaryAccess;
+
+/// What a direct-access error tells the operator to try.
+const PROXY_HINT: &str = "a prober outside the cluster network cannot reach Pod IPs: set `canary.access: proxy` (or `auto`) to reach the canaries through the API server's Pod proxy";
 
 /// Default timeout of a plain request (long-polls add their wait to it).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The longest single long-poll; a wait past it is repeated.
 pub const MAX_LONG_POLL: Duration = Duration::from_secs(60);
+
+/// `auto`: the longest a direct connect may take before the Pod proxy is
+/// tried (a reachable Pod IP connects in milliseconds).
+pub const AUTO_DIRECT_CONNECT: Duration = Duration::from_secs(1);
 
 /// Longest body accepted from a canary.
 const MAX_BODY: usize = 16 * 1024;
@@ -81,7 +98,17 @@ pub enum CanaryError {
     /// The Pod's address is not an IP address.
     #[error("canary Pod address {0:?} is not an IP address")]
     BadAddress(String),
-    /// Connection refused, reset, or no route.
+    /// The Pod IP could not be connected to (refused, no route, connect
+    /// timeout): says so, and names the proxy option.
+    #[error("canary {url}: could not connect to the Pod IP ({message}); {PROXY_HINT}")]
+    Connect {
+        /// The URL asked.
+        url: String,
+        /// The transport error.
+        message: String,
+    },
+    /// Connection reset or closed after connecting, or the API server
+    /// (Pod proxy) could not be reached.
     #[error("canary {url} unreachable: {message}")]
     Unreachable {
         /// The URL asked.
@@ -105,6 +132,35 @@ pub enum CanaryError {
         /// The status.
         code: u16,
     },
+    /// The API server refused the Pod proxy request (RBAC).
+    #[error("canary {url}: the API server refused the Pod proxy request (HTTP 403: {message}); the prober's identity needs `get` on `pods/proxy` in the canary namespace")]
+    ProxyForbidden {
+        /// The URL asked.
+        url: String,
+        /// The API server's message.
+        message: String,
+    },
+    /// The Pod proxy answered an error status (the API server could not
+    /// reach the Pod, or the canary answered an error).
+    #[error("canary {url} answered HTTP {code} through the API server's Pod proxy: {message}")]
+    ProxyStatus {
+        /// The URL asked.
+        url: String,
+        /// The status.
+        code: u16,
+        /// The API server's message (bounded).
+        message: String,
+    },
+    /// `auto`: neither the Pod IP nor the Pod proxy answered.
+    #[error("canary Pod {pod}: directly: {direct}; through the API server's Pod proxy: {proxy}")]
+    Neither {
+        /// The Pod.
+        pod: String,
+        /// The direct attempt's error.
+        direct: Box<CanaryError>,
+        /// The proxy attempt's error.
+        proxy: Box<CanaryError>,
+    },
     /// A body that is not a valid digest answer.
     #[error("canary {url} gave an invalid answer: {message}")]
     BadBody {
@@ -120,7 +176,8 @@ impl CanaryError {
     /// answer counts as unreachable; a client we cannot build is our bug.
     pub fn reason(&self) -> Reason {
         match self {
-            CanaryError::Client(_) => Reason::ProberError,
+            CanaryError::Client(_) | CanaryError::ProxyForbidden { .. } => Reason::ProberError,
+            CanaryError::Neither { proxy, .. } => proxy.reason(),
             _ => Reason::CanaryUnreachable,
         }
     }
@@ -223,6 +280,21 @@ fn shared_http(connect_timeout: Duration) -> Result<Arc<reqwest::Client>, Canary
     Ok(http)
 }
 
+/// The API server's Pod proxy of one namespace.
+#[derive(Clone)]
+struct PodProxy {
+    kube: kube::Client,
+    namespace: String,
+}
+
+impl std::fmt::Debug for PodProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PodProxy")
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A client of every canary Pod of one probe (the HTTP client underneath is
 /// shared by every probe with the same canary timeout).
 #[derive(Debug, Clone)]
@@ -230,17 +302,59 @@ pub struct CanaryClient {
     http: Arc<reqwest::Client>,
     port: u16,
     timeout: Duration,
+    access: CanaryAccess,
+    /// Set for `proxy` and `auto`.
+    proxy: Option<PodProxy>,
+    /// `auto`'s decision, shared by the probe's pollers: once a Pod IP
+    /// could not be connected to and the proxy answered, the proxy.
+    via_proxy: Arc<AtomicBool>,
 }
 
 impl CanaryClient {
-    /// Canaries listen on `port`; plain requests time out after `timeout`.
+    /// Canaries listen on `port`, reached by Pod IP; plain requests time
+    /// out after `timeout`.
     pub fn new(port: u16, timeout: Option<Duration>) -> Result<CanaryClient, CanaryError> {
         let timeout = timeout.unwrap_or(DEFAULT_TIMEOUT);
         Ok(CanaryClient {
             http: shared_http(timeout)?,
             port,
             timeout,
+            access: CanaryAccess::Direct,
+            proxy: None,
+            via_proxy: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// Reach the canaries as `access` says; `proxy` and `auto` go through
+    /// the API server of `kube`, to Pods of `namespace`.
+    pub fn with_access(
+        mut self,
+        access: CanaryAccess,
+        kube: kube::Client,
+        namespace: &str,
+    ) -> CanaryClient {
+        if access == CanaryAccess::Auto && self.timeout > AUTO_DIRECT_CONNECT {
+            // Fail over fast: a run pays the direct attempt once.
+            if let Ok(http) = shared_http(AUTO_DIRECT_CONNECT) {
+                self.http = http;
+            }
+        }
+        self.access = access;
+        self.proxy = (access != CanaryAccess::Direct).then(|| PodProxy {
+            kube,
+            namespace: namespace.to_string(),
+        });
+        self
+    }
+
+    /// Whether requests go through the Pod proxy now (`proxy`, or `auto`
+    /// after a Pod IP could not be connected to).
+    pub fn via_proxy(&self) -> bool {
+        match self.access {
+            CanaryAccess::Direct => false,
+            CanaryAccess::Proxy => true,
+            CanaryAccess::Auto => self.via_proxy.load(Ordering::Relaxed),
+        }
     }
 
     fn url(&self, ip: &str) -> Result<String, CanaryError> {
@@ -253,29 +367,143 @@ impl CanaryClient {
         })
     }
 
-    /// What the canary at `ip` sees now.
-    pub async fn digest(&self, ip: &str) -> Result<Answer, CanaryError> {
-        let url = self.url(ip)?;
-        self.get(&url, &[], self.timeout).await
+    /// What the canary Pod `pod` at `ip` sees now.
+    pub async fn digest(&self, pod: &str, ip: &str) -> Result<Answer, CanaryError> {
+        self.ask(pod, ip, &[], self.timeout).await
     }
 
-    /// Wait up to `wait` (capped at [`MAX_LONG_POLL`]) for the canary at `ip`
-    /// to see a digest other than `differs_from`.
+    /// Wait up to `wait` (capped at [`MAX_LONG_POLL`]) for the canary Pod
+    /// `pod` at `ip` to see a digest other than `differs_from`.
     pub async fn wait_change(
         &self,
+        pod: &str,
         ip: &str,
         differs_from: &str,
         wait: Duration,
     ) -> Result<Answer, CanaryError> {
-        let url = self.url(ip)?;
         let wait = wait.min(MAX_LONG_POLL);
         let wait_s = format!("{}ms", wait.as_millis());
-        self.get(
-            &url,
+        self.ask(
+            pod,
+            ip,
             &[("differs_from", differs_from), ("wait", &wait_s)],
             wait + self.timeout,
         )
         .await
+    }
+
+    async fn ask(
+        &self,
+        pod: &str,
+        ip: &str,
+        query: &[(&str, &str)],
+        limit: Duration,
+    ) -> Result<Answer, CanaryError> {
+        if let (true, Some(proxy)) = (self.via_proxy(), &self.proxy) {
+            return self.get_proxied(proxy, pod, query, limit).await;
+        }
+        let url = self.url(ip)?;
+        let direct = self.get(&url, query, limit).await;
+        match (&direct, self.access, &self.proxy) {
+            (Err(e @ CanaryError::Connect { .. }), CanaryAccess::Auto, Some(proxy)) => {
+                match self.get_proxied(proxy, pod, query, limit).await {
+                    Ok(a) => {
+                        if !self.via_proxy.swap(true, Ordering::Relaxed) {
+                            tracing::info!(pod, error = %e, "canary Pod IP not reachable; using the API server's Pod proxy (canary.access: auto)");
+                        }
+                        Ok(a)
+                    }
+                    Err(p) => Err(CanaryError::Neither {
+                        pod: pod.to_string(),
+                        direct: Box::new(direct.unwrap_err()),
+                        proxy: Box::new(p),
+                    }),
+                }
+            }
+            _ => direct,
+        }
+    }
+
+    /// `GET /api/v1/namespaces/{ns}/pods/{pod}:{port}/proxy/digest?..`
+    /// with the prober's Kubernetes credentials, bounded by `limit`.
+    async fn get_proxied(
+        &self,
+        proxy: &PodProxy,
+        pod: &str,
+        query: &[(&str, &str)],
+        limit: Duration,
+    ) -> Result<Answer, CanaryError> {
+        let path = format!(
+            "/api/v1/namespaces/{}/pods/{}:{}/proxy/digest",
+            proxy.namespace, pod, self.port
+        );
+        let shown = format!("{path} (Pod proxy)");
+        let mut target = reqwest::Url::parse("http://api/").expect("a fixed URL parses");
+        target.set_path(&path);
+        if !query.is_empty() {
+            target.query_pairs_mut().extend_pairs(query);
+        }
+        let uri = match target.query() {
+            Some(q) => format!("{}?{q}", target.path()),
+            None => target.path().to_string(),
+        };
+        let fut = async {
+            let req = axum::http::Request::get(uri)
+                .body(kube::client::Body::empty())
+                .map_err(|_| CanaryError::BadAddress(shown.clone()))?;
+            let resp = proxy
+                .kube
+                .send(req)
+                .await
+                .map_err(|e| CanaryError::Unreachable {
+                    url: shown.clone(),
+                    message: format!("the API server: {e}"),
+                })?;
+            let code = resp.status().as_u16();
+            let body = http_body_util::Limited::new(resp.into_body(), MAX_BODY)
+                .collect()
+                .await
+                .map_err(|e| {
+                    if e.is::<http_body_util::LengthLimitError>() {
+                        CanaryError::BadBody {
+                            url: shown.clone(),
+                            message: format!("body longer than {MAX_BODY} bytes"),
+                        }
+                    } else {
+                        CanaryError::Unreachable {
+                            url: shown.clone(),
+                            message: format!("reading the answer: {e}"),
+                        }
+                    }
+                })?
+                .to_bytes();
+            if !(200..300).contains(&code) {
+                let message = status_message(&body);
+                return Err(if code == 403 {
+                    CanaryError::ProxyForbidden {
+                        url: shown.clone(),
+                        message,
+                    }
+                } else {
+                    CanaryError::ProxyStatus {
+                        url: shown.clone(),
+                        code,
+                        message,
+                    }
+                });
+            }
+            parse_answer(&body).map_err(|message| CanaryError::BadBody {
+                url: shown.clone(),
+                message,
+            })
+        };
+        match tokio::time::timeout(limit, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(CanaryError::Timeout {
+                url: shown.clone(),
+                after: limit,
+            }),
+        }
     }
 
     async fn get(
@@ -321,6 +549,21 @@ impl CanaryClient {
     }
 }
 
+/// The `message` of an API server `Status` body (or the body's start),
+/// at most 300 characters: the proxy's errors say why it could not reach
+/// the Pod ("dial tcp ...: connect: connection refused").
+fn status_message(body: &[u8]) -> String {
+    let text = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| {
+            v.get("message")
+                .and_then(|m| m.as_str())
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
+    text.trim().chars().take(300).collect()
+}
+
 async fn read_limited(
     mut resp: reqwest::Response,
     url: &str,
@@ -340,23 +583,35 @@ async fn read_limited(
 }
 
 fn transport(url: &str, limit: Duration, e: reqwest::Error) -> CanaryError {
+    // Connect errors first: a connect timeout is also a timeout.
+    if e.is_connect() {
+        return CanaryError::Connect {
+            url: url.to_string(),
+            message: chain(&e),
+        };
+    }
     if e.is_timeout() {
         return CanaryError::Timeout {
             url: url.to_string(),
             after: limit,
         };
     }
+    CanaryError::Unreachable {
+        url: url.to_string(),
+        message: chain(&e),
+    }
+}
+
+/// An error and its causes, `: `-joined.
+fn chain(e: &dyn std::error::Error) -> String {
     let mut message = e.to_string();
-    let mut cause = std::error::Error::source(&e);
+    let mut cause = e.source();
     while let Some(c) = cause {
         message.push_str(": ");
         message.push_str(&c.to_string());
         cause = c.source();
     }
-    CanaryError::Unreachable {
-        url: url.to_string(),
-        message,
-    }
+    message
 }
 
 #[cfg(test)]
@@ -436,10 +691,13 @@ mod tests {
     async fn unreachable_canary_maps_to_canary_unreachable() {
         let port = secret_canary_lab::openbao::free_port().unwrap();
         let c = CanaryClient::new(port, Some(Duration::from_secs(1))).unwrap();
-        let e = c.digest("127.0.0.1").await.unwrap_err();
+        let e = c.digest("p", "127.0.0.1").await.unwrap_err();
         assert_eq!(e.reason(), Reason::CanaryUnreachable, "{e}");
-        assert!(matches!(e, CanaryError::Unreachable { .. }), "{e}");
-        let e = c.digest("not-an-ip").await.unwrap_err();
+        assert!(matches!(e, CanaryError::Connect { .. }), "{e}");
+        let said = e.to_string();
+        assert!(said.contains("could not connect to the Pod IP"), "{said}");
+        assert!(said.contains("`canary.access: proxy`"), "{said}");
+        let e = c.digest("p", "not-an-ip").await.unwrap_err();
         assert!(matches!(e, CanaryError::BadAddress(_)));
     }
 
@@ -478,11 +736,11 @@ mod tests {
         });
         let c = CanaryClient::new(port, Some(Duration::from_secs(1))).unwrap();
         let a = c
-            .wait_change("127.0.0.1", "old", Duration::from_secs(2))
+            .wait_change("p", "127.0.0.1", "old", Duration::from_secs(2))
             .await
             .unwrap();
         assert_eq!(a.digest.as_deref(), Some(D));
-        let e = c.digest("127.0.0.1").await.unwrap_err();
+        let e = c.digest("p", "127.0.0.1").await.unwrap_err();
         assert!(matches!(e, CanaryError::BadBody { .. }), "{e}");
         assert_eq!(e.reason(), Reason::CanaryUnreachable);
     }

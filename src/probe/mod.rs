@@ -104,9 +104,10 @@ impl ProbeRunner {
         cancel: CancellationToken,
     ) -> Result<Self, Error> {
         let stop = cancel.child_token();
-        let cluster = cluster::Cluster::start(&config.chain, client, &stop);
+        let cluster = cluster::Cluster::start(&config.chain, client.clone(), &stop);
         let canary =
             canary::CanaryClient::new(config.chain.canary.port, config.chain.canary.timeout)
+                .map(|c| c.with_access(config.chain.canary.access, client, &config.chain.namespace))
                 .map_err(Arc::new);
         Ok(ProbeRunner {
             plan: plan::Plan::of(&config.chain),

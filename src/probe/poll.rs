@@ -122,10 +122,10 @@ async fn poll_pod(
         let res = match &known {
             Some(k) => {
                 client
-                    .wait_change(&target.ip, k, remaining.min(MAX_LONG_POLL))
+                    .wait_change(&target.pod, &target.ip, k, remaining.min(MAX_LONG_POLL))
                     .await
             }
-            None => client.digest(&target.ip).await,
+            None => client.digest(&target.pod, &target.ip).await,
         };
         let stamp = Stamp::now();
         let (answer, pause) = match res {

@@ -130,4 +130,5 @@ where
 }
 pub mod fixtures;
 pub mod prober;
+pub mod real;
 pub mod truth_score;

@@ -145,6 +145,7 @@ variant, then extraProbes. */}}
 {{- with $root.Values.store.namespace }}{{ $_ := set $store "namespace" . }}{{ end -}}
 {{- with $root.Values.store.caBundle }}{{ $_ := set $store "ca_bundle" . }}{{ end -}}
 {{- $canary := dict "selector" (include "secret-canary.canarySelectorString" (dict "root" $root "variant" $v)) "port" $root.Values.canary.port -}}
+{{- if ne (default "direct" $root.Values.canary.access) "direct" }}{{ $_ := set $canary "access" $root.Values.canary.access }}{{ end -}}
 {{- $chain := dict "namespace" $ns "canary" $canary -}}
 {{- if eq $v.kind "esoEnv" -}}
 {{- $_ := set $chain "external_secret" $v.name -}}

@@ -43,6 +43,12 @@ pub(super) enum Route {
     Group(String),
     ResourceList(String, String),
     Resource(ResourcePath),
+    /// `GET /api/v1/namespaces/NS/pods/NAME[:PORT]/proxy/PATH`.
+    PodProxy {
+        namespace: String,
+        pod: String,
+        path: String,
+    },
     NotFound,
 }
 
@@ -74,6 +80,14 @@ pub(super) fn parse_route(path: &str) -> Route {
     }
     if rest.iter().any(|s| s.is_empty()) {
         return Route::NotFound;
+    }
+    if let ("", "v1", ["namespaces", ns, "pods", pod, "proxy", path @ ..]) = (group, version, rest)
+    {
+        return Route::PodProxy {
+            namespace: ns.to_string(),
+            pod: pod.to_string(),
+            path: path.join("/"),
+        };
     }
     if rest[0] == "namespaces" && rest.len() >= 3 {
         if let Some(id) =
@@ -259,6 +273,16 @@ pub(super) async fn serve_api(st: &ServeState, req: Request, path: &str) -> ApiR
                 .or_default() += 1;
         }
     }
+    if let Route::PodProxy { .. } = &route {
+        *shared
+            .counts
+            .lock()
+            .counts
+            .entry(method.as_str().to_ascii_lowercase())
+            .or_default()
+            .entry("pods/proxy".into())
+            .or_default() += 1;
+    }
     if shared.knobs.is_on(Fault::ApiErrors) && !is_token_review {
         return Err(ApiError::internal("the lab's api-errors fault is on"));
     }
@@ -280,7 +304,86 @@ pub(super) async fn serve_api(st: &ServeState, req: Request, path: &str) -> ApiR
         Route::ResourceList(g, v) => get_only(resources::resource_list(&g, &v)),
         Route::NotFound => Err(ApiError::no_such_resource()),
         Route::Resource(rp) => resource_request(st, req, rp, query).await,
+        Route::PodProxy {
+            namespace,
+            pod,
+            path,
+        } => {
+            if method != Method::GET {
+                return Err(ApiError::method_not_allowed());
+            }
+            pod_proxy(shared, &namespace, &pod, &path, req.uri().query()).await
+        }
     }
+}
+
+/// The Pod proxy (`pods/NAME[:PORT]/proxy/PATH`, GET only): the request
+/// forwarded to the Pod's `status.podIP`, the answer passed back; a Pod that
+/// cannot be reached is a 503 Status saying why, as kube-apiserver does.
+async fn pod_proxy(
+    shared: &Shared,
+    namespace: &str,
+    id: &str,
+    path: &str,
+    query: Option<&str>,
+) -> ApiResult<Response> {
+    static HTTP: std::sync::LazyLock<reqwest::Client> = std::sync::LazyLock::new(|| {
+        reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(120))
+            .no_proxy()
+            .build()
+            .unwrap_or_default()
+    });
+    let pods = resources::find("", "v1", "pods").ok_or_else(ApiError::no_such_resource)?;
+    let def = resources::def(pods);
+    let (name, port) = match id.split_once(':') {
+        Some((n, p)) => (n, Some(p)),
+        None => (id, None),
+    };
+    let pod = shared
+        .store
+        .get(&(pods, namespace.to_string(), name.to_string()))
+        .ok_or_else(|| ApiError::not_found(def, name))?;
+    let port = match port {
+        Some(p) => p
+            .parse::<u16>()
+            .map_err(|_| ApiError::bad_request(format!("invalid pod request {id:?}")))?,
+        None => pod["spec"]["containers"][0]["ports"][0]["containerPort"]
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok())
+            .ok_or_else(|| ApiError::bad_request("no port to proxy to"))?,
+    };
+    let ip: std::net::IpAddr = pod["status"]["podIP"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| ApiError::bad_request("address not allowed"))?;
+    let mut url = format!("http://{}/{path}", std::net::SocketAddr::new(ip, port));
+    if let Some(q) = query {
+        url.push('?');
+        url.push_str(q);
+    }
+    let resp = HTTP.get(&url).send().await.map_err(|e| {
+        ApiError::new(
+            503,
+            "ServiceUnavailable",
+            format!("error trying to reach service: {e}"),
+        )
+    })?;
+    let code = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let ct = resp.headers().get(header::CONTENT_TYPE).cloned();
+    let body = resp.bytes().await.map_err(|e| {
+        ApiError::new(
+            503,
+            "ServiceUnavailable",
+            format!("error reading from the Pod: {e}"),
+        )
+    })?;
+    let mut out = (code, body).into_response();
+    if let Some(ct) = ct {
+        out.headers_mut().insert(header::CONTENT_TYPE, ct);
+    }
+    Ok(out)
 }
 
 pub(super) async fn resource_request(

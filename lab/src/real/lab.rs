@@ -58,6 +58,9 @@ pub enum Error {
     /// The node agent could not register.
     #[error(transparent)]
     Node(#[from] kubelet::node::Error),
+    /// The node agent's kubelet API (container logs).
+    #[error("the node agent's kubelet API: {0}")]
+    KubeletApi(#[source] super::webhook::Error),
     /// A scenario object was refused.
     #[error("scenario: {0}")]
     Apply(String),
@@ -325,6 +328,20 @@ impl RealLab {
             .map_err(|e| ClusterError::Client(e.to_string()))?;
         let mut node_cfg = opts.node.clone();
         node_cfg.kubelet_version = self.cluster.binaries.versions.kubernetes.clone();
+        node_cfg.unroutable = self.cluster.egress.as_ref().map(|e| e.pods.clone());
+        // Its kubelet API (container logs for `kubectl logs`), on the port
+        // the Node reports; the serving certificate is for 127.0.0.1.
+        let cert = &self.cluster.webhook_cert;
+        let kubelet_api = super::kubelet_api::KubeletApi::start(
+            &self.dir,
+            &cert.cert,
+            &cert.key,
+            self.cancel.clone(),
+        )
+        .await
+        .map_err(Error::KubeletApi)?;
+        node_cfg.kubelet_port = kubelet_api.addr.port();
+        self.tasks.push(("kubelet-api", kubelet_api.task));
         // The OCI registry of images the node agent pulls.
         let logs = self.dir.join("logs");
         let registry =

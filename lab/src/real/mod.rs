@@ -24,7 +24,9 @@
 pub mod audit;
 pub mod audit_truth;
 pub mod bins;
+pub mod egress;
 pub mod faults;
+pub mod kubelet_api;
 pub mod lab;
 pub mod pki;
 pub mod process;
@@ -142,6 +144,12 @@ pub struct RealOptions {
     /// controller-manager's warm-up, and the rollouts it waits for show the
     /// controllers act.
     pub wait_controllers: bool,
+    /// Advertise Pods at addresses the host cannot reach (`100::/64`, see
+    /// [`crate::controllers::kubelet::unroutable`]):
+    /// a client dialling Pod IPs fails, as one outside a cluster's network
+    /// does, while the API server reaches Pods (`pods/proxy`, logs) through
+    /// the lab's egress proxy ([`egress`]). Off by default.
+    pub unroutable_pods: bool,
 }
 
 impl RealOptions {
@@ -157,6 +165,7 @@ impl RealOptions {
             node: crate::controllers::kubelet::NodeConfig::lab(NODE_NAME),
             webhook_failure_policy: Some("Ignore".into()),
             wait_controllers: true,
+            unroutable_pods: false,
         }
     }
 }
@@ -198,6 +207,9 @@ pub struct RealCluster {
     pub ready_after: Duration,
     /// Every component process, in start order.
     pub procs: Vec<Proc>,
+    /// The API server's egress proxy (`unroutable_pods`), with the Pods'
+    /// advertised addresses the node agent fills.
+    pub egress: Option<egress::EgressProxy>,
     client: kube::Client,
 }
 
@@ -375,6 +387,15 @@ impl RealCluster {
         };
 
         let p = |x: &Path| x.display().to_string();
+        let egress_config = dir.join("egress-selector.yaml");
+        let egress = if opts.unroutable_pods {
+            Some(
+                egress::start(&dir.join("egress.sock"))
+                    .map_err(|e| Error::Client(format!("egress proxy: {e}")))?,
+            )
+        } else {
+            None
+        };
         let mut procs: Vec<Proc> = Vec::new();
         let result = async {
             // etcd: plain HTTP on loopback only, data in DIR/etcd.
@@ -442,6 +463,11 @@ impl RealCluster {
                 // Admission: the upstream default plugin set (no flag).
                 format!("--kubelet-client-certificate={}", p(&kubelet_client.cert)),
                 format!("--kubelet-client-key={}", p(&kubelet_client.key)),
+                // The node agent's kubelet API (container logs) serves a
+                // certificate from the lab's CA for 127.0.0.1, its InternalIP
+                // (its Hostname address does not resolve).
+                format!("--kubelet-certificate-authority={}", p(&ca.files.cert)),
+                "--kubelet-preferred-address-types=InternalIP".into(),
                 format!("--audit-policy-file={}", p(&audit_policy)),
                 format!("--audit-log-path={}", p(&audit_log)),
                 "--audit-log-format=json".into(),
@@ -451,6 +477,14 @@ impl RealCluster {
                 "--audit-log-maxbackup=0".into(),
                 "--profiling=false".into(),
             ];
+            let mut apiserver_args = apiserver_args;
+            if let Some(e) = &egress {
+                apiserver_args.push(format!(
+                    "--egress-selector-config-file={}",
+                    p(&egress_config)
+                ));
+                pki::write_private(&egress_config, &egress::selector_config(&e.socket))?;
+            }
             procs.push(Proc::spawn(
                 "kube-apiserver",
                 &apiserver_bin,
@@ -581,6 +615,7 @@ impl RealCluster {
                 binaries: opts.binaries.clone(),
                 ready_after: started.elapsed(),
                 procs,
+                egress,
                 client,
             }),
             Err(e) => {

@@ -130,9 +130,9 @@ pub fn review(request: &Value) -> Value {
 }
 
 /// A TLS listener for axum: the handshake happens in `accept` (bounded).
-struct TlsListener {
-    tcp: TcpListener,
-    acceptor: TlsAcceptor,
+pub(crate) struct TlsListener {
+    pub(crate) tcp: TcpListener,
+    pub(crate) acceptor: TlsAcceptor,
 }
 
 impl axum::serve::Listener for TlsListener {
@@ -144,7 +144,7 @@ impl axum::serve::Listener for TlsListener {
             let (stream, addr) = match self.tcp.accept().await {
                 Ok(x) => x,
                 Err(e) => {
-                    tracing::warn!(error = %e, "Bank-Vaults webhook: accept failed");
+                    tracing::warn!(error = %e, "lab HTTPS server (webhook, kubelet API): accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -153,9 +153,11 @@ impl axum::serve::Listener for TlsListener {
             match tokio::time::timeout(Duration::from_secs(5), handshake).await {
                 Ok(Ok(tls)) => return (tls, addr),
                 Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "Bank-Vaults webhook: TLS handshake failed")
+                    tracing::warn!(error = %e, "lab HTTPS server (webhook, kubelet API): TLS handshake failed")
                 }
-                Err(_) => tracing::warn!("Bank-Vaults webhook: TLS handshake timed out"),
+                Err(_) => tracing::warn!(
+                    "lab HTTPS server (webhook, kubelet API): TLS handshake timed out"
+                ),
             }
         }
     }
@@ -165,7 +167,7 @@ impl axum::serve::Listener for TlsListener {
     }
 }
 
-fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, Error> {
+pub(crate) fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, Error> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let bad = |p: &Path, reason: String| Error::Cert {

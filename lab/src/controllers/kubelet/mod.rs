@@ -30,6 +30,7 @@
 //! supervise.rs   restart policy and crash back-off around container.rs
 //! readiness.rs   readiness probes
 //! status.rs      the status model and its writer
+//! unroutable.rs  advertised Pod addresses the host cannot reach (real tier option)
 //! node.rs        node mode: the same kubelet as a node of a real cluster
 //!                (Node, Lease, bound tokens, projected volumes, resync, image pulls)
 //! ```
@@ -52,6 +53,7 @@ mod runtime;
 mod secrets;
 mod status;
 mod supervise;
+pub mod unroutable;
 mod volumes;
 
 use std::collections::{HashMap, HashSet};

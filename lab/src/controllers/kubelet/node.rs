@@ -74,6 +74,12 @@ pub struct NodeConfig {
     /// Images of the lab's registry, pulled and run in their rootfs
     /// ([`super::image`], [`super::runtime`]); `None`: none.
     pub images: Option<std::sync::Arc<super::image::ImageRuntime>>,
+    /// Advertise Pods at addresses the host cannot reach (the API server
+    /// reaches them through the egress proxy); `None`: their loopback address.
+    pub unroutable: Option<std::sync::Arc<super::unroutable::UnroutablePods>>,
+    /// The port of the node's kubelet API (`status.daemonEndpoints`); the
+    /// upstream default 10250 when nothing serves it.
+    pub kubelet_port: u16,
 }
 
 impl NodeConfig {
@@ -88,6 +94,8 @@ impl NodeConfig {
             image_pull_backoff: Duration::from_secs(10),
             kubelet_version: "v0.0.0-secret-canary-lab".into(),
             images: None,
+            unroutable: None,
+            kubelet_port: 10250,
         }
     }
 
@@ -232,7 +240,7 @@ fn node_status(cfg: &NodeConfig, since: DateTime<Utc>) -> Value {
             {"type": "InternalIP", "address": "127.0.0.1"},
             {"type": "Hostname", "address": cfg.name},
         ],
-        "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": cfg.kubelet_port}},
         "nodeInfo": {
             "machineID": "secret-canary-lab",
             "systemUUID": "secret-canary-lab",

@@ -131,11 +131,18 @@ pub(super) async fn run_pod(
         .lock()
         .map(|p| p.decoy())
         .unwrap_or(Ipv4Addr::LOCALHOST);
-    let advertised = |knobs: &crate::faults::Knobs| {
+    // The address `status.podIP` shows: the loopback one, or its
+    // unroutable stand-in (real tier, `--unroutable-pods`).
+    let own = kl
+        .node
+        .as_ref()
+        .and_then(|n| n.unroutable.as_ref())
+        .map_or(ip.into(), |u| u.advertise(ip));
+    let advertised = |knobs: &crate::faults::Knobs| -> std::net::IpAddr {
         if knobs.is_on(Fault::CanaryUnreachable) {
-            decoy
+            decoy.into()
         } else {
-            ip
+            own
         }
     };
     let model = StatusModel {
@@ -174,7 +181,7 @@ pub(super) async fn run_pod(
     if mount_volumes(&run, &cancel).await {
         run.update(|m| m.initialized = true);
         tasks.spawn(volume_sync(run.clone(), cancel.clone()));
-        tasks.spawn(watch_reachability(run.clone(), decoy, cancel.clone()));
+        tasks.spawn(watch_reachability(run.clone(), own, decoy, cancel.clone()));
         for idx in 0..run.spec.containers.len() {
             tasks.spawn(supervise(run.clone(), idx, cancel.clone()));
         }

@@ -51,7 +51,7 @@ pub(super) struct CStatus {
 #[derive(Debug)]
 pub(super) struct StatusModel {
     pub(super) start_time: DateTime<Utc>,
-    pub(super) advertised_ip: Ipv4Addr,
+    pub(super) advertised_ip: std::net::IpAddr,
     pub(super) initialized: bool,
     pub(super) containers: Vec<CStatus>,
     pub(super) transitions: BTreeMap<&'static str, (bool, DateTime<Utc>)>,
@@ -262,17 +262,18 @@ pub(super) async fn status_writer(
 }
 
 /// Follows `canary-unreachable`: the advertised `status.podIP` moves to the
-/// decoy while it is on, and back when it clears.
+/// decoy while it is on, and back to `own` when it clears.
 pub(super) async fn watch_reachability(
     run: Arc<PodRun>,
+    own: std::net::IpAddr,
     decoy: Ipv4Addr,
     cancel: CancellationToken,
 ) {
     loop {
         let want = if run.knobs().is_on(Fault::CanaryUnreachable) {
-            decoy
+            decoy.into()
         } else {
-            run.ip
+            own
         };
         let differs = run
             .model
@@ -300,7 +301,7 @@ mod tests {
     fn status_model_phase_and_conditions() {
         let mut m = StatusModel {
             start_time: Utc::now(),
-            advertised_ip: Ipv4Addr::new(127, 1, 1, 2),
+            advertised_ip: Ipv4Addr::new(127, 1, 1, 2).into(),
             initialized: false,
             containers: vec![CStatus::creating("c", "i")],
             transitions: BTreeMap::new(),
