@@ -183,6 +183,9 @@ impl Subscriptions {
                     base.owners.insert(o.clone());
                 }
                 base.restarts.insert(name.clone(), p.restarts);
+                if p.ready && !p.terminating {
+                    base.ready_canaries += 1;
+                }
             }
         }
         base

@@ -26,6 +26,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::events::Subscriptions;
+use super::plan::Plan;
 use super::poll::Pollers;
 use super::tracker::{Cause, End, Facts, Finding, Tracker};
 use super::{Outcome, ProbeRunner, Reason, RunProgress, Stage, Stamp, SyncTrigger};
@@ -101,6 +102,8 @@ fn either(run: &CancellationToken, prober: &CancellationToken) -> CancellationTo
 /// One run in flight: what it needs to produce its [`Outcome`].
 struct Run<'a> {
     runner: &'a ProbeRunner,
+    /// This run's shape (see [`Plan::for_run`]).
+    plan: Plan,
     run_id: String,
     start: Stamp,
     deadline: Instant,
@@ -164,12 +167,19 @@ pub async fn execute(
     let base = subs.baseline(last);
     let value = fresh_value();
     let new_digest = digest(&value);
-    let plan = runner.plan;
+    let plan = runner.plan.for_run(base.secret_absent, base.ready_canaries);
+    if plan != runner.plan {
+        tracing::info!(
+            probe = %config.name,
+            "the Secret does not exist yet and no canary is ready: a first delivery, no rollout to wait for"
+        );
+    }
     let mut tracker = Tracker::new(plan, new_digest.clone(), base, deadline, limits(config));
     tracker.set_blocked_for(config.blocked_for());
     let forced = config.chain.force_sync;
     let mut run = Run {
         runner,
+        plan,
         run_id,
         start,
         deadline,
@@ -294,7 +304,7 @@ impl Run<'_> {
                 Bounded::Expired | Bounded::Done(Ok(())) => {}
             }
         }
-        if self.runner.plan.trigger == Some(Trigger::Restart) {
+        if self.plan.trigger == Some(Trigger::Restart) {
             let patch = cluster.restart(Utc::now(), API_TIMEOUT);
             match bounded(patch, &self.cancel, self.deadline).await {
                 Bounded::Cancelled => return Some(End::Aborted),
@@ -311,7 +321,7 @@ impl Run<'_> {
     /// Follow the value through the watchers' events and the canaries'
     /// answers until the tracker gives a verdict or the run is cancelled.
     async fn follow(&mut self, subs: &mut Subscriptions) -> End {
-        let plan = self.runner.plan;
+        let plan = self.plan;
         // A Pod of a new ReplicaSet with an env canary has its value fixed at
         // start: ask it plainly first, so an old value shows at once as a
         // mismatch instead of a long-poll waiting for a change that never comes.

@@ -62,6 +62,8 @@ pub struct Baseline {
     pub old_digest: Option<String>,
     /// The chain's Secret did not exist at run start.
     pub secret_absent: bool,
+    /// Canary Pods ready (and not terminating) at run start.
+    pub ready_canaries: usize,
     /// The ExternalSecret's state at run start (its sync mark is what a
     /// sync of this run's value changes).
     pub es_status: Option<EsState>,

@@ -86,6 +86,7 @@ fn base() -> Baseline {
         restarts: BTreeMap::new(),
         old_digest: Some(OLD.into()),
         secret_absent: false,
+        ready_canaries: 0,
         ..Default::default()
     }
 }
