@@ -105,6 +105,26 @@ impl ProbeRunner {
     ) -> Result<Self, Error> {
         let stop = cancel.child_token();
         let cluster = cluster::Cluster::start(&config.chain, client, &stop);
+        Self::with_cluster(config, cluster, stop)
+    }
+
+    /// Start the probe on the process's shared watchers: the watches other
+    /// probes already follow are shared, the rest start now (they stop when
+    /// `watches`' token fires or no runner holds them).
+    pub async fn start_shared(
+        config: ProbeConfig,
+        watches: &cluster::Watches,
+        cancel: CancellationToken,
+    ) -> Result<Self, Error> {
+        let cluster = cluster::Cluster::lease(&config.chain, watches);
+        Self::with_cluster(config, cluster, cancel.child_token())
+    }
+
+    fn with_cluster(
+        config: ProbeConfig,
+        cluster: cluster::Cluster,
+        stop: CancellationToken,
+    ) -> Result<Self, Error> {
         let canary =
             canary::CanaryClient::new(config.chain.canary.port, config.chain.canary.timeout)
                 .map_err(Arc::new);
