@@ -297,6 +297,13 @@ async fn probes_on_the_same_objects_share_one_watch_each() {
     )
     .await;
     assert_eq!(watches.running() as u64, objects);
+    // A watcher is synced once its initial list is in; its watch request
+    // follows.
+    support::wait_for(Duration::from_secs(10), "every watch request", || {
+        let n = lab.server.request_counts_of(user).verb("watch");
+        async move { n >= objects }
+    })
+    .await;
     let at_start = lab.server.request_counts_of(user);
     eprintln!("{} probes: {at_start:?}", runners.len());
     for (resource, n) in expected {

@@ -908,6 +908,26 @@ pub fn expected_series(config: &Config) -> usize {
     2 + (JITTER_BUCKETS.len() + 3) + config.probes.iter().map(series_of_probe).sum::<usize>()
 }
 
+/// The most samples one probe can add: [`series_of_probe`] plus every
+/// series created on first occurrence (each other failure reason of its
+/// stages, one `stage_blocked`, both skip reasons, the change-log overflow
+/// counter and `runs_total{result="aborted"}`). No label value comes from
+/// anything but the config and fixed enums, so this bound holds forever.
+pub fn max_series_of_probe(p: &ProbeConfig) -> usize {
+    let rare_reasons: usize = p
+        .stages()
+        .iter()
+        .map(|s| reasons(*s).len() - reasons_for(p, *s).len())
+        .sum();
+    series_of_probe(p) + rare_reasons + 1 + SkipReason::ALL.len() + 1 + 1
+}
+
+/// The most samples a registry built by [`Metrics::for_config`] can have.
+pub fn max_series(config: &Config) -> usize {
+    expected_series(config) - config.probes.iter().map(series_of_probe).sum::<usize>()
+        + config.probes.iter().map(max_series_of_probe).sum::<usize>()
+}
+
 /// The registry in the OpenMetrics text format (ends with `# EOF`).
 pub fn encode_openmetrics(registry: &Registry) -> Result<String, std::fmt::Error> {
     let mut out = String::new();

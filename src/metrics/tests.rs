@@ -441,3 +441,33 @@ fn a_blocked_stage_and_rare_counters_exist_only_once_they_occur() {
     }
     assert_eq!(count_samples(&text), expected_series(&config) + 4);
 }
+
+#[test]
+fn every_rare_series_at_once_is_max_series() {
+    let config = reference_probes();
+    let mut registry = Registry::default();
+    let m = Metrics::for_config(&mut registry, &config);
+    for probe in &config.probes {
+        let name = probe.name.as_str();
+        for stage in probe.stages() {
+            for &reason in reasons(stage) {
+                let mut o = outcome(probe, 1);
+                o.result = RunResult::Failure;
+                o.failure = Some(Failure { stage, reason });
+                m.record_outcome(probe, &o);
+            }
+        }
+        let mut o = outcome(probe, 0);
+        o.result = RunResult::Aborted;
+        m.record_outcome(probe, &o);
+        o.result = RunResult::Skipped;
+        m.record_outcome(probe, &o);
+        m.record_skipped(name);
+        m.record_change_log_overflows(name, 1);
+        m.set_blocked(name, Some((Stage::CanaryObserve, Reason::ValueMismatch)));
+    }
+    let text = encode_openmetrics(&registry).unwrap();
+    assert_eq!(count_samples(&text), max_series(&config), "{text}");
+    let env = &config.probes[0];
+    assert_eq!(max_series_of_probe(env), 113, "{}", env.name);
+}
