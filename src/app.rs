@@ -15,6 +15,7 @@ use crate::cadence::Cadence;
 use crate::config::{Config, KubernetesConfig, ProbeConfig};
 use crate::http::{self, Exporter, ProbeBoard};
 use crate::metrics::Metrics;
+use crate::probe::cluster::Watches;
 use crate::probe::{self, Outcome, ProbeRunner, RunProgress, RunResult};
 use crate::progress::Display;
 use crate::schedule::{self, Scheduler, SystemClock, Ticker};
@@ -143,8 +144,12 @@ async fn start_runners(
     cancel: &CancellationToken,
 ) -> Result<Vec<Probe>, Error> {
     let mut started = Vec::with_capacity(probes.len());
+    // One watch per watched thing for the whole process, shared by the
+    // probes that follow it (the runners keep them alive).
+    let watches = Watches::new(client.clone(), cancel.clone());
     for p in probes {
-        let runner = ProbeRunner::start((*p).clone(), client.clone(), cancel.child_token()).await?;
+        let runner =
+            ProbeRunner::start_shared((*p).clone(), &watches, cancel.child_token()).await?;
         started.push(Probe {
             config: Arc::new((*p).clone()),
             runner: Arc::new(runner),

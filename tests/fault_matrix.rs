@@ -1193,13 +1193,18 @@ async fn leak_flat_over_200_faulty_runs() {
     }
     let metrics = prober.metrics().await;
     assert!(metrics.contains("secret_canary_runs_total"), "{metrics}");
-    // After all those failures, exactly the series the config predicts: no
-    // label value ever came from an error, a Pod or a resource version.
+    // After all those failures, only series the config predicts (those
+    // created at start-up, and at most the rare ones created by their first
+    // occurrence): no label value ever came from an error, a Pod or a
+    // resource version.
     let loaded = secret_canary::config::Config::load(&config).expect("the derived config");
-    assert_eq!(
-        secret_canary::metrics::count_samples(&metrics),
+    let series = secret_canary::metrics::count_samples(&metrics);
+    assert!(
+        series >= secret_canary::metrics::expected_series(&loaded)
+            && series <= secret_canary::metrics::max_series(&loaded),
+        "{series} series on /metrics after {RUNS} faulty runs, expected {}..={}",
         secret_canary::metrics::expected_series(&loaded),
-        "series on /metrics after {RUNS} faulty runs"
+        secret_canary::metrics::max_series(&loaded)
     );
     assert_alive(&mut prober);
     assert!(prober.stop().await.is_some_and(|s| s.success()));

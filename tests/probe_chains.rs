@@ -220,3 +220,125 @@ async fn each_chain_variant_matches_the_ground_truth() {
 
     lab.stop().await;
 }
+
+/// Many probes on the same chain objects open one watch per object at the
+/// API server (counted by the server, for the probes' own user), list each
+/// once at start-up and never again while runs go; the watches stop when no
+/// probe holds them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_on_the_same_objects_share_one_watch_each() {
+    use secret_canary::probe::cluster::Watches;
+    use std::collections::BTreeSet;
+
+    const COPIES: usize = 4;
+    let lab =
+        support::start_rolled_out(&support::CANARY_DEPLOYMENTS, Duration::from_secs(90)).await;
+    let config = Config::load(lab.prober_config.as_ref().expect("prober config"))
+        .expect("the lab's prober config is valid");
+
+    // The probes' own identity, so the lab's controllers are not counted.
+    let user = "system:serviceaccount:canary:watch-sharing";
+    let token = lab.server.issue_token("canary", "watch-sharing");
+    let kubeconfig = lab.dir.path().join("watch-sharing.kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        secret_canary_lab::lab::kubeconfig_yaml(&lab.api_url, &token),
+    )
+    .expect("kubeconfig");
+    let client = secret_canary_lab::lab::client_from_kubeconfig(&kubeconfig)
+        .await
+        .expect("client");
+
+    // The distinct objects the reference chains follow.
+    let (mut es, mut secrets, mut deployments, mut pods) = (
+        BTreeSet::new(),
+        BTreeSet::new(),
+        BTreeSet::new(),
+        BTreeSet::new(),
+    );
+    for p in &config.probes {
+        let c = &p.chain;
+        let ns = c.namespace.clone();
+        es.extend(c.external_secret.clone().map(|n| (ns.clone(), n)));
+        secrets.extend(c.secret.as_ref().map(|s| (ns.clone(), s.name.clone())));
+        deployments.extend(
+            c.rollout
+                .as_ref()
+                .map(|r| (ns.clone(), r.deployment.clone())),
+        );
+        pods.insert((ns, c.canary.selector.clone()));
+    }
+    let expected = [
+        ("externalsecrets", es.len() as u64),
+        ("secrets", secrets.len() as u64),
+        ("deployments", deployments.len() as u64),
+        ("pods", pods.len() as u64),
+    ];
+    let objects: u64 = expected.iter().map(|(_, n)| n).sum();
+
+    let cancel = CancellationToken::new();
+    let watches = Watches::new(client, cancel.clone());
+    let mut runners = Vec::new();
+    for _ in 0..COPIES {
+        for p in &config.probes {
+            let r = ProbeRunner::start_shared(p.clone(), &watches, cancel.clone())
+                .await
+                .expect("runner");
+            runners.push((p.name.clone(), r));
+        }
+    }
+    support::wait_for(
+        Duration::from_secs(30),
+        "every probe's watchers synced",
+        || {
+            let ready = runners.iter().all(|(_, r)| r.is_ready());
+            async move { ready }
+        },
+    )
+    .await;
+    assert_eq!(watches.running() as u64, objects);
+    // A watcher is synced once its initial list is in; its watch request
+    // follows.
+    support::wait_for(Duration::from_secs(10), "every watch request", || {
+        let n = lab.server.request_counts_of(user).verb("watch");
+        async move { n >= objects }
+    })
+    .await;
+    let at_start = lab.server.request_counts_of(user);
+    eprintln!("{} probes: {at_start:?}", runners.len());
+    for (resource, n) in expected {
+        assert_eq!(
+            at_start.get("watch", resource),
+            n,
+            "{} probes on {n} {resource} must open one watch each: {at_start:?}",
+            runners.len()
+        );
+        assert_eq!(
+            at_start.get("list", resource),
+            n,
+            "one initial list per shared watch of {resource}: {at_start:?}"
+        );
+    }
+
+    // A run goes on the shared watches: nothing is listed or watched anew.
+    let first = runners
+        .iter()
+        .find(|(n, _)| n == "eso-reloader-env")
+        .map(|(_, r)| r)
+        .expect("eso-reloader-env");
+    let outcome = first.run("share-1".into(), CancellationToken::new()).await;
+    assert_eq!(outcome.result, RunResult::Success, "{outcome:#?}");
+    let after = lab.server.request_counts_of(user).since(&at_start);
+    assert_eq!(after.verb("list"), 0, "no LIST after start-up: {after:?}");
+    assert_eq!(
+        after.verb("watch"),
+        0,
+        "no new watch after start-up: {after:?}"
+    );
+
+    // Dropping every probe stops the shared watches.
+    drop(runners);
+    assert_eq!(watches.running(), 0);
+    cancel.cancel();
+    lab.stop().await;
+}

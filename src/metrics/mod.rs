@@ -2,9 +2,12 @@
 //! one prometheus-client `Registry`. Label values come only from the config
 //! (`probe`) and from fixed enums (`stage`, `reason`, `result`), and every
 //! expected series is created zero-valued before the first run: only the
-//! series the probe's chain can produce (its stages, the reasons each stage
-//! can fail with, histogram buckets from its SLOs and deadlines, see
-//! [`duration_buckets`]), so a probe costs about 100–150 series.
+//! series the probe's chain can produce (its stages, the reasons the
+//! pipeline fails each stage with, histogram buckets from its SLOs and
+//! deadlines, see [`duration_buckets`]), so a probe costs at most 100
+//! series. Rare series are created when they first occur instead: failure
+//! reasons from watch faults and the prober itself ([`reasons_for`]), and
+//! `stage_blocked`, present only while a run is blocked.
 //!
 //! Every mutation bumps a generation counter ([`Metrics::generation`]); the
 //! exporter encodes the registry once per generation and serves the cached
@@ -16,29 +19,28 @@
 //! | `secret_canary_end_to_end_duration_seconds` | histogram | probe | store write start to canary observation, successful runs (exemplar: run_id); probes without `force_sync` |
 //! | `secret_canary_forced_stage_duration_seconds` | histogram | probe, stage | as `stage_duration`, for probes that force ESO's sync (`force_sync`) |
 //! | `secret_canary_forced_end_to_end_duration_seconds` | histogram | probe | as `end_to_end_duration`, probes that force ESO's sync |
-//! | `secret_canary_runs_total` | counter | probe, result | runs by result: success, failure, skipped, aborted |
+//! | `secret_canary_runs_total` | counter | probe, result | runs by result: success, failure, skipped, aborted (created by the first aborted run: only a shutdown aborts) |
 //! | `secret_canary_stage_failures_total` | counter | probe, stage, reason | failed runs by the first stage that did not complete and why |
 //! | `secret_canary_prober_errors_total` | counter | probe | runs that failed because of the prober itself (reason `prober_error`) |
 //! | `secret_canary_last_run_timestamp_seconds` | gauge | probe | when the last completed run ended (0: none yet) |
 //! | `secret_canary_last_success_timestamp_seconds` | gauge | probe | when the last successful run ended (0: none yet) |
 //! | `secret_canary_last_run_success` | gauge | probe | 1 if the last run succeeded, else 0 (like blackbox `probe_success`) |
-//! | `secret_canary_last_stage_duration_seconds` | gauge | probe, stage | the last run's stage durations (NaN: not completed); probes without `force_sync` |
 //! | `secret_canary_run_in_progress` | gauge | probe | 1 while a run is going |
 //! | `secret_canary_slo_breaches_total` | counter | probe, stage | completed stages slower than their SLO; probes without `force_sync` |
 //! | `secret_canary_slo_threshold_seconds` | gauge | probe, stage | the configured SLO thresholds |
 //! | `secret_canary_schedule_jitter_seconds` | histogram | - | how late a run started after its tick was due (one scheduler for every probe) |
 //! | `secret_canary_schedule_missed_ticks_total` | counter | probe | ticks dropped because the process stalled |
-//! | `secret_canary_stage_blocked` | gauge | probe, stage, reason | 1 while the cluster reports the run in flight blocked at this stage for this reason; 0 otherwise |
-//! | `secret_canary_skipped_runs_total` | counter | probe, reason | ticks that did not start a run: run_in_progress, watcher_failing |
-//! | `secret_canary_change_log_overflows_total` | counter | probe | times a watcher's bounded change log overflowed before a run read it |
+//! | `secret_canary_stage_blocked` | gauge | probe, stage, reason | 1 while the cluster reports the run in flight blocked at this stage for this reason; absent otherwise |
+//! | `secret_canary_skipped_runs_total` | counter | probe, reason | ticks that did not start a run: run_in_progress, watcher_failing (each created by its first skip; `runs_total{result="skipped"}` counts them all from 0) |
+//! | `secret_canary_change_log_overflows_total` | counter | probe | times a watcher's bounded change log overflowed before a run read it (created by the first) |
 //! | `secret_canary_leader` | gauge | - | 1 while this replica runs the probes (holds the Lease, or leader election is off) |
 //! | `secret_canary_build_info` | gauge | version, revision | always 1 |
 //!
 //! A forced run (`chain.force_sync`, `once --force-sync`) skips ESO's
 //! refreshInterval, so its durations would flatter the propagation SLO: a
 //! probe that forces (every run of it does) has the `forced_` histograms
-//! instead of the natural ones, and no `last_stage_duration` or
-//! `slo_breaches_total`, which are about natural runs. Results, failures and
+//! instead of the natural ones, and no `slo_breaches_total`, which is about
+//! natural runs. Results, failures and
 //! timestamps count every run, forced or not.
 
 use std::collections::HashMap;
@@ -69,11 +71,14 @@ pub const PREFIX: &str = "secret_canary";
 pub const OPENMETRICS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// The compact default stage duration buckets, seconds: 10 ms to 1 h, each
+/// The compact default stage duration buckets, seconds: 50 ms to 1 h, each
 /// 4–6 times the last (10 above 30 s, where only long deadlines reach). A
 /// stage's histogram has those below its deadline, the deadline itself,
-/// and its SLO threshold (see [`duration_buckets`]).
-pub const DEFAULT_DURATION_BUCKETS: [f64; 8] = [0.01, 0.05, 0.25, 1.0, 5.0, 30.0, 300.0, 3600.0];
+/// and its SLO threshold (see [`duration_buckets`]). Nothing below 50 ms:
+/// `histogram_quantile` reads a quantile in the first bucket as a share of
+/// 0–50 ms, which is as precise as any SLO of seconds needs (an SLO below
+/// 50 ms still gets its own bucket).
+pub const DEFAULT_DURATION_BUCKETS: [f64; 7] = [0.05, 0.25, 1.0, 5.0, 30.0, 300.0, 3600.0];
 
 /// Schedule jitter buckets, seconds: 1 ms to 10 s (one histogram for the
 /// whole scheduler).
@@ -211,26 +216,32 @@ pub struct SkipLabels {
     pub reason: SkipReason,
 }
 
-/// The reasons `stage` of `probe` can fail with: the label matrix of its
-/// `secret_canary_stage_failures_total` series, a superset of what the
-/// probe engine attributes (src/probe/tracker/attribution.rs). Every stage
-/// the chain has is watched, and a watch the prober's own RBAC or
-/// credentials refuse (401/403) fails it with `prober_error`, so no reason
-/// of [`reasons`] depends on the probe's config (`prober_error` on
-/// `eso_sync` is not only the force-sync patch, nor on `reloader_trigger`
-/// only the restart patch). A pair outside the matrix is still recorded
-/// but was not pre-created.
-pub fn reasons_for(_probe: &ProbeConfig, stage: Stage) -> Vec<Reason> {
-    reasons(stage).to_vec()
+/// The reasons whose `secret_canary_stage_failures_total` series are
+/// created at start-up for `stage` of `probe`: a timeout and what the
+/// pipeline itself reports (ESO's sync error, a stuck rollout, a crashing,
+/// unreachable or wrong canary, the store refusing the write), which the
+/// alert rules count from the first failure on (`increase(...) >= 2`, a
+/// failure share). Every other reason of [`reasons`] is recorded too, its
+/// series created on first occurrence: `not_found` and `api_error` (a
+/// watch's faults: the API server failing or an object missing, also shown
+/// by `skipped_runs_total{reason="watcher_failing"}` and `stage_blocked`),
+/// `prober_error` (counted per probe, pre-created, in
+/// `secret_canary_prober_errors_total`, which the prober-team alerts use),
+/// and `unresolved_reference` on chains with an ExternalSecret (only a
+/// secret-injection webhook leaves a `vault:` reference in a canary).
+pub fn reasons_for(probe: &ProbeConfig, stage: Stage) -> Vec<Reason> {
+    reasons(stage)
+        .iter()
+        .copied()
+        .filter(|r| !matches!(r, Reason::NotFound | Reason::ApiError | Reason::ProberError))
+        .filter(|r| *r != Reason::UnresolvedReference || probe.chain.external_secret.is_none())
+        .collect()
 }
 
-/// Every run result, each a `secret_canary_runs_total` series.
-pub const RESULTS: [RunResult; 4] = [
-    RunResult::Success,
-    RunResult::Failure,
-    RunResult::Skipped,
-    RunResult::Aborted,
-];
+/// The run results whose `secret_canary_runs_total` series are created at
+/// start-up. `aborted` (only a shutdown aborts a run) is created by the
+/// first aborted run.
+pub const RESULTS: [RunResult; 3] = [RunResult::Success, RunResult::Failure, RunResult::Skipped];
 
 impl EncodeLabelValue for Stage {
     fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
@@ -462,7 +473,6 @@ pub struct Metrics {
     last_run: Family<ProbeLabels, F64Gauge>,
     last_success: Family<ProbeLabels, F64Gauge>,
     last_run_success: Family<ProbeLabels, Gauge>,
-    last_stage_duration: Family<StageLabels, F64Gauge>,
     in_progress: Family<ProbeLabels, Gauge>,
     slo_breaches: Family<StageLabels, Counter>,
     slo_threshold: Family<StageLabels, F64Gauge>,
@@ -506,7 +516,6 @@ impl Metrics {
             last_run: Family::default(),
             last_success: Family::default(),
             last_run_success: Family::default(),
-            last_stage_duration: Family::default(),
             in_progress: Family::default(),
             slo_breaches: Family::default(),
             slo_threshold: Family::default(),
@@ -556,12 +565,6 @@ impl Metrics {
             "Whether the last completed probe run succeeded (1) or not (0)",
             m.last_run_success.clone(),
         );
-        r.register_with_unit(
-            "last_stage_duration",
-            "Stage durations of the last completed probe run (NaN: the stage did not complete)",
-            Unit::Seconds,
-            m.last_stage_duration.clone(),
-        );
         r.register(
             "run_in_progress",
             "Whether a run of the probe is in progress (1) or not (0)",
@@ -596,7 +599,7 @@ impl Metrics {
         );
         r.register(
             "stage_blocked",
-            "1 while the cluster reports the run in flight blocked at this stage for this reason (ExternalSecret Ready=False, a missing object, a failing watch, ...); 0 otherwise and after the run",
+            "1 while the cluster reports the run in flight blocked at this stage for this reason (ExternalSecret Ready=False, a missing object, a failing watch, ...); absent otherwise (the series exists only while blocked)",
             m.stage_blocked.clone(),
         );
         r.register(
@@ -663,21 +666,7 @@ impl Metrics {
         let _ = self.last_run_success.get_or_create(&p);
         let _ = self.in_progress.get_or_create(&p);
         let _ = self.missed_ticks.get_or_create(&p);
-        let _ = self.change_log_overflows.get_or_create(&p);
-        for reason in SkipReason::ALL {
-            let _ = self.skipped_runs.get_or_create(&SkipLabels {
-                probe: name.to_string(),
-                reason,
-            });
-        }
         for stage in probe.stages() {
-            for reason in blocked_reasons(stage) {
-                let _ = self.stage_blocked.get_or_create(&FailureLabels {
-                    probe: name.to_string(),
-                    stage,
-                    reason,
-                });
-            }
             for reason in reasons_for(probe, stage) {
                 let _ = self.stage_failures.get_or_create(&FailureLabels {
                     probe: name.to_string(),
@@ -687,13 +676,6 @@ impl Metrics {
             }
         }
         let natural = !probe.chain.force_sync;
-        if natural {
-            for stage in probe.stages().into_iter().chain([Stage::EndToEnd]) {
-                self.last_stage_duration
-                    .get_or_create(&stage_labels(name, stage))
-                    .set(f64::NAN);
-            }
-        }
         for (stage, threshold) in &probe.slo {
             if natural {
                 let _ = self.slo_breaches.get_or_create(&stage_labels(name, *stage));
@@ -745,16 +727,18 @@ impl Metrics {
 
     /// The cluster says the run of `probe` in flight is blocked at `stage`
     /// for `reason` (`None`: it is not, or no run is in flight): that
-    /// series is 1, every other of the probe 0.
+    /// series is 1, and the probe has no other. A probe has at most one
+    /// `stage_blocked` series, present only while blocked: pre-creating
+    /// every (stage, reason) pair at 0 cost 15–22 series per probe.
     pub fn set_blocked(&self, probe: &str, blocked: Option<(Stage, Reason)>) {
         for stage in Stage::CHAIN {
             for reason in blocked_reasons(stage) {
-                if let Some(g) = self.stage_blocked.get(&FailureLabels {
-                    probe: probe.to_string(),
-                    stage,
-                    reason,
-                }) {
-                    g.set(0);
+                if Some((stage, reason)) != blocked {
+                    self.stage_blocked.remove(&FailureLabels {
+                        probe: probe.to_string(),
+                        stage,
+                        reason,
+                    });
                 }
             }
         }
@@ -837,11 +821,6 @@ impl Metrics {
                     h.observe(d.as_secs_f64(), exemplar(), at);
                 }
             }
-            if !forced {
-                self.last_stage_duration
-                    .get_or_create(&stage_labels(name, stage))
-                    .set(d.map_or(f64::NAN, |d| d.as_secs_f64()));
-            }
         }
         let e2e = slo::end_to_end(outcome);
         let gap = outcome.watch_gaps.contains(&Stage::EndToEnd);
@@ -849,9 +828,6 @@ impl Metrics {
             series.end_to_end.1.observe(d.as_secs_f64(), exemplar(), at);
         }
         if !forced {
-            self.last_stage_duration
-                .get_or_create(&stage_labels(name, Stage::EndToEnd))
-                .set(e2e.map_or(f64::NAN, |d| d.as_secs_f64()));
             for breach in slo::slo_breaches(probe, outcome) {
                 self.slo_breaches
                     .get_or_create(&stage_labels(name, breach))
@@ -899,10 +875,10 @@ impl Metrics {
 
 /// How many samples (exposition lines) one probe adds to a registry built
 /// by [`Metrics::for_config`], before and after any number of runs whose
-/// failures stay inside [`reasons_for`].
+/// failures stay inside [`reasons_for`] (plus one `stage_blocked` series
+/// while a run of it is blocked, and one per other reason that occurred).
 pub fn series_of_probe(p: &ProbeConfig) -> usize {
     let stages = p.stages();
-    let n = stages.len();
     let natural = !p.chain.force_sync;
     // Each histogram series is its buckets, +Inf, _sum and _count.
     let histograms: usize = stages
@@ -912,20 +888,15 @@ pub fn series_of_probe(p: &ProbeConfig) -> usize {
         .map(|s| duration_buckets(p, s).len() + 3)
         .sum();
     let failures: usize = stages.iter().map(|s| reasons_for(p, *s).len()).sum();
-    let blocked: usize = stages.iter().map(|s| blocked_reasons(*s).len()).sum();
     histograms          // (forced_)stage_duration, (forced_)end_to_end_duration
         + RESULTS.len() // runs_total
         + failures      // stage_failures_total
         + 1             // prober_errors_total
         + 3             // last_run_timestamp, last_success_timestamp, last_run_success
-        + if natural { n + 1 } else { 0 } // last_stage_duration (+ end_to_end)
         + 1             // run_in_progress
         + if natural { p.slo.len() } else { 0 } // slo_breaches_total
         + p.slo.len()   // slo_threshold_seconds
-        + 1             // schedule_missed_ticks_total
-        + blocked       // stage_blocked
-        + SkipReason::ALL.len() // skipped_runs_total
-        + 1 // change_log_overflows_total
+        + 1 // schedule_missed_ticks_total
 }
 
 /// How many samples (exposition lines) a registry built by
@@ -935,6 +906,26 @@ pub fn series_of_probe(p: &ProbeConfig) -> usize {
 pub fn expected_series(config: &Config) -> usize {
     // build_info, leader and the scheduler's jitter histogram, then each probe's series.
     2 + (JITTER_BUCKETS.len() + 3) + config.probes.iter().map(series_of_probe).sum::<usize>()
+}
+
+/// The most samples one probe can add: [`series_of_probe`] plus every
+/// series created on first occurrence (each other failure reason of its
+/// stages, one `stage_blocked`, both skip reasons, the change-log overflow
+/// counter and `runs_total{result="aborted"}`). No label value comes from
+/// anything but the config and fixed enums, so this bound holds forever.
+pub fn max_series_of_probe(p: &ProbeConfig) -> usize {
+    let rare_reasons: usize = p
+        .stages()
+        .iter()
+        .map(|s| reasons(*s).len() - reasons_for(p, *s).len())
+        .sum();
+    series_of_probe(p) + rare_reasons + 1 + SkipReason::ALL.len() + 1 + 1
+}
+
+/// The most samples a registry built by [`Metrics::for_config`] can have.
+pub fn max_series(config: &Config) -> usize {
+    expected_series(config) - config.probes.iter().map(series_of_probe).sum::<usize>()
+        + config.probes.iter().map(max_series_of_probe).sum::<usize>()
 }
 
 /// The registry in the OpenMetrics text format (ends with `# EOF`).

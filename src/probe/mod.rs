@@ -105,6 +105,28 @@ impl ProbeRunner {
     ) -> Result<Self, Error> {
         let stop = cancel.child_token();
         let cluster = cluster::Cluster::start(&config.chain, client.clone(), &stop);
+        Self::with_cluster(config, cluster, client, stop)
+    }
+
+    /// Start the probe on the process's shared watchers: the watches other
+    /// probes already follow are shared, the rest start now (they stop when
+    /// `watches`' token fires or no runner holds them).
+    pub async fn start_shared(
+        config: ProbeConfig,
+        watches: &cluster::Watches,
+        cancel: CancellationToken,
+    ) -> Result<Self, Error> {
+        let cluster = cluster::Cluster::lease(&config.chain, watches);
+        let client = watches.client().clone();
+        Self::with_cluster(config, cluster, client, cancel.child_token())
+    }
+
+    fn with_cluster(
+        config: ProbeConfig,
+        cluster: cluster::Cluster,
+        client: kube::Client,
+        stop: CancellationToken,
+    ) -> Result<Self, Error> {
         let canary =
             canary::CanaryClient::new(config.chain.canary.port, config.chain.canary.timeout)
                 .map(|c| c.with_access(config.chain.canary.access, client, &config.chain.namespace))

@@ -122,6 +122,8 @@ pub(crate) struct Shared {
     options: ApiServerOptions,
     reset_tx: tokio::sync::watch::Sender<u64>,
     counts: parking_lot::Mutex<RequestCounts>,
+    /// The same, per authenticated user.
+    counts_by_user: parking_lot::Mutex<BTreeMap<String, RequestCounts>>,
 }
 
 /// The lab's Kubernetes API server. Cheap to clone.
@@ -188,6 +190,7 @@ impl ApiServer {
                 options,
                 reset_tx,
                 counts: parking_lot::Mutex::new(RequestCounts::default()),
+                counts_by_user: parking_lot::Mutex::new(BTreeMap::new()),
             }),
         };
         for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
@@ -292,6 +295,18 @@ impl ApiServer {
     /// Requests served so far.
     pub fn request_counts(&self) -> RequestCounts {
         self.shared.counts.lock().clone()
+    }
+
+    /// Requests served so far to one user (`system:serviceaccount:NS:NAME`
+    /// for a token of [`ApiServer::issue_token`]): what one client cost,
+    /// without the lab's controllers.
+    pub fn request_counts_of(&self, username: &str) -> RequestCounts {
+        self.shared
+            .counts_by_user
+            .lock()
+            .get(username)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Cut every open watch, as an API server restart does.

@@ -228,7 +228,7 @@ pub(super) async fn handle(State(st): State<ServeState>, req: Request) -> Respon
         ))
         .into_response();
     }
-    match serve_api(&st, req, &path).await {
+    match serve_api(&st, req, &path, &identity.username).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
@@ -248,7 +248,12 @@ pub(super) fn verb_of(method: &Method, rp: &ResourcePath, watch: bool) -> Option
     })
 }
 
-pub(super) async fn serve_api(st: &ServeState, req: Request, path: &str) -> ApiResult<Response> {
+pub(super) async fn serve_api(
+    st: &ServeState,
+    req: Request,
+    path: &str,
+    user: &str,
+) -> ApiResult<Response> {
     let shared = &st.shared;
     let route = parse_route(path);
     let query = query_map(req.uri().query());
@@ -263,14 +268,21 @@ pub(super) async fn serve_api(st: &ServeState, req: Request, path: &str) -> ApiR
                 Some(s) => format!("{}/{}", def.plural, s),
                 None => def.plural.to_string(),
             };
-            *shared
-                .counts
-                .lock()
-                .counts
-                .entry(verb.to_string())
-                .or_default()
-                .entry(res)
-                .or_default() += 1;
+            let count = |c: &mut super::RequestCounts| {
+                *c.counts
+                    .entry(verb.to_string())
+                    .or_default()
+                    .entry(res.clone())
+                    .or_default() += 1;
+            };
+            count(&mut shared.counts.lock());
+            count(
+                shared
+                    .counts_by_user
+                    .lock()
+                    .entry(user.to_string())
+                    .or_default(),
+            );
         }
     }
     if let Route::PodProxy { .. } = &route {

@@ -1,6 +1,8 @@
 //! The cluster side of a probe: long-lived kube-rs watchers on the chain's
 //! ExternalSecret, Secret, Deployment and canary Pods, each reduced to the
 //! few fields a run needs and stamped with the arrival time of its event.
+//! Watchers are shared by every probe of the process that follows the same
+//! objects ([`Watches`]).
 //!
 //! A run never lists: it subscribes to a [`View`] (latest state plus a short
 //! log of recent [`Change`]s, in arrival order across all of a probe's
@@ -9,11 +11,10 @@
 mod error;
 mod follow;
 mod marks;
+mod shared;
 mod state;
 mod view;
 
-use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -27,11 +28,12 @@ use tokio_util::sync::CancellationToken;
 pub use error::{refusing_webhook, ClusterError};
 pub use follow::code_reason;
 pub use marks::{reloader_env_var, reloader_hash, Marks, LAST_RELOADED_FROM, RESTARTED_AT};
+pub use shared::Watches;
 pub use state::{Condition, DeploymentState, EsState, PodState, RolloutStatus, SecretState};
 pub use view::{next_backoff, Change, Fault, Gap, View, WATCH_BACKOFF_MAX};
 
 use crate::config::ChainConfig;
-use follow::spawn;
+use shared::{Held, WatchKey};
 
 /// ExternalSecret annotation whose change makes ESO sync at once (upstream
 /// documents `kubectl annotate es NAME force-sync=$(date +%s) --overwrite`).
@@ -68,61 +70,95 @@ pub struct Cluster {
     pub deployments: Option<watch::Receiver<View<DeploymentState>>>,
     /// The canary Pods.
     pub pods: watch::Receiver<View<PodState>>,
+    /// The leases that keep these watches running.
+    _held: Vec<Held>,
 }
 
 impl Cluster {
-    /// Start the chain's watchers; they run until `cancel` fires.
+    /// Start the chain's watchers on a registry of its own; they run until
+    /// `cancel` fires or the `Cluster` is dropped.
     pub fn start(chain: &ChainConfig, client: kube::Client, cancel: &CancellationToken) -> Cluster {
+        Cluster::lease(chain, &Watches::new(client, cancel.clone()))
+    }
+
+    /// Lease the chain's watchers from the process's registry: watches
+    /// another probe already follows are shared, the others start now.
+    /// They run until the registry's token fires or no `Cluster` holds them.
+    pub fn lease(chain: &ChainConfig, watches: &Watches) -> Cluster {
         let ns = chain.namespace.as_str();
-        let seq = Arc::new(AtomicU64::new(0));
+        let mut held: Vec<Held> = Vec::new();
+        let mut keep = |lease: Held| held.push(lease);
         let by_name =
             |name: &str| watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let key = |kind: &'static str, selector: String, reduction: String| WatchKey {
+            kind,
+            namespace: ns.to_string(),
+            selector,
+            reduction,
+        };
         let external_secret = chain.external_secret.as_ref().map(|name| {
-            let ar = external_secret_resource();
-            let api = Api::<DynamicObject>::namespaced_with(client.clone(), ns, &ar);
-            spawn(
-                api,
+            let lease = watches.lease(
+                key(
+                    "externalsecrets",
+                    format!("metadata.name={name}"),
+                    String::new(),
+                ),
+                |c| Api::<DynamicObject>::namespaced_with(c, ns, &external_secret_resource()),
                 by_name(name),
                 EsState::from_object,
-                &seq,
-                format!("externalsecret {ns}/{name}"),
-                cancel,
-            )
+            );
+            let rx = lease.receiver();
+            keep(lease);
+            rx
         });
         let secret = chain.secret.as_ref().map(|s| {
-            let key = s.key.clone();
-            spawn(
-                Api::<Secret>::namespaced(client.clone(), ns),
+            let k = s.key.clone();
+            let lease = watches.lease(
+                key(
+                    "secrets",
+                    format!("metadata.name={}", s.name),
+                    format!("key={k}"),
+                ),
+                |c| Api::<Secret>::namespaced(c, ns),
                 by_name(&s.name),
-                move |o: &Secret| SecretState::from_secret(o, &key),
-                &seq,
-                format!("secret {ns}/{}", s.name),
-                cancel,
-            )
+                move |o: &Secret| SecretState::from_secret(o, &k),
+            );
+            let rx = lease.receiver();
+            keep(lease);
+            rx
         });
         let secret_name = chain.secret.as_ref().map(|s| s.name.clone());
+        let marks_of = format!("secret={}", secret_name.as_deref().unwrap_or(""));
         let deployment = chain.rollout.as_ref().map(|r| r.deployment.clone());
         let deployments = deployment.as_ref().map(|name| {
             let secret = secret_name.clone();
-            spawn(
-                Api::<Deployment>::namespaced(client.clone(), ns),
+            let lease = watches.lease(
+                key(
+                    "deployments",
+                    format!("metadata.name={name}"),
+                    marks_of.clone(),
+                ),
+                |c| Api::<Deployment>::namespaced(c, ns),
                 by_name(name),
                 move |d: &Deployment| DeploymentState::from_deployment_for(d, secret.as_deref()),
-                &seq,
-                format!("deployment {ns}/{name}"),
-                cancel,
-            )
+            );
+            let rx = lease.receiver();
+            keep(lease);
+            rx
         });
-        let pods = spawn(
-            Api::<Pod>::namespaced(client.clone(), ns),
-            watcher::Config::default().labels(&chain.canary.selector),
-            move |p: &Pod| PodState::from_pod_for(p, secret_name.as_deref()),
-            &seq,
-            format!("pods {ns} {}", chain.canary.selector),
-            cancel,
-        );
+        let pods = {
+            let lease = watches.lease(
+                key("pods", chain.canary.selector.clone(), marks_of),
+                |c| Api::<Pod>::namespaced(c, ns),
+                watcher::Config::default().labels(&chain.canary.selector),
+                move |p: &Pod| PodState::from_pod_for(p, secret_name.as_deref()),
+            );
+            let rx = lease.receiver();
+            keep(lease);
+            rx
+        };
         Cluster {
-            client,
+            client: watches.client().clone(),
             namespace: chain.namespace.clone(),
             deployment,
             external_secret_name: chain.external_secret.clone(),
@@ -130,6 +166,7 @@ impl Cluster {
             secret,
             deployments,
             pods,
+            _held: held,
         }
     }
 

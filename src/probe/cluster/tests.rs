@@ -298,3 +298,81 @@ fn the_refresh_settings_are_read_from_the_spec() {
         assert!(!is_zero_duration(d), "{d}");
     }
 }
+
+/// A kube client for an address where nothing listens: its watchers fail
+/// and retry, which is all the registry tests need.
+fn unreachable_client() -> kube::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+    kube::Client::try_from(config).unwrap()
+}
+
+fn chains(yaml: &str) -> Vec<crate::config::ChainConfig> {
+    crate::config::Config::from_yaml(yaml, "t.yaml")
+        .unwrap()
+        .probes
+        .into_iter()
+        .map(|p| p.chain)
+        .collect()
+}
+
+const SHARED_CHAINS: &str = r#"
+allow_shared_objects: true
+probes:
+  - name: a
+    interval: 30s
+    store: {address: "http://127.0.0.1:8200", path: canary/a, auth: {token: {env: T}}}
+    chain:
+      namespace: canary
+      external_secret: es
+      secret: {name: s, key: value}
+      rollout: {deployment: d, trigger: reloader}
+      canary: {selector: app=c, source: env}
+  - name: b
+    interval: 30s
+    store: {address: "http://127.0.0.1:8200", path: canary/b, auth: {token: {env: T}}}
+    chain:
+      namespace: canary
+      external_secret: es
+      secret: {name: s, key: value}
+      rollout: {deployment: d, trigger: reloader}
+      canary: {selector: app=c, source: env}
+  - name: c
+    interval: 30s
+    store: {address: "http://127.0.0.1:8200", path: canary/c, auth: {token: {env: T}}}
+    chain:
+      namespace: canary
+      secret: {name: s, key: other}
+      canary: {selector: app=other, source: file}
+"#;
+
+#[tokio::test]
+async fn probes_on_the_same_objects_lease_one_watch_each_until_the_last_lets_go() {
+    let cancel = CancellationToken::new();
+    let watches = Watches::new(unreachable_client(), cancel.clone());
+    let c = chains(SHARED_CHAINS);
+    let a = Cluster::lease(&c[0], &watches);
+    assert_eq!(watches.running(), 4);
+    let b = Cluster::lease(&c[1], &watches);
+    assert_eq!(watches.running(), 4, "the same objects share the watches");
+    assert!(a.pods.same_channel(&b.pods));
+    assert!(a
+        .secret
+        .as_ref()
+        .unwrap()
+        .same_channel(b.secret.as_ref().unwrap()));
+    // Another key of the same Secret is another reduction; other Pods another watch.
+    let other = Cluster::lease(&c[2], &watches);
+    assert_eq!(watches.running(), 6);
+    drop(a);
+    assert_eq!(watches.running(), 6, "b still holds them");
+    drop(b);
+    assert_eq!(watches.running(), 2);
+    drop(other);
+    assert_eq!(watches.running(), 0);
+    // A lease after the last one let go starts a new watch.
+    let again = Cluster::lease(&c[0], &watches);
+    assert_eq!(watches.running(), 4);
+    drop(again);
+    cancel.cancel();
+}
