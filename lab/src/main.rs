@@ -81,7 +81,7 @@ enum Command {
         dir: PathBuf,
         /// Fault name (simulated cluster: eso-stall, eso-error, reloader-absent,
         /// rollout-stuck, canary-crash, ...; real cluster: eso-stop, eso-token-revoke,
-        /// secret-delete, reloader-stop, image-unpullable, apiserver-down,
+        /// secret-delete, reloader-stop, canary-crash, image-unpullable, apiserver-down,
         /// webhook-down, webhook-down-fail, prober-role-no-patch).
         name: String,
         /// `on` or `off`.

@@ -11,6 +11,7 @@
 //! | `eso-token-revoke` | delete ESO's Kubernetes-auth role in OpenBao (its logins, hence its syncs, fail: `SecretSyncedError`) | put the role back |
 //! | `secret-delete` | delete the Secret `canary/canary-env` (ESO recreates it on its next refresh) | nothing to undo |
 //! | `reloader-stop` | stop the lab's Reloader task | start it again |
+//! | `canary-crash` | Deployment `canary/canary-env`: env `SECRET_CANARY_FROM_FILE` added beside its `SECRET_CANARY_FROM_ENV`, which the canary rejects at start (exit 2), so its new Pods crash-loop (`CrashLoopBackOff`) | the variable removed |
 //! | `image-unpullable` | Deployment `canary/canary-env`: image `registry.invalid/no-such-image:1` (the node agent answers `ErrImagePull`), `progressDeadlineSeconds: 5` | the image and deadline it had |
 //! | `apiserver-down` | SIGTERM kube-apiserver (SIGKILL after 10 s) | start it with the same flags, wait for `/readyz` |
 //! | `webhook-down` | stop the Bank-Vaults webhook server (its `failurePolicy` as configured; `Ignore` by default) | serve it again on the same address |
@@ -42,6 +43,7 @@ pub const SUPPORTED: &[&str] = &[
     "eso-token-revoke",
     "secret-delete",
     "reloader-stop",
+    "canary-crash",
     "image-unpullable",
     "apiserver-down",
     "webhook-down",
@@ -57,6 +59,11 @@ pub const PROBER_ROLE: &str = "secret-canary-prober";
 /// registry, so the node agent answers `ErrImagePull` (any tag of
 /// `secret-canary` would run).
 pub const UNPULLABLE_IMAGE: &str = "registry.invalid/no-such-image:1";
+
+/// The variable `canary-crash` adds to the canary container: the canary
+/// takes one value source, and refuses `--from-file` beside `--from-env`
+/// (exit 2 at start, as a misconfigured release would).
+pub const CRASH_ENV: &str = "SECRET_CANARY_FROM_FILE";
 
 /// Why a fault could not be set.
 #[derive(Debug, thiserror::Error)]
@@ -313,6 +320,19 @@ impl Control {
                     r.up().await.map_err(Error::Api)?;
                 }
             }
+            ("canary-crash", _) => {
+                // A strategic merge patch: containers and env merge by name,
+                // `$patch: delete` removes the one entry the fault added.
+                let var = if on {
+                    serde_json::json!({"name": CRASH_ENV, "value": "/etc/canary/value"})
+                } else {
+                    serde_json::json!({"name": CRASH_ENV, "$patch": "delete"})
+                };
+                let patch = serde_json::json!({"spec": {"template": {"spec": {
+                    "containers": [{"name": "canary", "env": [var]}],
+                }}}});
+                self.patch_deployment("canary-env", &patch).await?;
+            }
             ("image-unpullable", true) => self.image_unpullable().await?,
             ("image-unpullable", false) => {
                 let saved = self.saved_image.lock().await.take();
@@ -416,20 +436,21 @@ impl Control {
     }
 
     async fn patch_canary_env(&self, image: &str, deadline: i32) -> Result<(), Error> {
-        let api: Api<Deployment> = Api::namespaced(self.admin.clone(), "canary");
         // A strategic merge patch: containers merge by name.
         let patch = serde_json::json!({"spec": {
             "progressDeadlineSeconds": deadline,
             "template": {"spec": {"containers": [{"name": "canary", "image": image}]}},
         }});
-        bounded("patch Deployment canary/canary-env", async {
-            api.patch(
-                "canary-env",
-                &PatchParams::default(),
-                &Patch::Strategic(&patch),
-            )
-            .await
-            .map(|_| ())
+        self.patch_deployment("canary-env", &patch).await
+    }
+
+    /// A strategic merge patch of Deployment `canary/{name}`.
+    async fn patch_deployment(&self, name: &str, patch: &serde_json::Value) -> Result<(), Error> {
+        let api: Api<Deployment> = Api::namespaced(self.admin.clone(), "canary");
+        bounded(&format!("patch Deployment canary/{name}"), async {
+            api.patch(name, &PatchParams::default(), &Patch::Strategic(patch))
+                .await
+                .map(|_| ())
         })
         .await
     }

@@ -4,7 +4,8 @@
 //! (`failurePolicy: Ignore` by default, as the chart's `podsFailurePolicy`).
 //!
 //! The real vault-secrets-webhook cannot be built here (the Go module proxy
-//! answers 403 for it), so this serves the lab's version of its mutation:
+//! answers 403 for it), so this serves the lab's version of its mutation
+//! (`controllers::bankvaults::mutate_pod`, the simulated API server's too):
 //! every container with an env value starting `vault:` (unless the Pod says
 //! `vault.security.banzaicloud.io/mutate: skip`) gets command
 //! `/vault/vault-env` with its original command as args. The node agent runs
@@ -29,10 +30,10 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::controllers::bankvaults::{ANNOTATION_PREFIX, REFERENCE_PREFIX};
+use crate::controllers::bankvaults;
 
 /// The program a mutated container starts with (vault-env's path).
-pub const VAULT_ENV: &str = "/vault/vault-env";
+pub use crate::controllers::bankvaults::VAULT_ENV;
 
 /// The MutatingWebhookConfiguration's name.
 pub const CONFIGURATION_NAME: &str = "secret-canary-lab-vault-secrets-webhook";
@@ -53,54 +54,34 @@ pub enum Error {
     Bind(#[source] std::io::Error),
 }
 
-/// The JSONPatch that mutates `pod`, or `None` when nothing needs mutating.
+/// The JSONPatch that mutates `pod`, or `None` when nothing needs mutating:
+/// the lab's mutation ([`bankvaults::mutate_pod`], the one the simulated API
+/// server applies) expressed as `add` operations on the command and args of
+/// each container it changed.
 pub fn mutation(pod: &Value) -> Option<Vec<Value>> {
-    let skip = pod
-        .pointer(&format!(
-            "/metadata/annotations/{}mutate",
-            ANNOTATION_PREFIX.replace('/', "~1")
-        ))
-        .and_then(Value::as_str)
-        == Some("skip");
-    if skip {
+    let mut mutated = pod.clone();
+    if !bankvaults::mutate_pod(&mut mutated) {
         return None;
     }
     let mut ops = Vec::new();
-    for (i, c) in pod
-        .pointer("/spec/containers")
-        .and_then(Value::as_array)?
-        .iter()
-        .enumerate()
-    {
-        let refers = c["env"].as_array().is_some_and(|env| {
-            env.iter().any(|e| {
-                e["value"]
-                    .as_str()
-                    .is_some_and(|v| v.starts_with(REFERENCE_PREFIX))
-            })
-        });
-        if !refers {
+    for field in ["initContainers", "containers"] {
+        let pointer = format!("/spec/{field}");
+        let (Some(before), Some(after)) = (
+            pod.pointer(&pointer).and_then(Value::as_array),
+            mutated.pointer(&pointer).and_then(Value::as_array),
+        ) else {
             continue;
-        }
-        let mut command: Vec<Value> = c["command"].as_array().cloned().unwrap_or_default();
-        if command.first().and_then(Value::as_str) == Some(VAULT_ENV) {
-            continue; // mutated already
-        }
-        if command.is_empty() {
-            // The real webhook reads the image's entrypoint from its registry;
-            // here only our image's is known.
-            let image = c["image"].as_str().unwrap_or_default();
-            let repo = image.rsplit('/').next().unwrap_or(image);
-            if repo.split([':', '@']).next() != Some("secret-canary") {
+        };
+        for (i, (b, a)) in before.iter().zip(after).enumerate() {
+            if b == a {
                 continue;
             }
-            command.push(json!("secret-canary"));
+            for key in ["command", "args"] {
+                ops.push(
+                    json!({"op": "add", "path": format!("{pointer}/{i}/{key}"), "value": a[key]}),
+                );
+            }
         }
-        command.extend(c["args"].as_array().cloned().unwrap_or_default());
-        ops.push(json!({"op": "add", "path": format!("/spec/containers/{i}/command"), "value": [VAULT_ENV]}));
-        ops.push(
-            json!({"op": "add", "path": format!("/spec/containers/{i}/args"), "value": command}),
-        );
     }
     (!ops.is_empty()).then_some(ops)
 }

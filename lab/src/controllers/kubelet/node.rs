@@ -46,7 +46,7 @@ use super::env::{field_ref, service_account};
 use super::pod::{sleep_or_cancel, PodRun};
 use super::secrets::secret_data;
 use super::status::CState;
-use super::volumes::{read_volume, record_volume, secret_volume_files};
+use super::volumes::{refresh_volume, secret_volumes};
 use super::{serve, Kubelet, API_TIMEOUT, CONFIG_RETRY};
 use crate::controllers::{bankvaults, Context};
 
@@ -661,13 +661,7 @@ const TOKEN_RENEW_AFTER: Duration = Duration::from_secs(48 * 60);
 /// are rewritten when their token nears its end.
 pub(super) async fn volume_resync(run: Arc<PodRun>, cfg: &NodeConfig, cancel: CancellationToken) {
     let mut tokens_written = tokio::time::Instant::now();
-    let vols: Vec<(String, k8s_openapi::api::core::v1::SecretVolumeSource)> = run
-        .spec
-        .volumes
-        .iter()
-        .flatten()
-        .filter_map(|v| v.secret.clone().map(|s| (v.name.clone(), s)))
-        .collect();
+    let vols = secret_volumes(&run);
     loop {
         let period = cfg.volume_sync_period;
         let jitter = period.mul_f64(rand::rng().random_range(0.0..0.5));
@@ -691,33 +685,7 @@ pub(super) async fn volume_resync(run: Arc<PodRun>, cfg: &NodeConfig, cancel: Ca
                     continue;
                 }
             };
-            // A Secret gone keeps the last content, as the kubelet does.
-            let Ok(files) = secret_volume_files(secret.as_ref(), sv) else {
-                continue;
-            };
-            let dir = run.volume_dir(vol_name);
-            let current = read_volume(&dir, files.keys().cloned());
-            let listed = std::fs::read_dir(&dir)
-                .map(|d| {
-                    d.flatten()
-                        .filter(|e| !e.file_name().to_string_lossy().starts_with(".."))
-                        .count()
-                })
-                .unwrap_or(0);
-            let same_keys = files.keys().filter(|k| !k.contains('/')).count() == listed;
-            if current == files && same_keys {
-                continue;
-            }
-            let mode = sv.default_mode.and_then(|m| u32::try_from(m).ok());
-            match write_atomic(&dir, &files, mode) {
-                Ok(()) => {
-                    tracing::info!(ns = %run.ns, pod = %run.name, volume = %vol_name, "node agent: Secret volume updated");
-                    record_volume(&run, &files, &current);
-                }
-                Err(e) => {
-                    tracing::warn!(ns = %run.ns, pod = %run.name, volume = %vol_name, error = %e, "node agent: volume update failed")
-                }
-            }
+            refresh_volume(&run, vol_name, sv, secret.as_ref(), "node agent");
         }
     }
 }

@@ -169,13 +169,7 @@ pub(super) async fn volume_sync(run: Arc<PodRun>, cancel: CancellationToken) {
     if let Some(node) = run.kl.node.clone() {
         return super::node::volume_resync(run, &node, cancel).await;
     }
-    let vols: Vec<(String, k8s_openapi::api::core::v1::SecretVolumeSource)> = run
-        .spec
-        .volumes
-        .iter()
-        .flatten()
-        .filter_map(|v| v.secret.clone().map(|s| (v.name.clone(), s)))
-        .collect();
+    let vols = secret_volumes(&run);
     if vols.is_empty() {
         return;
     }
@@ -214,32 +208,59 @@ pub(super) async fn volume_sync(run: Arc<PodRun>, cancel: CancellationToken) {
         for (vol_name, sv) in &vols {
             let name = sv.secret_name.clone().unwrap_or_default();
             let secret = run.kl.secrets.view(run.knobs(), &run.ns, &name);
-            let Ok(files) = secret_volume_files(secret.as_ref(), sv) else {
-                continue; // the real kubelet keeps the last content when the Secret goes away
-            };
-            let dir = run.volume_dir(vol_name);
-            let current = read_volume(&dir, files.keys().cloned());
-            let listed = std::fs::read_dir(&dir)
-                .map(|d| {
-                    d.flatten()
-                        .filter(|e| !e.file_name().to_string_lossy().starts_with(".."))
-                        .count()
-                })
-                .unwrap_or(0);
-            let same_keys = files.keys().filter(|k| !k.contains('/')).count() == listed;
-            if current == files && same_keys {
-                continue;
-            }
-            let mode = sv.default_mode.and_then(|m| u32::try_from(m).ok());
-            match write_atomic(&dir, &files, mode) {
-                Ok(()) => {
-                    tracing::info!(ns = %run.ns, pod = %run.name, volume = %vol_name, "kubelet: Secret volume updated");
-                    record_volume(&run, &files, &current);
-                }
-                Err(e) => {
-                    tracing::warn!(ns = %run.ns, pod = %run.name, volume = %vol_name, error = %e, "kubelet: volume update failed")
-                }
-            }
+            refresh_volume(&run, vol_name, sv, secret.as_ref(), "kubelet");
+        }
+    }
+}
+
+/// The Pod's Secret volumes: (volume name, source).
+pub(super) fn secret_volumes(
+    run: &PodRun,
+) -> Vec<(String, k8s_openapi::api::core::v1::SecretVolumeSource)> {
+    run.spec
+        .volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| v.secret.clone().map(|s| (v.name.clone(), s)))
+        .collect()
+}
+
+/// One refresh of Secret volume `vol_name` from `secret` (the kubelet's
+/// and the node agent's resync alike): rewritten with the atomic `..data`
+/// swap only when its content or its set of keys differs; a Secret gone
+/// keeps the last content, as the real kubelet does. `who` names the agent
+/// in the logs.
+pub(super) fn refresh_volume(
+    run: &PodRun,
+    vol_name: &str,
+    sv: &k8s_openapi::api::core::v1::SecretVolumeSource,
+    secret: Option<&Secret>,
+    who: &str,
+) {
+    let Ok(files) = secret_volume_files(secret, sv) else {
+        return;
+    };
+    let dir = run.volume_dir(vol_name);
+    let current = read_volume(&dir, files.keys().cloned());
+    let listed = std::fs::read_dir(&dir)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| !e.file_name().to_string_lossy().starts_with(".."))
+                .count()
+        })
+        .unwrap_or(0);
+    let same_keys = files.keys().filter(|k| !k.contains('/')).count() == listed;
+    if current == files && same_keys {
+        return;
+    }
+    let mode = sv.default_mode.and_then(|m| u32::try_from(m).ok());
+    match write_atomic(&dir, &files, mode) {
+        Ok(()) => {
+            tracing::info!(ns = %run.ns, pod = %run.name, volume = %vol_name, "{who}: Secret volume updated");
+            record_volume(run, &files, &current);
+        }
+        Err(e) => {
+            tracing::warn!(ns = %run.ns, pod = %run.name, volume = %vol_name, error = %e, "{who}: volume update failed")
         }
     }
 }
