@@ -33,39 +33,16 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 use kube::Api;
+use secret_canary_lab::real::bins::{self, Binaries, Binary};
 use secret_canary_lab::real::lab::RealLab;
-use secret_canary_lab::real::{Binaries, Binary, RealOptions};
+use secret_canary_lab::real::RealOptions;
 use serde_json::Value;
 
 fn real_binaries() -> Option<Binaries> {
-    let b = Binaries::pinned();
-    let missing: Vec<String> = [
-        Binary::Etcd,
-        Binary::KubeApiserver,
-        Binary::KubeControllerManager,
-        Binary::KubeScheduler,
-        Binary::ExternalSecrets,
-        Binary::Helm,
-        Binary::Registry,
-        Binary::Crane,
-    ]
-    .into_iter()
-    .filter_map(|x| b.require(x).err().map(|e| e.path))
-    .collect();
-    if missing.is_empty() {
-        return Some(b);
-    }
-    let msg = format!(
-        "the real cluster's binaries are not built: {}; run scripts/build-real.sh",
-        missing.join(", ")
-    );
-    if std::env::var_os("SECRET_CANARY_REQUIRE_REAL").is_some() {
-        panic!("{msg} (SECRET_CANARY_REQUIRE_REAL is set)");
-    }
-    eprintln!("\n********************************************************************");
-    eprintln!("SKIP (helm install on the real cluster): {msg}");
-    eprintln!("********************************************************************\n");
-    None
+    bins::pinned_or_skip(
+        "helm install on the real cluster",
+        &[Binary::Helm, Binary::Registry, Binary::Crane],
+    )
 }
 
 fn repo() -> PathBuf {

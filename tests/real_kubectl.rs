@@ -10,35 +10,15 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use secret_canary_lab::real::bins::{self, Binary};
 use secret_canary_lab::real::lab::RealLab;
-use secret_canary_lab::real::{Binaries, Binary, RealOptions};
+use secret_canary_lab::real::RealOptions;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 fn real_kubectl() -> Option<PathBuf> {
-    let b = Binaries::pinned();
-    let missing: Vec<String> = [
-        Binary::Etcd,
-        Binary::KubeApiserver,
-        Binary::KubeControllerManager,
-        Binary::KubeScheduler,
-        Binary::ExternalSecrets,
-        Binary::Kubectl,
-    ]
-    .into_iter()
-    .filter_map(|x| b.require(x).err().map(|e| e.path))
-    .collect();
-    if missing.is_empty() {
-        return b.require(Binary::Kubectl).ok();
-    }
-    let msg = format!(
-        "the real cluster's binaries are not built: {}; run scripts/build-real.sh",
-        missing.join(", ")
-    );
-    if std::env::var_os("SECRET_CANARY_REQUIRE_REAL").is_some() {
-        panic!("{msg} (SECRET_CANARY_REQUIRE_REAL is set)");
-    }
-    eprintln!("\nSKIP (real cluster): {msg}\n");
-    None
+    bins::pinned_or_skip("real cluster", &[Binary::Kubectl])?
+        .require(Binary::Kubectl)
+        .ok()
 }
 
 async fn kubectl(bin: &Path, kubeconfig: &Path, args: &[&str]) -> (bool, String) {

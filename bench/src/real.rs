@@ -27,8 +27,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
+use secret_canary_lab::real::bins::{self, Binaries};
 use secret_canary_lab::real::lab::RealLab;
-use secret_canary_lab::real::{Binaries, Binary, RealOptions};
+use secret_canary_lab::real::RealOptions;
 use serde_json::{json, Value};
 
 use crate::accuracy::{self, Row, StageSamples};
@@ -129,17 +130,7 @@ pub struct RealResult {
 
 /// Why the real tier cannot run here (binaries not built), if it cannot.
 pub fn missing() -> Option<String> {
-    let b = Binaries::pinned();
-    let missing: Vec<String> = [
-        Binary::Etcd,
-        Binary::KubeApiserver,
-        Binary::KubeControllerManager,
-        Binary::KubeScheduler,
-        Binary::ExternalSecrets,
-    ]
-    .into_iter()
-    .filter_map(|x| b.require(x).err().map(|e| e.path))
-    .collect();
+    let missing = Binaries::pinned().missing(&bins::CONTROL_PLANE);
     (!missing.is_empty()).then(|| {
         format!(
             "the real cluster's binaries are not built ({}); run scripts/build-real.sh",

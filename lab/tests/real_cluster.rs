@@ -11,38 +11,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use secret_canary_lab::real::bins::{self, Binaries, Binary};
 use secret_canary_lab::real::lab::RealLabInfo;
-use secret_canary_lab::real::{Binaries, Binary};
 
 const LAB: &str = env!("CARGO_BIN_EXE_secret-canary-lab");
 
 /// The binaries, or `None` (with a loud SKIP) when they are not built.
 fn real_binaries() -> Option<Binaries> {
-    let b = Binaries::pinned();
-    let missing: Vec<String> = [
-        Binary::Etcd,
-        Binary::KubeApiserver,
-        Binary::KubeControllerManager,
-        Binary::KubeScheduler,
-        Binary::Kubectl,
-    ]
-    .into_iter()
-    .filter_map(|x| b.require(x).err().map(|e| e.path))
-    .collect();
-    if missing.is_empty() {
-        return Some(b);
-    }
-    let msg = format!(
-        "the real cluster's binaries are not built: {}; run scripts/build-real.sh",
-        missing.join(", ")
-    );
-    if std::env::var_os("SECRET_CANARY_REQUIRE_REAL").is_some() {
-        panic!("{msg} (SECRET_CANARY_REQUIRE_REAL is set)");
-    }
-    eprintln!("\n********************************************************************");
-    eprintln!("SKIP (real cluster): {msg}");
-    eprintln!("********************************************************************\n");
-    None
+    bins::pinned_or_skip("real cluster", &[Binary::Kubectl])
 }
 
 fn temp_dir(tag: &str) -> PathBuf {

@@ -25,39 +25,19 @@ use tokio_util::sync::CancellationToken;
 use secret_canary_lab::controllers::kubelet::node::{start_node, NodeConfig};
 use secret_canary_lab::controllers::Context;
 use secret_canary_lab::faults::Knobs;
+use secret_canary_lab::real::bins::{self, Binaries};
 use secret_canary_lab::real::lab::rolled_out;
-use secret_canary_lab::real::{Binaries, Binary, RealCluster, RealOptions, NODE_NAME};
+use secret_canary_lab::real::{RealCluster, RealOptions, NODE_NAME};
 use secret_canary_lab::truth::{digest, Truth};
 
 fn prerequisites() -> Option<PathBuf> {
-    let b = Binaries::pinned();
-    let mut missing: Vec<String> = [
-        Binary::Etcd,
-        Binary::KubeApiserver,
-        Binary::KubeControllerManager,
-        Binary::KubeScheduler,
-    ]
-    .into_iter()
-    .filter_map(|x| b.require(x).err().map(|e| e.path))
-    .collect();
+    let mut missing = Binaries::pinned().missing(&bins::CONTROL_PLANE[..4]);
     let canary = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/secret-canary");
     if !canary.is_file() {
         missing.push(canary.display().to_string());
     }
-    if missing.is_empty() {
-        return Some(canary);
-    }
-    let msg = format!(
-        "not built: {} (scripts/build-real.sh; cargo build --bin secret-canary)",
-        missing.join(", ")
-    );
-    if std::env::var_os("SECRET_CANARY_REQUIRE_REAL").is_some() {
-        panic!("{msg} (SECRET_CANARY_REQUIRE_REAL is set)");
-    }
-    eprintln!("\n********************************************************************");
-    eprintln!("SKIP (real cluster node agent): {msg}");
-    eprintln!("********************************************************************\n");
-    None
+    let hint = "scripts/build-real.sh; cargo build --bin secret-canary";
+    bins::present_or_skip("real cluster node agent", &missing, hint).then_some(canary)
 }
 
 async fn wait_for<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T

@@ -4,8 +4,8 @@
 
 use std::time::{Duration, Instant};
 
+use secret_canary_lab::real::bins::{self, Binaries};
 use secret_canary_lab::real::lab::RealLab;
-use secret_canary_lab::real::{Binaries, Binary};
 use serde_json::Value;
 
 use super::truth_score::{self, Kind};
@@ -13,31 +13,7 @@ use super::truth_score::{self, Kind};
 /// The pinned binaries, or `None` after a loud SKIP (a failure when
 /// `SECRET_CANARY_REQUIRE_REAL` is set).
 pub fn real_binaries() -> Option<Binaries> {
-    let b = Binaries::pinned();
-    let missing: Vec<String> = [
-        Binary::Etcd,
-        Binary::KubeApiserver,
-        Binary::KubeControllerManager,
-        Binary::KubeScheduler,
-        Binary::ExternalSecrets,
-    ]
-    .into_iter()
-    .filter_map(|x| b.require(x).err().map(|e| e.path))
-    .collect();
-    if missing.is_empty() {
-        return Some(b);
-    }
-    let msg = format!(
-        "the real cluster's binaries are not built: {}; run scripts/build-real.sh",
-        missing.join(", ")
-    );
-    if std::env::var_os("SECRET_CANARY_REQUIRE_REAL").is_some() {
-        panic!("{msg} (SECRET_CANARY_REQUIRE_REAL is set)");
-    }
-    eprintln!("\n********************************************************************");
-    eprintln!("SKIP (real cluster): {msg}");
-    eprintln!("********************************************************************\n");
-    None
+    bins::pinned_or_skip("real cluster", &[])
 }
 
 /// Every run's stages against `truth.jsonl` (the audit log's and the node

@@ -151,12 +151,55 @@ impl Binaries {
         }
     }
 
+    /// The paths of those of `needed` that are not built (empty: all are).
+    pub fn missing(&self, needed: &[Binary]) -> Vec<String> {
+        needed
+            .iter()
+            .filter_map(|x| self.require(*x).err().map(|e| e.path))
+            .collect()
+    }
+
     /// The ESO CRDs of the pinned ESO version (`eso-<v>/crds`).
     pub fn eso_crds(&self) -> PathBuf {
         self.cache
             .join(format!("eso-{}", self.versions.eso))
             .join("crds")
     }
+}
+
+/// The control plane every real-tier test needs.
+pub const CONTROL_PLANE: [Binary; 5] = [
+    Binary::Etcd,
+    Binary::KubeApiserver,
+    Binary::KubeControllerManager,
+    Binary::KubeScheduler,
+    Binary::ExternalSecrets,
+];
+
+/// For the tests and the benchmark: go on when `missing` is empty; else a
+/// loud SKIP naming `what` and the missing paths, or a panic when
+/// `SECRET_CANARY_REQUIRE_REAL` is set (`scripts/test.sh` sets it where Go
+/// is present, so CI never skips the real tier silently).
+pub fn present_or_skip(what: &str, missing: &[String], hint: &str) -> bool {
+    if missing.is_empty() {
+        return true;
+    }
+    let msg = format!("not built: {} ({hint})", missing.join(", "));
+    if std::env::var_os("SECRET_CANARY_REQUIRE_REAL").is_some() {
+        panic!("{msg} (SECRET_CANARY_REQUIRE_REAL is set)");
+    }
+    eprintln!("\n********************************************************************");
+    eprintln!("SKIP ({what}): {msg}");
+    eprintln!("********************************************************************\n");
+    false
+}
+
+/// The pinned binaries when `needed` (beside [`CONTROL_PLANE`]) are built,
+/// else `None` after [`present_or_skip`].
+pub fn pinned_or_skip(what: &str, needed: &[Binary]) -> Option<Binaries> {
+    let b = Binaries::pinned();
+    let all: Vec<Binary> = CONTROL_PLANE.iter().chain(needed).copied().collect();
+    present_or_skip(what, &b.missing(&all), "run scripts/build-real.sh").then_some(b)
 }
 
 #[cfg(test)]
