@@ -237,7 +237,7 @@ struct Fetcher {
 enum Where {
     Url(String),
     Pods {
-        pods: kube::Api<k8s_openapi::api::core::v1::Pod>,
+        pods: Box<kube::Api<k8s_openapi::api::core::v1::Pod>>,
         selector: String,
         port: u16,
     },
@@ -279,7 +279,7 @@ impl Fetcher {
                 let kube =
                     kube::Client::try_from(config).map_err(|e| Error::Kube(e.to_string()))?;
                 Where::Pods {
-                    pods: kube::Api::namespaced(kube, &ns),
+                    pods: Box::new(kube::Api::namespaced(kube, &ns)),
                     selector: selector.clone(),
                     port: *port,
                 }
