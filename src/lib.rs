@@ -40,6 +40,7 @@
 pub mod app;
 pub mod cadence;
 pub mod canary;
+pub mod check;
 pub mod config;
 pub mod http;
 pub mod leader;

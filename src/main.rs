@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use secret_canary::app::{self, OnceOptions, RunOptions};
+use secret_canary::check;
 use secret_canary::config::{Config, ConfigError};
 use secret_canary::progress;
 use secret_canary::report::{self, Format, EXIT_USAGE};
@@ -108,6 +109,41 @@ enum Command {
         /// How long to wait for the watchers' first sync (e.g. `30s`).
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         ready_timeout: Duration,
+        #[command(flatten)]
+        log: LogArgs,
+    },
+    /// Ask a running prober (its `/probes`) whether every probe had a
+    /// successful run recently, waiting up to `--timeout` for the next run;
+    /// exit 0 (all passed), 1 (naming each failing probe and stage) or 2.
+    /// Unlike `once` it writes nothing: what `helm test` runs beside the
+    /// prober.
+    Check {
+        /// The prober's `/probes` URL (e.g. through `kubectl port-forward`).
+        #[arg(long, required_unless_present = "pods", conflicts_with = "pods")]
+        url: Option<String>,
+        /// A label selector of the prober Pods, each asked at its Pod IP
+        /// (needs `list` on pods in the namespace); with several replicas
+        /// the leader's answer counts.
+        #[arg(long)]
+        pods: Option<String>,
+        /// The Pods' namespace (default: the kubeconfig's or the Pod's).
+        #[arg(long, requires = "pods")]
+        namespace: Option<String>,
+        /// The prober's port on its Pods.
+        #[arg(long, default_value_t = 9850)]
+        port: u16,
+        /// A file with the bearer token `/probes` requires.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// Check only this probe (repeatable; default: every probe reported).
+        #[arg(long = "probe", short = 'p')]
+        probes: Vec<String>,
+        /// A successful run counts if it finished at most this long ago.
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        within: Duration,
+        /// How long to wait for every probe to have one.
+        #[arg(long, default_value = "4m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
         #[command(flatten)]
         log: LogArgs,
     },
@@ -243,6 +279,68 @@ fn main() -> ExitCode {
                     }
                     Err(e) => {
                         eprintln!("secret-canary once: {e}");
+                        ExitCode::from(e.exit_code())
+                    }
+                }
+            })
+        }
+        Command::Check {
+            url,
+            pods,
+            namespace,
+            port,
+            token_file,
+            probes,
+            within,
+            timeout,
+            log,
+        } => {
+            let level = log.log_level.as_deref().unwrap_or("warn");
+            if let Err(e) = telemetry::init(log.log_format, level) {
+                eprintln!("secret-canary check: {e}");
+            }
+            let token = match token_file
+                .as_deref()
+                .map(secret_canary::http::read_token_file)
+                .transpose()
+            {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            };
+            let target = match (url, pods) {
+                (Some(u), _) => check::Target::Url(u),
+                (None, Some(selector)) => check::Target::Pods {
+                    namespace,
+                    selector,
+                    port,
+                },
+                // clap requires one of them.
+                (None, None) => return ExitCode::from(EXIT_USAGE),
+            };
+            let opts = check::CheckOptions {
+                target,
+                token,
+                probes,
+                within,
+                timeout,
+                poll: Duration::from_secs(2),
+            };
+            runtime(|cancel| async move {
+                app::spawn_signal_handler(cancel.clone());
+                match check::check(&opts, cancel).await {
+                    Ok(v) => {
+                        print!("{}", v.render(chrono::Utc::now(), opts.within));
+                        if v.passed() {
+                            ExitCode::SUCCESS
+                        } else {
+                            ExitCode::from(report::EXIT_FAIL)
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("secret-canary check: {e}");
                         ExitCode::from(e.exit_code())
                     }
                 }

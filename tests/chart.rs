@@ -574,8 +574,8 @@ fn rbac_has_no_wildcard_and_touches_secrets_only_by_name_and_never_cluster_wide(
         assert!(!rules.is_empty(), "{combo}: no Role rendered");
         let problems = rbac_problems(&rules);
         assert!(problems.is_empty(), "{combo}:\n{}", problems.join("\n"));
-        // Only Pods are granted without names (their names are generated),
-        // and Lease creation (see is_lease_create); `get` on pods/proxy only
+        // Only Pods are granted without names (their names are generated;
+        // read-only), and Lease creation (see is_lease_create); `get` on pods/proxy only
         // when the prober reaches the canaries through the Pod proxy.
         let (_, config) = prober_config(&r);
         let proxied = config
@@ -591,9 +591,13 @@ fn rbac_has_no_wildcard_and_touches_secrets_only_by_name_and_never_cluster_wide(
                     continue;
                 }
                 assert_eq!(strings(&rule["resources"]), ["pods"], "{combo}: {rule}");
-                assert_eq!(
-                    strings(&rule["verbs"]),
-                    ["list", "watch"],
+                // The prober lists and watches them; the `helm test` Pod
+                // only lists them (to find the prober Pods).
+                assert!(
+                    {
+                        let v = strings(&rule["verbs"]);
+                        v == ["list", "watch"] || v == ["list"]
+                    },
                     "{combo}: {rule}"
                 );
             }
@@ -929,24 +933,94 @@ fn a_config_change_rolls_the_prober_through_its_checksum() {
 }
 
 #[test]
-fn helm_test_hook_runs_once_with_the_prober_config() {
-    let r = render(&json!({}));
-    let pods = r
-        .hooks
-        .iter()
-        .filter(|h| h["kind"] == "Pod")
-        .collect::<Vec<_>>();
-    assert_eq!(pods.len(), 1);
-    let pod: Pod = serde_json::from_value(pods[0].clone()).unwrap();
+fn helm_test_hook_asks_the_running_prober_and_writes_nothing() {
+    let help = Command::new(env!("CARGO_BIN_EXE_secret-canary"))
+        .args(["check", "--help"])
+        .output()
+        .unwrap();
+    assert!(help.status.success());
+    let help = String::from_utf8_lossy(&help.stdout);
+    for (values, auth) in [
+        (json!({}), false),
+        (json!({"metrics": {"auth": {"enabled": true}}}), true),
+    ] {
+        let r = render(&values);
+        let pods = r
+            .hooks
+            .iter()
+            .filter(|h| h["kind"] == "Pod")
+            .collect::<Vec<_>>();
+        assert_eq!(pods.len(), 1);
+        let pod: Pod = serde_json::from_value(pods[0].clone()).unwrap();
+        assert_eq!(pod.metadata.name.as_deref(), Some("secret-canary-test"));
+        assert_eq!(
+            pod.metadata.annotations.as_ref().unwrap()["helm.sh/hook"],
+            "test"
+        );
+        let spec = pod.spec.unwrap();
+        assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+        assert_eq!(
+            spec.service_account_name.as_deref(),
+            Some("secret-canary-test")
+        );
+        let args = spec.containers[0].args.clone().unwrap();
+        // `check` reads the prober's results; `once` would write the store
+        // paths the running prober rotates.
+        assert_eq!(args[0], "check");
+        for a in &args[1..] {
+            let name = a.split('=').next().unwrap();
+            assert!(help.contains(name), "`check` has no {name}:\n{help}");
+        }
+        assert_eq!(flag(&args, "within"), Some("10m"));
+        assert_eq!(flag(&args, "timeout"), Some("4m"));
+        // No prober config, no store credentials, no network label of the prober.
+        assert!(spec
+            .volumes
+            .iter()
+            .flatten()
+            .all(|v| v.config_map.is_none()));
+        assert!(!pod
+            .metadata
+            .labels
+            .unwrap()
+            .keys()
+            .any(|k| k.contains("network")));
+        assert_eq!(
+            flag(&args, "pods"),
+            Some("app.kubernetes.io/name=secret-canary,app.kubernetes.io/instance=secret-canary,app.kubernetes.io/component=prober")
+        );
+        assert_eq!(flag(&args, "namespace"), Some("secret-canary"));
+        assert_eq!(flag(&args, "port"), Some("9850"));
+        assert_eq!(
+            flag(&args, "token-file").is_some(),
+            auth,
+            "the token only with metrics.auth"
+        );
+        // Its Role: `list` Pods, nothing else.
+        let role = r.named("Role", "secret-canary-test");
+        assert_eq!(
+            role["rules"],
+            json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}])
+        );
+        let binding = r.named("RoleBinding", "secret-canary-test");
+        assert_eq!(binding["subjects"][0]["name"], "secret-canary-test");
+        r.named("ServiceAccount", "secret-canary-test");
+    }
+    // With metricsFrom restricting the metrics port, the test Pod is admitted.
+    let r = render(&json!({"metrics": {"auth": {"enabled": true}},
+        "networkPolicy": {"metricsFrom": [{"namespaceSelector": {"matchLabels": {"team": "monitoring"}}}]}}));
+    let np = r.named("NetworkPolicy", "secret-canary");
+    let from = &np["spec"]["ingress"][0]["from"];
+    assert_eq!(from.as_array().unwrap().len(), 2, "{from}");
     assert_eq!(
-        pod.metadata.annotations.as_ref().unwrap()["helm.sh/hook"],
+        from[1]["podSelector"]["matchLabels"]["app.kubernetes.io/component"],
         "test"
     );
-    let spec = pod.spec.unwrap();
-    assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
-    let args = spec.containers[0].args.clone().unwrap();
-    assert_eq!(args[0], "once");
-    assert!(args.contains(&"--config=/etc/secret-canary/config.yaml".to_string()));
+    let off = render(&json!({"tests": {"enabled": false}}));
+    assert!(off.hooks.iter().all(|h| h["kind"] != "Pod"));
+    assert!(off
+        .all()
+        .all(|o| o["metadata"]["name"] != "secret-canary-test"));
 }
 
 fn file_bytes(p: &Path) -> Vec<u8> {
@@ -1349,8 +1423,10 @@ fn metrics_auth_mounts_the_token_and_the_service_monitor_sends_it() {
     );
     assert!(base.of_kind("ServiceMonitor")[0]["spec"]["endpoints"][0]["authorization"].is_null());
 
-    // The kubelet's probes stay open; the helm test Pod and the
-    // NetworkPolicies are what they are without auth.
+    // The kubelet's probes stay open; the NetworkPolicies are what they are
+    // without auth (no metricsFrom: anyone may ask the metrics port). The
+    // helm test Pod asks the Service directly with the token (the API
+    // server's Service proxy does not pass a bearer token on).
     for p in [&c.liveness_probe, &c.readiness_probe] {
         let path = p.as_ref().unwrap().http_get.as_ref().unwrap().path.clone();
         assert!(
@@ -1358,10 +1434,17 @@ fn metrics_auth_mounts_the_token_and_the_service_monitor_sends_it() {
             "{path:?}"
         );
     }
+    let test_pod: Pod = serde_json::from_value(r.of_kind("Pod")[0].clone()).unwrap();
+    let spec = test_pod.spec.unwrap();
+    let args = spec.containers[0].args.clone().unwrap();
     assert_eq!(
-        base.of_kind("Pod"),
-        r.of_kind("Pod"),
-        "the helm test Pod changed"
+        flag(&args, "token-file"),
+        Some("/var/run/secrets/secret-canary/metrics/token")
+    );
+    let vol = &spec.volumes.as_ref().unwrap()[0];
+    assert_eq!(
+        vol.secret.as_ref().unwrap().secret_name.as_deref(),
+        Some(secret_name.as_str())
     );
     assert_eq!(
         base.of_kind("NetworkPolicy"),

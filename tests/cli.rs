@@ -166,3 +166,98 @@ fn run_exits_2_when_the_listen_address_is_taken() {
         "{stderr}"
     );
 }
+
+/// Serve `body` as the answer to every HTTP request on a loopback port
+/// (a prober's `/probes`, as `check` reads it).
+fn serve_probes(body: String) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    format!("http://{addr}/probes")
+}
+
+#[test]
+fn check_asks_the_prober_and_names_the_failing_probe_and_stage() {
+    let now = chrono::Utc::now();
+    let run = |passed: bool, age: i64| {
+        let finished = (now - chrono::Duration::seconds(age)).to_rfc3339();
+        if passed {
+            serde_json::json!({"passed": true, "result": "success", "finished_at": finished})
+        } else {
+            serde_json::json!({"passed": false, "result": "failure", "finished_at": finished,
+                "failure": {"stage": "eso_sync", "reason": "timeout"}, "detail": "ESO did not sync"})
+        }
+    };
+    let doc = |a: serde_json::Value, b: serde_json::Value| {
+        serde_json::json!({"probes": [
+            {"name": "eso-env", "ready": true, "last_run": a},
+            {"name": "eso-volume", "ready": true, "last_run": b},
+        ]})
+        .to_string()
+    };
+    let check = |url: &str, extra: &[&str]| {
+        bin()
+            .args(["check", "--url", url, "--timeout", "3s"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    // Both passed recently.
+    let out = check(&serve_probes(doc(run(true, 5), run(true, 30))), &[]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("eso-env     passed"), "{stdout}");
+    // One failed: exit 1 after the timeout, naming it, the stage and the reason.
+    let url = serve_probes(doc(run(true, 5), run(false, 5)));
+    let out = check(&url, &[]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stdout.contains(
+            "eso-volume  FAILED    last run failure at stage eso_sync (timeout): ESO did not sync"
+        ),
+        "{stdout}"
+    );
+    // ...unless only the passing one is asked for.
+    let out = check(&url, &["--probe", "eso-env"]);
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    // A success older than --within does not count.
+    let out = check(
+        &serve_probes(doc(run(true, 600), run(true, 5))),
+        &["--within", "5m"],
+    );
+    let (stdout, _) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("eso-env     FAILED    the last successful run finished 10m"),
+        "{stdout}"
+    );
+    // Nobody there: exit 1, saying so.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/probes", dead.local_addr().unwrap());
+    drop(dead);
+    let out = check(&url, &[]);
+    let (stdout, _) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("could not be reached"), "{stdout}");
+    // Usage errors: no target, a bad URL, a bad selector.
+    for args in [
+        vec!["check"],
+        vec!["check", "--url", "ftp://x/probes"],
+        vec!["check", "--pods", "app;rm"],
+    ] {
+        let out = bin().args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {:?}", text(&out));
+    }
+}

@@ -9,10 +9,14 @@
 //! One real lab, several releases in turn, each in its own namespace:
 //! - default values (the real tier has no monitoring CRDs, so this is also
 //!   "a cluster without the Prometheus Operator"; ESO v0.16.2 serves only
-//!   external-secrets.io/v1beta1, so the API version is detected): install
-//!   succeeds, the prober's /probes shows its probe passing, `helm test`
-//!   passes, `helm upgrade` with a changed probe rolls the prober, `helm
-//!   uninstall` leaves nothing in the namespace;
+//!   external-secrets.io/v1beta1, so the API version is detected), on an
+//!   empty store path as a platform team's first install is: `install
+//!   --wait` succeeds (the canary waits for its Secret until the prober's
+//!   first run, at start, writes the value), that first run passes without
+//!   a rollout stage, `helm test` (`secret-canary check`, asking the
+//!   running prober's /probes; it writes nothing) passes, `helm upgrade`
+//!   with a changed probe rolls the prober, `helm uninstall` leaves
+//!   nothing in the namespace;
 //! - one release per scenario, each in its own namespace: a
 //!   ClusterSecretStore, a custom path prefix (these two side by side, on
 //!   different store paths), then two replicas with leader election:
@@ -29,7 +33,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 use kube::Api;
@@ -141,6 +145,148 @@ async fn wait_probe_passes(client: &kube::Client, ns: &str, probe: &str, limit: 
     );
 }
 
+/// Waiting reasons the canary containers showed (see [`waiting_reasons`]).
+static WAITING: std::sync::Mutex<std::collections::BTreeSet<String>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// Record every waiting reason of the canary containers in `ns` until aborted.
+async fn waiting_reasons(client: kube::Client, ns: &'static str) {
+    let pods: Api<Pod> = Api::namespaced(client, ns);
+    let lp = ListParams::default().labels("app.kubernetes.io/component=canary");
+    loop {
+        if let Ok(list) = pods.list(&lp).await {
+            for p in list.items {
+                for c in p
+                    .status
+                    .iter()
+                    .flat_map(|s| s.container_statuses.iter().flatten())
+                {
+                    if let Some(r) = c
+                        .state
+                        .as_ref()
+                        .and_then(|s| s.waiting.as_ref())
+                        .and_then(|w| w.reason.clone())
+                    {
+                        WAITING.lock().unwrap().insert(r);
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `secret_canary_runs_total{probe, result}` of one prober Pod, by result.
+async fn run_counts(client: &kube::Client, ns: &str, probe: &str) -> Vec<(String, String)> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let list = pods
+        .list(&ListParams::default().labels("app.kubernetes.io/component=prober"))
+        .await
+        .unwrap();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let mut out = Vec::new();
+    for p in list.items {
+        let Some(ip) = p.status.as_ref().and_then(|s| s.pod_ip.clone()) else {
+            continue;
+        };
+        let Ok(r) = http.get(format!("http://{ip}:9850/metrics")).send().await else {
+            continue;
+        };
+        let text = r.text().await.unwrap_or_default();
+        for line in text.lines() {
+            if line.starts_with("secret_canary_runs_total{")
+                && line.contains(&format!("probe=\"{probe}\""))
+            {
+                let result = line
+                    .split("result=\"")
+                    .nth(1)
+                    .and_then(|r| r.split('"').next())
+                    .unwrap_or("")
+                    .to_string();
+                let value = line.rsplit(' ').next().unwrap_or("").to_string();
+                out.push((result, value));
+            }
+        }
+    }
+    out
+}
+
+/// The prober's FIRST run of `probe` passes: wait for its first completed
+/// run, then require it passed and that the counters show exactly one run,
+/// a success. `first_delivery`: the run started with no Secret and no ready
+/// canary, so it has no rollout stage (Reloader does not act on a Secret's
+/// creation).
+async fn first_run_passes(client: &kube::Client, ns: &str, probe: &str, first_delivery: bool) {
+    let t = Instant::now();
+    let what = format!("a completed run of {probe} in {ns}/probes");
+    let run = wait(Duration::from_secs(300), &what, || async {
+        let views = probes(client, ns).await?;
+        for v in &views {
+            for p in v["probes"].as_array().into_iter().flatten() {
+                if p["name"] == probe && p["last_run"].is_object() {
+                    return Ok(p["last_run"].clone());
+                }
+            }
+        }
+        Err(format!("{views:?}"))
+    })
+    .await;
+    assert_eq!(
+        run["passed"], true,
+        "{ns}: the prober's first run of {probe} did not pass: {run:#}"
+    );
+    let counts = run_counts(client, ns, probe).await;
+    let n = |r: &str| {
+        counts
+            .iter()
+            .filter(|(result, _)| result == r)
+            .map(|(_, v)| v.parse::<f64>().unwrap_or(-1.0))
+            .sum::<f64>()
+    };
+    assert_eq!(
+        (n("success"), n("failure"), n("skipped")),
+        (1.0, 0.0, 0.0),
+        "{ns}: the passed run is not the prober's first: runs_total {counts:?}"
+    );
+    let stages: Vec<&str> = run["stages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["stage"].as_str())
+        .collect();
+    if first_delivery {
+        assert!(
+            !stages.contains(&"rollout"),
+            "{ns}: a first delivery has no rollout stage: {stages:?}"
+        );
+        // Reloader did not act on the Secret's creation: the canary
+        // Deployment still has its first ReplicaSet only, and its Pod (the
+        // one that waited for the Secret) never restarted.
+        let rss: Api<ReplicaSet> = Api::namespaced(client.clone(), ns);
+        let rs = rss
+            .list(&ListParams::default().labels("app.kubernetes.io/component=canary"))
+            .await
+            .unwrap();
+        assert_eq!(
+            rs.items.len(),
+            1,
+            "{ns}: one canary ReplicaSet (no rollout): {:?}",
+            rs.items
+                .iter()
+                .map(|r| r.metadata.name.clone())
+                .collect::<Vec<_>>()
+        );
+    }
+    eprintln!(
+        "{ns}: the first run of {probe} passed ({:.1} s after install --wait returned): {}",
+        t.elapsed().as_secs_f64(),
+        serde_json::to_string(&run["stages"]).unwrap_or_default()
+    );
+}
+
 async fn prober_pods(client: &kube::Client, ns: &str) -> Vec<String> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     pods.list(&ListParams::default().labels("app.kubernetes.io/component=prober"))
@@ -183,7 +329,7 @@ fn test_log(lab: &RealLab, ns: &str) -> String {
         .dir
         .join("pods")
         .join(ns)
-        .join("secret-canary-test-once/once.log");
+        .join("secret-canary-test/check.log");
     format!(
         "\n--- {}\n{}",
         f.display(),
@@ -247,7 +393,7 @@ async fn helm_install_on_the_real_cluster() {
 
     // OpenBao: each release's prober may write its prefix, its canaries'
     // ESO store may read it; Kubernetes auth bound to their ServiceAccounts.
-    let grant = |prefix: &str, ns: &str, release: &str| {
+    let grant = |prefix: &str, ns: &str, release: &str, empty: bool| {
         let (prefix, ns, release) = (prefix.to_string(), ns.to_string(), release.to_string());
         let bao = &lab.bao;
         async move {
@@ -268,16 +414,24 @@ async fn helm_install_on_the_real_cluster() {
             bao.put_kubernetes_role(&format!("{ns}-eso"), &format!("{release}-canary"), &ns, &r)
                 .await
                 .unwrap();
-            // The canary path exists before the install, as after a team's
-            // first `vault kv put`: on an empty path ESO's first sync creates
-            // the Secret (no Reloader rollout follows), and the prober's
-            // first run waits for a rollout until its deadline.
-            bao.kv_put(
-                &format!("{prefix}/eso-env"),
-                &serde_json::json!({"value": "seed"}),
-            )
-            .await
-            .unwrap();
+            // A platform team installs on an empty store path: ESO cannot
+            // sync, the Secret does not exist and the canaries wait for it
+            // until the prober's first run (at start) writes the value. The
+            // real lab's own reference scenario seeded `canary/eso-env`:
+            // remove it (every version) so that the path is empty again.
+            if empty {
+                bao.call(
+                    reqwest::Method::DELETE,
+                    &format!("secret/metadata/{prefix}/eso-env"),
+                    None,
+                )
+                .await
+                .unwrap();
+                assert!(
+                    bao.kv_metadata(&format!("{prefix}/eso-env")).await.is_err(),
+                    "{prefix}/eso-env is empty before the install"
+                );
+            }
         }
     };
 
@@ -286,7 +440,7 @@ async fn helm_install_on_the_real_cluster() {
     // --- 1. default values ---------------------------------------------------
     let ns = "sc-default";
     let release = "secret-canary";
-    grant("canary", ns, release).await;
+    grant("canary", ns, release, true).await;
     let common = |ns: &str| {
         vec![
             format!("image.registry={registry}"),
@@ -294,10 +448,10 @@ async fn helm_install_on_the_real_cluster() {
             format!("store.address={vault}"),
             format!("store.auth.kubernetes.role={ns}-prober"),
             format!("secretStore.role={ns}-eso"),
-            // The default interval (1m): the first run one interval after
-            // start. `helm test` right after a passed run, so that the next
-            // scheduled run (which writes the same store path and would
-            // supersede the test's value) comes after the test's `once`.
+            // The default interval (1m): a first run that failed would be
+            // followed by a second before the first-run assertion reads the
+            // counters, and `helm test` (`secret-canary check`) waits for
+            // the next run when the last one is older than tests.within.
             "variants.esoEnv.interval=1m".to_string(),
         ]
     };
@@ -320,10 +474,13 @@ async fn helm_install_on_the_real_cluster() {
     .map(String::from)
     .to_vec();
     args.extend(sets(&common(ns)));
+    // What the canary Pods wait with while the Secret does not exist yet.
+    let waiting = tokio::spawn(waiting_reasons(client.clone(), ns));
     let t = Instant::now();
     let (ok, text) = helm
         .run(&args.iter().map(String::as_str).collect::<Vec<_>>())
         .await;
+    waiting.abort();
     assert!(ok, "helm install (default values) failed:\n{text}");
     eprintln!(
         "helm install --wait (default values): {:.1} s",
@@ -338,12 +495,19 @@ async fn helm_install_on_the_real_cluster() {
         image,
         format!("{registry}/secret-canary:{}", env!("CARGO_PKG_VERSION")).as_str()
     );
-    wait_probe_passes(&client, ns, "eso-env", Duration::from_secs(240)).await;
+    // Installed on an empty store path: the prober's first run delivers the
+    // first value and passes, without a Reloader rollout to wait for.
+    first_run_passes(&client, ns, "eso-env", true).await;
+    let seen = WAITING.lock().unwrap().clone();
+    assert!(
+        seen.contains("CreateContainerConfigError"),
+        "the canary did not wait for its Secret as a kubelet does: {seen:?}"
+    );
 
     let (ok, text) = helm
         .run(&["test", release, "-n", ns, "--timeout", "4m", "--logs"])
         .await;
-    if !ok || !text.contains("POD LOGS: secret-canary-test-once") {
+    if !ok || !text.contains("POD LOGS: secret-canary-test") || !text.contains("eso-env  passed") {
         failures.push(format!(
             "helm test --logs (default values):\n{text}{}",
             test_log(&lab, ns)
@@ -393,7 +557,7 @@ async fn helm_install_on_the_real_cluster() {
     // runs only the delete hooks); the chart keeps its test Pod until the
     // next `helm test` (before-hook-creation) so that `helm test --logs`
     // can read it. The chart README says so; everything else must go.
-    let test_pod = format!("pod/{release}-test-once");
+    let test_pod = format!("pod/{release}-test");
     let left = wait(
         Duration::from_secs(90),
         "nothing left after helm uninstall",
@@ -417,7 +581,9 @@ async fn helm_install_on_the_real_cluster() {
     let scenario = |ns: &'static str, prefix: &'static str, extra: Vec<String>| {
         let (helm, client, grant, common, sets) = (&helm, &client, &grant, &common, &sets);
         async move {
-            grant(prefix, ns, release).await;
+            // The custom prefix is a path nobody wrote; the others reuse
+            // `canary`, which the default release's prober wrote.
+            grant(prefix, ns, release, false).await;
             let mut values = common(ns);
             values.push(format!("store.pathPrefix={prefix}"));
             values.extend(extra);
@@ -441,7 +607,12 @@ async fn helm_install_on_the_real_cluster() {
             if !ok {
                 return Err(format!("helm install ({ns}):\n{text}"));
             }
-            wait_probe_passes(client, ns, "eso-env", Duration::from_secs(240)).await;
+            if prefix == "teams/payments/canary" {
+                // Also an empty store path: the first run passes.
+                first_run_passes(client, ns, "eso-env", true).await;
+            } else {
+                wait_probe_passes(client, ns, "eso-env", Duration::from_secs(240)).await;
+            }
             let replicas = prober_pods(client, ns).await.len();
             // `--logs`: the node agent serves the test Pod's log to the API
             // server (its kubelet API), as a kubelet does.
@@ -449,7 +620,10 @@ async fn helm_install_on_the_real_cluster() {
                 .run(&["test", release, "-n", ns, "--timeout", "4m", "--logs"])
                 .await;
             let _ = helm.run(&["uninstall", release, "-n", ns, "--wait"]).await;
-            if !ok || !text.contains("POD LOGS: secret-canary-test-once") {
+            if !ok
+                || !text.contains("POD LOGS: secret-canary-test")
+                || !text.contains("eso-env  passed")
+            {
                 return Err(format!("helm test --logs ({ns}):\n{text}"));
             }
             Ok(replicas)

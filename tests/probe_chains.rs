@@ -342,3 +342,132 @@ async fn probes_on_the_same_objects_share_one_watch_each() {
     cancel.cancel();
     lab.stop().await;
 }
+
+/// A fresh install on an empty store path, as a platform team's first
+/// `helm install` is: the ExternalSecret cannot sync, its Secret does not
+/// exist, and the canary Pods wait for it (CreateContainerConfigError, as a
+/// kubelet reports a missing secretKeyRef Secret). The probe's first run
+/// writes the value; ESO creates the Secret; the waiting Pods start with it;
+/// Reloader does not act on a Secret's creation (upstream's
+/// `--reload-on-create` is off by default), so no rollout follows and the
+/// run has no rollout stage to wait for: it passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_delivery_on_an_empty_store_path_passes_without_a_rollout() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::{Pod, Secret};
+    use kube::api::{ListParams, PostParams};
+    use kube::Api;
+
+    let lab = support::start_lab(None).await;
+    let client = lab.client();
+    // The reference eso-env chain under new names, on a path nobody wrote.
+    let es: serde_json::Value = serde_json::json!({
+        "apiVersion": "external-secrets.io/v1", "kind": "ExternalSecret",
+        "metadata": {"name": "first-env", "namespace": "canary"},
+        "spec": {"refreshInterval": "2s", "secretStoreRef": {"name": "openbao", "kind": "SecretStore"},
+            "target": {"name": "first-env", "creationPolicy": "Owner"},
+            "data": [{"secretKey": "value", "remoteRef": {"key": "canary/first-env", "property": "value"}}]}
+    });
+    let gvk = kube::api::GroupVersionKind::gvk("external-secrets.io", "v1", "ExternalSecret");
+    let ar = kube::api::ApiResource::from_gvk(&gvk);
+    let ess: Api<kube::api::DynamicObject> = Api::namespaced_with(client.clone(), "canary", &ar);
+    ess.create(&PostParams::default(), &serde_json::from_value(es).unwrap())
+        .await
+        .expect("ExternalSecret created");
+    let deploy: Deployment = serde_json::from_value(serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "first-env", "namespace": "canary",
+            "annotations": {"reloader.stakater.com/auto": "true"}},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "first-env"}},
+            "template": {"metadata": {"labels": {"app": "first-env"}}, "spec": {"containers": [{
+                "name": "canary", "image": "secret-canary:latest", "command": ["secret-canary", "canary"],
+                "env": [
+                    {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                    {"name": "SECRET_CANARY_LISTEN", "value": "$(POD_IP):8080"},
+                    {"name": "SECRET_CANARY_FROM_ENV", "value": "CANARY_VALUE"},
+                    {"name": "CANARY_VALUE", "valueFrom": {"secretKeyRef": {"name": "first-env", "key": "value"}}}],
+                "ports": [{"name": "http", "containerPort": 8080}],
+                "readinessProbe": {"httpGet": {"path": "/readyz", "port": 8080}, "periodSeconds": 1}}]}}}
+    }))
+    .unwrap();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "canary");
+    deployments
+        .create(&PostParams::default(), &deploy)
+        .await
+        .expect("Deployment created");
+
+    // Both canary Pods wait for the Secret, as a kubelet makes them.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "canary");
+    support::wait_for(
+        Duration::from_secs(30),
+        "two first-env Pods in CreateContainerConfigError",
+        || {
+            let pods = pods.clone();
+            async move {
+                let Ok(list) = pods
+                    .list(&ListParams::default().labels("app=first-env"))
+                    .await
+                else {
+                    return false;
+                };
+                list.items.len() == 2
+                    && list.items.iter().all(|p| {
+                        p.status
+                            .iter()
+                            .flat_map(|s| s.container_statuses.iter().flatten())
+                            .any(|c| {
+                                c.state
+                                    .as_ref()
+                                    .and_then(|s| s.waiting.as_ref())
+                                    .and_then(|w| w.reason.as_deref())
+                                    == Some("CreateContainerConfigError")
+                            })
+                    })
+            }
+        },
+    )
+    .await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "canary");
+    assert!(
+        secrets.get_opt("first-env").await.unwrap().is_none(),
+        "no Secret before the first write"
+    );
+    let generation = deployments
+        .get("first-env")
+        .await
+        .unwrap()
+        .metadata
+        .generation;
+
+    let text = std::fs::read_to_string(lab.prober_config.as_ref().unwrap())
+        .unwrap()
+        .replace("canary/eso-env", "canary/first-env")
+        .replace("canary-env", "first-env");
+    let config = Config::from_yaml(&text, "first-env.yaml").expect("config");
+    let o = run_probe(&lab, &config, "eso-reloader-env").await;
+    assert_eq!(o.result, RunResult::Success, "{o:#?}");
+    assert!(
+        o.duration(Stage::Rollout).is_none() && o.duration(Stage::ReloaderTrigger).is_none(),
+        "a first delivery has no rollout stage: {o:#?}"
+    );
+    assert!(o.duration(Stage::EsoSync).is_some() && o.duration(Stage::CanaryObserve).is_some());
+    // Reloader did not act on the Secret's creation: the same template,
+    // the Pods that waited are the ones that started.
+    assert!(
+        !lab.truth
+            .records()
+            .iter()
+            .any(|r| r.step == step::RELOADER_PATCHED && r.name == "first-env"),
+        "Reloader patched first-env on the Secret's creation"
+    );
+    assert_eq!(
+        deployments
+            .get("first-env")
+            .await
+            .unwrap()
+            .metadata
+            .generation,
+        generation
+    );
+    lab.stop().await;
+}

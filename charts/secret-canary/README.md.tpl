@@ -12,7 +12,7 @@ Prometheus metrics, with SLO alerts and a Grafana dashboard.
 ```sh
 helm install secret-canary charts/secret-canary -n secret-canary --create-namespace \
   --set store.address=https://vault.example:8200
-helm test secret-canary -n secret-canary --logs   # one run of every probe
+helm test secret-canary -n secret-canary --logs   # every probe passed recently (the prober says)
 ```
 
 Vault must let the prober write `<store.mount>/data/<store.pathPrefix>/*`
@@ -20,7 +20,7 @@ and ESO read it (docs/real-cluster.md has the commands); `helm install`
 prints what exactly in its notes.
 
 `helm uninstall` removes every object of the release except the Pod of the
-last `helm test` (`<fullname>-test-once`): Helm never deletes test hooks on
+last `helm test` (`<fullname>-test`): Helm never deletes test hooks on
 uninstall, and the chart keeps that Pod until the next `helm test`
 (`hook-delete-policy: before-hook-creation`) so that `--logs` can read it.
 Not `before-hook-creation,hook-succeeded`: Helm (v3.22, `pkg/action/hooks.go`)
@@ -28,6 +28,21 @@ deletes a succeeded hook inside the test run, before `helm test --logs` asks
 for its log (`pkg/action/release_testing.go`), so a passing test would end in
 "unable to get pod logs". Remove the Pod with
 `kubectl -n NAMESPACE delete pod -l app.kubernetes.io/component=test`.
+
+`helm test` runs `secret-canary check`: it asks the running prober (every
+prober Pod's `/probes` at its Pod IP, found by label: no cluster DNS needed)
+for a successful run of every probe that finished within `tests.within`, waiting up to `tests.timeout` for the
+next run when the last one failed or is older. It passes when every probe
+has one and otherwise exits 1 naming each failing probe, the stage and the
+reason. It writes nothing: an earlier version ran `secret-canary once` with
+the prober's config, a second writer on the store paths the prober rotates,
+so that one's value could show as the other's `value_mismatch`. Its own
+ServiceAccount (`<fullname>-test`) may only `list` Pods in the release
+namespace. With several replicas under leader election the leader's answer
+counts (a follower has no runs). With `metrics.auth.enabled` it sends the
+token, and with `networkPolicy.metricsFrom` set the prober's NetworkPolicy
+also admits it. Not through the API server's Service or Pod proxy: those
+refuse some Pod address ranges and do not pass a bearer token on.
 
 ## Image
 

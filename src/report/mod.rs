@@ -174,6 +174,12 @@ fn stage_rows(probe: &ProbeConfig, outcome: &Outcome) -> Vec<StageReport> {
     let mut rows = Vec::new();
     for stage in probe.stages() {
         let timing = outcome.stages.iter().find(|t| t.stage == stage);
+        // A successful run went through every stage of its own shape; one
+        // of the chain's it has no timing for was not part of this run (a
+        // first delivery has no rollout: `Plan::for_run`), not "not started".
+        if timing.is_none() && outcome.result == RunResult::Success && stage != Stage::EndToEnd {
+            continue;
+        }
         let duration = timing.and_then(|t| t.duration);
         let status = match timing {
             Some(t) if t.completed_at.is_some() || t.duration.is_some() => StageStatus::Completed,
@@ -544,6 +550,46 @@ probes:
 
     fn config() -> Config {
         Config::from_yaml(CONFIG, "t.yaml").unwrap()
+    }
+
+    #[test]
+    fn a_successful_run_lists_only_the_stages_it_had() {
+        // A first delivery on a Reloader chain: no reloader_trigger, no rollout.
+        let text = CONFIG
+            .replace("eso-volume", "eso-env")
+            .replace(
+                "secret: {name: canary-volume}",
+                "secret: {name: canary-volume}\n      rollout: {deployment: d, trigger: reloader}",
+            )
+            .replace("source: file", "source: env");
+        let config = Config::from_yaml(&text, "t.yaml").unwrap();
+        let mut o = success(500);
+        o.probe = "eso-env".into();
+        let stages: Vec<Stage> = probe_report(&config.probes[0], &o)
+            .stages
+            .iter()
+            .map(|s| s.stage)
+            .collect();
+        assert_eq!(
+            stages,
+            [
+                Stage::StoreWrite,
+                Stage::EsoSync,
+                Stage::SecretUpdate,
+                Stage::CanaryObserve,
+                Stage::EndToEnd
+            ]
+        );
+        // A failed run still lists the stages it never reached.
+        o.result = RunResult::Failure;
+        o.stages.truncate(2);
+        o.stages[1].completed_at = None;
+        o.stages[1].duration = None;
+        let r = probe_report(&config.probes[0], &o);
+        assert!(r
+            .stages
+            .iter()
+            .any(|s| s.stage == Stage::Rollout && s.status == StageStatus::NotStarted));
     }
 
     #[test]
