@@ -956,8 +956,23 @@ async fn reloader_has_one_worker_changes_queue() {
         let v = var(s);
         wait_for(d, Duration::from_secs(10), || env_value(&env, d, &v)).await;
     }
-    let a = env.truth().find(step::RELOADER_PATCHED, NS, "d-one")[0].ts;
-    let b = env.truth().find(step::RELOADER_PATCHED, NS, "d-two")[0].ts;
+    // Reloader records its patch after the API server answered it, so the
+    // record may trail the patched env var a little: wait for it.
+    let patched = |d: &'static str| {
+        let env = &env;
+        async move {
+            let t = env.truth().find(step::RELOADER_PATCHED, NS, d);
+            t.first().map(|r| r.ts)
+        }
+    };
+    let a = wait_for("Reloader's record of d-one", Duration::from_secs(5), || {
+        patched("d-one")
+    })
+    .await;
+    let b = wait_for("Reloader's record of d-two", Duration::from_secs(5), || {
+        patched("d-two")
+    })
+    .await;
     assert!(
         (b - a).num_milliseconds() >= 700,
         "the second change did not wait for the first: {a} {b}"
