@@ -484,6 +484,12 @@ impl Shared {
         series
     }
 
+    /// The series of `probe`, if it has any.
+    fn find(&self, probe: &str) -> Option<Arc<ProbeSeries>> {
+        let idx = self.probes.read().unwrap_or_else(|p| p.into_inner());
+        idx.index.get(probe).map(|&i| idx.order[i].clone())
+    }
+
     /// Every probe's series, in the order the probes were added.
     pub(crate) fn probes(&self) -> Vec<Arc<ProbeSeries>> {
         self.probes
@@ -922,11 +928,12 @@ impl Metrics {
     /// `secret_canary_skipped_runs_total{probe, reason}`.
     pub fn skipped_for(&self, probe: &str, reason: SkipReason) -> u64 {
         self.shared
-            .probe(probe)
-            .skipped_runs
-            .get(&SkipLabels {
-                probe: probe.to_string(),
-                reason,
+            .find(probe)
+            .and_then(|s| {
+                s.skipped_runs.get(&SkipLabels {
+                    probe: probe.to_string(),
+                    reason,
+                })
             })
             .map_or(0, |c| c.get())
     }
@@ -999,11 +1006,12 @@ impl Metrics {
     /// `secret_canary_runs_total{probe, result}`.
     pub fn runs_of(&self, probe: &str, result: RunResult) -> u64 {
         self.shared
-            .probe(probe)
-            .runs
-            .get(&ResultLabels {
-                probe: probe.to_string(),
-                result,
+            .find(probe)
+            .and_then(|s| {
+                s.runs.get(&ResultLabels {
+                    probe: probe.to_string(),
+                    result,
+                })
             })
             .map_or(0, |c| c.get())
     }
