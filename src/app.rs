@@ -282,7 +282,7 @@ pub async fn run(
     let exporter_stop = CancellationToken::new();
     let mut exporter = tokio::spawn(
         Exporter::new(Arc::new(registry), board.clone())
-            .with_generation(metrics.generation())
+            .with_metrics(&metrics)
             .with_bearer_token(opts.metrics_token.clone())
             .serve(listener, exporter_stop.clone()),
     );

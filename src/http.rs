@@ -8,23 +8,26 @@
 //! With the metrics' [`Generation`] given ([`Exporter::with_generation`]),
 //! the exposition is encoded once per change of the metrics (a run ending,
 //! a tick skipped, a gauge flipping) and per format; a scrape in between
-//! gets the cached bytes.
+//! gets the cached bytes. With the [`metrics::Metrics`] given
+//! ([`Exporter::with_metrics`]), a change re-encodes only the probe it
+//! concerns ([`metrics::chunks`]).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use bytes::Bytes;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ProbeConfig;
+use crate::metrics::chunks::{ChunkedExposition, Format};
 use crate::metrics::{self, Generation};
 use crate::report::{self, ProbeReport};
 use crate::vocab::Outcome;
@@ -189,6 +192,9 @@ pub struct Exporter {
     token: Option<Arc<str>>,
     /// When set, expositions are reused until the metrics change.
     cache: Option<Arc<ExpositionCache>>,
+    /// When set, the exposition is kept per probe and re-encoded only
+    /// where it changed ([`metrics::chunks`]): OpenMetrics, text 0.0.4.
+    chunked: Option<Arc<[ChunkedExposition; 2]>>,
 }
 
 impl Exporter {
@@ -199,7 +205,20 @@ impl Exporter {
             board,
             token: None,
             cache: None,
+            chunked: None,
         }
+    }
+
+    /// Serve the exposition of `metrics` (which must be all the registry
+    /// holds) from encoded chunks per probe: a change re-encodes only the
+    /// probe that changed (and the process-wide series), and a scrape
+    /// between changes gets the cached bytes.
+    pub fn with_metrics(mut self, metrics: &metrics::Metrics) -> Self {
+        self.chunked = Some(Arc::new([
+            ChunkedExposition::new(metrics, Format::OpenMetrics),
+            ChunkedExposition::new(metrics, Format::PrometheusText),
+        ]));
+        self
     }
 
     /// Encode the exposition only when `generation` (bumped by every change
@@ -217,6 +236,9 @@ impl Exporter {
 
     /// The exposition in one format, from the cache when it is current.
     fn exposition(&self, prometheus_text: bool) -> Result<Bytes, std::fmt::Error> {
+        if let Some(chunked) = &self.chunked {
+            return chunked[usize::from(prometheus_text)].encode();
+        }
         let encode = |capacity: usize| {
             let mut out = String::with_capacity(capacity);
             if prometheus_text {

@@ -140,7 +140,7 @@ async fn start(outcomes_per_probe: usize) -> Running {
     let cancel = CancellationToken::new();
     let server = tokio::spawn(
         Exporter::new(Arc::new(registry), Arc::new(board))
-            .with_generation(metrics.generation())
+            .with_metrics(&metrics)
             .serve(listener, cancel.clone()),
     );
     let client = reqwest::Client::builder()

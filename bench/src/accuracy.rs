@@ -149,6 +149,7 @@ pub async fn run(tools: &Tools, opts: &Options, dir: &Path) -> Result<AccuracyRe
         &knobs,
         REFRESH_INTERVAL,
         EsoAuth::Kubernetes,
+        secret_canary_lab::controllers::eso::DEFAULT_WORKERS,
     )
     .await?;
     let result = measure(tools, opts, &lab, &chains, started).await;

@@ -42,6 +42,8 @@ pub struct Options {
     /// Probes per chain (1: every probe has its own chain). More than one
     /// needs `stagger`: the probes of a chain take turns.
     pub shares: usize,
+    /// The lab ESO's reconcile workers (ESO's `--concurrent`).
+    pub eso_workers: usize,
 }
 
 /// One measurement.
@@ -55,6 +57,8 @@ pub struct Measurement {
     pub staggered: bool,
     /// Chains (each with one canary Pod) the probes ran on.
     pub chains: usize,
+    /// The lab ESO's reconcile workers (ESO's `--concurrent`).
+    pub eso_workers: usize,
     /// From process start to `/readyz` (every watcher synced), seconds.
     pub ready_s: f64,
     /// At ready.
@@ -111,7 +115,16 @@ pub async fn measure(tools: &Tools, opts: &Options, dir: &Path) -> Result<Measur
     // Readiness probes every 2 s instead of 50 ms: a thousand canaries would
     // otherwise keep the lab busy with 20,000 probes a second.
     let knobs = vec![("readiness-period", opts.readiness_period.to_string())];
-    let lab = start_lab(tools, dir, &chains, &knobs, "1h", EsoAuth::Token).await?;
+    let lab = start_lab(
+        tools,
+        dir,
+        &chains,
+        &knobs,
+        "1h",
+        EsoAuth::Token,
+        opts.eso_workers,
+    )
+    .await?;
     let cancel = CancellationToken::new();
     let result = async {
         let proxy = if opts.count_requests {
@@ -165,6 +178,7 @@ async fn run_prober(
         interval_s: opts.interval.as_secs_f64(),
         staggered: opts.stagger && scenario::staggered_cron(0, opts.interval).is_some(),
         chains: opts.probes.div_ceil(opts.shares.max(1)),
+        eso_workers: opts.eso_workers,
         ..Default::default()
     };
     let mut prober = Prober::start(&tools.prober_bin, config, &dir.join("prober.log")).await?;

@@ -493,6 +493,13 @@ fn cost_md(s: &mut String, ms_: &[Measurement]) {
          The window starts when `/readyz` turns 200 and ends after the fixed number of runs; `/metrics` is scraped every 2 s during it. \
          Scrape latency is then measured with back-to-back scrapes while the probes keep running.\n"
     );
+    if let Some(w) = ms_.iter().map(|m| m.eso_workers).max() {
+        let rate = ms_
+            .iter()
+            .map(|m| m.probes as f64 / m.interval_s.max(1e-9))
+            .fold(0.0, f64::max);
+        let _ = writeln!(s, "{}\n", eso_workers_note(w, rate));
+    }
     let _ = writeln!(
         s,
         "| probes | runs (ok) | ready | RSS at ready | RSS at end | peak RSS | CPU per run | CPU share | requests per run | start-up requests | LIST after start-up | scrape p50 / p99 | exposition |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
@@ -585,8 +592,23 @@ fn scale_md(s: &mut String, m: &Measurement, cost: &[Measurement]) {
     );
     let _ = writeln!(
         s,
-        "\nThe scale run talks to the lab's API server directly (no counting proxy) and the lab's readiness probes run every 10 s.\n"
+        "\nThe scale run talks to the lab's API server directly (no counting proxy) and the lab's readiness probes run every 10 s. {}\n",
+        eso_workers_note(m.eso_workers, m.probes as f64 / m.interval_s.max(1e-9))
     );
+}
+
+/// What the lab's ESO worker count means for a phase asking `rate` syncs a
+/// second: upstream's one worker completes about 16 a second in this lab.
+fn eso_workers_note(workers: usize, rate: f64) -> String {
+    let what = if workers <= 1 {
+        "as upstream's default `--concurrent=1`, which completes about 16 syncs a second in this lab".to_string()
+    } else {
+        format!("ESO's `--concurrent={workers}`; upstream's default of 1 completes only about 16 syncs a second in this lab, so the lab, not the prober, would be the bottleneck")
+    };
+    format!(
+        "The lab's ESO ran with {workers} reconcile worker{} ({what}); the phase asks up to {rate:.0} syncs a second.",
+        if workers == 1 { "" } else { "s" }
+    )
 }
 
 const REAL_BEGIN: &str =

@@ -78,6 +78,9 @@ pub struct LabOptions {
     pub canary_bin: PathBuf,
     /// API server port on 127.0.0.1 (0 = any free port).
     pub api_port: u16,
+    /// The lab ESO's reconcile workers, as ESO's `--concurrent` (default 1,
+    /// as upstream's); never two on one ExternalSecret at once.
+    pub eso_workers: usize,
 }
 
 impl LabOptions {
@@ -88,6 +91,7 @@ impl LabOptions {
             scenario: None,
             canary_bin: canary_bin.into(),
             api_port: 0,
+            eso_workers: crate::controllers::eso::DEFAULT_WORKERS,
         }
     }
 }
@@ -249,7 +253,11 @@ impl Lab {
             canary_bin: opts.canary_bin.clone(),
             vault_addr: vault.addr.clone(),
         };
-        tasks.extend(crate::controllers::spawn_all(ctx, cancel.clone()));
+        tasks.extend(crate::controllers::spawn_all(
+            ctx,
+            opts.eso_workers,
+            cancel.clone(),
+        ));
 
         let prober_config = match &scenario.prober {
             Some(text) => {

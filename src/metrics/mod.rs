@@ -1,5 +1,5 @@
 //! Every metric family the prober exports, registered once at start-up into
-//! one prometheus-client `Registry`. Label values come only from the config
+//! one prometheus-client `Registry` (as one collector, [`Part`]). Label values come only from the config
 //! (`probe`) and from fixed enums (`stage`, `reason`, `result`), and every
 //! expected series is created zero-valued before the first run: only the
 //! series the probe's chain can produce (its stages, the reasons the
@@ -9,9 +9,12 @@
 //! reasons from watch faults and the prober itself ([`reasons_for`]), and
 //! `stage_blocked`, present only while a run is blocked.
 //!
-//! Every mutation bumps a generation counter ([`Metrics::generation`]); the
-//! exporter encodes the registry once per generation and serves the cached
-//! bytes to every scrape in between.
+//! Every mutation bumps a generation counter ([`Metrics::generation`]) and
+//! the changed probe's own version (or the process-wide series' version);
+//! the exporter serves cached bytes while the generation holds, and after a
+//! change re-encodes only the parts whose version moved ([`chunks`]). Each
+//! probe keeps its series in creation order, so a probe's encoded part is
+//! exactly its share of a whole encoding.
 //!
 //! | family | type | labels | meaning |
 //! |---|---|---|---|
@@ -51,10 +54,10 @@ use std::time::{Duration, SystemTime};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
     DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+    MetricEncoder,
 };
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::exemplar::HistogramWithExemplars;
-use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
@@ -316,6 +319,69 @@ pub struct RunIdExemplar {
 type Exemplared = HistogramWithExemplars<RunIdExemplar>;
 type F64Gauge = Gauge<f64, AtomicU64>;
 
+/// One family's series of one probe, in creation order (a fixed order, so
+/// a probe's encoded chunk and a whole encoding agree byte for byte).
+#[derive(Debug)]
+struct Series<L, M> {
+    inner: RwLock<Vec<(L, M)>>,
+}
+
+impl<L, M> Default for Series<L, M> {
+    fn default() -> Self {
+        Series {
+            inner: RwLock::new(Vec::new()),
+        }
+    }
+}
+
+impl<L: PartialEq + Clone + EncodeLabelSet, M: Clone + Default + EncodeMetric> Series<L, M> {
+    /// The series for `labels` (a handle sharing its value), created at its
+    /// default when missing.
+    fn get_or_create(&self, labels: &L) -> M {
+        if let Some(m) = self.get(labels) {
+            return m;
+        }
+        let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, m)) = inner.iter().find(|(l, _)| l == labels) {
+            return m.clone();
+        }
+        let m = M::default();
+        inner.push((labels.clone(), m.clone()));
+        m
+    }
+
+    fn get(&self, labels: &L) -> Option<M> {
+        let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        inner
+            .iter()
+            .find(|(l, _)| l == labels)
+            .map(|(_, m)| m.clone())
+    }
+
+    /// Remove the series; whether it existed.
+    fn remove(&self, labels: &L) -> bool {
+        let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        let before = inner.len();
+        inner.retain(|(l, _)| l != labels);
+        inner.len() != before
+    }
+
+    fn is_empty(&self) -> bool {
+        self.inner
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+    }
+
+    fn encode(&self, family: &mut MetricEncoder) -> Result<(), std::fmt::Error> {
+        let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        for (labels, m) in inner.iter() {
+            m.encode(family.encode_family(labels)?)?;
+        }
+        Ok(())
+    }
+}
+
 /// One probe's duration histograms, each with its own buckets.
 #[derive(Debug)]
 struct ProbeDurations {
@@ -325,25 +391,11 @@ struct ProbeDurations {
     end_to_end: (ProbeLabels, Exemplared),
 }
 
-#[derive(Debug, Default)]
-struct DurationsInner {
-    order: Vec<Arc<ProbeDurations>>,
-    index: HashMap<String, usize>,
-}
-
-/// The duration histograms of every probe: a collector, because a
-/// prometheus-client `Family` gives every series the same buckets and
-/// these are chosen per probe and stage ([`duration_buckets`]).
-#[derive(Debug, Default)]
-struct Durations {
-    inner: RwLock<DurationsInner>,
-}
-
-impl Durations {
-    fn add(&self, probe: &ProbeConfig) {
+impl ProbeDurations {
+    fn new(probe: &ProbeConfig) -> ProbeDurations {
         let name = probe.name.as_str();
         let hist = |stage| Exemplared::new(duration_buckets(probe, stage).into_iter());
-        let series = ProbeDurations {
+        ProbeDurations {
             forced: probe.chain.force_sync,
             stages: probe
                 .stages()
@@ -351,21 +403,128 @@ impl Durations {
                 .map(|stage| (stage_labels(name, stage), hist(stage)))
                 .collect(),
             end_to_end: (probe_labels(name), hist(Stage::EndToEnd)),
-        };
-        let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
-        let at = inner.order.len();
-        inner.order.push(Arc::new(series));
-        if let Some(old) = inner.index.insert(name.to_string(), at) {
-            // A probe initialised twice keeps its first series.
-            inner.index.insert(name.to_string(), old);
-            inner.order.pop();
         }
     }
+}
 
-    fn of(&self, probe: &str) -> Option<Arc<ProbeDurations>> {
-        let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
-        inner.index.get(probe).map(|&i| inner.order[i].clone())
+/// Every series of one probe. Its own version moves with each change to
+/// them, so the exposition re-encodes only the probes that changed
+/// ([`chunks`]).
+#[derive(Debug, Default)]
+pub(crate) struct ProbeSeries {
+    version: AtomicU64,
+    /// Set by [`Metrics::init_probe`] (a probe only ever run, in tests, has none).
+    durations: std::sync::OnceLock<ProbeDurations>,
+    runs: Series<ResultLabels, Counter>,
+    stage_failures: Series<FailureLabels, Counter>,
+    prober_errors: Series<ProbeLabels, Counter>,
+    last_run: Series<ProbeLabels, F64Gauge>,
+    last_success: Series<ProbeLabels, F64Gauge>,
+    last_run_success: Series<ProbeLabels, Gauge>,
+    in_progress: Series<ProbeLabels, Gauge>,
+    slo_breaches: Series<StageLabels, Counter>,
+    slo_threshold: Series<StageLabels, F64Gauge>,
+    missed_ticks: Series<ProbeLabels, Counter>,
+    stage_blocked: Series<FailureLabels, Gauge>,
+    skipped_runs: Series<SkipLabels, Counter>,
+    change_log_overflows: Series<ProbeLabels, Counter>,
+}
+
+impl ProbeSeries {
+    /// Bumped after every change to the probe's series.
+    pub(crate) fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
     }
+
+    fn changed(&self) {
+        self.version.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn durations_of(&self, forced: bool) -> Option<&ProbeDurations> {
+        self.durations.get().filter(|d| d.forced == forced)
+    }
+}
+
+#[derive(Debug, Default)]
+struct ProbeIndex {
+    order: Vec<Arc<ProbeSeries>>,
+    index: HashMap<String, usize>,
+}
+
+/// What every handle of [`Metrics`] shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    probes: RwLock<ProbeIndex>,
+    jitter: Histogram,
+    leader: Gauge,
+    build_info: (BuildLabels, Gauge),
+    /// Bumped after every change to the process-wide series (jitter, leader).
+    process_version: Generation,
+    generation: Generation,
+}
+
+impl Shared {
+    /// The series of `probe`, created (empty) when missing.
+    fn probe(&self, probe: &str) -> Arc<ProbeSeries> {
+        {
+            let idx = self.probes.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(&i) = idx.index.get(probe) {
+                return idx.order[i].clone();
+            }
+        }
+        let mut idx = self.probes.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(&i) = idx.index.get(probe) {
+            return idx.order[i].clone();
+        }
+        let series = Arc::new(ProbeSeries::default());
+        let at = idx.order.len();
+        idx.order.push(series.clone());
+        idx.index.insert(probe.to_string(), at);
+        self.generation.bump();
+        series
+    }
+
+    /// The series of `probe`, if it has any.
+    fn find(&self, probe: &str) -> Option<Arc<ProbeSeries>> {
+        let idx = self.probes.read().unwrap_or_else(|p| p.into_inner());
+        idx.index.get(probe).map(|&i| idx.order[i].clone())
+    }
+
+    /// Every probe's series, in the order the probes were added.
+    pub(crate) fn probes(&self) -> Vec<Arc<ProbeSeries>> {
+        self.probes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .order
+            .clone()
+    }
+
+    pub(crate) fn process_version(&self) -> u64 {
+        self.process_version.get()
+    }
+}
+
+/// Which series a [`Part`] encodes.
+#[derive(Debug, Clone)]
+pub(crate) enum Select {
+    /// Every series: the whole exposition.
+    All,
+    /// The process-wide series only (jitter, leader, build info).
+    Process,
+    /// One probe's series only.
+    Probe(Arc<ProbeSeries>),
+    /// No series: every family's HELP/TYPE/UNIT lines, in exposition order.
+    Headers,
+}
+
+/// A collector encoding the families in their exposition order, with the
+/// series [`Select`]ed. A family without any selected series is left out
+/// (as a prometheus-client `Registry` leaves out an empty `Family`), except
+/// with [`Select::Headers`].
+#[derive(Debug, Clone)]
+pub(crate) struct Part {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) select: Select,
 }
 
 const STAGE_DURATION_HELP: &str = "Duration of each completed stage of a probe run";
@@ -375,14 +534,160 @@ const FORCED_STAGE_DURATION_HELP: &str =
     "Duration of each completed stage of a probe run that forced ESO's sync (force-sync annotation)";
 const FORCED_END_TO_END_HELP: &str = "Duration from the store write starting to every canary observing the value, successful runs that forced ESO's sync";
 
-impl Collector for Durations {
+impl Collector for Part {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
-        for forced in [false, true] {
-            let probes: Vec<_> = inner.order.iter().filter(|p| p.forced == forced).collect();
-            if probes.is_empty() {
-                continue;
+        let all = match self.select {
+            Select::All => self.shared.probes(),
+            _ => Vec::new(),
+        };
+        let (probes, process, headers): (Vec<&ProbeSeries>, bool, bool) = match &self.select {
+            Select::All => (all.iter().map(|p| p.as_ref()).collect(), true, false),
+            Select::Process => (Vec::new(), true, false),
+            Select::Probe(p) => (vec![p.as_ref()], false, false),
+            Select::Headers => (Vec::new(), false, true),
+        };
+        macro_rules! family {
+            ($field:ident, $name:literal, $help:literal, $unit:expr, $ty:expr) => {{
+                if headers || probes.iter().any(|p| !p.$field.is_empty()) {
+                    // As a `Registry` does, the help ends with a period.
+                    let mut f =
+                        encoder.encode_descriptor($name, concat!($help, "."), $unit, $ty)?;
+                    for p in &probes {
+                        p.$field.encode(&mut f)?;
+                    }
+                }
+            }};
+        }
+        macro_rules! process {
+            ($name:literal, $help:literal, $unit:expr, $ty:expr, |$f:ident| $body:expr) => {{
+                if headers || process {
+                    let $f = encoder.encode_descriptor($name, concat!($help, "."), $unit, $ty)?;
+                    if process {
+                        $body?;
+                    }
+                }
+            }};
+        }
+        use MetricType::{Counter as C, Gauge as G};
+        family!(
+            runs,
+            "runs",
+            "Probe runs by result (success, failure, skipped: previous run still going, aborted: shutdown)",
+            None,
+            C
+        );
+        family!(
+            stage_failures,
+            "stage_failures",
+            "Failed probe runs by the first stage that did not complete and a bounded reason",
+            None,
+            C
+        );
+        family!(
+            prober_errors,
+            "prober_errors",
+            "Probe runs that failed because of the prober itself (its bug or misconfiguration), not the pipeline",
+            None,
+            C
+        );
+        family!(
+            last_run,
+            "last_run_timestamp",
+            "When the last completed probe run ended, seconds since the epoch (0: none yet)",
+            Some(&Unit::Seconds),
+            G
+        );
+        family!(
+            last_success,
+            "last_success_timestamp",
+            "When the last successful probe run ended, seconds since the epoch (0: none yet)",
+            Some(&Unit::Seconds),
+            G
+        );
+        family!(
+            last_run_success,
+            "last_run_success",
+            "Whether the last completed probe run succeeded (1) or not (0)",
+            None,
+            G
+        );
+        family!(
+            in_progress,
+            "run_in_progress",
+            "Whether a run of the probe is in progress (1) or not (0)",
+            None,
+            G
+        );
+        family!(
+            slo_breaches,
+            "slo_breaches",
+            "Completed stages that took longer than their configured SLO threshold",
+            None,
+            C
+        );
+        family!(
+            slo_threshold,
+            "slo_threshold",
+            "Configured SLO threshold per stage",
+            Some(&Unit::Seconds),
+            G
+        );
+        process!(
+            "schedule_jitter",
+            "Delay between a tick being due and its run starting, every probe",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+            |f| self.shared.jitter.encode(f)
+        );
+        family!(
+            missed_ticks,
+            "schedule_missed_ticks",
+            "Ticks dropped because the prober fell behind its schedule (stall, clock step)",
+            None,
+            C
+        );
+        process!(
+            "leader",
+            "Whether this replica runs the probes (1): it holds the leader Lease, or leader election is off",
+            None,
+            G,
+            |f| self.shared.leader.encode(f)
+        );
+        family!(
+            stage_blocked,
+            "stage_blocked",
+            "1 while the cluster reports the run in flight blocked at this stage for this reason (ExternalSecret Ready=False, a missing object, a failing watch, ...); absent otherwise (the series exists only while blocked)",
+            None,
+            G
+        );
+        family!(
+            skipped_runs,
+            "skipped_runs",
+            "Ticks that did not start a run, by reason (run_in_progress: the previous run was still going; watcher_failing: a watcher was failing)",
+            None,
+            C
+        );
+        family!(
+            change_log_overflows,
+            "change_log_overflows",
+            "Times a watcher's bounded change log overflowed before a run read it (events missed; the run went on from the objects' state)",
+            None,
+            C
+        );
+        process!(
+            "build_info",
+            "Build information of the running prober (always 1)",
+            None,
+            G,
+            |f| {
+                let mut f = f;
+                let (labels, g) = &self.shared.build_info;
+                g.encode(f.encode_family(labels)?)
             }
+        );
+        // The duration histograms: per probe and stage, each with its own
+        // buckets (a prometheus-client `Family` gives every series the same).
+        for forced in [false, true] {
             let (stage_name, stage_help, e2e_name, e2e_help) = if forced {
                 (
                     "forced_stage_duration",
@@ -398,26 +703,26 @@ impl Collector for Durations {
                     END_TO_END_HELP,
                 )
             };
-            let mut family = encoder.encode_descriptor(
-                stage_name,
-                stage_help,
-                Some(&Unit::Seconds),
-                MetricType::Histogram,
-            )?;
-            for p in &probes {
-                for (labels, h) in &p.stages {
-                    h.encode(family.encode_family(labels)?)?;
+            let with: Vec<&ProbeDurations> = probes
+                .iter()
+                .filter_map(|p| p.durations_of(forced))
+                .collect();
+            if !headers && with.is_empty() {
+                continue;
+            }
+            let unit = Some(&Unit::Seconds);
+            let mut f =
+                encoder.encode_descriptor(stage_name, stage_help, unit, MetricType::Histogram)?;
+            for d in &with {
+                for (labels, h) in &d.stages {
+                    h.encode(f.encode_family(labels)?)?;
                 }
             }
-            let mut family = encoder.encode_descriptor(
-                e2e_name,
-                e2e_help,
-                Some(&Unit::Seconds),
-                MetricType::Histogram,
-            )?;
-            for p in &probes {
-                let (labels, h) = &p.end_to_end;
-                h.encode(family.encode_family(labels)?)?;
+            let mut f =
+                encoder.encode_descriptor(e2e_name, e2e_help, unit, MetricType::Histogram)?;
+            for d in &with {
+                let (labels, h) = &d.end_to_end;
+                h.encode(f.encode_family(labels)?)?;
             }
         }
         Ok(())
@@ -443,47 +748,37 @@ impl Generation {
 
 /// A 0/1 gauge handed out of [`Metrics`] (the leader flag): setting it
 /// bumps the exposition's [`Generation`].
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct FlagGauge {
-    gauge: Gauge,
-    generation: Generation,
+    shared: Arc<Shared>,
+}
+
+impl Default for FlagGauge {
+    /// A gauge of metrics of its own (tests).
+    fn default() -> Self {
+        Metrics::register(&mut Registry::default()).leader_gauge()
+    }
 }
 
 impl FlagGauge {
     /// Set the gauge (only a change bumps the generation).
     pub fn set(&self, v: i64) {
-        if self.gauge.set(v) != v {
-            self.generation.bump();
+        if self.shared.leader.set(v) != v {
+            self.shared.process_version.bump();
+            self.shared.generation.bump();
         }
     }
 
     /// The current value.
     pub fn get(&self) -> i64 {
-        self.gauge.get()
+        self.shared.leader.get()
     }
 }
 
-/// Handles to every family; cheap to clone (the families are shared).
+/// Handles to every family; cheap to clone (the series are shared).
 #[derive(Clone, Debug)]
 pub struct Metrics {
-    durations: Arc<Durations>,
-    runs: Family<ResultLabels, Counter>,
-    stage_failures: Family<FailureLabels, Counter>,
-    prober_errors: Family<ProbeLabels, Counter>,
-    last_run: Family<ProbeLabels, F64Gauge>,
-    last_success: Family<ProbeLabels, F64Gauge>,
-    last_run_success: Family<ProbeLabels, Gauge>,
-    in_progress: Family<ProbeLabels, Gauge>,
-    slo_breaches: Family<StageLabels, Counter>,
-    slo_threshold: Family<StageLabels, F64Gauge>,
-    jitter: Histogram,
-    missed_ticks: Family<ProbeLabels, Counter>,
-    build_info: Family<BuildLabels, Gauge>,
-    leader: FlagGauge,
-    stage_blocked: Family<FailureLabels, Gauge>,
-    skipped_runs: Family<SkipLabels, Counter>,
-    change_log_overflows: Family<ProbeLabels, Counter>,
-    generation: Generation,
+    shared: Arc<Shared>,
 }
 
 fn probe_labels(probe: &str) -> ProbeLabels {
@@ -507,136 +802,48 @@ impl Metrics {
     /// Register every family into `registry` (pass an unprefixed registry:
     /// the names carry the `secret_canary_` prefix themselves).
     pub fn register(registry: &mut Registry) -> Metrics {
-        let generation = Generation::default();
-        let m = Metrics {
-            durations: Arc::new(Durations::default()),
-            runs: Family::default(),
-            stage_failures: Family::default(),
-            prober_errors: Family::default(),
-            last_run: Family::default(),
-            last_success: Family::default(),
-            last_run_success: Family::default(),
-            in_progress: Family::default(),
-            slo_breaches: Family::default(),
-            slo_threshold: Family::default(),
+        let build_info = Gauge::default();
+        build_info.set(1);
+        let shared = Arc::new(Shared {
+            probes: RwLock::new(ProbeIndex::default()),
             jitter: Histogram::new(JITTER_BUCKETS),
-            missed_ticks: Family::default(),
-            build_info: Family::default(),
-            leader: FlagGauge {
-                gauge: Gauge::default(),
-                generation: generation.clone(),
-            },
-            stage_blocked: Family::default(),
-            skipped_runs: Family::default(),
-            change_log_overflows: Family::default(),
-            generation,
-        };
-        let r = registry.sub_registry_with_prefix(PREFIX);
-        r.register_collector(Box::new(m.durations.clone()));
-        r.register(
-            "runs",
-            "Probe runs by result (success, failure, skipped: previous run still going, aborted: shutdown)",
-            m.runs.clone(),
-        );
-        r.register(
-            "stage_failures",
-            "Failed probe runs by the first stage that did not complete and a bounded reason",
-            m.stage_failures.clone(),
-        );
-        r.register(
-            "prober_errors",
-            "Probe runs that failed because of the prober itself (its bug or misconfiguration), not the pipeline",
-            m.prober_errors.clone(),
-        );
-        r.register_with_unit(
-            "last_run_timestamp",
-            "When the last completed probe run ended, seconds since the epoch (0: none yet)",
-            Unit::Seconds,
-            m.last_run.clone(),
-        );
-        r.register_with_unit(
-            "last_success_timestamp",
-            "When the last successful probe run ended, seconds since the epoch (0: none yet)",
-            Unit::Seconds,
-            m.last_success.clone(),
-        );
-        r.register(
-            "last_run_success",
-            "Whether the last completed probe run succeeded (1) or not (0)",
-            m.last_run_success.clone(),
-        );
-        r.register(
-            "run_in_progress",
-            "Whether a run of the probe is in progress (1) or not (0)",
-            m.in_progress.clone(),
-        );
-        r.register(
-            "slo_breaches",
-            "Completed stages that took longer than their configured SLO threshold",
-            m.slo_breaches.clone(),
-        );
-        r.register_with_unit(
-            "slo_threshold",
-            "Configured SLO threshold per stage",
-            Unit::Seconds,
-            m.slo_threshold.clone(),
-        );
-        r.register_with_unit(
-            "schedule_jitter",
-            "Delay between a tick being due and its run starting, every probe",
-            Unit::Seconds,
-            m.jitter.clone(),
-        );
-        r.register(
-            "schedule_missed_ticks",
-            "Ticks dropped because the prober fell behind its schedule (stall, clock step)",
-            m.missed_ticks.clone(),
-        );
-        r.register(
-            "leader",
-            "Whether this replica runs the probes (1): it holds the leader Lease, or leader election is off",
-            m.leader.gauge.clone(),
-        );
-        r.register(
-            "stage_blocked",
-            "1 while the cluster reports the run in flight blocked at this stage for this reason (ExternalSecret Ready=False, a missing object, a failing watch, ...); absent otherwise (the series exists only while blocked)",
-            m.stage_blocked.clone(),
-        );
-        r.register(
-            "skipped_runs",
-            "Ticks that did not start a run, by reason (run_in_progress: the previous run was still going; watcher_failing: a watcher was failing)",
-            m.skipped_runs.clone(),
-        );
-        r.register(
-            "change_log_overflows",
-            "Times a watcher's bounded change log overflowed before a run read it (events missed; the run went on from the objects' state)",
-            m.change_log_overflows.clone(),
-        );
-        r.register(
-            "build_info",
-            "Build information of the running prober (always 1)",
-            m.build_info.clone(),
-        );
-        m.build_info
-            .get_or_create(&BuildLabels {
-                version: env!("CARGO_PKG_VERSION").to_string(),
-                revision: option_env!("SECRET_CANARY_REVISION")
-                    .unwrap_or("unknown")
-                    .to_string(),
-            })
-            .set(1);
-        m
+            leader: Gauge::default(),
+            build_info: (
+                BuildLabels {
+                    version: env!("CARGO_PKG_VERSION").to_string(),
+                    revision: option_env!("SECRET_CANARY_REVISION")
+                        .unwrap_or("unknown")
+                        .to_string(),
+                },
+                build_info,
+            ),
+            process_version: Generation::default(),
+            generation: Generation::default(),
+        });
+        registry
+            .sub_registry_with_prefix(PREFIX)
+            .register_collector(Box::new(Part {
+                shared: shared.clone(),
+                select: Select::All,
+            }));
+        Metrics { shared }
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
     }
 
     /// The `secret_canary_leader` gauge, for the leader elector (or set to 1
     /// when leader election is off).
     pub fn leader_gauge(&self) -> FlagGauge {
-        self.leader.clone()
+        FlagGauge {
+            shared: self.shared.clone(),
+        }
     }
 
     /// The exposition's version: it changes after every change to a metric.
     pub fn generation(&self) -> Generation {
-        self.generation.clone()
+        self.shared.generation.clone()
     }
 
     /// Register into `registry` and create every series `config` implies.
@@ -648,79 +855,85 @@ impl Metrics {
         m
     }
 
+    /// Change `probe`'s series, then mark it changed.
+    fn change<T>(&self, probe: &str, f: impl FnOnce(&ProbeSeries) -> T) -> T {
+        let series = self.shared.probe(probe);
+        let out = f(&series);
+        series.changed();
+        self.shared.generation.bump();
+        out
+    }
+
     /// Create every series of one probe, zero-valued (durations of runs not
     /// yet seen are NaN, which is not a measurement of 0 s).
     pub fn init_probe(&self, probe: &ProbeConfig) {
         let name = probe.name.as_str();
         let p = probe_labels(name);
-        self.durations.add(probe);
-        for result in RESULTS {
-            let _ = self.runs.get_or_create(&ResultLabels {
-                probe: name.to_string(),
-                result,
-            });
-        }
-        let _ = self.prober_errors.get_or_create(&p);
-        let _ = self.last_run.get_or_create(&p);
-        let _ = self.last_success.get_or_create(&p);
-        let _ = self.last_run_success.get_or_create(&p);
-        let _ = self.in_progress.get_or_create(&p);
-        let _ = self.missed_ticks.get_or_create(&p);
-        for stage in probe.stages() {
-            for reason in reasons_for(probe, stage) {
-                let _ = self.stage_failures.get_or_create(&FailureLabels {
+        self.change(name, |s| {
+            // A probe initialised twice keeps its first series.
+            let _ = s.durations.set(ProbeDurations::new(probe));
+            for result in RESULTS {
+                let _ = s.runs.get_or_create(&ResultLabels {
                     probe: name.to_string(),
-                    stage,
-                    reason,
+                    result,
                 });
             }
-        }
-        let natural = !probe.chain.force_sync;
-        for (stage, threshold) in &probe.slo {
-            if natural {
-                let _ = self.slo_breaches.get_or_create(&stage_labels(name, *stage));
+            let _ = s.prober_errors.get_or_create(&p);
+            let _ = s.last_run.get_or_create(&p);
+            let _ = s.last_success.get_or_create(&p);
+            let _ = s.last_run_success.get_or_create(&p);
+            let _ = s.in_progress.get_or_create(&p);
+            let _ = s.missed_ticks.get_or_create(&p);
+            for stage in probe.stages() {
+                for reason in reasons_for(probe, stage) {
+                    let _ = s.stage_failures.get_or_create(&FailureLabels {
+                        probe: name.to_string(),
+                        stage,
+                        reason,
+                    });
+                }
             }
-            self.slo_threshold
-                .get_or_create(&stage_labels(name, *stage))
-                .set(threshold.0.as_secs_f64());
-        }
-        self.generation.bump();
+            let natural = !probe.chain.force_sync;
+            for (stage, threshold) in &probe.slo {
+                if natural {
+                    let _ = s.slo_breaches.get_or_create(&stage_labels(name, *stage));
+                }
+                s.slo_threshold
+                    .get_or_create(&stage_labels(name, *stage))
+                    .set(threshold.0.as_secs_f64());
+            }
+        });
     }
 
     /// A run of `probe` has started.
     pub fn run_started(&self, probe: &str) {
-        self.in_progress.get_or_create(&probe_labels(probe)).set(1);
-        self.generation.bump();
+        self.change(probe, |s| {
+            s.in_progress.get_or_create(&probe_labels(probe)).set(1);
+        });
     }
 
     /// A tick found the previous run of `probe` still going.
     pub fn record_skipped(&self, probe: &str) {
-        self.runs
-            .get_or_create(&ResultLabels {
-                probe: probe.to_string(),
-                result: RunResult::Skipped,
-            })
-            .inc();
-        self.count_skip(probe, SkipReason::RunInProgress);
-        self.generation.bump();
-    }
-
-    /// Callers bump the generation.
-    fn count_skip(&self, probe: &str, reason: SkipReason) {
-        self.skipped_runs
-            .get_or_create(&SkipLabels {
-                probe: probe.to_string(),
-                reason,
-            })
-            .inc();
+        self.change(probe, |s| {
+            s.runs
+                .get_or_create(&ResultLabels {
+                    probe: probe.to_string(),
+                    result: RunResult::Skipped,
+                })
+                .inc();
+            count_skip(s, probe, SkipReason::RunInProgress);
+        });
     }
 
     /// `secret_canary_skipped_runs_total{probe, reason}`.
     pub fn skipped_for(&self, probe: &str, reason: SkipReason) -> u64 {
-        self.skipped_runs
-            .get(&SkipLabels {
-                probe: probe.to_string(),
-                reason,
+        self.shared
+            .find(probe)
+            .and_then(|s| {
+                s.skipped_runs.get(&SkipLabels {
+                    probe: probe.to_string(),
+                    reason,
+                })
             })
             .map_or(0, |c| c.get())
     }
@@ -731,130 +944,58 @@ impl Metrics {
     /// `stage_blocked` series, present only while blocked: pre-creating
     /// every (stage, reason) pair at 0 cost 15–22 series per probe.
     pub fn set_blocked(&self, probe: &str, blocked: Option<(Stage, Reason)>) {
-        for stage in Stage::CHAIN {
-            for reason in blocked_reasons(stage) {
-                if Some((stage, reason)) != blocked {
-                    self.stage_blocked.remove(&FailureLabels {
+        self.change(probe, |s| {
+            for stage in Stage::CHAIN {
+                for reason in blocked_reasons(stage) {
+                    if Some((stage, reason)) != blocked {
+                        s.stage_blocked.remove(&FailureLabels {
+                            probe: probe.to_string(),
+                            stage,
+                            reason,
+                        });
+                    }
+                }
+            }
+            if let Some((stage, reason)) = blocked {
+                s.stage_blocked
+                    .get_or_create(&FailureLabels {
                         probe: probe.to_string(),
                         stage,
                         reason,
-                    });
-                }
+                    })
+                    .set(1);
             }
-        }
-        if let Some((stage, reason)) = blocked {
-            self.stage_blocked
-                .get_or_create(&FailureLabels {
-                    probe: probe.to_string(),
-                    stage,
-                    reason,
-                })
-                .set(1);
-        }
-        self.generation.bump();
+        });
     }
 
     /// Runs of `probe` found `n` more change-log overflows.
     pub fn record_change_log_overflows(&self, probe: &str, n: u64) {
         if n > 0 {
-            self.change_log_overflows
-                .get_or_create(&probe_labels(probe))
-                .inc_by(n);
-            self.generation.bump();
+            self.change(probe, |s| {
+                s.change_log_overflows
+                    .get_or_create(&probe_labels(probe))
+                    .inc_by(n);
+            });
         }
     }
 
     /// The scheduler dropped `n` ticks of `probe`.
     pub fn record_missed_ticks(&self, probe: &str, n: u64) {
-        self.missed_ticks
-            .get_or_create(&probe_labels(probe))
-            .inc_by(n);
-        self.generation.bump();
+        self.change(probe, |s| {
+            s.missed_ticks.get_or_create(&probe_labels(probe)).inc_by(n);
+        });
     }
 
     /// How late a run (of any probe) started after its tick was due.
     pub fn observe_schedule_jitter(&self, lateness: Duration) {
-        self.jitter.observe(lateness.as_secs_f64());
-        self.generation.bump();
+        self.shared.jitter.observe(lateness.as_secs_f64());
+        self.shared.process_version.bump();
+        self.shared.generation.bump();
     }
 
     /// Record a finished run (and clear run-in-progress).
     pub fn record_outcome(&self, probe: &ProbeConfig, outcome: &Outcome) {
-        self.record(probe, outcome);
-        self.generation.bump();
-    }
-
-    fn record(&self, probe: &ProbeConfig, outcome: &Outcome) {
-        let name = probe.name.as_str();
-        let p = probe_labels(name);
-        self.in_progress.get_or_create(&p).set(0);
-        self.runs
-            .get_or_create(&ResultLabels {
-                probe: name.to_string(),
-                result: outcome.result,
-            })
-            .inc();
-        // A shutdown, or a tick skipped because a watcher was failing, says
-        // nothing about the pipeline: leave the last-run state alone.
-        if outcome.result == RunResult::Skipped {
-            self.count_skip(name, SkipReason::WatcherFailing);
-        }
-        if matches!(outcome.result, RunResult::Aborted | RunResult::Skipped) {
-            return;
-        }
-        let exemplar = || {
-            Some(RunIdExemplar {
-                run_id: outcome.run_id.clone(),
-            })
-        };
-        let at = Some(SystemTime::from(outcome.finished_at));
-        // Whether runs force ESO's sync is the probe's config (every run of
-        // a `force_sync` probe does), so the series set follows the config.
-        let forced = probe.chain.force_sync;
-        let durations = self.durations.of(name);
-        for stage in probe.stages() {
-            let d = outcome.duration(stage);
-            // Measured across a watch gap: reported, not a pipeline latency.
-            let gap = outcome.watch_gaps.contains(&stage);
-            if let (Some(d), Some(series), false) = (d, &durations, gap) {
-                if let Some((_, h)) = series.stages.iter().find(|(l, _)| l.stage == stage) {
-                    h.observe(d.as_secs_f64(), exemplar(), at);
-                }
-            }
-        }
-        let e2e = slo::end_to_end(outcome);
-        let gap = outcome.watch_gaps.contains(&Stage::EndToEnd);
-        if let (Some(d), Some(series), false) = (e2e, &durations, gap) {
-            series.end_to_end.1.observe(d.as_secs_f64(), exemplar(), at);
-        }
-        if !forced {
-            for breach in slo::slo_breaches(probe, outcome) {
-                self.slo_breaches
-                    .get_or_create(&stage_labels(name, breach))
-                    .inc();
-            }
-        }
-        let ended = epoch_seconds(outcome.finished_at);
-        self.last_run.get_or_create(&p).set(ended);
-        let success = outcome.result == RunResult::Success;
-        self.last_run_success
-            .get_or_create(&p)
-            .set(i64::from(success));
-        if success {
-            self.last_success.get_or_create(&p).set(ended);
-        }
-        if let Some(failure) = outcome.failure {
-            self.stage_failures
-                .get_or_create(&FailureLabels {
-                    probe: name.to_string(),
-                    stage: failure.stage,
-                    reason: failure.reason,
-                })
-                .inc();
-            if failure.reason == Reason::ProberError {
-                self.prober_errors.get_or_create(&p).inc();
-            }
-        }
+        self.change(&probe.name, |s| record(s, probe, outcome));
     }
 
     /// `secret_canary_runs_total{probe, result="skipped"}` (for tests and benchmarks).
@@ -864,12 +1005,96 @@ impl Metrics {
 
     /// `secret_canary_runs_total{probe, result}`.
     pub fn runs_of(&self, probe: &str, result: RunResult) -> u64 {
-        self.runs
-            .get(&ResultLabels {
-                probe: probe.to_string(),
-                result,
+        self.shared
+            .find(probe)
+            .and_then(|s| {
+                s.runs.get(&ResultLabels {
+                    probe: probe.to_string(),
+                    result,
+                })
             })
             .map_or(0, |c| c.get())
+    }
+}
+
+/// Callers mark the probe changed.
+fn count_skip(s: &ProbeSeries, probe: &str, reason: SkipReason) {
+    s.skipped_runs
+        .get_or_create(&SkipLabels {
+            probe: probe.to_string(),
+            reason,
+        })
+        .inc();
+}
+
+fn record(s: &ProbeSeries, probe: &ProbeConfig, outcome: &Outcome) {
+    let name = probe.name.as_str();
+    let p = probe_labels(name);
+    s.in_progress.get_or_create(&p).set(0);
+    s.runs
+        .get_or_create(&ResultLabels {
+            probe: name.to_string(),
+            result: outcome.result,
+        })
+        .inc();
+    // A shutdown, or a tick skipped because a watcher was failing, says
+    // nothing about the pipeline: leave the last-run state alone.
+    if outcome.result == RunResult::Skipped {
+        count_skip(s, name, SkipReason::WatcherFailing);
+    }
+    if matches!(outcome.result, RunResult::Aborted | RunResult::Skipped) {
+        return;
+    }
+    let exemplar = || {
+        Some(RunIdExemplar {
+            run_id: outcome.run_id.clone(),
+        })
+    };
+    let at = Some(SystemTime::from(outcome.finished_at));
+    // Whether runs force ESO's sync is the probe's config (every run of
+    // a `force_sync` probe does), so the series set follows the config.
+    let forced = probe.chain.force_sync;
+    let durations = s.durations.get();
+    for stage in probe.stages() {
+        let d = outcome.duration(stage);
+        // Measured across a watch gap: reported, not a pipeline latency.
+        let gap = outcome.watch_gaps.contains(&stage);
+        if let (Some(d), Some(series), false) = (d, durations, gap) {
+            if let Some((_, h)) = series.stages.iter().find(|(l, _)| l.stage == stage) {
+                h.observe(d.as_secs_f64(), exemplar(), at);
+            }
+        }
+    }
+    let e2e = slo::end_to_end(outcome);
+    let gap = outcome.watch_gaps.contains(&Stage::EndToEnd);
+    if let (Some(d), Some(series), false) = (e2e, durations, gap) {
+        series.end_to_end.1.observe(d.as_secs_f64(), exemplar(), at);
+    }
+    if !forced {
+        for breach in slo::slo_breaches(probe, outcome) {
+            s.slo_breaches
+                .get_or_create(&stage_labels(name, breach))
+                .inc();
+        }
+    }
+    let ended = epoch_seconds(outcome.finished_at);
+    s.last_run.get_or_create(&p).set(ended);
+    let success = outcome.result == RunResult::Success;
+    s.last_run_success.get_or_create(&p).set(i64::from(success));
+    if success {
+        s.last_success.get_or_create(&p).set(ended);
+    }
+    if let Some(failure) = outcome.failure {
+        s.stage_failures
+            .get_or_create(&FailureLabels {
+                probe: name.to_string(),
+                stage: failure.stage,
+                reason: failure.reason,
+            })
+            .inc();
+        if failure.reason == Reason::ProberError {
+            s.prober_errors.get_or_create(&p).inc();
+        }
     }
 }
 
@@ -951,6 +1176,8 @@ pub fn count_samples(exposition: &str) -> usize {
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .count()
 }
+
+pub mod chunks;
 
 #[cfg(test)]
 pub(crate) mod tests;

@@ -471,3 +471,92 @@ fn every_rare_series_at_once_is_max_series() {
     let env = &config.probes[0];
     assert_eq!(max_series_of_probe(env), 113, "{}", env.name);
 }
+
+/// After any sequence of changes (runs ending at random across probes,
+/// natural and forced, skips, blocks, jitter, the leader flag), the
+/// exposition concatenated from per-probe chunks is byte for byte the
+/// whole registry's encoding, in both formats, and a scrape re-encodes
+/// only the probes that changed.
+#[test]
+fn chunked_equals_whole() {
+    use super::chunks::{ChunkedExposition, Format};
+    use rand::{Rng, SeedableRng};
+
+    let mut config = reference_probes();
+    config
+        .probes
+        .extend(config.probes.clone().into_iter().map(|mut p| {
+            p.name = format!("{}-forced", p.name);
+            p.chain.force_sync = true;
+            p
+        }));
+    config.probes.extend(self::config().probes);
+    let mut registry = Registry::default();
+    let m = Metrics::for_config(&mut registry, &config);
+    let om = ChunkedExposition::new(&m, Format::OpenMetrics);
+    let text = ChunkedExposition::new(&m, Format::PrometheusText);
+    let check = |step: usize| {
+        let whole_om = encode_openmetrics(&registry).unwrap();
+        let whole_text = encode_prometheus_text(&registry).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&om.encode().unwrap()).unwrap(),
+            whole_om,
+            "OpenMetrics, step {step}"
+        );
+        assert_eq!(om.encode_whole().unwrap(), whole_om);
+        assert_eq!(
+            std::str::from_utf8(&text.encode().unwrap()).unwrap(),
+            whole_text,
+            "text 0.0.4, step {step}"
+        );
+    };
+    check(0);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+    let gauge = m.leader_gauge();
+    for step in 1..400 {
+        let p = &config.probes[rng.random_range(0..config.probes.len())];
+        match rng.random_range(0..10) {
+            0..=4 => {
+                let mut o = outcome(p, rng.random_range(0..50));
+                if rng.random_ratio(1, 20) {
+                    o.result = RunResult::Aborted;
+                    o.failure = None;
+                }
+                m.run_started(&p.name);
+                m.record_outcome(p, &o);
+            }
+            5 => m.record_skipped(&p.name),
+            6 => {
+                let stage = p.stages()[rng.random_range(1..p.stages().len())];
+                let reasons = blocked_reasons(stage);
+                let blocked = (!reasons.is_empty() && rng.random_bool(0.6))
+                    .then(|| (stage, reasons[rng.random_range(0..reasons.len())]));
+                m.set_blocked(&p.name, blocked);
+            }
+            7 => m.observe_schedule_jitter(Duration::from_micros(rng.random_range(0..50_000))),
+            8 => m.record_change_log_overflows(&p.name, rng.random_range(0..2)),
+            _ => {
+                m.record_missed_ticks(&p.name, 1);
+                gauge.set(rng.random_range(0..2));
+            }
+        }
+        // Sometimes several changes between scrapes.
+        if rng.random_ratio(2, 3) {
+            check(step);
+        }
+    }
+    check(400);
+
+    // A run's end re-encodes that probe's part alone; nothing changed, nothing.
+    let before = om.parts_encoded();
+    let p = &config.probes[1];
+    m.run_started(&p.name);
+    m.record_outcome(p, &outcome(p, 3));
+    check(401);
+    assert_eq!(om.parts_encoded(), before + 1);
+    check(402);
+    assert_eq!(om.parts_encoded(), before + 1);
+    m.observe_schedule_jitter(Duration::from_millis(2));
+    check(403);
+    assert_eq!(om.parts_encoded(), before + 2);
+}

@@ -35,10 +35,12 @@ pub struct Context {
     pub vault_addr: String,
 }
 
-/// Start every simulated controller; each runs until `cancel` fires.
+/// Start every simulated controller, ESO with `eso_workers` reconcile
+/// workers ([`eso::run_with_workers`]); each runs until `cancel` fires.
 /// Returns the tasks, named, so the lab can wait for them on stop.
 pub fn spawn_all(
     ctx: Context,
+    eso_workers: usize,
     cancel: tokio_util::sync::CancellationToken,
 ) -> Vec<(&'static str, tokio::task::JoinHandle<()>)> {
     let mut tasks = Vec::new();
@@ -55,7 +57,17 @@ pub fn spawn_all(
             ));
         }};
     }
-    start!("eso", eso::run);
+    {
+        let (ctx, cancel) = (ctx.clone(), cancel.clone());
+        tasks.push((
+            "eso",
+            tokio::spawn(async move {
+                if let Err(e) = eso::run_with_workers(ctx, eso_workers, cancel).await {
+                    tracing::error!(controller = "eso", error = %e, "lab controller stopped");
+                }
+            }),
+        ));
+    }
     start!("reloader", reloader::run);
     start!("deployment", deployment::run);
     start!("replicaset", replicaset::run);

@@ -418,7 +418,7 @@ impl RealLab {
         let eso = Proc::spawn_with_env(
             "external-secrets",
             &eso_bin,
-            &setup::eso_args(metrics),
+            &setup::eso_args(metrics, opts.eso_concurrent),
             &[("KUBECONFIG", &eso_kc.display().to_string())],
             &self.dir.join("logs/external-secrets.log"),
         )

@@ -150,6 +150,8 @@ pub struct RealOptions {
     /// does, while the API server reaches Pods (`pods/proxy`, logs) through
     /// the lab's egress proxy ([`egress`]). Off by default.
     pub unroutable_pods: bool,
+    /// ESO's `--concurrent`: reconcile workers (upstream's default, 1).
+    pub eso_concurrent: usize,
 }
 
 impl RealOptions {
@@ -166,6 +168,7 @@ impl RealOptions {
             webhook_failure_policy: Some("Ignore".into()),
             wait_controllers: true,
             unroutable_pods: false,
+            eso_concurrent: crate::controllers::eso::DEFAULT_WORKERS,
         }
     }
 }

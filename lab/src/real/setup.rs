@@ -260,11 +260,12 @@ pub async fn install_eso_crds(cluster: &RealCluster, limit: Duration) -> Result<
     .await
 }
 
-/// The ESO controller's command line: one reconcile worker, metrics on a
-/// loopback port, no leader election (one instance), RFC 3339 log times.
-pub fn eso_args(metrics_port: u16) -> Vec<String> {
+/// The ESO controller's command line: `concurrent` reconcile workers (its
+/// default is 1), metrics on a loopback port, no leader election (one
+/// instance), RFC 3339 log times.
+pub fn eso_args(metrics_port: u16, concurrent: usize) -> Vec<String> {
     vec![
-        "--concurrent=1".into(),
+        format!("--concurrent={}", concurrent.max(1)),
         format!("--metrics-addr=127.0.0.1:{metrics_port}"),
         "--enable-leader-election=false".into(),
         "--loglevel=info".into(),

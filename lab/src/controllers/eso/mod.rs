@@ -110,9 +110,33 @@ struct State {
     backoff: Backoffs,
 }
 
-/// Run the ESO controller until `cancel` fires. One reconcile worker, as
-/// ESO's default `--concurrent=1`.
+/// Reconcile workers of ESO's default `--concurrent=1`: ExternalSecrets
+/// sync one after another.
+pub const DEFAULT_WORKERS: usize = 1;
+
+/// Run the ESO controller until `cancel` fires, with one reconcile worker
+/// ([`DEFAULT_WORKERS`], as ESO's default).
 pub async fn run(ctx: Context, cancel: CancellationToken) -> Result<(), Error> {
+    run_with_workers(ctx, DEFAULT_WORKERS, cancel).await
+}
+
+/// The controller's configuration for `workers` concurrent reconciles
+/// (ESO's `--concurrent`; 0 is taken as 1). As with controller-runtime,
+/// kube-rs's scheduler never hands one ExternalSecret to two workers at
+/// once: an object triggered while it is being reconciled waits until that
+/// reconcile ends (tested in `tests::one_worker_per_object`).
+fn controller_config(workers: usize) -> kube::runtime::controller::Config {
+    kube::runtime::controller::Config::default()
+        .concurrency(u16::try_from(workers.max(1)).unwrap_or(u16::MAX))
+}
+
+/// Run the ESO controller until `cancel` fires with `workers` concurrent
+/// reconciles (ESO's `--concurrent`), never two on the same ExternalSecret.
+pub async fn run_with_workers(
+    ctx: Context,
+    workers: usize,
+    cancel: CancellationToken,
+) -> Result<(), Error> {
     let http = reqwest::Client::builder()
         .timeout(VAULT_TIMEOUT)
         .connect_timeout(Duration::from_secs(3))
@@ -142,8 +166,7 @@ pub async fn run(ctx: Context, cancel: CancellationToken) -> Result<(), Error> {
             move |s: Secret| secret_to_es(&store, &s),
         )
         .reconcile_all_on(knob_changes)
-        // ESO's default `--concurrent=1`: ExternalSecrets sync one after another.
-        .with_config(kube::runtime::controller::Config::default().concurrency(1))
+        .with_config(controller_config(workers))
         .graceful_shutdown_on(cancel.cancelled_owned())
         .run(reconcile, error_policy, state)
         .for_each(|res| async move {
@@ -204,3 +227,6 @@ fn error_policy(es: Arc<ExternalSecret>, _err: &Error, st: Arc<State>) -> Action
     let key = (es.namespace().unwrap_or_default(), es.name_any());
     Action::requeue(st.backoff.next(key, &synced_resource_version(&es.metadata)))
 }
+
+#[cfg(test)]
+mod tests;
