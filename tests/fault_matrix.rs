@@ -367,10 +367,26 @@ async fn store_faults_sigterm_and_short_lived_tokens() {
     // process exits within its grace period (3 s) and logs the run aborted.
     lab.knobs.set_fault(Fault::EsoStall, true);
     let injected = Utc::now();
-    let inflight = prober
-        .wait_in_flight(probe, injected, Duration::from_secs(10))
-        .await;
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // The run in flight at injection may be the one ESO's stall holds (no
+    // tick starts another until it ends), or may have passed eso_sync and
+    // end meanwhile: take a run that is still in flight 0.7 s after it was
+    // seen, whenever it started.
+    let until = Instant::now() + Duration::from_secs(20);
+    let since = injected - chrono::TimeDelta::seconds(30);
+    let inflight = loop {
+        let r = prober
+            .wait_in_flight(probe, since, Duration::from_secs(10))
+            .await;
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let still = prober
+            .runs()
+            .into_iter()
+            .any(|x| x.run_id == r.run_id && x.finished.is_none());
+        if still {
+            break r;
+        }
+        assert!(Instant::now() < until, "no run held by ESO's stall");
+    };
     let (bad, total) = prober.health();
     assert_eq!(bad, 0, "/healthz failed {bad} of {total} checks");
     let term = Instant::now();
