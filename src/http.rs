@@ -27,7 +27,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ProbeConfig;
-use crate::metrics::chunks::{ChunkedExposition, Format};
+use crate::metrics::chunks::{ChunkedExposition, Exposition, Format};
 use crate::metrics::{self, Generation};
 use crate::report::{self, ProbeReport};
 use crate::vocab::Outcome;
@@ -235,10 +235,15 @@ impl Exporter {
     }
 
     /// The exposition in one format, from the cache when it is current.
-    fn exposition(&self, prometheus_text: bool) -> Result<Bytes, std::fmt::Error> {
+    fn exposition(&self, prometheus_text: bool) -> Result<Exposition, std::fmt::Error> {
         if let Some(chunked) = &self.chunked {
             return chunked[usize::from(prometheus_text)].encode();
         }
+        self.exposition_whole(prometheus_text).map(Exposition::from)
+    }
+
+    /// The exposition in one format, encoded whole (without [`Self::with_metrics`]).
+    fn exposition_whole(&self, prometheus_text: bool) -> Result<Bytes, std::fmt::Error> {
         let encode = |capacity: usize| {
             let mut out = String::with_capacity(capacity);
             if prometheus_text {
@@ -304,6 +309,13 @@ impl Exporter {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, "exporter listening");
         }
+        // The exposition goes in several writes; with Nagle's algorithm the
+        // last one waits for the client's delayed ACK (40 ms).
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "TCP_NODELAY on an exporter connection");
+            }
+        });
         axum::serve(listener, self.router())
             .with_graceful_shutdown(cancel.cancelled_owned())
             .await
@@ -339,7 +351,20 @@ async fn metrics_handler(State(ex): State<Exporter>, headers: HeaderMap) -> Resp
     };
     let body = ex.exposition(text);
     match body {
-        Ok(body) => ([(header::CONTENT_TYPE, content_type)], body).into_response(),
+        Ok(body) => {
+            // Streamed as the client reads: no joined copy of the text.
+            let len = body.len();
+            let frames =
+                futures::stream::iter(body.frames().map(Ok::<_, std::convert::Infallible>));
+            (
+                [
+                    (header::CONTENT_TYPE, content_type.to_string()),
+                    (header::CONTENT_LENGTH, len.to_string()),
+                ],
+                axum::body::Body::from_stream(frames),
+            )
+                .into_response()
+        }
         Err(e) => {
             tracing::error!(error = %e, "encoding metrics failed");
             (

@@ -248,18 +248,15 @@ async fn run_prober(
     .unwrap_or_default();
     m.e2e_p50 = e2e.quantile(0.5);
 
-    let mut lat = Vec::with_capacity(opts.scrapes);
-    for _ in 0..opts.scrapes {
-        if let Ok((t, d)) = prober.scrape().await {
-            m.scrape_bytes = t.len();
-            m.series = t
-                .lines()
-                .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                .count();
-            lat.push(d.as_secs_f64() * 1000.0);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (times, body) = prober
+        .scrapes_apart(opts.scrapes, Duration::from_millis(20))
+        .await?;
+    m.scrape_bytes = body.len();
+    m.series = body
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .count();
+    let lat: Vec<f64> = times.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
     m.scrape_ms = summarize(&lat);
     prober.stop(Duration::from_secs(20)).await;
     eprintln!(

@@ -149,6 +149,22 @@ impl Prober {
         Ok((text, start.elapsed()))
     }
 
+    /// `n` timed scrapes of `/metrics`, `gap` apart, by a client on a
+    /// thread and runtime of its own: the benchmark's runtime also runs the
+    /// lab (at scale, a thousand canaries and their controllers), and a
+    /// scrape timed there measures how long the lab kept the client waiting
+    /// as much as the prober. Each is timed from the request sent to the
+    /// last byte of the body (not decoded). Returns the times and the last
+    /// body.
+    pub async fn scrapes_apart(&self, n: usize, gap: Duration) -> Result<(Vec<Duration>, String)> {
+        let url = format!("{}/metrics", self.url);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(scrape_thread(&url, n, gap));
+        });
+        rx.await.context("the scrape thread died")?
+    }
+
     /// SIGTERM, then wait (killing it after `grace`).
     pub async fn stop(mut self, grace: Duration) {
         let _ = std::process::Command::new("kill")
@@ -162,4 +178,34 @@ impl Prober {
             let _ = self.child.kill().await;
         }
     }
+}
+
+fn scrape_thread(url: &str, n: usize, gap: Duration) -> Result<(Vec<Duration>, String)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(120))
+            .build()?;
+        let mut times = Vec::with_capacity(n);
+        let mut last = Vec::new();
+        for _ in 0..n {
+            let start = Instant::now();
+            let r = http
+                .get(url)
+                .header("accept", "application/openmetrics-text; version=1.0.0")
+                .send()
+                .await
+                .and_then(|r| r.error_for_status());
+            if let Ok(r) = r {
+                if let Ok(body) = r.bytes().await {
+                    times.push(start.elapsed());
+                    last = body.to_vec();
+                }
+            }
+            tokio::time::sleep(gap).await;
+        }
+        Ok((times, String::from_utf8_lossy(&last).into_owned()))
+    })
 }

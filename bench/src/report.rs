@@ -491,7 +491,7 @@ fn cost_md(s: &mut String, ms_: &[Measurement]) {
         "Each probe has its own ESO + Secret volume chain (ExternalSecret with `refreshInterval: 1h` and `force_sync: true`, its Secret, a one-Pod canary Deployment reading the mounted file), so N probes are N independent chains with N canary processes. \
          The prober talks to the lab's API server through a counting proxy, so only its own requests are counted. \
          The window starts when `/readyz` turns 200 and ends after the fixed number of runs; `/metrics` is scraped every 2 s during it. \
-         Scrape latency is then measured with back-to-back scrapes while the probes keep running.\n"
+         Scrape latency is then measured with scrapes 20 ms apart while the probes keep running, by a client on a thread and runtime of its own (the benchmark's runtime also runs the lab), from the request sent to the body's last byte.\n"
     );
     if let Some(w) = ms_.iter().map(|m| m.eso_workers).max() {
         let rate = ms_

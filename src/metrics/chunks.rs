@@ -12,6 +12,11 @@
 //! formats require a family's samples to follow its metadata contiguously.
 //! The result is byte for byte what encoding the whole registry gives
 //! (tested in `tests::chunked_equals_whole`).
+//!
+//! The exposition is never joined into one buffer: an [`Exposition`] is the
+//! list of shared chunks, and a response copies them into frames as the
+//! client reads (at a thousand probes a joined body was 6.6 MiB, and the
+//! cached one, the one being built and those in flight were all alive).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,23 +36,96 @@ pub enum Format {
     PrometheusText,
 }
 
+/// An encoded exposition: its chunks in order, shared with the cache (a
+/// clone copies no text).
+#[derive(Debug, Clone, Default)]
+pub struct Exposition {
+    pieces: Arc<[Bytes]>,
+    len: usize,
+}
+
+/// The size of the frames a response body is copied into.
+const FRAME: usize = 64 * 1024;
+
+impl Exposition {
+    fn new(pieces: Vec<Bytes>) -> Exposition {
+        let len = pieces.iter().map(Bytes::len).sum();
+        Exposition {
+            pieces: pieces.into(),
+            len,
+        }
+    }
+
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The whole text in one buffer.
+    pub fn to_bytes(&self) -> Bytes {
+        match &*self.pieces {
+            [one] => one.clone(),
+            pieces => {
+                let mut out = bytes::BytesMut::with_capacity(self.len);
+                for p in pieces {
+                    out.extend_from_slice(p);
+                }
+                out.freeze()
+            }
+        }
+    }
+
+    /// The text as frames of about 64 KiB, each copied when it is asked
+    /// for (a chunk of that size or more goes as it is).
+    pub fn frames(self) -> impl Iterator<Item = Bytes> + Send + 'static {
+        let mut at = 0;
+        std::iter::from_fn(move || {
+            let first = self.pieces.get(at)?;
+            if first.len() >= FRAME {
+                at += 1;
+                return Some(first.clone());
+            }
+            let mut frame = bytes::BytesMut::with_capacity(FRAME);
+            while let Some(p) = self.pieces.get(at) {
+                if !frame.is_empty() && frame.len() + p.len() > FRAME {
+                    break;
+                }
+                frame.extend_from_slice(p);
+                at += 1;
+            }
+            Some(frame.freeze())
+        })
+    }
+}
+
+impl From<Bytes> for Exposition {
+    fn from(b: Bytes) -> Exposition {
+        Exposition::new(vec![b])
+    }
+}
+
 /// One part's samples per family (indexed as [`State::headers`]) and the
 /// version they show.
 struct Chunks {
     version: u64,
-    samples: Vec<String>,
+    samples: Vec<Bytes>,
 }
 
 #[derive(Default)]
 struct State {
     /// Every family's name and HELP/TYPE/UNIT lines, in exposition order.
-    headers: Vec<(String, String)>,
+    headers: Vec<(String, Bytes)>,
     index: HashMap<String, usize>,
     process: Option<Chunks>,
     /// The probes' chunks, in probe order.
     probes: Vec<(Arc<ProbeSeries>, Chunks)>,
-    /// The last whole exposition and the generation it shows.
-    body: Option<(u64, Bytes)>,
+    /// The last exposition and the generation it shows.
+    body: Option<(u64, Exposition)>,
 }
 
 /// The exposition of [`Metrics`] in one format, re-encoded per part.
@@ -98,7 +176,7 @@ fn help_name(line: &str) -> Option<&str> {
 
 /// Split an encoded part into each family's samples; an unknown family is
 /// an error (the caller then encodes the whole exposition).
-fn split(text: &str, index: &HashMap<String, usize>) -> Result<Vec<String>, std::fmt::Error> {
+fn split(text: &str, index: &HashMap<String, usize>) -> Result<Vec<Bytes>, std::fmt::Error> {
     let mut samples = vec![String::new(); index.len()];
     let mut at: Option<usize> = None;
     for line in text.split_inclusive('\n') {
@@ -110,7 +188,7 @@ fn split(text: &str, index: &HashMap<String, usize>) -> Result<Vec<String>, std:
             samples[at.ok_or(std::fmt::Error)?].push_str(line);
         }
     }
-    Ok(samples)
+    Ok(samples.into_iter().map(Bytes::from).collect())
 }
 
 impl ChunkedExposition {
@@ -142,7 +220,7 @@ impl ChunkedExposition {
 
     /// The current exposition: the cached bytes while nothing changed, else
     /// the changed parts re-encoded and every part concatenated.
-    pub fn encode(&self) -> Result<Bytes, std::fmt::Error> {
+    pub fn encode(&self) -> Result<Exposition, std::fmt::Error> {
         // Read every version before encoding: a change during the encoding
         // moves it again, so the next scrape re-encodes that part.
         let generation = self.shared.generation.get();
@@ -155,33 +233,32 @@ impl ChunkedExposition {
             }
         }
         let body = match self.reencode(&mut state) {
-            Ok(text) => text,
+            Ok(pieces) => Exposition::new(pieces),
             Err(_) => {
                 // Should not happen (every part has the header's families);
                 // start over from a whole encoding.
                 *state = State::default();
-                self.encode_whole()?
+                Exposition::from(Bytes::from(self.encode_whole()?))
             }
         };
-        let body = Bytes::from(body);
         state.body = Some((generation, body.clone()));
         Ok(body)
     }
 
-    fn reencode(&self, state: &mut State) -> Result<String, std::fmt::Error> {
+    fn reencode(&self, state: &mut State) -> Result<Vec<Bytes>, std::fmt::Error> {
         if state.headers.is_empty() {
             let text = encode_part(&self.shared, Select::Headers, self.format)?;
+            let mut headers: Vec<(String, String)> = Vec::new();
             for line in text.split_inclusive('\n') {
                 match help_name(line) {
-                    Some(name) => state.headers.push((name.to_string(), line.to_string())),
-                    None => state
-                        .headers
-                        .last_mut()
-                        .ok_or(std::fmt::Error)?
-                        .1
-                        .push_str(line),
+                    Some(name) => headers.push((name.to_string(), line.to_string())),
+                    None => headers.last_mut().ok_or(std::fmt::Error)?.1.push_str(line),
                 }
             }
+            state.headers = headers
+                .into_iter()
+                .map(|(name, lines)| (name, Bytes::from(lines)))
+                .collect();
             state.index = state
                 .headers
                 .iter()
@@ -228,23 +305,56 @@ impl ChunkedExposition {
             }
         }
         let process = state.process.as_ref().ok_or(std::fmt::Error)?;
-        let capacity = state.body.as_ref().map_or(0, |(_, b)| b.len() + 1024);
-        let mut out = String::with_capacity(capacity);
+        let mut out = Vec::with_capacity(state.body.as_ref().map_or(0, |(_, b)| b.pieces.len()));
         for (f, (_, header)) in state.headers.iter().enumerate() {
-            let any = !process.samples[f].is_empty()
-                || state.probes.iter().any(|(_, c)| !c.samples[f].is_empty());
-            if !any {
-                continue;
+            let samples = state
+                .probes
+                .iter()
+                .map(|(_, c)| &c.samples[f])
+                .chain([&process.samples[f]])
+                .filter(|s| !s.is_empty());
+            out.push(header.clone());
+            let start = out.len();
+            out.extend(samples.cloned());
+            if out.len() == start {
+                // No samples: no header either.
+                out.pop();
             }
-            out.push_str(header);
-            for (_, c) in &state.probes {
-                out.push_str(&c.samples[f]);
-            }
-            out.push_str(&process.samples[f]);
         }
         if self.format == Format::OpenMetrics {
-            out.push_str("# EOF\n");
+            out.push(Bytes::from_static(b"# EOF\n"));
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_the_text_in_order_and_about_64_kib() {
+        let piece = |n: usize, c: u8| Bytes::from(vec![c; n]);
+        let pieces = vec![
+            piece(10, b'a'),
+            piece(FRAME - 5, b'b'),
+            piece(3 * FRAME, b'c'),
+            piece(7, b'd'),
+            piece(FRAME, b'e'),
+            piece(1, b'f'),
+        ];
+        let e = Exposition::new(pieces);
+        let whole = e.to_bytes();
+        assert_eq!(whole.len(), e.len());
+        let frames: Vec<Bytes> = e.clone().frames().collect();
+        assert_eq!(frames.concat(), whole.to_vec());
+        // Small pieces are joined up to a frame; a big one goes alone.
+        let sizes: Vec<usize> = frames.iter().map(Bytes::len).collect();
+        assert_eq!(sizes, vec![10, FRAME - 5, 3 * FRAME, 7, FRAME, 1]);
+        let small = Exposition::new((0..1000).map(|_| piece(100, b'x')).collect());
+        let sizes: Vec<usize> = small.frames().map(|f| f.len()).collect();
+        assert!(sizes.iter().all(|s| *s <= FRAME), "{sizes:?}");
+        assert_eq!(sizes.iter().sum::<usize>(), 100_000);
+        assert_eq!(sizes.len(), 2);
     }
 }

@@ -499,13 +499,13 @@ fn chunked_equals_whole() {
         let whole_om = encode_openmetrics(&registry).unwrap();
         let whole_text = encode_prometheus_text(&registry).unwrap();
         assert_eq!(
-            std::str::from_utf8(&om.encode().unwrap()).unwrap(),
+            std::str::from_utf8(&om.encode().unwrap().to_bytes()).unwrap(),
             whole_om,
             "OpenMetrics, step {step}"
         );
         assert_eq!(om.encode_whole().unwrap(), whole_om);
         assert_eq!(
-            std::str::from_utf8(&text.encode().unwrap()).unwrap(),
+            std::str::from_utf8(&text.encode().unwrap().to_bytes()).unwrap(),
             whole_text,
             "text 0.0.4, step {step}"
         );

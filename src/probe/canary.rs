@@ -271,7 +271,11 @@ fn shared_http(connect_timeout: Duration) -> Result<Arc<reqwest::Client>, Canary
             .connect_timeout(connect_timeout)
             // Pod IPs are reached directly, never through a proxy from the env.
             .no_proxy()
-            .pool_idle_timeout(Duration::from_secs(30))
+            // No idle connections: a canary is asked once or twice per
+            // run, minutes apart, and most runs roll out new Pods, so a
+            // pooled connection is seldom reused; each one costs ~20 KiB
+            // here (buffers, dispatch channel) and a socket in the canary.
+            .pool_max_idle_per_host(0)
             .build()
             .map_err(CanaryError::Client)?,
     );

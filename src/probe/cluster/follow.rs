@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::view::{next_backoff, push, View};
+use super::view::{next_backoff, prune, push, View, CHANGE_LOG_AGE};
 use crate::probe::{Reason, Stamp};
 
 /// Classify a watcher error. `None`: not a fault (a 410 is a normal relist).
@@ -100,9 +100,21 @@ where
     futures::pin_mut!(stream);
     // Objects of a (re)list, published together when it completes.
     let mut relist: Option<Vec<(Stamp, String, T)>> = None;
+    // Old changes go when the next one comes; an idle watcher drops its
+    // last burst on this tick (no run is woken for it).
+    let mut prune_tick = tokio::time::interval(CHANGE_LOG_AGE);
+    prune_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let item = tokio::select! {
             _ = cancel.cancelled() => return true,
+            _ = prune_tick.tick() => {
+                let now = std::time::Instant::now();
+                tx.send_if_modified(|v| {
+                    prune(v, now);
+                    false
+                });
+                continue;
+            }
             item = stream.next() => item,
         };
         let stamp = Stamp::now();

@@ -126,6 +126,37 @@ fn gone_is_a_relist_not_a_fault() {
     assert_eq!(classify(&missing), Some(Reason::NotFound));
 }
 
+#[test]
+fn the_change_log_keeps_only_recent_changes_and_says_what_it_dropped() {
+    use super::view::{prune, push, CHANGE_LOG_AGE};
+    use std::sync::atomic::AtomicU64;
+    use std::time::{Duration, Instant};
+
+    let seq = AtomicU64::new(0);
+    let mut v: View<u32> = View::default();
+    let t0 = Instant::now();
+    let at = |after: Duration| Stamp {
+        at: t0 + after,
+        wall: chrono::Utc::now(),
+    };
+    for i in 0..5 {
+        push(&mut v, &seq, at(Duration::from_millis(i)), "a".into(), None);
+    }
+    assert_eq!(v.changes.len(), 5);
+    // A change after the age drops the older ones as it is logged.
+    let later = CHANGE_LOG_AGE + Duration::from_secs(1);
+    push(&mut v, &seq, at(later), "a".into(), None);
+    assert_eq!(v.changes.iter().map(|c| c.seq).collect::<Vec<_>>(), vec![6]);
+    assert_eq!(v.evicted, 5, "the last change dropped");
+    // An idle log empties on the watcher's prune tick.
+    assert!(!prune(&mut v, t0 + later));
+    assert!(prune(&mut v, t0 + later * 3));
+    assert!(v.changes.is_empty());
+    assert_eq!(v.evicted, 6);
+    // A run subscribing now starts after everything dropped.
+    assert_eq!(v.last_seq().max(v.evicted), 6);
+}
+
 mod marks_tests {
     use super::*;
     use serde_json::json;

@@ -5,13 +5,21 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::probe::{Reason, Stamp};
 
 /// Changes kept per watcher. A run reads changes as they come, so this only
 /// has to cover bursts between two wake-ups of a run.
 const CHANGE_LOG: usize = 128;
+
+/// How long a change stays in the log. A run drains its subscriptions each
+/// time a watcher publishes, so an older change was read by every run that
+/// wanted it, unless the process stalled that long (the run then warns of
+/// the overflow and goes on from the objects' state). Without an age limit
+/// every watcher kept its last [`CHANGE_LOG`] changes, each holding an old
+/// state of its object, for as long as the process ran.
+pub(super) const CHANGE_LOG_AGE: Duration = Duration::from_secs(10);
 
 /// One object's new state (or its deletion), as an event delivered it.
 #[derive(Debug, Clone)]
@@ -171,4 +179,24 @@ pub(super) fn push<T>(
             v.evicted = c.seq;
         }
     }
+    prune(v, stamp.at);
+}
+
+/// Drop the changes older than [`CHANGE_LOG_AGE`] at `now`; returns
+/// whether any was dropped.
+pub(super) fn prune<T>(v: &mut View<T>, now: Instant) -> bool {
+    let mut dropped = false;
+    while let Some(c) = v
+        .changes
+        .front()
+        .filter(|c| now.saturating_duration_since(c.stamp.at) > CHANGE_LOG_AGE)
+    {
+        v.evicted = c.seq;
+        v.changes.pop_front();
+        dropped = true;
+    }
+    if dropped && v.changes.capacity() > 2 * v.changes.len().max(8) {
+        v.changes.shrink_to_fit();
+    }
+    dropped
 }
