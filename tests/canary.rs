@@ -263,7 +263,8 @@ async fn file_source_long_poll_wakes_within_milliseconds_of_an_atomic_swap() {
         assert_eq!(d["digest"], sha(values[g].as_bytes()));
         bodies.push(body);
     }
-    // The poll interval is 5 ms; allow for a loaded 2-core machine.
+    // An inotify watch wakes it (else the 5 ms poll); allow for a loaded
+    // 2-core machine.
     assert!(
         worst < Duration::from_millis(100),
         "long-poll woke {worst:?} after the swap"

@@ -21,7 +21,7 @@ use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use secret_canary_lab::lab::Lab;
 use secret_canary_lab::openbao::BaoAdmin;
-use secret_canary_lab::truth::{step, TruthRecord};
+use secret_canary_lab::truth::{Milestones, TruthRecord};
 use serde_json::Value;
 
 use crate::prober::Prober;
@@ -193,53 +193,18 @@ async fn measure(
         opts.runs
     );
 
-    let by_name: BTreeMap<&str, &Chain> = chains.iter().map(|c| (c.name.as_str(), c)).collect();
-    let mut seen: HashSet<String> = HashSet::new();
+    let mut reported = Reported::new(chains);
     let mut observed = Vec::new();
     let per_probe = opts.runs.div_ceil(chains.len().max(1)) as u32;
     let limit = opts.interval * (per_probe + 2) * 2 + Duration::from_secs(120);
     let t0 = Instant::now();
-    while res.prober_runs < opts.runs && t0.elapsed() < limit {
+    while reported.runs < opts.runs && t0.elapsed() < limit {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let Ok(text) = prober.get("/probes").await else {
-            continue;
-        };
-        let Ok(doc) = serde_json::from_str::<Value>(&text) else {
-            continue;
-        };
-        for p in doc["probes"].as_array().into_iter().flatten() {
-            let last = &p["last_run"];
-            let Some(run_id) = last["run_id"].as_str() else {
-                continue;
-            };
-            if !seen.insert(run_id.to_string()) {
-                continue;
-            }
-            res.prober_runs += 1;
-            let name = last["probe"].as_str().unwrap_or_default();
-            let Some(chain) = by_name.get(name) else {
-                continue;
-            };
-            if last["result"].as_str() != Some("success") {
-                let key = format!(
-                    "{}/{}",
-                    last["failure"]["stage"].as_str().unwrap_or("?"),
-                    last["failure"]["reason"].as_str().unwrap_or("?")
-                );
-                *res.prober_failures.entry(key).or_default() += 1;
-                continue;
-            }
-            res.prober_success += 1;
-            let mut o = observed_from_report(chain, last);
-            if let Some(w) = o.stages.get("store_write").copied() {
-                o.created = created_time(&lab.bao, &chain.store_path, w.start, w.dur).await;
-            }
-            observed.push(o);
-        }
-        if res.prober_runs % 20 == 0 && res.prober_runs > 0 {
-            tracing::debug!(runs = res.prober_runs, "accuracy progress");
-        }
+        observed.extend(reported.poll(&prober, &lab.bao).await);
     }
+    res.prober_runs = reported.runs;
+    res.prober_success = reported.success;
+    res.prober_failures = reported.failures;
     prober.stop(Duration::from_secs(15)).await;
     eprintln!(
         "accuracy: prober done ({} runs, {} succeeded) after {:.0} s",
@@ -337,6 +302,75 @@ fn parse_ts(v: &Value) -> Option<DateTime<Utc>> {
 
 fn stage_name(s: &str) -> Option<&'static str> {
     STAGES.iter().copied().find(|x| *x == s)
+}
+
+/// The runs the prober reported on `/probes`, each counted once.
+pub(crate) struct Reported<'a> {
+    by_name: BTreeMap<&'a str, &'a Chain>,
+    seen: HashSet<String>,
+    /// Runs seen.
+    pub runs: usize,
+    /// Of which successes.
+    pub success: usize,
+    /// Failures by `stage/reason`.
+    pub failures: BTreeMap<String, usize>,
+}
+
+impl<'a> Reported<'a> {
+    /// A collector of the runs of the probes on `chains`.
+    pub fn new(chains: &'a [Chain]) -> Self {
+        Reported {
+            by_name: chains.iter().map(|c| (c.name.as_str(), c)).collect(),
+            seen: HashSet::new(),
+            runs: 0,
+            success: 0,
+            failures: BTreeMap::new(),
+        }
+    }
+
+    /// Read `/probes` once: count the runs not seen before and return the
+    /// new successful ones as observations, with the store's `created_time`
+    /// of the value each wrote. A failed read returns nothing (the next
+    /// poll sees the runs it missed only if no later run replaced them).
+    pub async fn poll(&mut self, prober: &Prober, bao: &BaoAdmin) -> Vec<Observed> {
+        let mut out = Vec::new();
+        let Ok(text) = prober.get("/probes").await else {
+            return out;
+        };
+        let Ok(doc) = serde_json::from_str::<Value>(&text) else {
+            return out;
+        };
+        for p in doc["probes"].as_array().into_iter().flatten() {
+            let last = &p["last_run"];
+            let Some(run_id) = last["run_id"].as_str() else {
+                continue;
+            };
+            if !self.seen.insert(run_id.to_string()) {
+                continue;
+            }
+            self.runs += 1;
+            let name = last["probe"].as_str().unwrap_or_default();
+            let Some(chain) = self.by_name.get(name).copied() else {
+                continue;
+            };
+            if last["result"].as_str() != Some("success") {
+                let key = format!(
+                    "{}/{}",
+                    last["failure"]["stage"].as_str().unwrap_or("?"),
+                    last["failure"]["reason"].as_str().unwrap_or("?")
+                );
+                *self.failures.entry(key).or_default() += 1;
+                continue;
+            }
+            self.success += 1;
+            let mut o = observed_from_report(chain, last);
+            if let Some(w) = o.stages.get("store_write").copied() {
+                o.created = created_time(bao, &chain.store_path, w.start, w.dur).await;
+            }
+            out.push(o);
+        }
+        out
+    }
 }
 
 /// A `/probes` `last_run` report as an observation.
@@ -511,12 +545,14 @@ pub(crate) fn score(
     let (mut err, mut dur, mut unscored) = (ByStage::new(), ByStage::new(), 0);
     let mut lines = String::new();
     for o in observed {
-        let Some(points) = truth_points(o, truth) else {
+        let Some(written) = o.created else {
             unscored += 1;
             continue;
         };
+        let kind = o.chain.kind.into();
+        let points = Milestones::of(truth, kind, &o.chain.name, &o.digest, written);
         for (stage, m) in &o.stages {
-            let Some((a, b)) = truth_interval(o, &points, stage, m.start) else {
+            let (Some(a), Some(b)) = points.bounds(kind, stage, m.start) else {
                 continue;
             };
             let t = (b - a).num_nanoseconds().unwrap_or(0) as f64 / 1e9;
@@ -539,92 +575,6 @@ pub(crate) fn score(
         tracing::warn!(error = %e, file = %details.display(), "could not write scored runs");
     }
     (err, dur, unscored)
-}
-
-/// The truth's milestones of one run.
-struct Points {
-    written: DateTime<Utc>,
-    secret: Option<DateTime<Utc>>,
-    synced: Option<DateTime<Utc>>,
-    trigger: Option<DateTime<Utc>>,
-    complete: Option<DateTime<Utc>>,
-    volume: Option<DateTime<Utc>>,
-}
-
-fn first_digest(truth: &[TruthRecord], st: &str, digest: &str) -> Option<DateTime<Utc>> {
-    truth
-        .iter()
-        .find(|r| r.step == st && r.digest.as_deref() == Some(digest))
-        .map(|r| r.ts)
-}
-
-fn first_after(
-    truth: &[TruthRecord],
-    st: &str,
-    name: &str,
-    after: DateTime<Utc>,
-) -> Option<DateTime<Utc>> {
-    truth
-        .iter()
-        .find(|r| r.step == st && r.name == name && r.ts >= after)
-        .map(|r| r.ts)
-}
-
-fn truth_points(o: &Observed, truth: &[TruthRecord]) -> Option<Points> {
-    let written = o.created?;
-    let name = o.chain.name.as_str();
-    let secret = first_digest(truth, step::ESO_SECRET_WRITTEN, &o.digest);
-    let synced = first_digest(truth, step::ESO_STATUS_SYNCED, &o.digest);
-    let (trigger, complete, volume) = match o.chain.kind {
-        Kind::Env => {
-            let p = secret.and_then(|s| first_after(truth, step::RELOADER_PATCHED, name, s));
-            let c = p.and_then(|p| first_after(truth, step::ROLLOUT_COMPLETE, name, p));
-            (p, c, None)
-        }
-        Kind::Bankvaults => {
-            let t = first_after(truth, step::DEPLOYMENT_TEMPLATE_CHANGED, name, written);
-            let c = t.and_then(|t| first_after(truth, step::ROLLOUT_COMPLETE, name, t));
-            (t, c, None)
-        }
-        Kind::Volume => (
-            None,
-            None,
-            first_digest(truth, step::VOLUME_UPDATED, &o.digest),
-        ),
-    };
-    Some(Points {
-        written,
-        secret,
-        synced,
-        trigger,
-        complete,
-        volume,
-    })
-}
-
-/// The true (start, end) of a stage; `own_start` is the measurer's own start
-/// where the truth has none (the store request is the measurer's).
-fn truth_interval(
-    o: &Observed,
-    p: &Points,
-    stage: &str,
-    own_start: DateTime<Utc>,
-) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
-    let w = Some(p.written);
-    let (a, b) = match (o.chain.kind, stage) {
-        (_, "store_write") => (Some(own_start), w),
-        (_, "eso_sync") => (w, p.synced),
-        (_, "secret_update") => (w, p.secret),
-        (Kind::Env, "reloader_trigger") => (p.secret, p.trigger),
-        (Kind::Bankvaults, "reloader_trigger") => (w, p.trigger),
-        (_, "rollout") => (p.trigger, p.complete),
-        (Kind::Volume, "canary_observe") => (p.secret, p.volume),
-        (_, "canary_observe") => (p.complete, p.complete),
-        (Kind::Volume, "end_to_end") => (Some(own_start), p.volume),
-        (_, "end_to_end") => (Some(own_start), p.complete),
-        _ => (None, None),
-    };
-    Some((a?, b?))
 }
 
 /// Where the accuracy phase keeps its files.

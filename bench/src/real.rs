@@ -298,49 +298,16 @@ async fn measure(
         humantime::format_duration(opts.duration),
         res.load.0
     );
-    let by_name: BTreeMap<&str, &Chain> = chains.iter().map(|c| (c.name.as_str(), c)).collect();
-    let mut seen: HashSet<String> = HashSet::new();
+    let mut reported = accuracy::Reported::new(chains);
     let mut observed = Vec::new();
     let t0 = Instant::now();
     while t0.elapsed() < opts.duration {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let Ok(text) = prober.get("/probes").await else {
-            continue;
-        };
-        let Ok(doc) = serde_json::from_str::<Value>(&text) else {
-            continue;
-        };
-        for p in doc["probes"].as_array().into_iter().flatten() {
-            let last = &p["last_run"];
-            let Some(run_id) = last["run_id"].as_str() else {
-                continue;
-            };
-            if !seen.insert(run_id.to_string()) {
-                continue;
-            }
-            res.runs += 1;
-            let name = last["probe"].as_str().unwrap_or_default();
-            let Some(chain) = by_name.get(name) else {
-                continue;
-            };
-            if last["result"].as_str() != Some("success") {
-                let key = format!(
-                    "{}/{}",
-                    last["failure"]["stage"].as_str().unwrap_or("?"),
-                    last["failure"]["reason"].as_str().unwrap_or("?")
-                );
-                *res.failures.entry(key).or_default() += 1;
-                continue;
-            }
-            res.success += 1;
-            let mut o = accuracy::observed_from_report(chain, last);
-            if let Some(w) = o.stages.get("store_write").copied() {
-                o.created =
-                    accuracy::created_time(&lab.bao, &chain.store_path, w.start, w.dur).await;
-            }
-            observed.push(o);
-        }
+        observed.extend(reported.poll(&prober, &lab.bao).await);
     }
+    res.runs = reported.runs;
+    res.success = reported.success;
+    res.failures = reported.failures;
     res.window_s = t0.elapsed().as_secs_f64();
     res.load.1 = loadavg();
     prober.stop(Duration::from_secs(15)).await;

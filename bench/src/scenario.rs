@@ -36,6 +36,16 @@ impl Kind {
     }
 }
 
+impl From<Kind> for secret_canary_lab::truth::ChainKind {
+    fn from(k: Kind) -> Self {
+        match k {
+            Kind::Env => Self::Env,
+            Kind::Volume => Self::Volume,
+            Kind::Bankvaults => Self::Bankvaults,
+        }
+    }
+}
+
 /// One chain: its ExternalSecret, Secret and Deployment share `name`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Chain {

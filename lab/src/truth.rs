@@ -42,6 +42,108 @@ pub mod step {
     pub const VAULT_ENV_RESOLVED: &str = "bankvaults.resolved";
 }
 
+/// A chain variant, as the truth scores it: which milestones bound each of
+/// its stages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ChainKind {
+    /// ESO -> Secret -> Reloader (env vars) -> rollout -> env canary.
+    Env,
+    /// ESO -> Secret -> kubelet volume refresh -> file canary.
+    Volume,
+    /// The prober's restart -> rollout -> `vault:` resolved at Pod start.
+    Bankvaults,
+}
+
+/// The truth's milestones of one run: when its value was written to the
+/// store and when each controller after that completed its step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Milestones {
+    /// The store's `created_time` of the value the run wrote.
+    pub written: DateTime<Utc>,
+    /// ESO wrote the Secret with the value.
+    pub secret: Option<DateTime<Utc>>,
+    /// ESO wrote the ExternalSecret's synced status for the value.
+    pub synced: Option<DateTime<Utc>>,
+    /// Reloader patched the Deployment (env chains) or the template changed
+    /// (the prober's restart, Bank-Vaults chains).
+    pub trigger: Option<DateTime<Utc>>,
+    /// The rollout after the trigger completed.
+    pub complete: Option<DateTime<Utc>>,
+    /// The kubelet rewrote the Secret volume with the value.
+    pub volume: Option<DateTime<Utc>>,
+}
+
+impl Milestones {
+    /// The milestones of the run that wrote the value of `digest` at
+    /// `written`, on a chain of `kind` whose Deployment is `deployment`:
+    /// the earliest record of each step with the digest, and for the
+    /// Deployment's steps the earliest after the step before them.
+    pub fn of(
+        truth: &[TruthRecord],
+        kind: ChainKind,
+        deployment: &str,
+        digest: &str,
+        written: DateTime<Utc>,
+    ) -> Milestones {
+        let with_digest = |st: &str| {
+            truth
+                .iter()
+                .filter(|r| r.step == st && r.digest.as_deref() == Some(digest))
+                .map(|r| r.ts)
+                .min()
+        };
+        let first_after = |st: &str, after: DateTime<Utc>| {
+            truth
+                .iter()
+                .filter(|r| r.step == st && r.name == deployment && r.ts >= after)
+                .map(|r| r.ts)
+                .min()
+        };
+        let secret = with_digest(step::ESO_SECRET_WRITTEN);
+        let trigger = match kind {
+            ChainKind::Env => secret.and_then(|s| first_after(step::RELOADER_PATCHED, s)),
+            ChainKind::Bankvaults => first_after(step::DEPLOYMENT_TEMPLATE_CHANGED, written),
+            ChainKind::Volume => None,
+        };
+        Milestones {
+            written,
+            secret,
+            synced: with_digest(step::ESO_STATUS_SYNCED),
+            trigger,
+            complete: trigger.and_then(|t| first_after(step::ROLLOUT_COMPLETE, t)),
+            volume: match kind {
+                ChainKind::Volume => with_digest(step::VOLUME_UPDATED),
+                _ => None,
+            },
+        }
+    }
+
+    /// The true start and end of `stage` on a chain of `kind` (`None` where
+    /// the truth has no record); `own_start` stands for the measurer's own
+    /// start where the truth has none (its store request, its whole run).
+    pub fn bounds(
+        &self,
+        kind: ChainKind,
+        stage: &str,
+        own_start: DateTime<Utc>,
+    ) -> (Option<DateTime<Utc>>, Option<DateTime<Utc>>) {
+        let w = Some(self.written);
+        match (kind, stage) {
+            (_, "store_write") => (Some(own_start), w),
+            (_, "eso_sync") => (w, self.synced),
+            (_, "secret_update") => (w, self.secret),
+            (ChainKind::Env, "reloader_trigger") => (self.secret, self.trigger),
+            (ChainKind::Bankvaults, "reloader_trigger") => (w, self.trigger),
+            (_, "rollout") => (self.trigger, self.complete),
+            (ChainKind::Volume, "canary_observe") => (self.secret, self.volume),
+            (_, "canary_observe") => (self.complete, self.complete),
+            (ChainKind::Volume, "end_to_end") => (Some(own_start), self.volume),
+            (_, "end_to_end") => (Some(own_start), self.complete),
+            _ => (None, None),
+        }
+    }
+}
+
 /// One line of the log.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TruthRecord {
@@ -206,5 +308,67 @@ mod tests {
         assert!(!line.contains("hello"));
         assert!(line.contains(&d));
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn milestones_follow_the_chain_from_the_written_value() {
+        let t0: DateTime<Utc> = "2026-01-01T00:00:00Z".parse().unwrap();
+        let at = |ms: i64| t0 + chrono::Duration::milliseconds(ms);
+        let rec = |ms: i64, st: &str, name: &str, d: Option<&str>| TruthRecord {
+            ts: at(ms),
+            step: st.to_string(),
+            namespace: "ns".into(),
+            name: name.into(),
+            digest: d.map(str::to_string),
+        };
+        let truth = vec![
+            // An earlier run's rollout must not count.
+            rec(50, step::ROLLOUT_COMPLETE, "env", None),
+            rec(300, step::ESO_STATUS_SYNCED, "env", Some("d1")),
+            rec(290, step::ESO_SECRET_WRITTEN, "env", Some("d1")),
+            rec(400, step::RELOADER_PATCHED, "env", Some("x")),
+            rec(900, step::ROLLOUT_COMPLETE, "env", None),
+            rec(950, step::ROLLOUT_COMPLETE, "env", None),
+            rec(800, step::VOLUME_UPDATED, "vol", Some("d1")),
+        ];
+        let m = Milestones::of(&truth, ChainKind::Env, "env", "d1", at(100));
+        assert_eq!(m.secret, Some(at(290)));
+        assert_eq!(m.synced, Some(at(300)));
+        assert_eq!(m.trigger, Some(at(400)));
+        assert_eq!(
+            m.complete,
+            Some(at(900)),
+            "the first completion after the patch"
+        );
+        assert_eq!(m.volume, None, "an env chain has no volume milestone");
+        let own = at(90);
+        assert_eq!(
+            m.bounds(ChainKind::Env, "store_write", own),
+            (Some(own), Some(at(100)))
+        );
+        assert_eq!(
+            m.bounds(ChainKind::Env, "reloader_trigger", own),
+            (Some(at(290)), Some(at(400)))
+        );
+        assert_eq!(
+            m.bounds(ChainKind::Env, "end_to_end", own),
+            (Some(own), Some(at(900)))
+        );
+        assert_eq!(m.bounds(ChainKind::Env, "nonsense", own), (None, None));
+        let v = Milestones::of(&truth, ChainKind::Volume, "vol", "d1", at(100));
+        assert_eq!(
+            (v.trigger, v.complete, v.volume),
+            (None, None, Some(at(800)))
+        );
+        assert_eq!(
+            v.bounds(ChainKind::Volume, "canary_observe", own),
+            (Some(at(290)), Some(at(800)))
+        );
+        // No value of that digest reached the Secret: the bounds say so.
+        let none = Milestones::of(&truth, ChainKind::Env, "env", "d2", at(100));
+        assert_eq!(
+            none.bounds(ChainKind::Env, "secret_update", own),
+            (Some(at(100)), None)
+        );
     }
 }

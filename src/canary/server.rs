@@ -124,10 +124,19 @@ impl Shared {
 }
 
 /// Keeps a file source fresh while long-polls wait; idle otherwise.
+///
+/// Besides the poll, an inotify watch on the file's directory wakes it as
+/// soon as something there changes: the kubelet's rename of `..data` lands
+/// in the volume's root, so a value is seen within microseconds instead of
+/// up to [`FILE_POLL_INTERVAL`] later (half of it on average, which was
+/// most of `canary_observe`'s measured error). The poll remains for what
+/// the watch cannot see (a file below a symlinked directory, whose
+/// directory the kubelet replaces).
 pub async fn poll_file(shared: Arc<Shared>, cancel: CancellationToken) {
-    if shared.source.is_fixed() {
+    let Some(path) = shared.source.path() else {
         return;
-    }
+    };
+    let dir_watch = DirWatch::new(path);
     loop {
         if shared.waiters.load(Ordering::Acquire) == 0 {
             tokio::select! {
@@ -138,7 +147,80 @@ pub async fn poll_file(shared: Arc<Shared>, cancel: CancellationToken) {
         shared.refresh_if_changed();
         tokio::select! {
             _ = tokio::time::sleep(FILE_POLL_INTERVAL) => {}
+            _ = DirWatch::changed(dir_watch.as_ref()) => {}
             _ = cancel.cancelled() => return,
+        }
+    }
+}
+
+/// An inotify watch on a file's directory (entries created, renamed,
+/// written or removed).
+struct DirWatch {
+    fd: tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>,
+}
+
+impl DirWatch {
+    /// A watch on `file`'s directory; `None` (logged) where inotify is not
+    /// available, in which case the poll alone keeps the file fresh.
+    fn new(file: &std::path::Path) -> Option<DirWatch> {
+        use rustix::fs::inotify::{self, CreateFlags, WatchFlags};
+        let dir = match file.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => std::path::Path::new("."),
+        };
+        let watch = || -> std::io::Result<DirWatch> {
+            let fd = inotify::init(CreateFlags::NONBLOCK | CreateFlags::CLOEXEC)?;
+            inotify::add_watch(
+                &fd,
+                dir,
+                WatchFlags::CREATE
+                    | WatchFlags::MOVED_TO
+                    | WatchFlags::MOVED_FROM
+                    | WatchFlags::DELETE
+                    | WatchFlags::CLOSE_WRITE
+                    | WatchFlags::MODIFY
+                    | WatchFlags::ATTRIB,
+            )?;
+            // `new` is deprecated for types whose descriptor may change or
+            // close while registered; an `OwnedFd` moved into the `AsyncFd`
+            // cannot, which is the contract of its (unsafe, and this crate
+            // forbids unsafe code) replacement `register`.
+            #[allow(deprecated)]
+            let fd = tokio::io::unix::AsyncFd::new(fd)?;
+            Ok(DirWatch { fd })
+        };
+        match watch() {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::info!(dir = %dir.display(), error = %e, "no inotify watch on the file's directory; polling only");
+                None
+            }
+        }
+    }
+
+    /// Until something in the directory changed (never, without a watch).
+    async fn changed(watch: Option<&DirWatch>) {
+        let Some(w) = watch else {
+            return std::future::pending().await;
+        };
+        let Ok(mut ready) = w.fd.readable().await else {
+            return std::future::pending().await;
+        };
+        // Drain the events: which entry changed does not matter, the
+        // caller re-stats the file.
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
+        let mut reader = rustix::fs::inotify::Reader::new(w.fd.get_ref(), &mut buf);
+        loop {
+            match reader.next() {
+                Ok(_) => continue,
+                Err(e) if e == rustix::io::Errno::AGAIN => {
+                    ready.clear_ready();
+                    return;
+                }
+                // Any other error: report a change (the caller re-stats)
+                // and let the next wait find out again.
+                Err(_) => return,
+            }
         }
     }
 }
@@ -293,6 +375,31 @@ mod tests {
         );
         assert_eq!(parse_wait(Some("1h")).unwrap(), MAX_WAIT);
         assert!(parse_wait(Some("soon")).is_err());
+    }
+
+    #[tokio::test]
+    async fn the_directory_watch_wakes_on_a_symlink_swap_and_not_before() {
+        let dir = std::env::temp_dir().join(format!("canary-inotify-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // The kubelet's layout: value -> ..data/value, ..data -> a dated dir.
+        for d in ["a", "b"] {
+            std::fs::create_dir_all(dir.join(d)).unwrap();
+            std::fs::write(dir.join(d).join("value"), d).unwrap();
+        }
+        std::os::unix::fs::symlink("a", dir.join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/value", dir.join("value")).unwrap();
+        let watch = DirWatch::new(&dir.join("value")).expect("inotify on a temp dir");
+        let quiet =
+            tokio::time::timeout(Duration::from_millis(50), DirWatch::changed(Some(&watch))).await;
+        assert!(quiet.is_err(), "woke with nothing changed");
+        let waiting = DirWatch::changed(Some(&watch));
+        std::os::unix::fs::symlink("b", dir.join("..data_tmp")).unwrap();
+        std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+        tokio::time::timeout(Duration::from_secs(30), waiting)
+            .await
+            .expect("the swap woke the watch");
+        assert_eq!(std::fs::read(dir.join("value")).unwrap(), b"b");
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

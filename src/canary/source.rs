@@ -164,6 +164,14 @@ impl Source {
         matches!(self, Source::Env { .. })
     }
 
+    /// The file's path, for a file source.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            Source::File { path } => Some(path),
+            Source::Env { .. } => None,
+        }
+    }
+
     /// Look at the value now.
     pub fn read(&self) -> Reading {
         match self {

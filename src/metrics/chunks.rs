@@ -188,7 +188,12 @@ fn split(text: &str, index: &HashMap<String, usize>) -> Result<Vec<Bytes>, std::
             samples[at.ok_or(std::fmt::Error)?].push_str(line);
         }
     }
-    Ok(samples.into_iter().map(Bytes::from).collect())
+    // Shrunk to their length: a pushed-to String has up to twice the
+    // capacity it needs, and the chunks are kept until the probe changes.
+    Ok(samples
+        .into_iter()
+        .map(|s| Bytes::from(s.into_bytes().into_boxed_slice()))
+        .collect())
 }
 
 impl ChunkedExposition {

@@ -1,23 +1,15 @@
-//! Score a `once --output json` report against `truth.jsonl`, the way
-//! `bench/src/accuracy.rs` does (same truth intervals per stage), for the
-//! real cluster's tests: |measured − true| in ms per stage.
+//! Score a `once --output json` report against `truth.jsonl` with the
+//! lab's [`Milestones`] (the benchmark scores the same way), for the real
+//! cluster's tests: |measured − true| in ms per stage.
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use secret_canary_lab::truth::{step, TruthRecord};
+use secret_canary_lab::truth::{Milestones, TruthRecord};
 use serde_json::Value;
 
 /// The chain kinds of the reference scenario.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Kind {
-    /// ESO + Reloader + env.
-    Env,
-    /// ESO + Secret volume.
-    Volume,
-    /// Bank-Vaults with a restart trigger.
-    Bankvaults,
-}
+pub use secret_canary_lab::truth::ChainKind as Kind;
 
 /// Stage -> (measured s, true s) of one run.
 pub type Scored = BTreeMap<String, (f64, f64)>;
@@ -28,28 +20,7 @@ fn ts(v: &Value) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
-fn first_digest(truth: &[TruthRecord], st: &str, digest: &str) -> Option<DateTime<Utc>> {
-    truth
-        .iter()
-        .filter(|r| r.step == st && r.digest.as_deref() == Some(digest))
-        .map(|r| r.ts)
-        .min()
-}
-
-fn first_after(
-    truth: &[TruthRecord],
-    st: &str,
-    name: &str,
-    after: DateTime<Utc>,
-) -> Option<DateTime<Utc>> {
-    truth
-        .iter()
-        .filter(|r| r.step == st && r.name == name && r.ts >= after)
-        .map(|r| r.ts)
-        .min()
-}
-
-/// The truth's points of one run, or which one is missing.
+/// Each stage of one run with its true duration, or which bound the truth lacks.
 pub fn score(
     probe: &Value,
     kind: Kind,
@@ -58,30 +29,7 @@ pub fn score(
     truth: &[TruthRecord],
 ) -> Result<Scored, String> {
     let digest = probe["digest"].as_str().ok_or("no digest")?;
-    let secret = first_digest(truth, step::ESO_SECRET_WRITTEN, digest);
-    let synced = first_digest(truth, step::ESO_STATUS_SYNCED, digest);
-    let (trigger, complete, volume) = match kind {
-        Kind::Env => {
-            let p = secret.and_then(|s| first_after(truth, step::RELOADER_PATCHED, deployment, s));
-            let c = p.and_then(|p| first_after(truth, step::ROLLOUT_COMPLETE, deployment, p));
-            (p, c, None)
-        }
-        Kind::Bankvaults => {
-            let t = first_after(
-                truth,
-                step::DEPLOYMENT_TEMPLATE_CHANGED,
-                deployment,
-                written,
-            );
-            let c = t.and_then(|t| first_after(truth, step::ROLLOUT_COMPLETE, deployment, t));
-            (t, c, None)
-        }
-        Kind::Volume => (
-            None,
-            None,
-            first_digest(truth, step::VOLUME_UPDATED, digest),
-        ),
-    };
+    let points = Milestones::of(truth, kind, deployment, digest, written);
     let mut out = Scored::new();
     for s in probe["stages"].as_array().into_iter().flatten() {
         let stage = s["stage"].as_str().unwrap_or_default();
@@ -89,20 +37,7 @@ pub fn score(
         else {
             continue;
         };
-        let w = Some(written);
-        let (a, b) = match (kind, stage) {
-            (_, "store_write") => (Some(start), w),
-            (_, "eso_sync") => (w, synced),
-            (_, "secret_update") => (w, secret),
-            (Kind::Env, "reloader_trigger") => (secret, trigger),
-            (Kind::Bankvaults, "reloader_trigger") => (w, trigger),
-            (_, "rollout") => (trigger, complete),
-            (Kind::Volume, "canary_observe") => (secret, volume),
-            (_, "canary_observe") => (complete, complete),
-            (Kind::Volume, "end_to_end") => (Some(start), volume),
-            (_, "end_to_end") => (Some(start), complete),
-            _ => (None, None),
-        };
+        let (a, b) = points.bounds(kind, stage, start);
         match (a, b) {
             (Some(a), Some(b)) => {
                 let t = (b - a).num_nanoseconds().unwrap_or(0) as f64 / 1e9;
