@@ -21,7 +21,7 @@ use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use secret_canary_lab::lab::Lab;
 use secret_canary_lab::openbao::BaoAdmin;
-use secret_canary_lab::truth::{Milestones, TruthRecord};
+use secret_canary_lab::truth::{error_beyond, Milestones, TruthRecord};
 use serde_json::Value;
 
 use crate::prober::Prober;
@@ -227,14 +227,12 @@ async fn measure(
     }
 
     let truth = lab.truth.records();
-    let (prober_err, truth_dur, unscored) =
-        score(&observed, &truth, &lab.dir.join("prober-scored.jsonl"));
-    res.prober_unscored = unscored;
-    let (baseline_err, _, unscored) =
-        score(&baseline, &truth, &lab.dir.join("baseline-scored.jsonl"));
-    res.baseline_unscored = unscored;
+    let prober = score(&observed, &truth, &lab.dir.join("prober-scored.jsonl"));
+    res.prober_unscored = prober.unscored;
+    let baseline = score(&baseline, &truth, &lab.dir.join("baseline-scored.jsonl"));
+    res.baseline_unscored = baseline.unscored;
 
-    let (rows, overall, samples) = tables(&truth_dur, &prober_err, &baseline_err);
+    let (rows, overall, samples) = tables(&prober.dur, &prober.err, &baseline.err);
     res.rows = rows;
     res.overall = overall;
     res.samples = samples;
@@ -534,47 +532,61 @@ fn observed_from_baseline(chain: &Chain, v: &Value) -> Observed {
 
 pub(crate) type ByStage = BTreeMap<(Kind, &'static str), Vec<f64>>;
 
-/// Per (variant, stage): |measured − true| in ms, the true durations in ms,
-/// and how many runs could not be matched to the truth. Every scored stage
-/// also goes to `details` (JSONL) for post-mortems.
-pub(crate) fn score(
-    observed: &[Observed],
-    truth: &[TruthRecord],
-    details: &Path,
-) -> (ByStage, ByStage, usize) {
-    let (mut err, mut dur, mut unscored) = (ByStage::new(), ByStage::new(), 0);
+/// The scores of a set of runs, per (variant, stage), in ms.
+#[derive(Debug, Default)]
+pub(crate) struct Scores {
+    /// |measured − true|, the truth's stamps taken as exact.
+    pub err: ByStage,
+    /// How far the measurement lies outside the durations the truth allows
+    /// (the same as `err` where every milestone is known to the instant;
+    /// smaller where the audit log only brackets one, see
+    /// [`secret_canary_lab::truth::error_beyond`]).
+    pub beyond: ByStage,
+    /// The true durations.
+    pub dur: ByStage,
+    /// Runs that could not be matched to the truth.
+    pub unscored: usize,
+}
+
+/// Score the runs against the truth. Every scored stage also goes to
+/// `details` (JSONL) for post-mortems.
+pub(crate) fn score(observed: &[Observed], truth: &[TruthRecord], details: &Path) -> Scores {
+    let mut out = Scores::default();
     let mut lines = String::new();
     for o in observed {
         let Some(written) = o.created else {
-            unscored += 1;
+            out.unscored += 1;
             continue;
         };
         let kind = o.chain.kind.into();
         let points = Milestones::of(truth, kind, &o.chain.name, &o.digest, written);
         for (stage, m) in &o.stages {
-            let (Some(a), Some(b)) = points.bounds(kind, stage, m.start) else {
+            let (Some(a), Some(b)) = points.span(kind, stage, m.start) else {
                 continue;
             };
-            let t = (b - a).num_nanoseconds().unwrap_or(0) as f64 / 1e9;
+            let t = (b.ts - a.ts).num_nanoseconds().unwrap_or(0) as f64 / 1e9;
+            let beyond = error_beyond(m.dur, a, b);
             let line = serde_json::json!({
                 "chain": o.chain.name, "digest": o.digest, "stage": stage,
-                "start": m.start, "measured_s": m.dur, "truth_start": a, "truth_end": b,
-                "truth_s": t, "error_ms": (m.dur - t) * 1000.0,
+                "start": m.start, "measured_s": m.dur, "truth_start": a.ts, "truth_end": b.ts,
+                "truth_start_from": a.from, "truth_end_from": b.from,
+                "truth_s": t, "error_ms": (m.dur - t) * 1000.0, "beyond_ms": beyond * 1000.0,
             });
             lines.push_str(&line.to_string());
             lines.push('\n');
-            err.entry((o.chain.kind, *stage))
+            let key = (o.chain.kind, *stage);
+            out.err
+                .entry(key)
                 .or_default()
                 .push((m.dur - t).abs() * 1000.0);
-            dur.entry((o.chain.kind, *stage))
-                .or_default()
-                .push(t * 1000.0);
+            out.beyond.entry(key).or_default().push(beyond * 1000.0);
+            out.dur.entry(key).or_default().push(t * 1000.0);
         }
     }
     if let Err(e) = std::fs::write(details, lines) {
         tracing::warn!(error = %e, file = %details.display(), "could not write scored runs");
     }
-    (err, dur, unscored)
+    out
 }
 
 /// Where the accuracy phase keeps its files.

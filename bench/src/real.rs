@@ -104,6 +104,9 @@ pub struct RealResult {
     pub verbs: Vec<VerbCount>,
     /// The prober's user in the audit log.
     pub user: String,
+    /// Per stage (all chains): how far the prober's duration lies outside
+    /// the durations the truth's windows allow, ms.
+    pub beyond: Vec<(String, Summary)>,
     /// The truth's own resolution: per writer and resource, the audit
     /// window (request received → response complete, ms) of the writes the
     /// truth is made of; the commit lies somewhere inside it.
@@ -319,17 +322,34 @@ async fn measure(
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut truth = lab.truth.records();
     truth.sort_by_key(|r| r.ts);
-    let (err, dur, unscored) =
-        accuracy::score(&observed, &truth, &lab.dir.join("prober-scored.jsonl"));
-    res.unscored = unscored;
-    let (rows, overall, samples) = accuracy::tables(&dur, &err, &Default::default());
+    let scores = accuracy::score(&observed, &truth, &lab.dir.join("prober-scored.jsonl"));
+    res.unscored = scores.unscored;
+    let (rows, overall, samples) = accuracy::tables(&scores.dur, &scores.err, &Default::default());
     res.rows = rows;
     res.overall = overall;
     res.samples = samples;
+    res.beyond = beyond_by_stage(&scores.beyond);
     res.verbs = count_verbs(&lab.cluster.audit_log, &res.user, ready_at)?;
     let audit = std::fs::read_to_string(&lab.cluster.audit_log).unwrap_or_default();
     res.truth_windows = truth_windows(&audit);
     Ok(res)
+}
+
+/// Every chain's error beyond the truth's window, per stage (in the order
+/// of the pipeline).
+fn beyond_by_stage(beyond: &accuracy::ByStage) -> Vec<(String, Summary)> {
+    let mut by: BTreeMap<usize, (String, Vec<f64>)> = BTreeMap::new();
+    for ((_, stage), v) in beyond {
+        let order = accuracy::STAGES
+            .iter()
+            .position(|s| s == stage)
+            .unwrap_or(usize::MAX);
+        let e = by
+            .entry(order)
+            .or_insert_with(|| (stage.to_string(), Vec::new()));
+        e.1.extend(v);
+    }
+    by.into_values().map(|(s, v)| (s, summarize(&v))).collect()
 }
 
 fn lab_versions(dir: &Path) -> BTreeMap<String, String> {

@@ -744,6 +744,23 @@ The prober (**{} build**) runs as its own ServiceAccount (`{}`, a Role like the 
         );
     }
     truth_windows_md(s, r);
+    if !r.beyond.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nError beyond that window: each milestone from the audit log happened between its write's `requestReceivedTimestamp` and `stageTimestamp`, so a stage's true duration is only known to lie between the earliest and the latest its two ends allow; this is how far the prober's duration lies outside that range (0 inside; the same as the error above where both ends are known to the instant: OpenBao's `created_time`, the prober's own start). All chains, ms:\n"
+        );
+        let _ = writeln!(s, "| stage | n | p50 | p99 | max |\n|---|---|---|---|---|");
+        for (stage, x) in &r.beyond {
+            let _ = writeln!(
+                s,
+                "| `{stage}` | {} | {} | {} | {} |",
+                x.n,
+                ms(x.p50),
+                ms(x.p99),
+                ms(x.max)
+            );
+        }
+    }
     let _ = writeln!(
         s,
         "\nReal cluster per chain variant (|prober − audit-log truth|, ms):\n"
@@ -847,6 +864,19 @@ fn real_targets(s: &mut String, r: &crate::real::RealResult) {
             worst.stage,
             ms(r.overall.iter().map(|x| x.prober_ms.p50).fold(0.0, f64::max)),
             yes(worst.prober_ms.p99 <= 5.0)
+        );
+    }
+    if let Some((stage, worst)) = r
+        .beyond
+        .iter()
+        .filter(|(_, x)| x.n > 0)
+        .max_by(|a, b| a.1.p99.total_cmp(&b.1.p99))
+    {
+        let _ = writeln!(
+            s,
+            "| the same, counting only error beyond the truth's own window (below) | worst stage p99 {} ms (`{stage}`) | {} |",
+            ms(worst.p99),
+            yes(worst.p99 <= 5.0)
         );
     }
     let lists: usize = r

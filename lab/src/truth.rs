@@ -54,6 +54,30 @@ pub enum ChainKind {
     Bankvaults,
 }
 
+/// When a milestone happened: at `ts` at the latest and at `from` at the
+/// earliest (equal, except for records from the audit log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct At {
+    /// The earliest it can have happened.
+    pub from: DateTime<Utc>,
+    /// When the truth stamped it.
+    pub ts: DateTime<Utc>,
+}
+
+impl At {
+    /// A milestone known to the instant.
+    pub fn exactly(ts: DateTime<Utc>) -> At {
+        At { from: ts, ts }
+    }
+
+    fn of(r: &TruthRecord) -> At {
+        At {
+            from: r.received.unwrap_or(r.ts).min(r.ts),
+            ts: r.ts,
+        }
+    }
+}
+
 /// The truth's milestones of one run: when its value was written to the
 /// store and when each controller after that completed its step.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,16 +85,16 @@ pub struct Milestones {
     /// The store's `created_time` of the value the run wrote.
     pub written: DateTime<Utc>,
     /// ESO wrote the Secret with the value.
-    pub secret: Option<DateTime<Utc>>,
+    pub secret: Option<At>,
     /// ESO wrote the ExternalSecret's synced status for the value.
-    pub synced: Option<DateTime<Utc>>,
+    pub synced: Option<At>,
     /// Reloader patched the Deployment (env chains) or the template changed
     /// (the prober's restart, Bank-Vaults chains).
-    pub trigger: Option<DateTime<Utc>>,
+    pub trigger: Option<At>,
     /// The rollout after the trigger completed.
-    pub complete: Option<DateTime<Utc>>,
+    pub complete: Option<At>,
     /// The kubelet rewrote the Secret volume with the value.
-    pub volume: Option<DateTime<Utc>>,
+    pub volume: Option<At>,
 }
 
 impl Milestones {
@@ -89,19 +113,19 @@ impl Milestones {
             truth
                 .iter()
                 .filter(|r| r.step == st && r.digest.as_deref() == Some(digest))
-                .map(|r| r.ts)
-                .min()
+                .min_by_key(|r| r.ts)
+                .map(At::of)
         };
         let first_after = |st: &str, after: DateTime<Utc>| {
             truth
                 .iter()
                 .filter(|r| r.step == st && r.name == deployment && r.ts >= after)
-                .map(|r| r.ts)
-                .min()
+                .min_by_key(|r| r.ts)
+                .map(At::of)
         };
         let secret = with_digest(step::ESO_SECRET_WRITTEN);
         let trigger = match kind {
-            ChainKind::Env => secret.and_then(|s| first_after(step::RELOADER_PATCHED, s)),
+            ChainKind::Env => secret.and_then(|s| first_after(step::RELOADER_PATCHED, s.ts)),
             ChainKind::Bankvaults => first_after(step::DEPLOYMENT_TEMPLATE_CHANGED, written),
             ChainKind::Volume => None,
         };
@@ -110,7 +134,7 @@ impl Milestones {
             secret,
             synced: with_digest(step::ESO_STATUS_SYNCED),
             trigger,
-            complete: trigger.and_then(|t| first_after(step::ROLLOUT_COMPLETE, t)),
+            complete: trigger.and_then(|t| first_after(step::ROLLOUT_COMPLETE, t.ts)),
             volume: match kind {
                 ChainKind::Volume => with_digest(step::VOLUME_UPDATED),
                 _ => None,
@@ -118,18 +142,20 @@ impl Milestones {
         }
     }
 
-    /// The true start and end of `stage` on a chain of `kind` (`None` where
-    /// the truth has no record); `own_start` stands for the measurer's own
-    /// start where the truth has none (its store request, its whole run).
-    pub fn bounds(
+    /// The milestones that start and end `stage` on a chain of `kind`
+    /// (`None` where the truth has no record); `own_start` stands for the
+    /// measurer's own start where the truth has none (its store request,
+    /// its whole run).
+    pub fn span(
         &self,
         kind: ChainKind,
         stage: &str,
         own_start: DateTime<Utc>,
-    ) -> (Option<DateTime<Utc>>, Option<DateTime<Utc>>) {
-        let w = Some(self.written);
+    ) -> (Option<At>, Option<At>) {
+        let w = Some(At::exactly(self.written));
+        let own = Some(At::exactly(own_start));
         match (kind, stage) {
-            (_, "store_write") => (Some(own_start), w),
+            (_, "store_write") => (own, w),
             (_, "eso_sync") => (w, self.synced),
             (_, "secret_update") => (w, self.secret),
             (ChainKind::Env, "reloader_trigger") => (self.secret, self.trigger),
@@ -137,10 +163,44 @@ impl Milestones {
             (_, "rollout") => (self.trigger, self.complete),
             (ChainKind::Volume, "canary_observe") => (self.secret, self.volume),
             (_, "canary_observe") => (self.complete, self.complete),
-            (ChainKind::Volume, "end_to_end") => (Some(own_start), self.volume),
-            (_, "end_to_end") => (Some(own_start), self.complete),
+            (ChainKind::Volume, "end_to_end") => (own, self.volume),
+            (_, "end_to_end") => (own, self.complete),
             _ => (None, None),
         }
+    }
+
+    /// The true start and end of `stage`, as the truth stamped them.
+    pub fn bounds(
+        &self,
+        kind: ChainKind,
+        stage: &str,
+        own_start: DateTime<Utc>,
+    ) -> (Option<DateTime<Utc>>, Option<DateTime<Utc>>) {
+        let (a, b) = self.span(kind, stage, own_start);
+        (a.map(|a| a.ts), b.map(|b| b.ts))
+    }
+}
+
+/// How far (seconds) `measured` lies outside the durations the truth
+/// allows between `start` and `end`: from `end.from − start.ts` to
+/// `end.ts − start.from` (0 inside; the same as |measured − true| when
+/// both are known to the instant). A milestone is one write whose commit
+/// the audit log places only between the request's arrival and its
+/// response, and the two ends of a stage that is one write (Bank-Vaults'
+/// `canary_observe`) are the same instant.
+pub fn error_beyond(measured: f64, start: At, end: At) -> f64 {
+    let secs = |d: chrono::TimeDelta| d.num_nanoseconds().unwrap_or(0) as f64 / 1e9;
+    let (low, high) = if start == end {
+        (0.0, 0.0)
+    } else {
+        (secs(end.from - start.ts), secs(end.ts - start.from))
+    };
+    if measured < low {
+        low - measured
+    } else if measured > high {
+        measured - high
+    } else {
+        0.0
     }
 }
 
@@ -159,6 +219,12 @@ pub struct TruthRecord {
     /// SHA-256 (hex) of the secret value involved, where there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
+    /// The earliest the step can have completed, where `ts` is only the
+    /// latest: for a record from the API server's audit log, the request's
+    /// arrival (the write was committed between it and `ts`). Absent for
+    /// the simulated controllers, which stamp the step itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received: Option<DateTime<Utc>>,
 }
 
 /// SHA-256 of a value, lower-case hex: the only form in which the lab logs a
@@ -197,14 +263,15 @@ impl Truth {
         name: &str,
         digest: Option<&str>,
     ) -> TruthRecord {
-        self.record_at(Utc::now(), step, namespace, name, digest)
+        self.record_at(Utc::now(), None, step, namespace, name, digest)
     }
 
     /// Record a step completed at `ts` (a time taken from another clock,
-    /// e.g. the API server's audit log).
+    /// e.g. the API server's audit log), and no earlier than `received`.
     pub fn record_at(
         &self,
         ts: DateTime<Utc>,
+        received: Option<DateTime<Utc>>,
         step: &str,
         namespace: &str,
         name: &str,
@@ -216,6 +283,7 @@ impl Truth {
             namespace: namespace.to_string(),
             name: name.to_string(),
             digest: digest.map(str::to_string),
+            received,
         };
         if let Some(file) = &self.file {
             if let (Ok(mut f), Ok(line)) = (file.lock(), serde_json::to_string(&rec)) {
@@ -320,6 +388,7 @@ mod tests {
             namespace: "ns".into(),
             name: name.into(),
             digest: d.map(str::to_string),
+            received: None,
         };
         let truth = vec![
             // An earlier run's rollout must not count.
@@ -332,12 +401,12 @@ mod tests {
             rec(800, step::VOLUME_UPDATED, "vol", Some("d1")),
         ];
         let m = Milestones::of(&truth, ChainKind::Env, "env", "d1", at(100));
-        assert_eq!(m.secret, Some(at(290)));
-        assert_eq!(m.synced, Some(at(300)));
-        assert_eq!(m.trigger, Some(at(400)));
+        assert_eq!(m.secret, Some(At::exactly(at(290))));
+        assert_eq!(m.synced, Some(At::exactly(at(300))));
+        assert_eq!(m.trigger, Some(At::exactly(at(400))));
         assert_eq!(
             m.complete,
-            Some(at(900)),
+            Some(At::exactly(at(900))),
             "the first completion after the patch"
         );
         assert_eq!(m.volume, None, "an env chain has no volume milestone");
@@ -358,7 +427,7 @@ mod tests {
         let v = Milestones::of(&truth, ChainKind::Volume, "vol", "d1", at(100));
         assert_eq!(
             (v.trigger, v.complete, v.volume),
-            (None, None, Some(at(800)))
+            (None, None, Some(At::exactly(at(800))))
         );
         assert_eq!(
             v.bounds(ChainKind::Volume, "canary_observe", own),
@@ -370,5 +439,37 @@ mod tests {
             none.bounds(ChainKind::Env, "secret_update", own),
             (Some(at(100)), None)
         );
+    }
+
+    #[test]
+    fn error_beyond_counts_only_what_lies_outside_the_truths_window() {
+        let t0: DateTime<Utc> = "2026-01-01T00:00:00Z".parse().unwrap();
+        let at = |ms: i64| t0 + chrono::Duration::milliseconds(ms);
+        let start = At::exactly(at(0));
+        // Committed somewhere between 100 and 140 ms.
+        let end = At {
+            from: at(100),
+            ts: at(140),
+        };
+        let ms = |s: f64| (s * 1000.0).round();
+        assert_eq!(ms(error_beyond(0.120, start, end)), 0.0);
+        assert_eq!(ms(error_beyond(0.090, start, end)), 10.0);
+        assert_eq!(ms(error_beyond(0.150, start, end)), 10.0);
+        // Known to the instant: the plain error.
+        let exact = At::exactly(at(140));
+        assert_eq!(ms(error_beyond(0.150, start, exact)), 10.0);
+        assert_eq!(ms(error_beyond(0.130, start, exact)), 10.0);
+        // One write for both ends: the true duration is 0.
+        assert_eq!(ms(error_beyond(0.004, end, end)), 4.0);
+        // The audit log's arrival comes from the record.
+        let r = TruthRecord {
+            ts: at(140),
+            step: step::ESO_SECRET_WRITTEN.into(),
+            namespace: "ns".into(),
+            name: "s".into(),
+            digest: None,
+            received: Some(at(100)),
+        };
+        assert_eq!(At::of(&r), end);
     }
 }

@@ -113,6 +113,8 @@ impl SecretVersions {
 pub struct Rec {
     /// stageTimestamp.
     pub ts: DateTime<Utc>,
+    /// requestReceivedTimestamp: the write was committed between it and `ts`.
+    pub received: Option<DateTime<Utc>>,
     /// The step.
     pub step: &'static str,
     /// Namespace.
@@ -180,8 +182,12 @@ impl Converter {
             s("/objectRef/subresource"),
         );
         let (ns, name) = (s("/objectRef/namespace"), s("/objectRef/name"));
+        let received = DateTime::parse_from_rfc3339(s("/requestReceivedTimestamp"))
+            .ok()
+            .map(|t| t.with_timezone(&Utc));
         let rec = |step, digest: Option<String>| Rec {
             ts,
+            received,
             step,
             namespace: ns.to_string(),
             name: name.to_string(),
@@ -378,7 +384,14 @@ pub async fn run(
             }
         };
         for r in recs {
-            truth.record_at(r.ts, r.step, &r.namespace, &r.name, r.digest.as_deref());
+            truth.record_at(
+                r.ts,
+                r.received,
+                r.step,
+                &r.namespace,
+                &r.name,
+                r.digest.as_deref(),
+            );
         }
     }
     watch.abort();
