@@ -19,6 +19,13 @@ cd "$root"
 scripts/setup.sh
 echo "== cargo build --release (secret-canary, secret-canary-bench)" >&2
 cargo build --release --bins -p secret-canary -p secret-canary-bench --quiet
+# The real tier's components, and the kubectl the baseline polls with (a new
+# machine may have none): the ones built at the pinned versions.
+if command -v go >/dev/null 2>&1; then
+  scripts/build-real.sh
+  PATH="$(scripts/build-real.sh --bin-dir):$PATH"
+  export PATH
+fi
 # A thousand probes hold a few thousand watch connections through the proxy.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 exec target/release/secret-canary-bench --root "$root" "$@"
