@@ -236,6 +236,26 @@ pub struct Written {
     pub finished: Stamp,
 }
 
+impl Written {
+    /// When the store committed the version, as well as the prober can
+    /// place it: the store's `created_time`, kept within the request's
+    /// round trip (`started`..`finished`), so a store clock set apart from
+    /// ours moves it at most to an edge of that window; `finished` when the
+    /// store gave no time. The value is in the store from then on, which is
+    /// when ESO can read it: the response's way back is not the pipeline's.
+    pub fn committed(&self) -> Stamp {
+        let Some(created) = self.created_time else {
+            return self.finished;
+        };
+        let wall = created.clamp(self.started.wall, self.finished.wall);
+        let after = (wall - self.started.wall).to_std().unwrap_or_default();
+        Stamp {
+            at: (self.started.at + after).min(self.finished.at),
+            wall,
+        }
+    }
+}
+
 /// A logged-in token and its lease.
 #[derive(Debug, Clone, Copy)]
 struct Lease {

@@ -270,3 +270,29 @@ fn probes_with_the_same_address_and_credential_share_a_session() {
         "the session ends with its last probe"
     );
 }
+
+#[test]
+fn the_commit_is_the_stores_time_kept_within_the_round_trip() {
+    let started = crate::probe::Stamp::now();
+    let rtt = std::time::Duration::from_millis(8);
+    let finished = crate::probe::Stamp {
+        at: started.at + rtt,
+        wall: started.wall + chrono::Duration::milliseconds(8),
+    };
+    let written = |created: Option<chrono::DateTime<chrono::Utc>>| Written {
+        version: 1,
+        created_time: created,
+        started,
+        finished,
+    };
+    let ms = |n: i64| started.wall + chrono::Duration::milliseconds(n);
+    // Inside the round trip: the store's time, on both clocks.
+    let c = written(Some(ms(3))).committed();
+    assert_eq!(c.wall, ms(3));
+    assert_eq!(c.at - started.at, std::time::Duration::from_millis(3));
+    // A store clock behind or ahead of ours: an edge of the round trip.
+    assert_eq!(written(Some(ms(-500))).committed(), started);
+    assert_eq!(written(Some(ms(500))).committed(), finished);
+    // No time from the store: when the answer came.
+    assert_eq!(written(None).committed(), finished);
+}

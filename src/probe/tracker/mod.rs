@@ -245,10 +245,11 @@ impl Tracker {
         self.fail(Stage::StoreWrite, finding);
     }
 
-    /// The store write succeeded.
+    /// The store write succeeded: it ends when the store committed the
+    /// value ([`Written::committed`]), where the next stages start.
     pub fn store_written(&mut self, w: &Written) {
         self.start(Stage::StoreWrite, w.started);
-        self.end(Stage::StoreWrite, w.finished);
+        self.end(Stage::StoreWrite, w.committed());
         self.write_floor = DateTime::from_timestamp(w.started.wall.timestamp(), 0);
         self.advance();
     }
