@@ -179,16 +179,8 @@ fn main() -> ExitCode {
             let Some(config) = load(&config, &log, "info") else {
                 return ExitCode::from(EXIT_USAGE);
             };
-            let metrics_token = match metrics_token_file
-                .as_deref()
-                .map(secret_canary::http::read_token_file)
-                .transpose()
-            {
-                Ok(t) => t,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(EXIT_USAGE);
-                }
+            let Some(metrics_token) = read_token(metrics_token_file.as_deref()) else {
+                return ExitCode::from(EXIT_USAGE);
             };
             let leader_election = match leader.config() {
                 Ok(l) => l,
@@ -299,16 +291,8 @@ fn main() -> ExitCode {
             if let Err(e) = telemetry::init(log.log_format, level) {
                 eprintln!("secret-canary check: {e}");
             }
-            let token = match token_file
-                .as_deref()
-                .map(secret_canary::http::read_token_file)
-                .transpose()
-            {
-                Ok(t) => t,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(EXIT_USAGE);
-                }
+            let Some(token) = read_token(token_file.as_deref()) else {
+                return ExitCode::from(EXIT_USAGE);
             };
             let target = match (url, pods) {
                 (Some(u), _) => check::Target::Url(u),
@@ -378,6 +362,18 @@ fn percent(s: &str) -> Result<f64, String> {
 }
 
 /// Set up logging and load the config; on failure print why and return None.
+/// The bearer token in `path`, if one was given (`Some(None)` when not);
+/// `None` after printing why the file will not do.
+fn read_token(path: Option<&std::path::Path>) -> Option<Option<String>> {
+    match path.map(secret_canary::http::read_token_file).transpose() {
+        Ok(t) => Some(t),
+        Err(e) => {
+            eprintln!("error: {e}");
+            None
+        }
+    }
+}
+
 fn load(path: &std::path::Path, log: &LogArgs, default_level: &str) -> Option<Config> {
     let level = log.log_level.as_deref().unwrap_or(default_level);
     if let Err(e) = telemetry::init(log.log_format, level) {

@@ -98,8 +98,9 @@ where
     }
 }
 
-/// `/probes` of every Running prober Pod of `release` in `ns`, by Pod IP.
-async fn probes(client: &kube::Client, ns: &str) -> Result<Vec<Value>, String> {
+/// The answers of every prober Pod in `ns` to `GET path` (port 9850, by
+/// Pod IP); Pods without an IP or an answer are left out.
+async fn prober_get(client: &kube::Client, ns: &str, path: &str) -> Result<Vec<String>, String> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let list = pods
         .list(&ListParams::default().labels("app.kubernetes.io/component=prober"))
@@ -108,20 +109,28 @@ async fn probes(client: &kube::Client, ns: &str) -> Result<Vec<Value>, String> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()
-        .unwrap();
+        .map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     for p in list.items {
         let Some(ip) = p.status.as_ref().and_then(|s| s.pod_ip.clone()) else {
             continue;
         };
-        let url = format!("http://{ip}:9850/probes");
-        if let Ok(r) = http.get(&url).send().await {
-            if let Ok(v) = r.json::<Value>().await {
-                out.push(v);
+        if let Ok(r) = http.get(format!("http://{ip}:9850{path}")).send().await {
+            if let Ok(text) = r.text().await {
+                out.push(text);
             }
         }
     }
     Ok(out)
+}
+
+/// `/probes` of every prober Pod in `ns`.
+async fn probes(client: &kube::Client, ns: &str) -> Result<Vec<Value>, String> {
+    Ok(prober_get(client, ns, "/probes")
+        .await?
+        .iter()
+        .filter_map(|t| serde_json::from_str(t).ok())
+        .collect())
 }
 
 /// Wait until some prober Pod reports a passed run of `probe`.
@@ -178,24 +187,8 @@ async fn waiting_reasons(client: kube::Client, ns: &'static str) {
 
 /// `secret_canary_runs_total{probe, result}` of one prober Pod, by result.
 async fn run_counts(client: &kube::Client, ns: &str, probe: &str) -> Vec<(String, String)> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let list = pods
-        .list(&ListParams::default().labels("app.kubernetes.io/component=prober"))
-        .await
-        .unwrap();
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
     let mut out = Vec::new();
-    for p in list.items {
-        let Some(ip) = p.status.as_ref().and_then(|s| s.pod_ip.clone()) else {
-            continue;
-        };
-        let Ok(r) = http.get(format!("http://{ip}:9850/metrics")).send().await else {
-            continue;
-        };
-        let text = r.text().await.unwrap_or_default();
+    for text in prober_get(client, ns, "/metrics").await.unwrap() {
         for line in text.lines() {
             if line.starts_with("secret_canary_runs_total{")
                 && line.contains(&format!("probe=\"{probe}\""))
