@@ -53,14 +53,16 @@ async fn kubectl_lists_watches_and_rolls_the_lab() {
         assert!(listing.contains(want), "missing {want} in:\n{listing}");
     }
 
-    // `kubectl get secret -w` streams the change made with `bao kv put`.
+    // `kubectl get secrets -w` streams the change made with `bao kv put`
+    // (a list's watch resumes from the list, so no change is lost between
+    // kubectl's GET and its watch, as one can be for `get secret NAME -w`).
     let mut c = kubectl(&lab);
     c.args([
         "-n",
         "canary",
         "get",
-        "secret",
-        "canary-env",
+        "secrets",
+        "--field-selector=metadata.name=canary-env",
         "-w",
         "-o",
         "jsonpath={.metadata.resourceVersion}{\"\\n\"}",

@@ -74,14 +74,15 @@ async fn real_kubectl_watches_rolls_and_prints_server_tables() {
     let (ok, t) = kubectl(&k, &kc, &["get", "pods", "-n", "canary", "-o", "wide"]).await;
     assert!(ok && t.contains("NODE") && t.contains("lab-node"), "{t}");
 
-    // get -w sees the Secret change after a store write (resource versions
+    // get -w sees the Secret change after a store write (a list's watch, so
+    // none is lost between kubectl's GET and its watch; resource versions
     // only: never a value).
     let mut watch = tokio::process::Command::new(&k)
         .arg(format!("--kubeconfig={}", kc.display()))
         .args([
             "get",
-            "secret",
-            "canary-env",
+            "secrets",
+            "--field-selector=metadata.name=canary-env",
             "-n",
             "canary",
             "-w",

@@ -124,7 +124,7 @@ pub struct Args {
     #[arg(long, default_value = "release")]
     pub profile: String,
     /// kubectl for the baseline.
-    #[arg(long, default_value = "/usr/bin/kubectl")]
+    #[arg(long, default_value = "kubectl")]
     pub kubectl: PathBuf,
     /// Python for the baseline.
     #[arg(long, default_value = "python3")]

@@ -1684,7 +1684,7 @@ impl Kubectl {
     }
 
     fn command(&self, args: &[&str]) -> tokio::process::Command {
-        let mut c = tokio::process::Command::new("/usr/bin/kubectl");
+        let mut c = tokio::process::Command::new("kubectl");
         c.arg("--kubeconfig")
             .arg(&self.kubeconfig)
             .arg("--cache-dir")
@@ -1771,18 +1771,22 @@ async fn kubectl_works_unchanged() {
     assert_eq!(out.trim(), "externalsecret.external-secrets.io/db-es");
 
     // get -w prints the change (the lab serves no Tables, so print a field).
+    // A list, not `secret db`: kubectl watches a single object from
+    // resourceVersion 0 and drops the first event, so a change landing
+    // between its GET and its watch would never be printed (upstream too);
+    // a list's watch resumes from the list's resourceVersion and loses none.
     let mut child = k
         .command(&[
             "get",
-            "secret",
-            "db",
+            "secrets",
+            "--field-selector=metadata.name=db",
             "-w",
             "--request-timeout=0",
             "-o",
             "jsonpath={.data.k}{\"\\n\"}",
         ])
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();

@@ -1103,7 +1103,7 @@ async fn rollout_done(env: &Env, replicas: i32) -> Option<Deployment> {
 }
 
 fn kubectl_rollout_status(env: &Env, timeout: &str) -> std::process::Output {
-    std::process::Command::new("/usr/bin/kubectl")
+    std::process::Command::new("kubectl")
         .arg("--kubeconfig")
         .arg(env.kubeconfig())
         .arg("--cache-dir")
