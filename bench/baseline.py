@@ -8,7 +8,7 @@ changed, rollout complete, canary Pods answer the new digest). One thread per
 chain; each run is one JSON line on --out, scored against the lab's ground
 truth by secret-canary-bench exactly like the prober's runs.
 
-Only the standard library; kubectl is the real /usr/bin/kubectl.
+Only the standard library; kubectl is the real one first on PATH (scripts/bench.sh puts the pinned build there).
 """
 
 import argparse
@@ -185,7 +185,7 @@ def one_run(tools, chain, deadline_s):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kubeconfig", required=True)
-    ap.add_argument("--kubectl", default="/usr/bin/kubectl")
+    ap.add_argument("--kubectl", default="kubectl")
     ap.add_argument("--bao", required=True)
     ap.add_argument("--vault-env", required=True)
     ap.add_argument("--namespace", default="canary")
