@@ -118,7 +118,9 @@ pub(super) async fn reconcile(es: Arc<ExternalSecret>, st: Arc<State>) -> Result
     let data = match fetch(&st, &spec, &ns).await {
         Ok(d) => d,
         Err(e) => {
-            tracing::info!(namespace = %ns, es = %name, error = %e, "ExternalSecret sync failed");
+            // Debug: the whole cause chain (reqwest's message alone does not say
+            // whether a connect, a timeout or a reset failed).
+            tracing::info!(namespace = %ns, es = %name, error = ?e, "ExternalSecret sync failed");
             write_error_status(&st, &es, "could not get secret data from provider").await?;
             return Err(e);
         }
