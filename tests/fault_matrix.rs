@@ -1022,7 +1022,7 @@ async fn canary_secret_and_api_faults_on_volume_and_restart_chains() {
             // A slow API server (every request +100 ms, watches re-opened
             // through it): slower stages, no failure. The first run after
             // the cut re-opens every watch of the chain and of the lab's
-            // controllers through it; at +300 ms it took 4-5.7 s of the 6 s
+            // controllers through it; at +300 ms it took 3-5.7 s of the 6 s
             // deadline on a lightly loaded machine, and under CI's load it
             // went past it (a true timeout for that pipeline, not the row).
             FaultRow {
